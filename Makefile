@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` and `make test`.
+# Each creates .venv when missing and installs featx with everything it needs
+# (a stamp file makes the second run instant).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.featx-installed
+# torch is pinned and installed first: an unpinned torch (asked for by
+# efficientnet-lite-pytorch) would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= cpu,torch-import,dev
+
+.PHONY: demo test venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/featx demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info
