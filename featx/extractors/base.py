@@ -62,13 +62,15 @@ class Extractor:
         return None
 
     def spec(self) -> dict:
-        """Everything that determines the features: name, params, weights, preprocessing."""
+        """Everything that determines the features: name, params, weights, preprocessing.
+
+        Cheap to compute (no model is built), so a finished cache is recognised fast.
+        """
         return {
             "name": self.name,
             "params": _jsonable(self.params),
             "weights_sha256": self.weights_fingerprint(),
             "preprocessing": _jsonable(self.preprocessing),
-            "output_dim": int(self.output_dim),
         }
 
     def spec_hash(self, length: int = 10) -> str:

@@ -1,0 +1,574 @@
+"""The HDF5 feature store.
+
+One file per (dataset, extractor spec): ``<dataset>-<extractor>-<hash>.h5``, the hash
+covering the extractor spec (name, parameters, weights sha256, preprocessing) and the
+stored dtype, so a changed parameter or weights file makes a new cache instead of
+silently reusing an old one.
+
+Layout of a finished file (readable with plain h5py)::
+
+    features   N x D float32 (or float16), chunked by rows   one row per image
+    paths      N utf-8                                        relative to the dataset root
+    labels     N int32                                        index into attrs["label_names"]; -1 unlabeled
+    split      N utf-8                                        train / val / test / unlabeled
+    failed     M x 2 utf-8                                    (path, reason) of images that could not be read
+    state/     group of arrays learned by the extractor (SIFT vocabulary)
+    attrs      featx_version, format, dataset, root, extractor, extractor_spec (JSON),
+               weights_sha256, preprocessing (JSON), dtype, label_names (JSON),
+               manifest_sha256, rows_done, rows_failed, created, updated, seconds, images_per_second
+
+Crash safety
+------------
+The file under its final name is only ever written by an atomic rename of a complete,
+fsynced file, so it is never seen half-written. Work in progress lives in a journal
+folder ``<file>.partial/``: a plan, the extractor state, and shards of rows, each written
+to a temporary name, fsynced and renamed. A run killed at any moment (kill -9 included)
+leaves only whole shards; the next run computes the missing ones and publishes a file
+equal to an uninterrupted run's. A lock file (``<file>.lock``, ``flock``) keeps a second
+writer out with a clear error; readers never take it.
+
+When images are added to a dataset whose cache exists, rows of unchanged images
+(same path and sha1) are taken from the old file and only the new images are computed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from featx import __version__
+from featx.data import Manifest, iter_labels
+
+__all__ = ["CacheError", "CacheLockedError", "CacheBuilder", "FeatureCache", "open_cache",
+           "cache_file_name", "cache_key", "DTYPES"]
+
+CACHE_FORMAT = 1
+DTYPES = ("float32", "float16")
+_STR = None  # h5py string dtype, created lazily
+
+
+class CacheError(RuntimeError):
+    """A cache cannot be written or read as asked; the message says why and what to do."""
+
+
+class CacheLockedError(CacheError):
+    """Another process is writing the same cache."""
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _str_dtype():
+    global _STR
+    if _STR is None:
+        _STR = _h5py().string_dtype("utf-8")
+    return _STR
+
+
+def cache_key(spec: dict, dtype: str = "float32") -> str:
+    """Short hash of everything that determines a cache's numbers."""
+    blob = json.dumps({"spec": spec, "dtype": dtype, "format": CACHE_FORMAT},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def cache_file_name(dataset: str, spec: dict, dtype: str = "float32") -> str:
+    """``<dataset>-<extractor>-<hash>.h5``."""
+    extractor = spec["name"].replace(":", "_").replace("/", "_")
+    return f"{dataset}-{extractor}-{cache_key(spec, dtype)}.h5"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Shard:
+    """Rows ``start:stop`` of a plan, once computed."""
+
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass
+class CachePlan:
+    """What a journal is working towards (stored as ``plan.json``)."""
+
+    key: str
+    manifest_sha256: str
+    n_rows: int  # rows to compute (images not reused from an older file)
+    shard_rows: int
+    reuse_from: str | None = None  # sha256 of the older file rows are reused from
+    extra: dict = field(default_factory=dict)
+
+    def shards(self) -> list[Shard]:
+        return [Shard(i, start, min(start + self.shard_rows, self.n_rows))
+                for i, start in enumerate(range(0, self.n_rows, self.shard_rows))]
+
+
+class CacheBuilder:
+    """Writes one cache file through a crash-safe journal.
+
+    Use as a context manager (it holds the writer's lock)::
+
+        with CacheBuilder(path, manifest, spec) as builder:
+            if not builder.is_complete():
+                builder.prepare(shard_rows=256)
+                for shard in builder.pending_shards():
+                    builder.write_shard(shard, features, ok, reasons)
+                builder.publish()
+
+    Parameters
+    ----------
+    path : path
+        Final ``.h5`` file.
+    manifest : Manifest
+        The images, in the order rows are stored.
+    spec : dict
+        The extractor spec (``Extractor.spec()``).
+    dtype : {"float32", "float16"}
+        How features are stored.
+    """
+
+    def __init__(self, path: str | os.PathLike, manifest: Manifest, spec: dict, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise CacheError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        self.path = Path(path)
+        self.manifest = manifest
+        self.spec = spec
+        self.dtype = dtype
+        self.key = cache_key(spec, dtype)
+        self.journal = self.path.with_name(self.path.name + ".partial")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd: int | None = None
+        self.plan: CachePlan | None = None
+        self._reuse: dict[str, int] = {}  # path -> row in the older file
+        self.todo_records = list(manifest.records)
+        self.n_reused = 0
+
+    # -- locking -------------------------------------------------------
+    def __enter__(self) -> "CacheBuilder":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock on this platform: single-writer is on the user
+            pass
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CacheLockedError(
+                    f"{self.path} is being written by another featx process (pid {holder}); "
+                    f"wait for it to finish, or give another --cache-dir") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _require_lock(self) -> None:
+        if self._lock_fd is None:
+            raise CacheError("CacheBuilder must be used inside a `with` block (it holds the writer's lock)")
+
+    # -- state of the final file --------------------------------------
+    def is_complete(self) -> bool:
+        """True when the final file exists, is readable and matches this manifest and spec."""
+        if not self.path.exists():
+            return False
+        try:
+            with _h5py().File(self.path, "r") as h5:
+                return (h5.attrs.get("cache_key") == self.key
+                        and h5.attrs.get("manifest_sha256") == self.manifest.sha256())
+        except OSError:
+            return False
+
+    # -- journal -------------------------------------------------------
+    def prepare(self, shard_rows: int = 256) -> CachePlan:
+        """Start or resume the journal; returns the plan."""
+        self._require_lock()
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)  # an interrupted publish
+        self._plan_reuse()
+        plan = CachePlan(key=self.key, manifest_sha256=self.manifest.sha256(),
+                         n_rows=len(self.todo_records), shard_rows=int(shard_rows),
+                         reuse_from=self._reuse_sha)
+        plan_file = self.journal / "plan.json"
+        if plan_file.exists():
+            try:
+                old = CachePlan(**json.loads(plan_file.read_text()))
+            except (ValueError, TypeError):
+                old = None
+            if old is not None and (old.key, old.manifest_sha256, old.n_rows, old.reuse_from) == (
+                    plan.key, plan.manifest_sha256, plan.n_rows, plan.reuse_from):
+                self.plan = old  # resume with the shard size the journal was started with
+                return old
+            shutil.rmtree(self.journal)  # a different job: start over
+        self.journal.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(plan_file, json.dumps(plan.__dict__).encode())
+        self.plan = plan
+        return plan
+
+    def _plan_reuse(self) -> None:
+        """Rows of an older file with the same key whose image is unchanged are reused."""
+        self._reuse, self._reuse_sha = {}, None
+        if not self.path.exists():
+            return
+        try:
+            with _h5py().File(self.path, "r") as h5:
+                if h5.attrs.get("cache_key") != self.key:
+                    return
+                old_paths = [p.decode() if isinstance(p, bytes) else p for p in h5["paths"][:]]
+                old_sha1 = [s.decode() if isinstance(s, bytes) else s for s in h5["sha1"][:]]
+        except (OSError, KeyError):
+            return
+        old = {p: (i, s) for i, (p, s) in enumerate(zip(old_paths, old_sha1))}
+        todo = []
+        for record in self.manifest.records:
+            hit = old.get(record.path)
+            if hit is not None and hit[1] == record.sha1 and record.sha1:
+                self._reuse[record.path] = hit[0]
+            else:
+                todo.append(record)
+        if self._reuse:
+            from featx.weights import sha256_file
+
+            self._reuse_sha = sha256_file(self.path)
+            self.todo_records = todo
+            self.n_reused = len(self._reuse)
+
+    def shard_path(self, shard: Shard) -> Path:
+        return self.journal / f"shard-{shard.index:06d}.npz"
+
+    def pending_shards(self) -> list[Shard]:
+        """Shards not yet in the journal."""
+        assert self.plan is not None, "call prepare() first"
+        return [s for s in self.plan.shards() if not self.shard_path(s).exists()]
+
+    def records_of(self, shard: Shard):
+        return self.todo_records[shard.start:shard.stop]
+
+    def write_shard(self, shard: Shard, features: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
+        """Store one computed shard atomically.
+
+        ``features`` has one row per readable image of the shard (``ok.sum()`` rows);
+        ``reasons`` one string per unreadable image, in order.
+        """
+        self._require_lock()
+        ok = np.asarray(ok, dtype=bool)
+        if ok.shape != (shard.stop - shard.start,):
+            raise CacheError(f"shard {shard.index}: ok mask has {ok.shape[0]} entries, expected {shard.stop - shard.start}")
+        if len(features) != int(ok.sum()) or len(reasons) != int((~ok).sum()):
+            raise CacheError(f"shard {shard.index}: {len(features)} feature rows and {len(reasons)} "
+                             f"failure reasons do not match the ok mask ({int(ok.sum())} ok)")
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2:
+            features = features.reshape(len(features), -1)
+        if not np.all(np.isfinite(features)):
+            raise CacheError(f"shard {shard.index}: the extractor produced NaN or infinite features")
+        _atomic_save_npz(self.shard_path(shard), features=features.astype(self.dtype), ok=ok,
+                         reasons=np.array(reasons, dtype=object).astype(str) if reasons else np.zeros(0, "U1"))
+
+    def load_state(self) -> dict[str, np.ndarray] | None:
+        """Extractor state saved in the journal, or in the older file rows are reused from."""
+        state_file = self.journal / "state.npz"
+        if state_file.exists():
+            with np.load(state_file) as data:
+                return {k: data[k] for k in data.files}
+        if self._reuse:
+            with _h5py().File(self.path, "r") as h5:
+                if "state" in h5:
+                    return {k: h5["state"][k][()] for k in h5["state"]}
+        return None
+
+    def save_state(self, state: dict[str, np.ndarray]) -> None:
+        self._require_lock()
+        self.journal.mkdir(parents=True, exist_ok=True)
+        _atomic_save_npz(self.journal / "state.npz", **state)
+
+    # -- publish -------------------------------------------------------
+    def publish(self, attrs: dict | None = None) -> Path:
+        """Assemble shards (and reused rows) into the final file, atomically."""
+        self._require_lock()
+        assert self.plan is not None, "call prepare() first"
+        missing = self.pending_shards()
+        if missing:
+            raise CacheError(f"{len(missing)} shard(s) are still missing; cannot publish {self.path}")
+        h5py = _h5py()
+        manifest = self.manifest
+        label_names = manifest.label_names
+        # Row order: the manifest's order; each row from a shard or from the older file.
+        computed: dict[str, tuple[int, int]] = {}  # path -> (shard index, row within shard's ok rows)
+        failed: list[tuple[str, str]] = []
+        dim = None
+        for shard in self.plan.shards():
+            with np.load(self.shard_path(shard)) as data:
+                ok, reasons, n_feat = data["ok"], list(data["reasons"]), data["features"].shape
+            if n_feat[0]:
+                dim = n_feat[1]
+            row = 0
+            bad = iter(reasons)
+            for record, good in zip(self.records_of(shard), ok):
+                if good:
+                    computed[record.path] = (shard.index, row)
+                    row += 1
+                else:
+                    failed.append((record.path, str(next(bad))))
+        old = h5py.File(self.path, "r") if self._reuse else None
+        try:
+            if dim is None and old is not None:
+                dim = old["features"].shape[1]
+            rows = [r for r in manifest.records if r.path in computed or r.path in self._reuse]
+            n = len(rows)
+            if n == 0:
+                raise CacheError(f"no image could be read ({len(failed)} failed, first: "
+                                 f"{failed[0][0] if failed else '-'}: {failed[0][1] if failed else '-'}); "
+                                 f"nothing to cache")
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            itemsize = np.dtype(self.dtype).itemsize
+            chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * itemsize))))
+            with h5py.File(tmp, "w") as h5:
+                features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype,
+                                             chunks=(chunk_rows, dim))
+                self._copy_rows(features, rows, computed, old)
+                h5.create_dataset("paths", data=[r.path for r in rows], dtype=_str_dtype())
+                h5.create_dataset("labels", data=np.array(iter_labels(rows, label_names), dtype=np.int32))
+                h5.create_dataset("split", data=[r.split for r in rows], dtype=_str_dtype())
+                h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=_str_dtype())
+                h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2),
+                                  dtype=_str_dtype())
+                state = self.load_state() or {}
+                group = h5.create_group("state")
+                for key, value in state.items():
+                    group.create_dataset(key, data=value)
+                created = old.attrs.get("created") if old is not None else None
+                base_attrs = {
+                    "featx_version": __version__, "format": CACHE_FORMAT, "cache_key": self.key,
+                    "dataset": manifest.name, "root": str(manifest.root), "layout": manifest.layout,
+                    "seed": manifest.seed, "extractor": self.spec["name"],
+                    "extractor_spec": json.dumps(self.spec, sort_keys=True),
+                    "weights_sha256": self.spec.get("weights_sha256") or "",
+                    "preprocessing": json.dumps(self.spec.get("preprocessing", {}), sort_keys=True),
+                    "dtype": self.dtype, "label_names": json.dumps(label_names),
+                    "manifest_sha256": manifest.sha256(), "rows_done": n, "rows_failed": len(failed),
+                    "rows_reused": len([r for r in rows if r.path not in computed]),
+                    "created": created or _now(), "updated": _now(),
+                }
+                base_attrs.update(attrs or {})
+                for key, value in base_attrs.items():
+                    h5.attrs[key] = value
+                h5.flush()
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        finally:
+            if old is not None:
+                old.close()
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        shutil.rmtree(self.journal, ignore_errors=True)
+        return self.path
+
+    def _copy_rows(self, target, rows, computed, old) -> None:
+        """Fill ``target`` row by row in manifest order, one shard in memory at a time."""
+        loaded_index, loaded = None, None
+        out_row = 0
+        block_start, block = 0, []
+        for record in rows:
+            if record.path in computed:
+                shard_index, row = computed[record.path]
+                if shard_index != loaded_index:
+                    shard = self.plan.shards()[shard_index]
+                    with np.load(self.shard_path(shard)) as data:
+                        loaded = data["features"]
+                    loaded_index = shard_index
+                block.append(loaded[row])
+            else:
+                block.append(old["features"][self._reuse[record.path]])
+            out_row += 1
+            if len(block) >= 512:
+                target[block_start:out_row] = np.stack(block)
+                block_start, block = out_row, []
+        if block:
+            target[block_start:out_row] = np.stack(block)
+
+
+class FeatureCache:
+    """Read a cache file.
+
+    Examples
+    --------
+    >>> with open_cache("cache/train-hog-1a2b3c4d5e.h5") as cache:  # doctest: +SKIP
+    ...     X, y = cache.load("train")
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            partial = self.path.with_name(self.path.name + ".partial")
+            hint = (" (an interrupted run left a journal beside it: run featx cache again to finish it)"
+                    if partial.exists() else "; make it with featx cache DIR --extractor NAME")
+            raise CacheError(f"{self.path} does not exist{hint}")
+        try:
+            self.h5 = _h5py().File(self.path, "r")
+        except OSError as exc:
+            raise CacheError(f"{self.path} is not a readable HDF5 file ({exc}); delete it and run featx cache again") from None
+        if "features" not in self.h5 or "cache_key" not in self.h5.attrs:
+            self.h5.close()
+            raise CacheError(f"{self.path} is not a featx cache (no features dataset / cache_key attribute)")
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.h5.close()
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self.h5.attrs.items()}
+
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.h5.attrs["extractor_spec"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return json.loads(self.h5.attrs["label_names"])
+
+    @property
+    def features(self):
+        """The h5py dataset (rows are read on demand)."""
+        return self.h5["features"]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.h5["features"].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.h5["features"].shape[1])
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.decode() if isinstance(p, bytes) else p for p in self.h5["paths"][:]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.h5["labels"][:]
+
+    @property
+    def split(self) -> np.ndarray:
+        return np.array([s.decode() if isinstance(s, bytes) else s for s in self.h5["split"][:]])
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        rows = self.h5["failed"][:]
+        return [tuple(x.decode() if isinstance(x, bytes) else x for x in row) for row in rows]
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: self.h5["state"][k][()] for k in self.h5.get("state", {})}
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Row indices of a split (all rows when None)."""
+        if split is None:
+            return np.arange(self.n_rows)
+        return np.flatnonzero(self.split == split)
+
+    def load(self, split: str | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Features and integer labels of a split, as in-memory arrays."""
+        index = self.rows(split)
+        features = self.h5["features"]
+        if len(index) == self.n_rows:
+            X = features[:]
+        else:
+            X = features[index] if len(index) else np.zeros((0, self.dim), features.dtype)
+        return X.astype(dtype, copy=False), self.labels[index]
+
+    def summary(self) -> dict:
+        """What ``featx inspect`` shows."""
+        split = self.split
+        labels = self.labels
+        names = self.label_names
+        counts = {}
+        for s in sorted(set(split)):
+            mask = split == s
+            counts[s] = {(names[i] if i >= 0 else "-"): int(np.sum(labels[mask] == i)) for i in sorted(set(labels[mask]))}
+        attrs = self.attrs
+        return {
+            "path": str(self.path), "rows": self.n_rows, "dim": self.dim,
+            "dtype": str(self.features.dtype), "failed": len(self.h5["failed"]),
+            "dataset": attrs.get("dataset"), "root": attrs.get("root"),
+            "extractor": attrs.get("extractor"), "spec": self.spec,
+            "splits": counts, "label_names": names,
+            "state": {k: list(v.shape) for k, v in self.state.items()},
+            "created": attrs.get("created"), "updated": attrs.get("updated"),
+            "featx_version": attrs.get("featx_version"), "manifest_sha256": attrs.get("manifest_sha256"),
+            "images_per_second": attrs.get("images_per_second"),
+        }
+
+
+def open_cache(path: str | os.PathLike) -> FeatureCache:
+    """Open a finished cache for reading."""
+    return FeatureCache(path)
+
+
+def iter_shard_records(builder: CacheBuilder) -> Iterator:
+    """(shard, records) for each pending shard of a prepared builder."""
+    for shard in builder.pending_shards():
+        yield shard, builder.records_of(shard)

@@ -1,0 +1,287 @@
+"""The featx command line (Typer). Thin: parses, calls the API, prints.
+
+Every command prints a one-line summary last. Bad input gets one clear line naming the
+file and the fix, and exit code 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    help="featx: cache CNN and HoG/SIFT features once, then sweep classifiers on them in seconds.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UsageProblem(Exception):
+    """A problem with what the user asked for (printed as one line, exit 2)."""
+
+
+def _user_errors():
+    from featx.cache import CacheError
+    from featx.data import DataError
+    from featx.weights import WeightsError
+
+    return (UsageProblem, DataError, CacheError, WeightsError, ValueError, FileNotFoundError)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, *args, **kwargs):
+    """Call the API and turn expected errors into one clear line."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def index(
+    directory: Path = typer.Argument(..., help="Folder of images."),
+    output: Path = typer.Option(Path("manifest.csv"), "-o", "--output", help="Manifest CSV to write."),
+    layout: str = typer.Option("auto", help="auto | kaggle (cat.1.jpg) | folders (dog/x.jpg) | unlabeled."),
+    val: float = typer.Option(0.1, help="Fraction of labelled images for validation."),
+    test: float = typer.Option(0.1, help="Fraction of labelled images for test."),
+    seed: int = typer.Option(0, help="Seed of the split hash."),
+) -> None:
+    """Find images, read labels, split train/val/test, write a manifest.
+
+    Example: [bold]featx index data/train -o cache/train.csv --val 0.1 --test 0.1[/]
+    """
+    from featx.data import build_manifest
+    from featx.progress import RichBar
+
+    bar = RichBar()
+    bar.start("index + sha1", len(_count_files(directory)))
+    try:
+        manifest = _run(build_manifest, directory, layout=layout, val=val, test=test, seed=seed,
+                        progress=bar.advance)
+    finally:
+        bar.stop()
+    err.print(f"layout: {manifest.layout} ({manifest.layout_reason})", highlight=False)
+    _print_counts(manifest.counts(), manifest.label_names)
+    manifest.write(output)
+    out.print(f"{output}: {len(manifest.records)} images, {len(manifest.label_names)} classes", highlight=False)
+
+
+def _count_files(directory: Path) -> list:
+    try:
+        from featx.data import find_images
+
+        return find_images(directory) if Path(directory).is_dir() else []
+    except OSError:
+        return []
+
+
+def _print_counts(counts: dict, label_names: list[str]) -> None:
+    table = Table(title=None, show_edge=False)
+    table.add_column("split")
+    columns = label_names or ["-"]
+    for name in columns:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    for split in ("train", "val", "test", "unlabeled"):
+        if split in counts:
+            row = counts[split]
+            table.add_row(split, *[str(row.get(n, 0)) for n in columns], str(sum(row.values())))
+    err.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List extractor names, output dims, and whether their weights are available offline.
+
+    Example: [bold]featx extractors[/]
+    """
+    from featx.extractors import list_extractors
+
+    rows = []
+    for info in list_extractors():
+        available, detail = info.weights_status() if info.weights_status else (True, "no weights")
+        rows.append({"name": info.name, "dim": info.output_dim, "offline": available,
+                     "weights": detail, "description": info.description})
+    try:
+        from featx.extractors.keras_apps import KERAS_APPLICATIONS
+
+        for name in sorted(KERAS_APPLICATIONS):
+            rows.append({"name": f"keras:{name}", "dim": None, "offline": None,
+                         "weights": "Keras cache (~/.keras/models) or --opt weights=PATH",
+                         "description": "keras.applications"})
+    except ImportError:
+        pass
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(show_edge=False)
+    for col in ("name", "dim", "offline", "weights", "description"):
+        table.add_column(col)
+    for row in rows:
+        offline = {True: "yes", False: "no", None: "?"}[row["offline"]]
+        table.add_row(row["name"], str(row["dim"] or "-"), offline, row["weights"], row["description"])
+    out.print(table)
+    out.print(f"{len(rows)} extractors")
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def cache(
+    source: Path = typer.Argument(..., help="Folder of images, or a manifest CSV from featx index."),
+    extractor: str = typer.Option("efficientnet_lite0", "--extractor", "-e", help="Extractor name (featx extractors)."),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="Extractor option KEY=VALUE (repeatable): layer=block5_pool, pool=avg, weights=PATH, k=500."),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where cache files go."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (CNNs; auto: fp16 mixed on GPU, fp32 on CPU)."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
+    device: str = typer.Option("auto", help="auto | cpu | gpu."),
+    dtype: str = typer.Option("float32", help="Stored feature dtype: float32 | float16."),
+    layout: str = typer.Option("auto", help="Layout when SOURCE is a folder."),
+    val: float = typer.Option(0.1, help="Val fraction when SOURCE is a folder."),
+    test: float = typer.Option(0.1, help="Test fraction when SOURCE is a folder."),
+    seed: int = typer.Option(0, help="Split seed when SOURCE is a folder; also seeds learned extractors."),
+) -> None:
+    """Compute (or finish, or update) a feature cache. Safe to kill and re-run.
+
+    Example: [bold]featx cache data/train --extractor hog --opt size=128[/]
+    """
+    from featx.data import load_dataset
+    from featx.extractors import get_extractor, parse_opts
+    from featx.pipeline import build_cache
+    from featx.progress import RichBar
+
+    _seed_everything(seed)
+    manifest = _run(load_dataset, source, layout=layout, val=val, test=test, seed=seed)
+    options = _run(parse_opts, opt)
+    if device not in ("auto", "cpu", "gpu"):
+        _fail(f"--device must be auto, cpu or gpu; got {device!r}")
+    if device == "cpu":  # before TensorFlow is imported by a CNN extractor
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    ext = _run(get_extractor, extractor, **options)
+    if ext.parallel == "model":  # a CNN: it runs on the device, in a precision that suits it
+        device = _run(_select_device, device)
+        if "precision" not in options:
+            ext.precision = _run(_resolve_precision, precision, device)
+    result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
+                  workers=workers, dtype=dtype, progress=RichBar())
+    if result.failed:
+        err.print(f"[yellow]skipped {len(result.failed)} unreadable image(s):[/]", highlight=False)
+        for path, reason in result.failed[:20]:
+            err.print(f"  {path}: {reason}", highlight=False)
+        if len(result.failed) > 20:
+            err.print(f"  ... and {len(result.failed) - 20} more (featx inspect {result.path})", highlight=False)
+    if result.noop:
+        out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)
+    else:
+        reused = f", {result.reused} reused" if result.reused else ""
+        out.print(f"{result.path}: {result.rows} rows ({result.computed} computed{reused}, "
+                  f"{len(result.failed)} failed) at {result.images_per_second:.1f} img/s", highlight=False)
+
+
+def _select_device(device: str) -> str:
+    """'cpu' or 'gpu'; hides GPUs from TensorFlow when cpu is asked for."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise UsageProblem(f"--device must be auto, cpu or gpu; got {device!r}")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        return "cpu"
+    has_gpu = _has_gpu()
+    if device == "gpu" and not has_gpu:
+        raise UsageProblem("--device gpu, but TensorFlow sees no GPU (install featx[gpu] and check nvidia-smi)")
+    return "gpu" if has_gpu else "cpu"
+
+
+def _has_gpu() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
+        return False
+    try:
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    except ImportError:
+        return False
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "fp16" if device == "gpu" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UsageProblem(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
+    return precision
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def inspect(
+    cache_file: Path = typer.Argument(..., help="A cache .h5 file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show what a cache holds: rows, dims, splits, the extractor spec, failures.
+
+    Example: [bold]featx inspect cache/train-hog-1a2b3c4d5e.h5[/]
+    """
+    from featx.cache import open_cache
+
+    with _run(open_cache, cache_file) as c:
+        summary = c.summary()
+        failed = c.failed
+    if as_json:
+        summary["failed_files"] = failed
+        out.print_json(json.dumps(summary, default=str))
+        return
+    for key in ("path", "dataset", "root", "extractor", "rows", "dim", "dtype", "failed",
+                "created", "updated", "featx_version", "images_per_second"):
+        out.print(f"[bold]{key}[/]: {summary[key]}", highlight=False)
+    out.print("[bold]spec[/]: " + json.dumps(summary["spec"], sort_keys=True), highlight=False)
+    if summary["state"]:
+        out.print(f"[bold]state[/]: {summary['state']}", highlight=False)
+    _print_counts({k: v for k, v in summary["splits"].items()}, summary["label_names"])
+    for path, reason in failed[:20]:
+        out.print(f"  failed: {path}: {reason}", highlight=False)
+    out.print(f"{summary['path']}: {summary['rows']} x {summary['dim']} {summary['extractor']}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("experiments/demo"), "--out", help="Where the demo writes its data, caches and results."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """The whole chain on scikit-learn's bundled digits, written as PNG images (offline, a few minutes).
+
+    Example: [bold]featx demo --out /tmp/featx-demo[/]
+    """
+    from featx.demo import run_demo
+
+    _run(run_demo, out_dir, seed=seed, console=out)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

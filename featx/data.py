@@ -1,0 +1,299 @@
+"""Find images, read their labels, split them deterministically, and keep it all in a manifest.
+
+Layouts
+-------
+``kaggle``
+    The label is the first dot-separated part of the file name: ``cat.123.jpg`` -> ``cat``.
+``folders``
+    The label is the image's parent folder: ``train/dog/x.jpg`` -> ``dog``.
+``unlabeled``
+    No labels (Kaggle's ``test1/123.jpg``); every image lands in split ``unlabeled``.
+``auto``
+    Decides from what it finds and says what it decided (:attr:`Manifest.layout_reason`).
+
+Splits
+------
+Each image's split is decided from a hash of ``(seed, relative path)`` alone, so adding
+images never moves an image that was already placed. Every class goes through the same
+rule, so the split is stratified: each class gets the val/test fractions in expectation
+(a class of n images deviates by about ``sqrt(n * p * (1 - p))`` images).
+
+The manifest file
+-----------------
+A CSV with columns ``path,label,split,sha1`` (``path`` relative to the dataset root,
+``label`` empty when unlabeled, ``sha1`` of the file's bytes). Its first line is a comment
+holding the settings as JSON::
+
+    # featx-manifest {"root": "/data/train", "layout": "kaggle", "seed": 0, "val": 0.1, "test": 0.1}
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+__all__ = [
+    "LAYOUTS", "SPLITS", "DataError", "Record", "Manifest",
+    "find_images", "detect_layout", "label_for", "assign_split", "build_manifest", "load_dataset",
+]
+
+LAYOUTS = ("auto", "kaggle", "folders", "unlabeled")
+SPLITS = ("train", "val", "test", "unlabeled")
+MANIFEST_TAG = "# featx-manifest "
+KAGGLE_NAME = re.compile(r"^(?P<label>[A-Za-z][A-Za-z0-9_-]*)\.[^.]+\.[A-Za-z0-9]+$")
+
+
+class DataError(ValueError):
+    """The data cannot be used as asked; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of a dataset."""
+
+    path: str  # POSIX path relative to the dataset root
+    label: str | None
+    split: str
+    sha1: str = ""
+
+
+@dataclass
+class Manifest:
+    """The images of a dataset with their labels and splits."""
+
+    root: Path
+    layout: str
+    seed: int = 0
+    val: float = 0.1
+    test: float = 0.1
+    records: list[Record] = field(default_factory=list)
+    layout_reason: str = ""
+
+    @property
+    def name(self) -> str:
+        """A short dataset name for cache files: the root folder's name, with its
+        parent's when the folder has a generic name (``catsdogs-dev-train``)."""
+        generic = {"train", "test", "test1", "val", "valid", "images", "data", "img"}
+        parts = [self.root.name]
+        if self.root.name.lower() in generic and self.root.parent.name:
+            parts.insert(0, self.root.parent.name)
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) or "dataset"
+
+    @property
+    def label_names(self) -> list[str]:
+        """Sorted distinct labels (empty for an unlabeled dataset)."""
+        return sorted({r.label for r in self.records if r.label is not None})
+
+    def counts(self) -> dict[str, Counter]:
+        """Number of images per split and label: ``{"train": Counter({"cat": 800, ...}), ...}``."""
+        table: dict[str, Counter] = {}
+        for record in self.records:
+            table.setdefault(record.split, Counter())[record.label or "-"] += 1
+        return table
+
+    def settings(self) -> dict:
+        return {"root": str(self.root), "layout": self.layout, "seed": self.seed,
+                "val": self.val, "test": self.test}
+
+    def to_csv(self) -> str:
+        """The manifest file's text."""
+        buffer = io.StringIO()
+        buffer.write(MANIFEST_TAG + json.dumps(self.settings(), sort_keys=True) + "\n")
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "split", "sha1"])
+        for r in self.records:
+            writer.writerow([r.path, r.label or "", r.split, r.sha1])
+        return buffer.getvalue()
+
+    def sha256(self) -> str:
+        """Fingerprint of the images, labels and splits (not of where the root lives)."""
+        digest = hashlib.sha256()
+        for r in self.records:
+            digest.update(f"{r.path}\t{r.label or ''}\t{r.split}\t{r.sha1}\n".encode())
+        return digest.hexdigest()
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the manifest CSV atomically (a reader never sees half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(self.to_csv())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Manifest":
+        """Read a manifest written by :meth:`write` (or by hand with the same columns)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise DataError(f"cannot read manifest {path}: {exc.strerror}") from None
+        first, _, rest = text.partition("\n")
+        if not first.startswith(MANIFEST_TAG):
+            raise DataError(f"{path} is not a featx manifest (first line should start with "
+                            f"{MANIFEST_TAG.strip()!r}); create one with: featx index DIR -o {path}")
+        settings = json.loads(first[len(MANIFEST_TAG):])
+        root = Path(settings["root"])
+        if not root.is_absolute():
+            root = (path.parent / root).resolve()
+        records = []
+        for row in csv.DictReader(io.StringIO(rest)):
+            split = row["split"]
+            if split not in SPLITS:
+                raise DataError(f"{path}: row {row['path']!r} has split {split!r}; expected one of {SPLITS}")
+            records.append(Record(row["path"], row["label"] or None, split, row.get("sha1", "")))
+        return cls(root=root, layout=settings["layout"], seed=int(settings["seed"]),
+                   val=float(settings["val"]), test=float(settings["test"]), records=records,
+                   layout_reason=f"read from {path}")
+
+
+def find_images(root: str | os.PathLike) -> list[str]:
+    """Image files under ``root`` (by extension), as sorted POSIX paths relative to it.
+
+    Hidden files and folders (``.name``) are skipped.
+    """
+    from featx.images import is_image_name
+
+    root = Path(root)
+    found = []
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_folder = Path(folder).relative_to(root)
+        for name in filenames:
+            if not name.startswith(".") and is_image_name(name):
+                found.append((rel_folder / name).as_posix())
+    return sorted(found)
+
+
+def detect_layout(paths: list[str]) -> tuple[str, str]:
+    """Guess the layout of relative image paths; returns ``(layout, reason)``."""
+    top = [p for p in paths if "/" not in p]
+    nested = len(paths) - len(top)
+    if nested and not top:
+        folders = sorted({p.rsplit("/", 2)[-2] for p in paths if "/" in p})
+        return "folders", f"all images are in sub-folders ({len(folders)} labels from folder names)"
+    kaggle = [m.group("label") for p in top if (m := KAGGLE_NAME.match(p))]
+    if top and len(kaggle) >= 0.9 * len(top) and len(set(kaggle)) >= 1:
+        labels = sorted(set(kaggle))
+        return "kaggle", (f"{len(kaggle)} of {len(top)} file names look like label.N.ext "
+                          f"(labels: {', '.join(labels[:10])}{'...' if len(labels) > 10 else ''})")
+    return "unlabeled", "file names carry no label and there are no label folders"
+
+
+def label_for(path: str, layout: str) -> str | None:
+    """The label of one relative path under ``layout`` (None when it has none)."""
+    if layout == "kaggle":
+        match = KAGGLE_NAME.match(path.rsplit("/", 1)[-1])
+        return match.group("label") if match else None
+    if layout == "folders":
+        return path.rsplit("/", 2)[-2] if "/" in path else None
+    if layout == "unlabeled":
+        return None
+    raise DataError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+
+
+def assign_split(path: str, seed: int, val: float, test: float) -> str:
+    """Split of one image, from a hash of (seed, relative path) alone.
+
+    The same path always lands in the same split for a seed, whatever else is in the dataset.
+    """
+    digest = hashlib.sha256(f"{seed}\x00{path}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < test:
+        return "test"
+    if u < test + val:
+        return "val"
+    return "train"
+
+
+def _sha1_file(path: Path) -> str:
+    from featx.images import file_sha1
+
+    return file_sha1(path)
+
+
+def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0.1, test: float = 0.1,
+                   seed: int = 0, hash_files: bool = True,
+                   progress: Callable[[int], None] | None = None) -> Manifest:
+    """Index the images under ``root``.
+
+    Parameters
+    ----------
+    root : path
+        Folder of images.
+    layout : {"auto", "kaggle", "folders", "unlabeled"}
+    val, test : float
+        Fractions of labelled images for validation and test (the rest is train).
+    seed : int
+        Changes which images go to which split.
+    hash_files : bool
+        Record each file's sha1 (lets a cache notice a changed file).
+    progress : callable, optional
+        Called with the number of files hashed since the last call.
+
+    Examples
+    --------
+    >>> m = build_manifest("photos/train")  # doctest: +SKIP
+    >>> m.layout, len(m.records), m.label_names  # doctest: +SKIP
+    ('kaggle', 2000, ['cat', 'dog'])
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"{root} {what}; give the folder that holds the images")
+    if layout not in LAYOUTS:
+        raise DataError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DataError(f"--val and --test must be fractions in [0, 1) adding up to less than 1; "
+                        f"got val={val}, test={test}")
+    paths = find_images(root)
+    if not paths:
+        raise DataError(f"no images found under {root} (looked for .jpg .jpeg .png .bmp .webp .gif .tif .tiff)")
+    reason = f"asked for {layout}"
+    if layout == "auto":
+        layout, reason = detect_layout(paths)
+    records = []
+    unlabeled_paths = []
+    for path in paths:
+        label = label_for(path, layout)
+        if layout != "unlabeled" and label is None:
+            unlabeled_paths.append(path)
+            continue
+        split = "unlabeled" if label is None else assign_split(path, seed, val, test)
+        sha1 = _sha1_file(root / path) if hash_files else ""
+        records.append(Record(path, label, split, sha1))
+        if progress is not None:
+            progress(1)
+    if unlabeled_paths:
+        reason += (f"; skipped {len(unlabeled_paths)} file(s) with no label under layout {layout}, "
+                   f"e.g. {unlabeled_paths[0]}")
+    if not records:
+        raise DataError(f"no image under {root} has a label in layout {layout!r}; "
+                        f"try --layout unlabeled or --layout folders")
+    return Manifest(root=root.resolve(), layout=layout, seed=seed, val=val, test=test,
+                    records=records, layout_reason=reason)
+
+
+def load_dataset(source: str | os.PathLike, **index_options) -> Manifest:
+    """A manifest from either a manifest CSV or a folder of images (indexed on the fly)."""
+    source = Path(source).expanduser()
+    if source.is_file():
+        return Manifest.read(source)
+    if source.is_dir():
+        return build_manifest(source, **index_options)
+    raise DataError(f"{source} does not exist; give a folder of images or a manifest made by featx index")
+
+
+def iter_labels(records: Iterable[Record], label_names: list[str]) -> list[int]:
+    """Integer labels (index into ``label_names``, -1 when unlabeled)."""
+    index = {name: i for i, name in enumerate(label_names)}
+    return [index[r.label] if r.label is not None else -1 for r in records]

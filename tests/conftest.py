@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny image folders made on the fly (nothing downloads, no shared photos)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def make_image(path: Path, kind: str, index: int, size: int = 48) -> Path:
+    """A small RGB image whose texture depends on ``kind`` (so classes are learnable)."""
+    rng = np.random.default_rng(index)
+    y, x = np.mgrid[0:size, 0:size]
+    period = 4 + index % 3
+    if kind in ("cat", "a"):
+        pattern = np.sin(2 * np.pi * x / period)  # vertical stripes
+    elif kind in ("dog", "b"):
+        pattern = np.sin(2 * np.pi * y / period)  # horizontal stripes
+    else:
+        pattern = np.sin(2 * np.pi * (x + y) / period)  # diagonal
+    base = (127 + 100 * pattern + rng.normal(0, 20, (size, size))).clip(0, 255)
+    rgb = np.stack([base, base * 0.8, 255 - base], axis=-1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+@pytest.fixture
+def kaggle_dir(tmp_path: Path) -> Path:
+    """40 images in Kaggle's layout: cat.N.png / dog.N.png."""
+    root = tmp_path / "train"
+    for i in range(20):
+        make_image(root / f"cat.{i}.png", "cat", i)
+        make_image(root / f"dog.{i}.png", "dog", 100 + i)
+    return root
+
+
+@pytest.fixture
+def folders_dir(tmp_path: Path) -> Path:
+    """Three classes in label folders."""
+    root = tmp_path / "shapes"
+    for label in ("a", "b", "c"):
+        for i in range(12):
+            make_image(root / label / f"img{i:03d}.png", label, i + 1000 * ord(label))
+    return root

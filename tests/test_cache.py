@@ -1,0 +1,239 @@
+"""The HDF5 feature store: schema, no-op re-runs, stale specs, the lock, bad files,
+incremental updates, and resumption after kill -9 at random points."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import make_image
+from featx.cache import CacheBuilder, CacheError, CacheLockedError, open_cache
+from featx.data import build_manifest
+from featx.extractors import get_extractor
+from featx.pipeline import build_cache
+
+
+def test_cache_schema_readable_with_plain_h5py(kaggle_dir, tmp_path):
+    manifest = build_manifest(kaggle_dir)
+    result = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path / "c", workers=1)
+    assert result.rows == 40 and not result.noop and result.computed == 40
+    with h5py.File(result.path, "r") as h5:
+        assert h5["features"].shape == (40, get_extractor("hog", size=32).output_dim)
+        assert h5["features"].dtype == np.float32
+        assert h5["features"].chunks is not None
+        paths = [p.decode() for p in h5["paths"][:]]
+        assert paths == [r.path for r in manifest.records]
+        names = json.loads(h5.attrs["label_names"])
+        assert names == ["cat", "dog"]
+        labels = h5["labels"][:]
+        assert [names[i] for i in labels] == [r.label for r in manifest.records]
+        assert {s.decode() for s in h5["split"][:]} <= {"train", "val", "test"}
+        assert h5["failed"].shape == (0, 2)
+        spec = json.loads(h5.attrs["extractor_spec"])
+        assert spec["name"] == "hog" and spec["params"]["size"] == 32
+        assert h5.attrs["manifest_sha256"] == manifest.sha256()
+        assert h5.attrs["rows_done"] == 40
+        for key in ("featx_version", "created", "updated", "preprocessing", "weights_sha256"):
+            assert key in h5.attrs
+    assert result.path.name.startswith(f"{manifest.name}-hog-") and result.path.suffix == ".h5"
+
+
+def test_rerun_is_a_noop_and_fast(kaggle_dir, tmp_path):
+    manifest = build_manifest(kaggle_dir)
+    first = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
+    mtime = first.path.stat().st_mtime_ns
+    again = build_cache(build_manifest(kaggle_dir), get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
+    assert again.noop and again.rows == 40 and again.path == first.path
+    assert first.path.stat().st_mtime_ns == mtime
+
+
+def test_changed_parameter_gives_a_new_cache(kaggle_dir, tmp_path):
+    manifest = build_manifest(kaggle_dir)
+    a = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
+    b = build_cache(manifest, get_extractor("hog", size=32, orientations=6), cache_dir=tmp_path, workers=1)
+    c = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1, dtype="float16")
+    assert len({a.path, b.path, c.path}) == 3
+    assert not b.noop and not c.noop
+    with open_cache(c.path) as cache:
+        assert cache.features.dtype == np.float16
+
+
+def test_bad_files_are_skipped_and_recorded(kaggle_dir, tmp_path):
+    (kaggle_dir / "cat.900.png").write_bytes(b"")  # zero bytes
+    (kaggle_dir / "dog.901.jpg").write_text("this is not a jpeg")
+    good = make_image(kaggle_dir / "dog.902.jpg", "dog", 902, size=64)
+    data = good.read_bytes()
+    (kaggle_dir / "dog.903.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    manifest = build_manifest(kaggle_dir)
+    result = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=2)
+    failed = dict(result.failed)
+    assert set(failed) == {"cat.900.png", "dog.901.jpg", "dog.903.jpg"}
+    assert all(reason for reason in failed.values())
+    assert result.rows == 41
+    with open_cache(result.path) as cache:
+        assert dict(cache.failed) == failed
+        assert "dog.902.jpg" in cache.paths and "cat.900.png" not in cache.paths
+
+
+def test_second_writer_gets_a_clear_error_and_readers_are_not_blocked(kaggle_dir, tmp_path):
+    manifest = build_manifest(kaggle_dir)
+    done = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
+    extractor = get_extractor("hog", size=24)
+    path = tmp_path / "other.h5"
+    with CacheBuilder(path, manifest, extractor.spec()):
+        script = textwrap.dedent(f"""
+            from featx.cache import CacheBuilder, CacheLockedError
+            from featx.data import build_manifest
+            from featx.extractors import get_extractor
+            m = build_manifest({str(kaggle_dir)!r})
+            try:
+                with CacheBuilder({str(path)!r}, m, get_extractor("hog", size=24).spec()):
+                    print("GOT LOCK")
+            except CacheLockedError as exc:
+                print("LOCKED:", exc)
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert "LOCKED:" in out.stdout and "another featx process" in out.stdout, out.stderr
+        assert str(os.getpid()) in out.stdout
+        with open_cache(done.path) as cache:  # reading a finished cache needs no lock
+            assert cache.n_rows == 40
+    with CacheBuilder(path, manifest, extractor.spec()):  # released on exit
+        pass
+
+
+def test_new_images_reuse_rows_of_the_existing_cache(kaggle_dir, tmp_path):
+    first = build_cache(build_manifest(kaggle_dir), get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
+    with open_cache(first.path) as cache:
+        before = dict(zip(cache.paths, cache.load()[0]))
+    for i in range(20, 25):
+        make_image(kaggle_dir / f"cat.{i}.png", "cat", i)
+    second = build_cache(build_manifest(kaggle_dir), get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
+    assert second.path == first.path
+    assert second.computed == 5 and second.reused == 40 and second.rows == 45
+    with open_cache(second.path) as cache:
+        after = dict(zip(cache.paths, cache.load()[0]))
+        assert cache.attrs["created"] <= cache.attrs["updated"]
+    for path, row in before.items():
+        np.testing.assert_array_equal(after[path], row)
+    clean = build_cache(build_manifest(kaggle_dir), get_extractor("hog", size=32), cache_dir=tmp_path / "clean", workers=1)
+    with open_cache(clean.path) as cache:
+        np.testing.assert_array_equal(cache.load()[0], np.stack([after[p] for p in cache.paths]))
+
+
+def test_open_cache_errors_are_clear(tmp_path):
+    with pytest.raises(CacheError, match="does not exist"):
+        open_cache(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_text("junk")
+    with pytest.raises(CacheError, match="not a readable HDF5"):
+        open_cache(tmp_path / "junk.h5")
+
+
+# -- kill -9 at random points, then resume ------------------------------------------------------
+SLOW_EXTRACTOR = '''
+"""A deliberately slow extractor that learns state, for the crash test."""
+import time
+import numpy as np
+from featx.extractors import ExtractorInfo, register
+from featx.extractors.base import Extractor
+
+class SlowBlocks(Extractor):
+    name = "slow_blocks"
+    parallel = "model"
+    needs_fit = True
+
+    @property
+    def preprocessing(self):
+        return {"size": [16, 16], "interpolation": "area", "equalize": False}
+
+    @property
+    def output_dim(self):
+        return 48
+
+    def fit(self, images):
+        time.sleep(0.3)
+        self.mean_ = np.mean([im.reshape(-1, 3).mean(0) for im in images], axis=0).astype(np.float32)
+        return self
+
+    def get_state(self):
+        return {"mean": self.mean_}
+
+    def set_state(self, state):
+        self.mean_ = state["mean"]
+        return self
+
+    def transform(self, images):
+        time.sleep(0.04 * len(images))
+        x = np.stack(images).astype(np.float32).reshape(len(images), 4, 4, 4, 4, 3).mean(axis=(2, 4))
+        return (x - self.mean_).reshape(len(images), -1)
+
+register(ExtractorInfo("slow_blocks", SlowBlocks, "test only"))
+'''
+
+RUN = '''
+import sys
+sys.path.insert(0, {plugin_dir!r})
+import slowext
+from featx.data import build_manifest
+from featx.extractors import get_extractor
+from featx.pipeline import build_cache
+r = build_cache(build_manifest({root!r}), get_extractor("slow_blocks"), cache_dir={cache_dir!r},
+                batch_size=2, shard_rows=4, workers=2)
+print("DONE", r.rows)
+'''
+
+
+def test_kill_dash_9_at_random_points_then_resume_equals_clean_run(kaggle_dir, tmp_path):
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "slowext.py").write_text(SLOW_EXTRACTOR)
+    sys.path.insert(0, str(plugin_dir))
+    import slowext  # noqa: F401  registers slow_blocks here too
+
+    clean = build_cache(build_manifest(kaggle_dir), get_extractor("slow_blocks"), cache_dir=tmp_path / "clean",
+                        batch_size=2, shard_rows=4, workers=2)
+    cache_dir = tmp_path / "crashy"
+    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(cache_dir))
+    final = cache_dir / clean.path.name
+    journal = final.with_name(final.name + ".partial")
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        target_shards = rng.randint(0, 10)  # 10 shards in all: kill anywhere from fitting to publishing
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            shards = len(list(journal.glob("shard-*.npz"))) if journal.exists() else 0
+            if shards >= target_shards and (journal / "plan.json").exists():
+                break
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.08))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        # Whatever moment it died at, the final file is absent or complete and readable.
+        if final.exists():
+            with open_cache(final) as cache:
+                assert cache.n_rows == 40
+        if kills >= 5 and final.exists():
+            break
+    assert kills >= 5
+    resumed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "DONE 40" in resumed.stdout
+    with open_cache(clean.path) as a, open_cache(final) as b:
+        assert a.paths == b.paths
+        np.testing.assert_array_equal(a.load()[0], b.load()[0])
+        np.testing.assert_array_equal(a.state["mean"], b.state["mean"])
+    assert not journal.exists()
