@@ -83,7 +83,7 @@ def _decode(root: str, paths: Sequence[str], preprocessing: dict):
 
 
 def _load_kwargs(preprocessing: dict) -> dict:
-    keys = ("size", "interpolation", "equalize", "keep_aspect")
+    keys = ("size", "interpolation", "equalize", "keep_aspect", "draft")
     return {k: preprocessing[k] for k in keys if k in preprocessing and preprocessing[k] is not None}
 
 

@@ -7,6 +7,7 @@ preprocessing. Everything else (cutting, pooling, precision, batching) is here.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -112,7 +113,9 @@ class KerasExtractor(Extractor):
                 out = keras.layers.GlobalMaxPooling2D(name="featx_pool")(out)
             else:
                 out = keras.layers.Flatten(name="featx_pool")(out)
-        model = keras.Model(full.inputs, out, name=f"{self.name}_{self.params['layer']}")
+        # TensorFlow rejects ':' (keras:resnet50) and other characters in model names.
+        model_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.name}_{self.params['layer']}")
+        model = keras.Model(full.inputs, out, name=model_name)
         model.trainable = False
         return model
 

@@ -1,0 +1,180 @@
+"""VGG16 (keras.applications) cut at a named layer: the classic transfer-learning bottleneck.
+
+Layers are Keras' own names. The default, ``block5_pool`` + ``flatten``
+(7×7×512 = 25,088 values), is what the Keras fine-tuning recipes feed their
+dense head; ``block5_conv3`` / ``block5_pool`` with ``pool=avg|max`` give 512
+values, ``block4_pool`` is a less ImageNet-specific cut, and ``fc1`` / ``fc2``
+(4,096) use the classifier top, whose weights file is then chosen
+automatically.
+
+Examples
+--------
+>>> from featx.extractors import get_extractor
+>>> get_extractor("vgg16", weights=None, layer="block5_pool", pool="avg").output_dim
+512
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import numpy as np
+
+from featx.weights import WeightsError
+from featx.weights.keras_cache import keras_weights_status, load_keras_weights, resolve_weights_option
+
+from . import ExtractorInfo, register
+from .keras_base import KerasExtractor
+
+__all__ = ["VGG16Extractor", "preprocess_input", "LAYERS_NEEDING_TOP", "BGR_MEAN"]
+
+#: Layers that exist only in the model with its classifier top (``include_top=True``).
+LAYERS_NEEDING_TOP = ("flatten", "fc1", "fc2", "predictions")
+
+#: ImageNet channel means in BGR order, as in ``keras.applications.vgg16.preprocess_input``.
+BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def preprocess_input(batch: np.ndarray) -> np.ndarray:
+    """VGG16's input: RGB in [0, 255] -> BGR with the ImageNet mean subtracted (Keras "caffe" mode).
+
+    Parameters
+    ----------
+    batch : ndarray of shape (N, H, W, 3)
+        RGB values in [0, 255], any numeric dtype.
+
+    Returns
+    -------
+    ndarray of float32, same shape
+        Equal to ``keras.applications.vgg16.preprocess_input(batch)``, computed
+        without touching the input.
+    """
+    batch = np.asarray(batch, dtype=np.float32)
+    if batch.ndim < 1 or batch.shape[-1] != 3:
+        raise ValueError(f"expected RGB images with 3 channels last; got an array of shape {batch.shape}")
+    return batch[..., ::-1] - BGR_MEAN
+
+
+class VGG16Extractor(KerasExtractor):
+    """VGG16 bottleneck features.
+
+    Parameters
+    ----------
+    layer : str, default="block5_pool"
+        Keras layer name to cut at. ``flatten``, ``fc1``, ``fc2`` and
+        ``predictions`` build the model with its classifier top.
+    pool : {"flatten", "avg", "max"}, default="flatten"
+        How a 4-D layer output becomes a vector; ignored for ``fc1`` / ``fc2``.
+    weights : "imagenet", str or None, default="imagenet"
+        ``imagenet`` resolves Keras' own file (cache, else Keras' download; the
+        with-top file when ``layer`` needs it), a path loads that ``.h5`` /
+        ``.weights.h5`` file, None keeps Keras' random initialisation.
+    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        Compute precision; features are float32 either way.
+    """
+
+    name = "vgg16"
+    default_layer = "block5_pool"
+    default_pool = "flatten"
+    input_size = (224, 224)
+
+    def __init__(self, layer: str | None = None, pool: str | None = None,
+                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
+        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
+        self._weights_path: Path | None = None
+        self._full_backbone = None  # the backbone, when it was built with its classifier top
+        self._classifier = None
+
+    #: (height, width) of :meth:`classifier_model`'s input, the same for every VGG16 cut.
+    classifier_input_size = (224, 224)
+
+    @property
+    def needs_top(self) -> bool:
+        """Whether ``layer`` exists only in the model with its classifier top."""
+        return self.params["layer"] in LAYERS_NEEDING_TOP
+
+    # -- weights ---------------------------------------------------------
+    def resolve_weights_file(self) -> str | None:
+        if self._weights_path is None and self.params["weights"] is not None:
+            self._weights_path = resolve_weights_option(self.params["weights"], "vgg16",
+                                                        include_top=self.needs_top)
+        return None if self._weights_path is None else str(self._weights_path)
+
+    # -- model -------------------------------------------------------------
+    def build_backbone(self):
+        """VGG16 with weights loaded; with its classifier top when ``layer`` or the file needs it."""
+        backbone = self._build_loaded_backbone()
+        has_top = any(layer.name == "predictions" for layer in backbone.layers)
+        self._full_backbone = backbone if has_top else None
+        return backbone
+
+    def _build_loaded_backbone(self):
+        path = self.resolve_weights_file()
+        if path is None:
+            return _vgg16(include_top=self.needs_top)
+        if self.needs_top:
+            return self._load(_vgg16(include_top=True), path, "layer")
+        try:
+            return self._load(_vgg16(include_top=False), path, "layer")
+        except WeightsError as notop_error:
+            # A file saved from the full model also serves the convolutional layers.
+            try:
+                return self._load(_vgg16(include_top=True), path, "layer")
+            except WeightsError:
+                raise notop_error from None
+
+    def classifier_model(self):
+        """The full VGG16 with its 1000-way softmax (``predictions``), weights with top loaded.
+
+        Feed it :meth:`preprocess` output, e.g. for ImageNet top-k::
+
+            probs = extractor.classifier_model().predict(extractor.preprocess(batch))
+
+        Returns
+        -------
+        keras.Model
+            Input (N, 224, 224, 3), output (N, 1000) class probabilities.
+        """
+        if self._classifier is None and (self.needs_top or self._model is not None):
+            self.model  # noqa: B018 -- builds the backbone, which may already be the full model
+            if self._full_backbone is not None and self.precision == "fp32":
+                self._classifier = self._full_backbone
+        if self._classifier is None:
+            path = resolve_weights_option(self.params["weights"], "vgg16", include_top=True)
+            model = _vgg16(include_top=True)
+            self._classifier = model if path is None else self._load(model, path, "classifier")
+        return self._classifier
+
+    def _load(self, model, path: str | Path, purpose: str):
+        try:
+            load_keras_weights(model, path)
+        except WeightsError as error:
+            if not any(layer.name == "fc1" for layer in model.layers):
+                raise
+            wanted = f"layer {self.params['layer']!r}" if purpose == "layer" else "the ImageNet classifier"
+            raise WeightsError(
+                f"{wanted} needs VGG16 weights with the classifier top (fc1, fc2, predictions), but "
+                f"{str(path)!r} does not fit the full model; use weights='imagenet' (file "
+                "vgg16_weights_tf_dim_ordering_tf_kernels.h5) or a file saved from "
+                f"keras.applications.VGG16(include_top=True). Details: {error}"
+            ) from None
+        return model
+
+    def preprocess(self, batch: np.ndarray) -> np.ndarray:
+        return preprocess_input(batch)
+
+
+def _vgg16(include_top: bool):
+    import keras
+
+    return keras.applications.VGG16(include_top=include_top, weights=None, input_shape=(224, 224, 3))
+
+
+register(ExtractorInfo(
+    name="vgg16",
+    factory=VGG16Extractor,
+    description="VGG16 (Keras): block5_pool+flatten 25,088-d by default; layer=fc1|fc2 4,096-d, pool=avg 512-d",
+    default_opts={"layer": VGG16Extractor.default_layer, "pool": VGG16Extractor.default_pool,
+                  "weights": "imagenet"},
+    weights_status=lambda: keras_weights_status("vgg16", include_top=False),
+    output_dim=7 * 7 * 512,
+))

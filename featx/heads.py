@@ -1,0 +1,760 @@
+"""Classifier heads trained on cached features, all behind one scikit-learn API.
+
+Four heads, each a scikit-learn classifier with ``predict_proba`` (log loss and
+ROC AUC need probabilities) and seeded from ``random_state``:
+
+``logreg``
+    :class:`~sklearn.linear_model.LogisticRegression` (multinomial, lbfgs).
+``linsvm``
+    :class:`LinearSVMClassifier`: a linear SVM (LinearSVC's squared-hinge
+    objective, solved by L-BFGS) with sigmoid (Platt) calibration fitted on
+    cross-validated decision values.
+``rbfsvm``
+    :class:`RBFSVMClassifier`: :class:`~sklearn.svm.SVC` with an RBF kernel,
+    the same calibration, trained on at most ``max_train_rows`` rows (a
+    stratified sample) because kernel SVMs grow quadratically with the rows.
+``dense``
+    :class:`KerasDenseClassifier`: the transfer-learning recipes' small Keras top
+    (Dropout 0.5 -> Dense 256 ReLU -> sigmoid / softmax, RMSprop lr 2e-5) as a
+    real scikit-learn estimator (``clone``, ``GridSearchCV``, joblib all work).
+
+:func:`make_head` puts preprocessing steps (``standard``, ``l2``, ``pca:N``)
+in front of a head in a :class:`~sklearn.pipeline.Pipeline` whose steps are
+named ``pre_0``, ``pre_1``, ... and ``head``, so a parameter grid addresses the
+head as ``head__C``. :data:`DEFAULT_GRIDS` is the default sweep.
+
+Examples
+--------
+>>> from sklearn.datasets import make_classification
+>>> from featx.heads import make_head
+>>> X, y = make_classification(n_samples=200, n_features=20, random_state=0)
+>>> head = make_head("logreg", ["l2", "standard"], C=1.0, random_state=0).fit(X, y)
+>>> [name for name, _ in head.steps]
+['pre_0', 'pre_1', 'head']
+>>> head.predict_proba(X[:2]).shape
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from numbers import Integral, Real
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import LabelEncoder, Normalizer, StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = [
+    "HEADS",
+    "PREPROCESSING",
+    "DEFAULT_GRIDS",
+    "KerasDenseClassifier",
+    "LinearSVMClassifier",
+    "RBFSVMClassifier",
+    "make_head",
+    "make_preprocessing",
+    "grid_size",
+]
+
+HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
+PREPROCESSING = ("standard", "l2", "pca:N", "pca:F", "none")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+# ---------------------------------------------------------------------------
+# SVMs with calibrated probabilities
+# ---------------------------------------------------------------------------
+class _CalibratedSVM(ClassifierMixin, BaseEstimator):
+    """Shared fit/predict for SVMs whose probabilities come from Platt scaling.
+
+    The SVM is fitted once on all (kept) rows; that fit gives
+    :meth:`decision_function`. Calibration follows
+    ``CalibratedClassifierCV(method="sigmoid", ensemble=False)``: decision
+    values for every row come from ``calibration_cv`` stratified folds (so the
+    sigmoid is fitted on scores the SVM did not train on), and one sigmoid per
+    class (one for binary) maps the full fit's scores to probabilities. This
+    costs ``calibration_cv + 1`` SVM fits but, unlike ``SVC(probability=True)``,
+    gives probabilities whose argmax is the reported prediction, reproducible
+    from ``random_state``.
+    """
+
+    def _make_svm(self):  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    def _fit_inputs(self, X, y):
+        """What the SVM is fitted on (subclasses may subsample rows or map to a kernel)."""
+        return X, y
+
+    def _svm_inputs(self, X):
+        """What the fitted SVM scores for new rows ``X``."""
+        return X
+
+    def fit(self, X, y):
+        """Fit the SVM and its sigmoid calibration.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training features.
+        y : array-like of shape (n_samples,)
+            Class labels (any labels, strings included).
+
+        Returns
+        -------
+        self : object
+            The fitted head.
+        """
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        if not isinstance(self.calibration_cv, Integral) or self.calibration_cv < 2:
+            raise ValueError(
+                f"calibration_cv must be an integer >= 2 (number of folds); got {self.calibration_cv!r}"
+            )
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least 2 classes to train a classifier; got only {self.classes_.tolist()}")
+        inputs, y_fit = self._fit_inputs(X, y)
+        smallest_class = int(np.min(np.unique(y_fit, return_counts=True)[1]))
+        n_folds = min(int(self.calibration_cv), smallest_class)
+        if n_folds < 2:
+            raise ValueError(
+                f"every class needs at least 2 training rows for calibration; the smallest has {smallest_class}"
+            )
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.random_state)
+        self.calibrated_ = CalibratedClassifierCV(
+            self._make_svm(), method="sigmoid", cv=folds, ensemble=False
+        ).fit(inputs, y_fit)
+        self.svm_ = self.calibrated_.calibrated_classifiers_[0].estimator
+        self.n_train_rows_ = int(len(y_fit))
+        return self
+
+    def decision_function(self, X):
+        """SVM scores before calibration, shape (n_samples,) binary or (n_samples, n_classes)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        return _in_chunks(lambda rows: self.svm_.decision_function(self._svm_inputs(rows)), X)
+
+    def predict_proba(self, X):
+        """Calibrated class probabilities, columns in the order of ``classes_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        return _in_chunks(lambda rows: self.calibrated_.predict_proba(self._svm_inputs(rows)), X)
+
+    def predict(self, X):
+        """The class with the highest calibrated probability."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def _in_chunks(function, X, rows_per_chunk: int = 4096):
+    """Apply ``function`` to row blocks of ``X`` and stack the results (bounds kernel-matrix memory)."""
+    if X.shape[0] <= rows_per_chunk:
+        return function(X)
+    parts = [function(X[start:start + rows_per_chunk]) for start in range(0, X.shape[0], rows_per_chunk)]
+    return np.concatenate(parts, axis=0)
+
+
+class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
+    """One-vs-rest linear SVM (squared hinge, L2), primal solved by L-BFGS on BLAS products.
+
+    Minimises ``0.5 * ||w_k||^2 + C * sum_i max(0, 1 - s_ik (x_i . w_k + b_k))^2``
+    for every class ``k`` (``s_ik`` = +1 for class ``k``, -1 otherwise; one
+    problem for binary), the objective of :class:`~sklearn.svm.LinearSVC` with an
+    unpenalised intercept. On dense cached features (n_samples >> n_features)
+    this is several times faster than liblinear, which copies the matrix into
+    its sparse format on every fit. Deterministic: no random state involved.
+    """
+
+    def __init__(self, C=1.0, class_weight=None, max_iter=1000, tol=1e-5):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def fit(self, X, y):
+        from scipy.optimize import minimize
+
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        n_samples, n_features = X.shape
+        n_problems = 1 if len(self.classes_) == 2 else len(self.classes_)
+        signs = (np.where(y_index == 1, 1.0, -1.0)[:, None] if n_problems == 1
+                 else np.where(y_index[:, None] == np.arange(n_problems), 1.0, -1.0))
+        row_cost = np.full(n_samples, float(self.C))
+        if self.class_weight is not None:
+            weights = (compute_class_weight(self.class_weight, classes=self.classes_, y=y)
+                       if isinstance(self.class_weight, str)
+                       else np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_]))
+            row_cost = row_cost * weights[y_index]
+        row_cost = row_cost[:, None]
+
+        def objective(params):
+            W = params[:-n_problems].reshape(n_features, n_problems)
+            b = params[-n_problems:]
+            margins = (X @ W.astype(np.float32)).astype(np.float64) + b
+            slack = np.maximum(0.0, 1.0 - signs * margins)
+            loss = 0.5 * float(np.sum(W * W)) + float(np.sum(row_cost * slack * slack))
+            d_margins = -2.0 * row_cost * slack * signs
+            grad_W = W + (X.T @ d_margins.astype(np.float32)).astype(np.float64)
+            return loss, np.concatenate([grad_W.ravel(), d_margins.sum(axis=0)])
+
+        start = np.zeros(n_features * n_problems + n_problems)
+        result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                          options={"maxiter": int(self.max_iter), "gtol": float(self.tol) * max(1.0, n_samples * self.C)})
+        self.coef_ = result.x[:-n_problems].reshape(n_features, n_problems).T.copy()
+        self.intercept_ = result.x[-n_problems:].copy()
+        self.n_iter_ = int(result.nit)
+        return self
+
+    def decision_function(self, X):
+        scores = np.asarray(X, dtype=np.float32) @ self.coef_.T.astype(np.float32) + self.intercept_
+        scores = scores.astype(np.float64)
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def predict(self, X):
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
+        return self.classes_[index]
+
+
+class LinearSVMClassifier(_CalibratedSVM):
+    """Linear SVM (squared hinge, one-vs-rest) with sigmoid-calibrated probabilities.
+
+    Parameters
+    ----------
+    C : float, default=0.01
+        Inverse regularisation strength (same meaning as in LinearSVC).
+    class_weight : dict, "balanced" or None, default=None
+        Per-class weights multiplying ``C``.
+    calibration_cv : int, default=3
+        Folds whose held-out decision values fit the sigmoid calibration.
+    max_iter : int, default=1000
+        L-BFGS iteration cap.
+    tol : float, default=1e-5
+        Gradient tolerance, relative to ``n_samples * C``.
+    random_state : int or None, default=None
+        Seeds the calibration folds (the solver itself is deterministic).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    svm_ : estimator
+        The SVM fitted on all rows (``coef_``, ``intercept_``, ``decision_function``).
+    calibrated_ : CalibratedClassifierCV
+        The calibration (one sigmoid per class, a single one for binary problems).
+    coef_ : ndarray of shape (1 or n_classes, n_features)
+    intercept_ : ndarray of shape (1 or n_classes,)
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> X, y = make_classification(n_samples=120, n_features=8, random_state=0)
+    >>> clf = LinearSVMClassifier(C=1.0, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:3]).shape
+    (3, 2)
+    """
+
+    def __init__(self, C=0.01, *, class_weight=None, calibration_cv=3, max_iter=1000, tol=1e-5,
+                 random_state=None):
+        self.C = C
+        self.class_weight = class_weight
+        self.calibration_cv = calibration_cv
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def _make_svm(self):
+        if not isinstance(self.C, Real) or self.C <= 0:
+            raise ValueError(f"C must be a positive number; got {self.C!r}")
+        return _SquaredHingeSVM(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
+
+    @property
+    def coef_(self):
+        """Weights of the SVM fitted on all rows, shape (1 or n_classes, n_features)."""
+        check_is_fitted(self)
+        return self.svm_.coef_
+
+    @property
+    def intercept_(self):
+        """Intercepts of the SVM fitted on all rows."""
+        check_is_fitted(self)
+        return self.svm_.intercept_
+
+
+class RBFSVMClassifier(_CalibratedSVM):
+    """Kernel (RBF) SVM on at most ``max_train_rows`` rows, with calibrated probabilities.
+
+    Kernel SVM training grows roughly quadratically with the rows, so when the
+    training set is larger than ``max_train_rows`` a stratified random sample of
+    that many rows (drawn from ``random_state``) is kept. The kernel matrix is
+    computed once in float32 BLAS (several times faster than libsvm's own
+    per-pair kernel on 1,000+ dimensional features) and handed to
+    ``SVC(kernel="precomputed")``; prediction computes kernels against the
+    support vectors only. Set ``max_train_rows=None`` to train on all rows.
+
+    Parameters
+    ----------
+    C : float, default=10.0
+        Inverse regularisation strength.
+    gamma_factor : float, default=1.0
+        The RBF width is ``gamma_factor / (n_features * X.var())``: scikit-learn's
+        ``gamma="scale"`` times this factor, so one grid fits features of any
+        dimension or scale.
+    max_train_rows : int or None, default=3000
+        Cap on the rows the SVM is trained on (None: no cap).
+    class_weight : dict, "balanced" or None, default=None
+        Per-class weights, as in :class:`~sklearn.svm.SVC`.
+    calibration_cv : int, default=3
+        Folds whose held-out decision values fit the sigmoid calibration.
+    random_state : int or None, default=None
+        Seeds the row sample and the calibration folds.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    svm_ : SVC
+        The SVM (precomputed kernel) fitted on all kept rows.
+    landmarks_ : ndarray of shape (n_train_rows_, n_features)
+        The kept training rows (kernel columns).
+    gamma_ : float
+        The RBF ``gamma`` actually used.
+    n_train_rows_ : int
+    n_features_in_ : int
+    """
+
+    def __init__(self, C=10.0, *, gamma_factor=1.0, max_train_rows=3000, class_weight=None,
+                 calibration_cv=3, random_state=None):
+        self.C = C
+        self.gamma_factor = gamma_factor
+        self.max_train_rows = max_train_rows
+        self.class_weight = class_weight
+        self.calibration_cv = calibration_cv
+        self.random_state = random_state
+
+    def _fit_inputs(self, X, y):
+        if not isinstance(self.gamma_factor, Real) or self.gamma_factor <= 0:
+            raise ValueError(f"gamma_factor must be a positive number; got {self.gamma_factor!r}")
+        if self.max_train_rows is not None:
+            if not isinstance(self.max_train_rows, Integral) or self.max_train_rows < 2:
+                raise ValueError(f"max_train_rows must be an integer >= 2 or None; got {self.max_train_rows!r}")
+            if X.shape[0] > self.max_train_rows:
+                X, _, y, _ = train_test_split(X, y, train_size=int(self.max_train_rows), stratify=y,
+                                              random_state=self.random_state)
+        variance = float(np.var(X, dtype=np.float64))
+        self.gamma_ = float(self.gamma_factor) / (X.shape[1] * variance) if variance > 0 else float(self.gamma_factor)
+        self.landmarks_ = np.ascontiguousarray(X, dtype=np.float32)
+        return _rbf_kernel(self.landmarks_, self.landmarks_, self.gamma_), y
+
+    def _svm_inputs(self, X):
+        # Only support vectors have non-zero dual coefficients: the other kernel columns stay 0.
+        support = self.svm_.support_
+        kernel = np.zeros((X.shape[0], self.landmarks_.shape[0]), dtype=np.float64)
+        kernel[:, support] = _rbf_kernel(np.asarray(X, dtype=np.float32), self.landmarks_[support], self.gamma_)
+        return kernel
+
+    def _make_svm(self):
+        if not isinstance(self.C, Real) or self.C <= 0:
+            raise ValueError(f"C must be a positive number; got {self.C!r}")
+        return SVC(C=self.C, kernel="precomputed", class_weight=self.class_weight, decision_function_shape="ovr",
+                   random_state=self.random_state)
+
+
+def _rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
+    """exp(-gamma * ||a - b||^2) for all row pairs, via one float32 matrix product."""
+    sq_a = np.einsum("ij,ij->i", A, A, dtype=np.float64)
+    sq_b = np.einsum("ij,ij->i", B, B, dtype=np.float64)
+    sq_dist = sq_a[:, None] + sq_b[None, :] - 2.0 * (A @ B.T).astype(np.float64)
+    return np.exp(-gamma * np.maximum(sq_dist, 0.0))
+
+
+# ---------------------------------------------------------------------------
+# Keras dense head
+# ---------------------------------------------------------------------------
+class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
+    """The transfer-learning recipes' dense top as a scikit-learn classifier.
+
+    ``Dropout(dropout) -> Dense(units, relu)`` for each entry of
+    ``hidden_units``, then ``Dense(1, sigmoid)`` for two classes or
+    ``Dense(n_classes, softmax)`` otherwise, trained on in-memory features.
+    With ``patience`` set, a stratified ``validation_fraction`` of the rows
+    (or ``validation_data`` passed to :meth:`fit`) drives early stopping and the
+    best epoch's weights are kept.
+
+    Parameters
+    ----------
+    hidden_units : int or tuple of int, default=256
+        Width of the hidden layer, or of each hidden layer.
+    dropout : float, default=0.5
+        Dropout rate in front of each hidden layer.
+    optimizer : {"rmsprop", "adam", "sgd"}, default="rmsprop"
+        ``sgd`` uses Nesterov momentum 0.9.
+    learning_rate : float, default=2e-5
+    epochs : int, default=20
+        Upper bound on epochs (early stopping may end sooner). At the default
+        batch size one epoch over 25,000 x 1,280 features is ~200 steps.
+    batch_size : int, default=128
+    patience : int or None, default=4
+        Epochs without a lower validation loss before stopping; None trains all epochs.
+    validation_fraction : float, default=0.1
+        Share of the rows held out for early stopping when ``validation_data`` is not given.
+    class_weight : dict, "balanced" or None, default=None
+        Per-class loss weights, keyed by the original labels.
+    random_state : int or None, default=None
+        Seeds Keras (``keras.utils.set_random_seed``: weights, dropout, shuffling)
+        and the validation split. Same seed and data give the same predictions on CPU.
+    verbose : int, default=0
+        Keras ``fit`` verbosity.
+
+    Attributes
+    ----------
+    model_ : keras.Model
+        The trained network (input: features, output: probabilities).
+    classes_ : ndarray of shape (n_classes,)
+    history_ : dict of str to list of float
+        Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (the
+        ``val_`` lists are empty when nothing was held out).
+    n_features_in_ : int
+    n_epochs_ : int
+        Epochs actually run.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> X, y = make_classification(n_samples=200, n_features=10, random_state=0)
+    >>> clf = KerasDenseClassifier(hidden_units=16, learning_rate=1e-2, epochs=3, random_state=0)
+    >>> clf.fit(X, y).predict_proba(X[:2]).shape
+    (2, 2)
+    """
+
+    def __init__(self, hidden_units=256, dropout=0.5, optimizer="rmsprop", learning_rate=2e-5, epochs=20,
+                 batch_size=128, patience=4, validation_fraction=0.1, class_weight=None, random_state=None,
+                 verbose=0):
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fitting ---------------------------------------------------------
+    def fit(self, X, y, validation_data=None):
+        """Train the network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training features.
+        y : array-like of shape (n_samples,)
+            Class labels (any labels, strings included).
+        validation_data : tuple (X_val, y_val), optional
+            Rows for early stopping and ``val_*`` history; when None and
+            ``patience`` is set, a stratified ``validation_fraction`` of ``X``
+            is held out instead.
+
+        Returns
+        -------
+        self : object
+            The fitted head.
+        """
+        import keras
+
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self._check_params()
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least 2 classes to train a classifier; got only {self.classes_.tolist()}")
+        y_index = encoder.transform(y)
+        seed = self.random_state
+        if seed is not None:
+            keras.utils.set_random_seed(int(seed))
+
+        X_train, y_train = X, y_index
+        X_val = y_val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (X_val, y_val); "
+                                 f"got a {type(validation_data).__name__} of length {len(validation_data)}")
+            X_val = validate_data(self, validation_data[0], reset=False, dtype=np.float32)
+            unknown = set(np.unique(validation_data[1]).tolist()) - set(self.classes_.tolist())
+            if unknown:
+                raise ValueError(f"validation_data has labels not seen in y: {sorted(unknown)}; "
+                                 f"known classes are {self.classes_.tolist()}")
+            y_val = encoder.transform(np.asarray(validation_data[1]))
+        elif self.patience is not None and self.validation_fraction > 0:
+            X_train, y_train, X_val, y_val = _holdout(X, y_index, self.validation_fraction, seed)
+
+        self.model_ = self._build_model(X.shape[1], len(self.classes_))
+        callbacks = []
+        if self.patience is not None and X_val is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
+                                                           restore_best_weights=True))
+        sample_weight = None
+        if self.class_weight is not None:
+            weights = compute_class_weight(self.class_weight, classes=self.classes_, y=y) \
+                if isinstance(self.class_weight, str) else \
+                np.array([float(self.class_weight.get(label, 1.0)) for label in self.classes_])
+            sample_weight = weights[y_train].astype(np.float32)
+        fitted = self.model_.fit(
+            X_train, self._targets(y_train), sample_weight=sample_weight,
+            validation_data=None if X_val is None else (X_val, self._targets(y_val)),
+            epochs=int(self.epochs), batch_size=int(self.batch_size), shuffle=True,
+            callbacks=callbacks, verbose=self.verbose,
+        )
+        history = fitted.history
+        self.history_ = {key: [float(v) for v in history.get(key, [])]
+                         for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        self.n_epochs_ = len(self.history_["loss"])
+        return self
+
+    def _check_params(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
+        units = self._hidden_layers()
+        if any(int(u) < 1 for u in units):
+            raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+
+    def _hidden_layers(self) -> tuple[int, ...]:
+        units = self.hidden_units
+        if units is None:
+            return ()
+        return (int(units),) if isinstance(units, Integral) else tuple(int(u) for u in units)
+
+    def _targets(self, y_index):
+        if len(self.classes_) == 2:
+            return y_index.astype(np.float32).reshape(-1, 1)
+        return y_index.astype(np.int32)
+
+    def _build_model(self, n_features: int, n_classes: int):
+        import keras
+
+        inputs = keras.Input(shape=(n_features,), name="features")
+        x = inputs
+        for depth, units in enumerate(self._hidden_layers()):
+            x = keras.layers.Dropout(float(self.dropout), name=f"dropout_{depth}")(x)
+            x = keras.layers.Dense(units, activation="relu", name=f"hidden_{depth}")(x)
+        if n_classes == 2:
+            outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(x)
+            loss = "binary_crossentropy"
+        else:
+            outputs = keras.layers.Dense(n_classes, activation="softmax", name="output")(x)
+            loss = "sparse_categorical_crossentropy"
+        model = keras.Model(inputs, outputs, name="featx_dense_head")
+        model.compile(optimizer=_make_optimizer(self.optimizer, float(self.learning_rate)), loss=loss,
+                      metrics=["accuracy"])
+        return model
+
+    # -- prediction ------------------------------------------------------
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        out = np.asarray(self.model_.predict(X, batch_size=4096, verbose=0), dtype=np.float64)
+        if len(self.classes_) == 2:
+            out = np.hstack([1.0 - out, out])
+        return out
+
+    def predict(self, X):
+        """The class with the highest probability."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    # -- persistence -----------------------------------------------------
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "model_" in state:
+            state = dict(state)
+            state["model_"] = _model_to_bytes(state["model_"])
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("model_"), (bytes, bytearray)):
+            state = dict(state)
+            state["model_"] = _model_from_bytes(state["model_"])
+        super().__setstate__(state)
+
+
+def _make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+
+
+def _holdout(X, y_index, fraction: float, seed):
+    """Stratified split of ``fraction`` of the rows (plain random when a class is too small)."""
+    counts = np.bincount(y_index)
+    n_val = int(np.ceil(fraction * len(y_index)))
+    stratify = y_index if counts.min() >= 2 and n_val >= len(counts) else None
+    X_train, X_val, y_train, y_val = train_test_split(X, y_index, test_size=fraction, stratify=stratify,
+                                                      random_state=seed)
+    return X_train, y_train, X_val, y_val
+
+
+def _model_to_bytes(model) -> bytes:
+    """Serialise a Keras model (architecture, weights, optimizer) through a temporary .keras file."""
+    with tempfile.TemporaryDirectory(prefix="featx-") as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def _model_from_bytes(blob: bytes):
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="featx-") as folder:
+        path = os.path.join(folder, "model.keras")
+        with open(path, "wb") as handle:
+            handle.write(blob)
+        return keras.models.load_model(path)
+
+
+# ---------------------------------------------------------------------------
+# Pipelines and grids
+# ---------------------------------------------------------------------------
+def make_preprocessing(spec: str, random_state=None):
+    """One preprocessing step from its name.
+
+    Parameters
+    ----------
+    spec : str
+        ``standard`` (StandardScaler), ``l2`` (row-wise L2 Normalizer),
+        ``pca:256`` (PCA to 256 components) or ``pca:0.95`` (PCA keeping 95% of
+        the variance), ``none`` (no step: returns None).
+    random_state : int or None
+        Seeds randomized PCA.
+
+    Returns
+    -------
+    transformer or None
+    """
+    key = spec.strip().lower()
+    if key == "none":
+        return None
+    if key == "standard":
+        return StandardScaler()
+    if key == "l2":
+        return Normalizer(norm="l2")
+    if key.startswith("pca:"):
+        raw = key[4:]
+        try:
+            amount = float(raw)
+        except ValueError:
+            amount = -1.0
+        if amount >= 1 and amount == int(amount):
+            return PCA(n_components=int(amount), random_state=random_state)
+        if 0 < amount < 1:
+            return PCA(n_components=amount, svd_solver="full", random_state=random_state)
+        raise ValueError(f"PCA size in {spec!r} must be a whole number of components (pca:256) or a variance "
+                         f"share between 0 and 1 (pca:0.95); got {raw!r}")
+    raise ValueError(f"unknown preprocessing {spec!r}; expected one of {', '.join(PREPROCESSING)} "
+                     "(or a list of them, e.g. ['l2', 'standard'])")
+
+
+def make_head(name: str, preprocessing: str | Sequence[str] = "standard", *, random_state=None,
+              **params: Any) -> Pipeline:
+    """A preprocessing + classifier pipeline ready to fit on cached features.
+
+    Parameters
+    ----------
+    name : {"logreg", "linsvm", "rbfsvm", "dense"}
+        The head.
+    preprocessing : str or list of str, default="standard"
+        Steps applied in order (see :func:`make_preprocessing`), e.g.
+        ``["l2", "standard"]``; ``"none"`` for no step.
+    random_state : int or None
+        Seeds the head (and randomized PCA).
+    **params
+        Parameters of the head (``C=10``, ``hidden_units=(512, 128)``, ...).
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        Steps ``pre_0``, ``pre_1``, ... then ``head``.
+
+    Examples
+    --------
+    >>> pipe = make_head("linsvm", ["l2", "pca:64"], C=0.1)
+    >>> [(step, type(est).__name__) for step, est in pipe.steps]
+    [('pre_0', 'Normalizer'), ('pre_1', 'PCA'), ('head', 'LinearSVMClassifier')]
+    """
+    specs = [preprocessing] if isinstance(preprocessing, str) else list(preprocessing)
+    steps = []
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise TypeError(f"preprocessing steps are names like 'standard' or 'pca:256'; got {spec!r}")
+        step = make_preprocessing(spec, random_state=random_state)
+        if step is not None:
+            steps.append((f"pre_{len(steps)}", step))
+    steps.append(("head", _make_classifier(name, random_state, params)))
+    return Pipeline(steps)
+
+
+def _make_classifier(name: str, random_state, params: dict):
+    if name == "logreg":
+        options = {"C": 1.0, "max_iter": 300}
+        options.update(params)
+        return LogisticRegression(random_state=random_state, **options)
+    factories = {"linsvm": LinearSVMClassifier, "rbfsvm": RBFSVMClassifier, "dense": KerasDenseClassifier}
+    if name not in factories:
+        raise ValueError(f"unknown head {name!r}; expected one of {', '.join(HEADS)}")
+    cls = factories[name]
+    valid = set(cls().get_params())
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise TypeError(f"{name} head has no parameter(s) {unknown}; valid ones are {sorted(valid)}")
+    return cls(random_state=random_state, **params)
+
+
+# The default sweep: 20 configurations (logreg 4, linsvm 4, rbfsvm 6, dense 6),
+# chosen so each fit on 25,000 x 1,280 float32 features stays within seconds for
+# the sklearn heads on 2 CPU cores; the RBF SVM trains on at most 3,000 rows and
+# the dense head stops early. Use :func:`grid_size` to count a grid.
+DEFAULT_GRIDS: dict[str, list[dict]] = {
+    "logreg": [{"head__C": [0.001, 0.01, 0.1, 1.0]}],
+    "linsvm": [{"head__C": [0.0001, 0.001, 0.01, 0.1]}],
+    "rbfsvm": [{"head__C": [1.0, 10.0, 100.0], "head__gamma_factor": [0.5, 1.0]}],
+    "dense": [
+        {"head__hidden_units": [256], "head__dropout": [0.5], "head__learning_rate": [2e-5, 1e-4, 1e-3]},
+        {"head__hidden_units": [512, (256, 128)], "head__dropout": [0.5], "head__learning_rate": [1e-4]},
+        {"head__hidden_units": [256], "head__dropout": [0.2], "head__learning_rate": [1e-4]},
+    ],
+}
+
+
+def grid_size(grid: list[dict]) -> int:
+    """Number of configurations in a parameter grid (a list of dicts of lists)."""
+    total = 0
+    for block in grid:
+        count = 1
+        for values in block.values():
+            count *= len(values)
+        total += count
+    return total

@@ -1,0 +1,429 @@
+"""Caches x heads x hyperparameters: fit, select, evaluate, write the results table.
+
+Protocol
+--------
+* Rows come from the caches' own splits (``featx index``): heads are fit on ``train``.
+* Selection: each configuration is scored on ``val`` when the caches have a val split,
+  otherwise by stratified k-fold cross-validation on ``train`` (``cv`` folds). The score is
+  accuracy, ties broken by lower log loss.
+* Report: every configuration's test metrics (accuracy, ROC AUC, average precision, log loss)
+  with bootstrap 95% intervals; McNemar's test between the two best configurations.
+* ``repeats``: the whole protocol runs with seeds ``seed .. seed + repeats - 1`` (model
+  initialisation, calibration folds, CV folds); the table gives the mean and the standard
+  deviation over repeats, and the intervals of the first repeat.
+
+Outputs (in ``out_dir``, written to a temporary folder and renamed into place)
+------------------------------------------------------------------------------
+``results.csv``      one row per (caches, head, params): selection score, test metrics, intervals, seconds
+``results.json``     the same rows plus the protocol, McNemar, dense-head histories, learning curve
+``predictions.npz``  test labels and each configuration's test probabilities (first repeat)
+``best.joblib``      the selected head, fitted, with the extractor specs (and learned state)
+                     of the caches that feed it: ``featx predict`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from featx import __version__
+
+__all__ = ["SweepError", "FeatureSet", "load_feature_set", "expand_grid", "run_sweep", "SweepResult"]
+
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
+
+
+class SweepError(ValueError):
+    """The caches or options cannot be swept as asked; the message says why and how to fix it."""
+
+
+@dataclass
+class FeatureSet:
+    """Features of one or more caches of the same images, side by side."""
+
+    name: str
+    cache_paths: list[str]
+    X: np.ndarray
+    y: np.ndarray
+    split: np.ndarray
+    paths: list[str]
+    label_names: list[str]
+    extractors: list[dict] = field(default_factory=list)  # spec + state of each cache, in column order
+    dims: list[int] = field(default_factory=list)
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+def load_feature_set(paths: Sequence[str | os.PathLike]) -> FeatureSet:
+    """Read one cache, or several caches of the same images concatenated column-wise."""
+    from featx.cache import open_cache
+
+    paths = [Path(p) for p in paths]
+    blocks, extractors, dims = [], [], []
+    reference = None
+    for path in paths:
+        with open_cache(path) as cache:
+            X = cache.features[:].astype(np.float32, copy=False)
+            cache_paths = cache.paths
+            info = {"cache": str(path), "labels": cache.labels, "split": cache.split,
+                    "paths": cache_paths, "label_names": cache.label_names}
+            extractors.append({"spec": cache.spec, "state": cache.state, "cache": str(path),
+                               "dataset": cache.attrs.get("dataset")})
+        if reference is None:
+            reference = info
+            order = np.arange(len(cache_paths))
+        else:
+            if set(cache_paths) != set(reference["paths"]):
+                only_a = len(set(reference["paths"]) - set(cache_paths))
+                only_b = len(set(cache_paths) - set(reference["paths"]))
+                raise SweepError(f"{path} and {paths[0]} are caches of different images ({only_a} only in "
+                                 f"the first, {only_b} only in the second); make both from the same manifest")
+            if info["label_names"] != reference["label_names"]:
+                raise SweepError(f"{path} has labels {info['label_names']} but {paths[0]} has "
+                                 f"{reference['label_names']}; make both from the same manifest")
+            position = {p: i for i, p in enumerate(cache_paths)}
+            order = np.array([position[p] for p in reference["paths"]])
+            if not np.array_equal(info["split"][order], reference["split"]):
+                raise SweepError(f"{path} and {paths[0]} split the images differently; make both from the "
+                                 f"same manifest (same --seed, --val, --test)")
+        blocks.append(X[order])
+        dims.append(X.shape[1])
+    X = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
+    if not np.all(np.isfinite(X)):
+        bad = np.flatnonzero(~np.all(np.isfinite(X), axis=1))
+        raise SweepError(f"{paths[0]}: {len(bad)} row(s) hold NaN or infinite features (first: "
+                         f"{reference['paths'][bad[0]]}); rebuild the cache")
+    name = "+".join(_short_name(e) for e in extractors)
+    return FeatureSet(name=name, cache_paths=[str(p) for p in paths], X=X, y=reference["labels"],
+                      split=reference["split"], paths=reference["paths"], label_names=reference["label_names"],
+                      extractors=extractors, dims=dims)
+
+
+def _short_name(extractor: dict) -> str:
+    spec = extractor["spec"]
+    params = spec.get("params", {})
+    extra = [str(params[k]) for k in ("layer", "pool") if params.get(k)]
+    return ":".join([spec["name"], *extra])
+
+
+def expand_grid(grid: list[dict]) -> list[dict]:
+    """All parameter combinations of a grid (a list of dicts of lists), in a stable order."""
+    configs = []
+    for block in grid:
+        keys = sorted(block)
+        for values in itertools.product(*(block[k] for k in keys)):
+            configs.append(dict(zip(keys, values)))
+    return configs
+
+
+def _validate(fs: FeatureSet, cv: int) -> bool:
+    """Check the splits; returns True when selection uses val (else CV on train)."""
+    train, val, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_VAL), fs.rows(SPLIT_TEST)
+    where = fs.cache_paths[0]
+    if len(train) == 0:
+        raise SweepError(f"{where} has no train rows; index with smaller --val/--test and rebuild the cache")
+    if len(test) == 0:
+        raise SweepError(f"{where} has no test rows (an empty test split); index with --test 0.1 "
+                         f"(or more) and rebuild the cache")
+    classes = np.unique(fs.y[train])
+    if len(classes) < 2:
+        only = fs.label_names[classes[0]] if len(classes) and classes[0] >= 0 else "-"
+        raise SweepError(f"{where}: the train split has one class only ({only!r}); a classifier needs at "
+                         f"least two")
+    if len(val) == 0:
+        smallest = np.bincount(fs.y[train]).min()
+        if smallest < cv:
+            raise SweepError(f"{where}: no val split and the smallest class has {smallest} train images, "
+                             f"fewer than --cv {cv}; lower --cv or index with --val 0.1")
+        return False
+    return True
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    rows: list[dict]
+    best: dict
+    mcnemar: dict | None
+    seconds: float
+
+
+def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: int, select_on_val: bool,
+                 cv: int) -> dict:
+    """One configuration, one seed: selection score, test probabilities, timings."""
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    from featx.heads import make_head
+    from featx.metrics import classification_metrics
+
+    train, val, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_VAL), fs.rows(SPLIT_TEST)
+    model = make_head(head, preprocessing, random_state=seed)
+    model.set_params(**params)
+    classes = np.arange(len(fs.label_names))
+    if select_on_val:
+        started = time.perf_counter()
+        model.fit(fs.X[train], fs.y[train])
+        fit_seconds = time.perf_counter() - started
+        select = classification_metrics(fs.y[val], _proba(model, fs.X[val], classes), classes)
+    else:
+        folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        scores = []
+        for fold_train, fold_test in folds.split(fs.X[train], fs.y[train]):
+            fold_model = clone(model).fit(fs.X[train][fold_train], fs.y[train][fold_train])
+            proba = _proba(fold_model, fs.X[train][fold_test], classes)
+            scores.append(classification_metrics(fs.y[train][fold_test], proba, classes))
+        select = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        started = time.perf_counter()
+        model.fit(fs.X[train], fs.y[train])
+        fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    test_proba = _proba(model, fs.X[test], classes)
+    predict_seconds = time.perf_counter() - started
+    history = getattr(model.steps[-1][1], "history_", None)
+    return {"select_accuracy": float(select["accuracy"]), "select_log_loss": float(select["log_loss"]),
+            "test_proba": test_proba, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
+            "history": {k: [float(v) for v in vals] for k, vals in history.items()} if history else None,
+            "model": model}
+
+
+def _proba(model, X, classes) -> np.ndarray:
+    """Probabilities with one column per class index (a head may have seen a subset)."""
+    proba = model.predict_proba(X)
+    seen = list(model.classes_)
+    if len(seen) == len(classes):
+        return proba
+    full = np.zeros((len(X), len(classes)))
+    full[:, seen] = proba
+    return full
+
+
+def _run_config(fs: FeatureSet, head: str, params: dict, preprocessing, seeds: list[int],
+                select_on_val: bool, cv: int, n_boot: int, keep_model: bool) -> dict:
+    from featx.metrics import metrics_with_ci
+
+    test = fs.rows(SPLIT_TEST)
+    classes = np.arange(len(fs.label_names))
+    runs = [_fit_predict(fs, head, params, preprocessing, seed, select_on_val, cv) for seed in seeds]
+    per_seed = [metrics_with_ci(fs.y[test], r["test_proba"], classes, n_boot=n_boot, seed=seeds[0]) for r in runs]
+    row: dict[str, Any] = {"features": fs.name, "caches": "+".join(fs.cache_paths), "head": head,
+                           "params": json.dumps(_jsonable(params), sort_keys=True),
+                           "preprocessing": preprocessing if isinstance(preprocessing, str) else ",".join(preprocessing),
+                           "selected_by": "val" if select_on_val else f"cv{cv}", "repeats": len(seeds)}
+    for key in ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds"):
+        row[key] = float(np.mean([r[key] for r in runs]))
+    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
+        values = [m[metric] for m in per_seed]
+        row[metric] = float(np.mean(values))
+        row[f"{metric}_std"] = float(np.std(values))
+        row[f"{metric}_low"] = float(per_seed[0][f"{metric}_low"])
+        row[f"{metric}_high"] = float(per_seed[0][f"{metric}_high"])
+    row["n_train"] = int(len(fs.rows(SPLIT_TRAIN)))
+    row["n_test"] = int(len(test))
+    return {"row": row, "test_proba": runs[0]["test_proba"], "history": runs[0]["history"],
+            "model": runs[0]["model"] if keep_model else None}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | os.PathLike,
+              heads: Sequence[str] = ("logreg", "linsvm", "rbfsvm", "dense"), grids: dict | None = None,
+              preprocessing: str | Sequence[str] = "standard", cv: int = 5, repeats: int = 1, seed: int = 0,
+              n_jobs: int = 1, n_boot: int = 1000, learning_curve: bool = True, progress=None) -> SweepResult:
+    """Sweep heads x grids over each cache set; write the results folder.
+
+    Parameters
+    ----------
+    cache_sets : list of lists of paths
+        Each inner list is swept as one feature matrix (several caches are concatenated).
+    out_dir : path
+        Results folder (``experiments/<name>``); replaced atomically when it exists.
+    heads : sequence of str
+        Among ``logreg``, ``linsvm``, ``rbfsvm``, ``dense``.
+    grids : dict, optional
+        ``{head: [ {param: [values]} ]}``; defaults to :data:`featx.heads.DEFAULT_GRIDS`.
+    cv : int
+        Folds for selection when the caches have no val split.
+    repeats : int
+        Seeds per configuration (mean ± std in the table).
+    n_jobs : int
+        Parallel configurations (classical heads; dense heads run one at a time, Keras
+        already uses every core).
+    """
+    from joblib import Parallel, delayed
+
+    from featx.heads import DEFAULT_GRIDS, HEADS
+    from featx.metrics import mcnemar
+
+    started = time.perf_counter()
+    if repeats < 1:
+        raise SweepError(f"--repeats must be at least 1; got {repeats}")
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise SweepError(f"unknown head(s) {unknown}; choose from {', '.join(HEADS)}")
+    grids = {**DEFAULT_GRIDS, **(grids or {})}
+    seeds = [seed + i for i in range(repeats)]
+    feature_sets = [load_feature_set(paths) for paths in cache_sets]
+    label_names = feature_sets[0].label_names
+    test_paths = None
+    for fs in feature_sets:
+        if fs.label_names != label_names:
+            raise SweepError(f"{fs.cache_paths[0]} has labels {fs.label_names}, {feature_sets[0].cache_paths[0]} "
+                             f"has {label_names}; sweep caches of one dataset together")
+        paths = [fs.paths[i] for i in fs.rows(SPLIT_TEST)]
+        if test_paths is None:
+            test_paths = paths
+        elif paths != test_paths:
+            raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
+                             f"results would not be comparable: make all caches from one manifest")
+
+    jobs = []
+    for set_index, fs in enumerate(feature_sets):
+        select_on_val = _validate(fs, cv)
+        for head in heads:
+            for params in expand_grid(grids[head]):
+                jobs.append((set_index, head, params, select_on_val))
+    if progress is not None:
+        progress.start(f"sweep: {len(jobs)} configs x {repeats} seed(s)", len(jobs))
+
+    def call(job):
+        # Arrays travel as arguments so joblib memory-maps them for workers instead of copying.
+        set_index, head, params, select_on_val = job
+        return delayed(_run_config)(feature_sets[set_index], head, params, preprocessing, seeds, select_on_val,
+                                    cv, n_boot, keep_model=True)
+
+    results: list[dict | None] = [None] * len(jobs)
+    classical = [i for i, job in enumerate(jobs) if job[1] != "dense"]
+    dense = [i for i, job in enumerate(jobs) if job[1] == "dense"]
+    if classical:
+        runner = Parallel(n_jobs=n_jobs, return_as="generator", backend="loky" if n_jobs != 1 else "sequential")
+        for index, result in zip(classical, runner(call(jobs[i]) for i in classical)):
+            results[index] = result
+            if progress is not None:
+                progress.advance(1)
+    for index in dense:
+        function, args, kwargs = call(jobs[index])
+        results[index] = function(*args, **kwargs)
+        if progress is not None:
+            progress.advance(1)
+    if progress is not None:
+        progress.stop()
+
+    rows = [r["row"] for r in results]
+    for i, row in enumerate(rows):
+        row["config"] = i
+    ranking = sorted(range(len(rows)), key=lambda i: (-rows[i]["select_accuracy"], rows[i]["select_log_loss"], i))
+    for rank, i in enumerate(ranking, start=1):
+        rows[i]["rank"] = rank
+    best_index = ranking[0]
+    best_row = rows[best_index]
+    y_test = feature_sets[jobs[best_index][0]].y[feature_sets[jobs[best_index][0]].rows(SPLIT_TEST)]
+    mcnemar_result = None
+    if len(ranking) > 1:
+        second = ranking[1]
+        pred_a = results[best_index]["test_proba"].argmax(axis=1)
+        pred_b = results[second]["test_proba"].argmax(axis=1)
+        mcnemar_result = {"a": best_index, "b": second, **mcnemar(y_test, pred_a, pred_b)}
+
+    curve = None
+    if learning_curve:
+        set_index, head, params, select_on_val = jobs[best_index]
+        curve = _learning_curve(feature_sets[set_index], head, params, preprocessing, seed)
+
+    best_fs = feature_sets[jobs[best_index][0]]
+    bundle = {
+        "model": results[best_index]["model"], "label_names": label_names,
+        "extractors": best_fs.extractors, "dims": best_fs.dims, "head": best_row["head"],
+        "params": json.loads(best_row["params"]), "preprocessing": preprocessing,
+        "metrics": {k: best_row[k] for k in ("accuracy", "roc_auc", "average_precision", "log_loss")},
+        "featx_version": __version__, "seed": seed,
+    }
+    out_dir = Path(out_dir)
+    summary = {
+        "featx_version": __version__, "seed": seed, "repeats": repeats, "cv": cv, "n_boot": n_boot,
+        "label_names": label_names, "feature_sets": [{"name": fs.name, "caches": fs.cache_paths, "dims": fs.dims}
+                                                     for fs in feature_sets],
+        "protocol": "fit on train; select by " + ("val accuracy" if best_row["selected_by"] == "val"
+                                                  else f"{cv}-fold CV accuracy on train") + "; report on test",
+        "rows": rows, "best": best_row, "mcnemar": mcnemar_result, "learning_curve": curve,
+        "histories": {str(i): r["history"] for i, r in enumerate(results) if r["history"]},
+        "seconds": time.perf_counter() - started,
+    }
+    _write_outputs(out_dir, rows, summary, bundle, y_test, results, test_paths)
+    return SweepResult(out_dir, rows, best_row, mcnemar_result, summary["seconds"])
+
+
+def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed: int,
+                    fractions=(0.1, 0.25, 0.5, 1.0)) -> list[dict]:
+    """Test accuracy of one configuration against the number of training images."""
+    from featx.heads import make_head
+
+    train, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_TEST)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(train)
+    curve = []
+    for fraction in fractions:
+        n = max(2 * len(fs.label_names), int(round(fraction * len(train))))
+        subset = order[:n]
+        if len(np.unique(fs.y[subset])) < 2:
+            continue
+        model = make_head(head, preprocessing, random_state=seed).set_params(**params)
+        model.fit(fs.X[subset], fs.y[subset])
+        proba = _proba(model, fs.X[test], np.arange(len(fs.label_names)))
+        accuracy = float(np.mean(proba.argmax(axis=1) == fs.y[test]))
+        curve.append({"n_train": int(n), "fraction": fraction, "test_accuracy": accuracy})
+    return curve
+
+
+RESULT_COLUMNS = ["rank", "config", "features", "head", "params", "preprocessing", "selected_by", "select_accuracy",
+                  "select_log_loss", "accuracy", "accuracy_low", "accuracy_high", "accuracy_std", "roc_auc",
+                  "roc_auc_low", "roc_auc_high", "roc_auc_std", "average_precision", "average_precision_low",
+                  "average_precision_high", "average_precision_std", "log_loss", "log_loss_low", "log_loss_high",
+                  "log_loss_std", "fit_seconds", "predict_seconds", "n_train", "n_test", "repeats", "caches"]
+
+
+def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:
+    import csv
+
+    import joblib
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / "results.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in sorted(rows, key=lambda r: r["rank"]):
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+        np.savez_compressed(tmp / "predictions.npz", y_test=y_test, paths=np.array(test_paths),
+                            label_names=np.array(summary["label_names"]),
+                            **{f"config_{i}": r["test_proba"].astype(np.float32) for i, r in enumerate(results)})
+        joblib.dump(bundle, tmp / "best.joblib")
+        if out_dir.exists():
+            # Keep what other stages put there (finetune/, report files are remade by featx report).
+            for keep in ("finetune",):
+                if (out_dir / keep).exists():
+                    shutil.move(str(out_dir / keep), str(tmp / keep))
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
