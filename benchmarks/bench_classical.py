@@ -36,10 +36,11 @@ from featx.extractors import get_extractor  # noqa: E402
 from featx.images import is_image_name, load_image  # noqa: E402
 
 
-def decode_and_transform(extractor, paths: list[str]) -> np.ndarray:
-    """What one pipeline worker does with one chunk of paths."""
+def decode_and_transform(extractor, paths: list[str]) -> tuple[np.ndarray, float]:
+    """What one pipeline worker does with one chunk of paths; also its CPU seconds."""
+    start = time.process_time()
     images = [load_image(path, **extractor.preprocessing) for path in paths]
-    return extractor.transform(images)
+    return extractor.transform(images), time.process_time() - start
 
 
 def warm_up(extractor, paths: list[str], pause_seconds: float = 1.0) -> None:
@@ -47,16 +48,20 @@ def warm_up(extractor, paths: list[str], pause_seconds: float = 1.0) -> None:
     time.sleep(pause_seconds)
 
 
-def run_one_worker(extractor, chunks: list[list[str]]) -> np.ndarray:
+def run_one_worker(extractor, chunks: list[list[str]]) -> tuple[np.ndarray, float]:
     # BLAS limited to one thread too, so "1 worker" is one core, as in a loky worker.
     with threadpool_limits(limits=1):
-        return np.concatenate([decode_and_transform(extractor, chunk) for chunk in chunks])
+        return gather([decode_and_transform(extractor, chunk) for chunk in chunks])
 
 
-def run_workers(extractor, chunks: list[list[str]], n_workers: int) -> np.ndarray:
-    parts = Parallel(n_jobs=n_workers, backend="loky")(
-        delayed(decode_and_transform)(extractor, chunk) for chunk in chunks)
-    return np.concatenate(parts)
+def run_workers(extractor, chunks: list[list[str]], n_workers: int) -> tuple[np.ndarray, float]:
+    return gather(Parallel(n_jobs=n_workers, backend="loky")(
+        delayed(decode_and_transform)(extractor, chunk) for chunk in chunks))
+
+
+def gather(parts: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, float]:
+    """All chunks' features in order, and the CPU seconds they took together."""
+    return np.concatenate([features for features, _ in parts]), sum(cpu for _, cpu in parts)
 
 
 def timed(function, *args):
@@ -130,12 +135,15 @@ def main(argv: list[str] | None = None) -> None:
         Parallel(n_jobs=n_workers, backend="loky")(
             delayed(warm_up)(extractor, paths[:2]) for _ in range(n_workers))
 
-        serial, serial_seconds = timed(run_one_worker, extractor, chunks)
-        parallel, parallel_seconds = timed(run_workers, extractor, chunks, n_workers)
+        (serial, serial_cpu), serial_seconds = timed(run_one_worker, extractor, chunks)
+        (parallel, parallel_cpu), parallel_seconds = timed(run_workers, extractor, chunks, n_workers)
         if not np.array_equal(serial, parallel):
             raise SystemExit(f"{name}: features differ between 1 and {n_workers} workers")
+        # CPU ms per image: equal in both runs when the workers do not get in each other's way;
+        # a speed-up far below the worker count with equal CPU means other programs took the cores.
         rows.append((name, serial.shape[1], len(paths) / serial_seconds, len(paths) / parallel_seconds,
-                     serial_seconds / parallel_seconds))
+                     serial_seconds / parallel_seconds,
+                     1000 * serial_cpu / len(paths), 1000 * parallel_cpu / len(paths)))
         print(f"{name}: 1 worker {serial_seconds:.1f} s, {n_workers} workers {parallel_seconds:.1f} s")
 
         if args.cv:
@@ -146,10 +154,12 @@ def main(argv: list[str] | None = None) -> None:
                                       *cv_accuracy(parallel[unseen], labels[unseen], args.cv, args.seed)))
 
     print(f"\nload average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    print(f"\n| extractor | dim | 1 worker (img/s) | {n_workers} workers (img/s) | speed-up |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, dim, serial_rate, parallel_rate, speedup in rows:
-        print(f"| {name} | {dim} | {serial_rate:.1f} | {parallel_rate:.1f} | {speedup:.2f}x |")
+    print(f"\n| extractor | dim | 1 worker (img/s) | {n_workers} workers (img/s) | speed-up "
+          "| CPU ms/img, 1 worker | CPU ms/img, workers |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, dim, serial_rate, parallel_rate, speedup, serial_ms, parallel_ms in rows:
+        print(f"| {name} | {dim} | {serial_rate:.1f} | {parallel_rate:.1f} | {speedup:.2f}x "
+              f"| {serial_ms:.1f} | {parallel_ms:.1f} |")
     if accuracy_rows:
         print(f"\n| features | images | n | {args.cv}-fold CV accuracy (StandardScaler + LogisticRegression) |")
         print("| --- | --- | ---: | ---: |")

@@ -185,7 +185,8 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
                 batch_size: int = 32, workers: int | None = None, dtype: str = "float32",
                 shard_rows: int | None = None, fit_max_images: int = 2000,
                 progress: Progress | None = None,
-                on_shard: Callable[[Shard], None] | None = None) -> CacheResult:
+                on_shard: Callable[[Shard], None] | None = None,
+                fit: bool = True, spec_extra: dict | None = None) -> CacheResult:
     """Compute (or finish, or update) the feature cache of a dataset.
 
     Parameters
@@ -206,15 +207,22 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         32 images for classical extractors.
     fit_max_images : int
         At most this many train images (a seeded sample) fit a learned extractor (SIFT vocabulary).
+    fit : bool
+        False when a learned extractor already holds its state (``set_state`` from a saved
+        model): it is stored with the cache instead of being fit on this dataset.
+    spec_extra : dict, optional
+        Merged into the spec (and so into the file name hash), e.g. the sha256 of a state
+        that came from elsewhere, so caches made with different states never collide.
 
     Returns
     -------
     CacheResult
     """
     progress = progress or Progress()
-    path = Path(cache_dir) / cache_file_name(manifest.name, extractor.spec(), dtype)
+    spec = {**extractor.spec(), **(spec_extra or {})}
+    path = Path(cache_dir) / cache_file_name(manifest.name, spec, dtype)
     started = time.perf_counter()
-    with CacheBuilder(path, manifest, extractor.spec(), dtype) as builder:
+    with CacheBuilder(path, manifest, spec, dtype) as builder:
         if builder.is_complete():
             from featx.cache import open_cache
 
@@ -224,8 +232,10 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         if shard_rows is None:
             shard_rows = 8 * batch_size if extractor.parallel == "model" else 32
         builder.prepare(shard_rows=shard_rows)
-        if extractor.needs_fit:
+        if extractor.needs_fit and fit:
             _fit_extractor(extractor, manifest, builder, fit_max_images, manifest.seed, progress)
+        elif extractor.needs_fit:
+            builder.save_state(extractor.get_state())
         pending = builder.pending_shards()
         units = [(shard, [r.path for r in builder.records_of(shard)]) for shard in pending]
         todo = sum(len(paths) for _, paths in units)

@@ -420,10 +420,14 @@ class SiftBovwExtractor(Extractor):
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Normalised word histograms, shape (len(images), k), float32."""
+        from threadpoolctl import threadpool_limits
+
         self._check_fitted()
         k = self.params["k"]
         histograms = np.zeros((len(images), k), dtype=np.float32)
-        with _single_threaded_opencv():
+        # One image's (n, 128) x (128, k) product is too small for BLAS threads: they
+        # only spin (twice the CPU time for the same work, measured in the main process).
+        with _single_threaded_opencv(), threadpool_limits(limits=1):
             for row, image in enumerate(images):
                 descriptors = self.descriptors(image)
                 if len(descriptors):
