@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import typer
-from rich.console import Console
-from rich.table import Table
+# TensorFlow's C++ start-up chatter drowns the one-line summaries; users can still set it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -262,6 +265,88 @@ def inspect(
     for path, reason in failed[:20]:
         out.print(f"  failed: {path}: {reason}", highlight=False)
     out.print(f"{summary['path']}: {summary['rows']} x {summary['dim']} {summary['extractor']}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def sweep(
+    caches: List[str] = typer.Argument(..., help="Cache files; join with '+' to concatenate features (a.h5+b.h5). Each argument is swept."),
+    heads: str = typer.Option("logreg,linsvm,rbfsvm,dense", help="Comma-separated heads."),
+    preprocessing: str = typer.Option("standard", help="Steps before the head, comma-separated: standard, l2, pca:256, none."),
+    cv: int = typer.Option(5, help="Folds for selection when the caches have no val split."),
+    repeats: int = typer.Option(1, help="Seeds per configuration (mean and std in the table)."),
+    out_dir: Path = typer.Option(Path("experiments/sweep"), "--out", help="Results folder."),
+    n_jobs: int = typer.Option(-1, "--n-jobs", help="Parallel configurations (classical heads)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    grid: Optional[Path] = typer.Option(None, help="JSON file {head: [{param: [values]}]} replacing default grids."),
+    learning_curve: bool = typer.Option(True, "--learning-curve/--no-learning-curve", help="Refit the best config on 10..100% of train."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Fit heads x hyperparameters on cached features; select on val (or CV), report on test.
+
+    Example: [bold]featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs[/]
+    """
+    from featx.progress import RichBar
+    from featx.sweep import run_sweep
+
+    _seed_everything(seed)
+    cache_sets = [[Path(p) for p in arg.split("+")] for arg in caches]
+    grids = None
+    if grid is not None:
+        try:
+            grids = json.loads(Path(grid).read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read --grid {grid}: {exc}; expected JSON like {{\"logreg\": [{{\"head__C\": [0.1, 1]}}]}}")
+    steps = [s.strip() for s in preprocessing.split(",") if s.strip()]
+    result = _run(run_sweep, cache_sets, out_dir, heads=[h.strip() for h in heads.split(",") if h.strip()],
+                  grids=grids, preprocessing=steps[0] if len(steps) == 1 else steps, cv=cv, repeats=repeats,
+                  seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"))
+    table = Table(show_edge=False)
+    for col in ("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"):
+        table.add_column(col)
+    for row in sorted(result.rows, key=lambda r: r["rank"])[:15]:
+        table.add_row(str(row["rank"]), row["features"], row["head"], row["params"], f"{row['select_accuracy']:.4f}",
+                      f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
+                      f"{row['roc_auc']:.4f}", f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
+    err.print(table)
+    if result.mcnemar:
+        m = result.mcnemar
+        err.print(f"McNemar best vs runner-up: n01={m['n01']} n10={m['n10']} p={m['p_value']:.3g}", highlight=False)
+    best = result.best
+    out.print(f"{result.out_dir}: best {best['features']} {best['head']} {best['params']} test accuracy "
+              f"{best['accuracy']:.4f} [{best['accuracy_low']:.4f}, {best['accuracy_high']:.4f}] "
+              f"({len(result.rows)} configs, {result.seconds:.0f} s)", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def imagenet(
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    extractor: str = typer.Option("efficientnet_lite0", "--extractor", "-e", help="A backbone with its ImageNet classifier."),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="Extractor option KEY=VALUE (weights=PATH, ...)."),
+    top: int = typer.Option(5, help="Classes per image."),
+) -> None:
+    """ImageNet top-k classes of images, from a backbone that has its classifier.
+
+    Example: [bold]featx imagenet data/train/cat.1.jpg data/train/dog.1.jpg --top 5[/]
+    """
+    from featx.extractors import parse_opts
+    from featx.imagenet import top_k
+    from featx.images import ImageError
+
+    options = _run(parse_opts, opt)
+    try:
+        results = top_k(extractor, [str(p) for p in images], k=top, **options)
+    except ImageError as exc:
+        _fail(str(exc))
+    except _user_errors() as exc:
+        _fail(str(exc))
+    for path, classes in zip(images, results):
+        out.print(f"{path}:", highlight=False)
+        for name, probability in classes:
+            out.print(f"  {probability:6.3f}  {name}", highlight=False)
+    first = results[0][0] if results and results[0] else ("-", 0.0)
+    out.print(f"{len(images)} image(s) classified with {extractor}; first: {first[0]} ({first[1]:.3f})", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------

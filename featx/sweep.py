@@ -371,12 +371,14 @@ def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed
 
     train, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_TEST)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(train)
+    by_class = [rng.permutation(train[fs.y[train] == label]) for label in np.unique(fs.y[train])]
     curve = []
     for fraction in fractions:
-        n = max(2 * len(fs.label_names), int(round(fraction * len(train))))
-        subset = order[:n]
-        if len(np.unique(fs.y[subset])) < 2:
+        # Stratified, nested subsets; at least 3 images of every class (calibration needs 2 per fold).
+        subset = np.sort(np.concatenate([rows[:min(len(rows), max(3, int(round(fraction * len(rows)))))]
+                                         for rows in by_class]))
+        n = len(subset)
+        if curve and n == curve[-1]["n_train"]:
             continue
         model = make_head(head, preprocessing, random_state=seed).set_params(**params)
         model.fit(fs.X[subset], fs.y[subset])

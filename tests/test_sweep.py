@@ -1,0 +1,137 @@
+"""featx sweep: protocol, outputs, reproducibility, repeats, concatenation, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_image
+from featx.cache import open_cache
+from featx.cli import app
+from featx.data import build_manifest
+from featx.extractors import get_extractor
+from featx.pipeline import build_cache
+from featx.sweep import SweepError, run_sweep
+
+FAST = {"heads": ["logreg", "linsvm"], "n_boot": 50, "n_jobs": 1,
+        "grids": {"logreg": [{"head__C": [0.01, 1.0]}], "linsvm": [{"head__C": [0.001, 0.1]}]}}
+TIMING = {"fit_seconds", "predict_seconds"}
+
+
+@pytest.fixture
+def hog_cache(kaggle_dir, tmp_path):
+    for i in range(20, 40):  # 80 images: enough rows in every split
+        make_image(kaggle_dir / f"cat.{i}.png", "cat", i)
+        make_image(kaggle_dir / f"dog.{i}.png", "dog", 100 + i)
+    manifest = build_manifest(kaggle_dir, val=0.2, test=0.25, seed=1)
+    return build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path / "cache", workers=1).path
+
+
+def read_rows(folder):
+    with open(folder / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_writes_ranked_table_and_a_usable_best_model(hog_cache, tmp_path):
+    result = run_sweep([[hog_cache]], tmp_path / "exp", **FAST)
+    rows = read_rows(tmp_path / "exp")
+    assert len(rows) == 4 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    assert {r["head"] for r in rows} == {"logreg", "linsvm"}
+    assert all(r["selected_by"] == "val" for r in rows)
+    for row in rows:
+        acc, low, high = float(row["accuracy"]), float(row["accuracy_low"]), float(row["accuracy_high"])
+        assert low <= acc <= high and 0 <= low and high <= 1
+        assert float(row["fit_seconds"]) >= 0
+    # Textures this clean are easy: the best head must be far above chance on test.
+    assert result.best["accuracy"] > 0.85
+    summary = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert summary["mcnemar"]["p_value"] <= 1 and summary["best"]["rank"] == 1
+    assert [p["n_train"] for p in summary["learning_curve"]] == sorted(p["n_train"] for p in summary["learning_curve"])
+    bundle = joblib.load(tmp_path / "exp" / "best.joblib")
+    assert bundle["label_names"] == ["cat", "dog"]
+    assert bundle["extractors"][0]["spec"]["name"] == "hog"
+    with open_cache(hog_cache) as cache:
+        X, y = cache.load("test")
+    accuracy = np.mean(bundle["model"].predict(X) == y)
+    assert accuracy == pytest.approx(result.best["accuracy"])
+    predictions = np.load(tmp_path / "exp" / "predictions.npz")
+    assert predictions["config_0"].shape == (len(y), 2)
+
+
+def test_same_seed_same_table_apart_from_timings(hog_cache, tmp_path):
+    run_sweep([[hog_cache]], tmp_path / "a", seed=7, **FAST)
+    run_sweep([[hog_cache]], tmp_path / "b", seed=7, **FAST)
+    a, b = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING and k != "caches"} for r in rows]
+    assert strip(a) == strip(b)
+
+
+def test_repeats_report_mean_and_std(hog_cache, tmp_path):
+    options = dict(FAST, heads=["linsvm"])
+    run_sweep([[hog_cache]], tmp_path / "exp", repeats=3, **options)
+    rows = read_rows(tmp_path / "exp")
+    assert all(r["repeats"] == "3" for r in rows)
+    assert all(float(r["accuracy_std"]) >= 0 for r in rows)
+
+
+def test_concatenated_caches_and_several_sweeps_in_one_call(kaggle_dir, hog_cache, tmp_path):
+    manifest = build_manifest(kaggle_dir, val=0.2, test=0.25, seed=1)
+    other = build_cache(manifest, get_extractor("hog", size=24, orientations=6), cache_dir=tmp_path / "cache",
+                        workers=1).path
+    result = run_sweep([[hog_cache], [hog_cache, other]], tmp_path / "exp", **dict(FAST, heads=["logreg"]))
+    features = {r["features"] for r in result.rows}
+    assert features == {"hog", "hog+hog"} and len(result.rows) == 4
+    summary = json.loads((tmp_path / "exp" / "results.json").read_text())
+    with open_cache(hog_cache) as a, open_cache(other) as b:
+        assert summary["feature_sets"][1]["dims"] == [a.dim, b.dim]
+
+
+def test_cross_validation_when_there_is_no_val_split(kaggle_dir, tmp_path):
+    manifest = build_manifest(kaggle_dir, val=0.0, test=0.3, seed=0)
+    cache = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1).path
+    result = run_sweep([[cache]], tmp_path / "exp", cv=3, **dict(FAST, heads=["logreg"]))
+    assert {r["selected_by"] for r in result.rows} == {"cv3"}
+
+
+def test_clear_errors(kaggle_dir, tmp_path, hog_cache):
+    # one class only
+    cats = tmp_path / "cats"
+    for i in range(12):
+        make_image(cats / f"cat.{i}.png", "cat", i)
+    one = build_cache(build_manifest(cats), get_extractor("hog", size=32), cache_dir=tmp_path / "c1", workers=1).path
+    with pytest.raises(SweepError, match="one class only"):
+        run_sweep([[one]], tmp_path / "x", **FAST)
+    # caches of different images
+    with pytest.raises(SweepError, match="different images"):
+        run_sweep([[hog_cache, one]], tmp_path / "x", **FAST)
+    # empty test split
+    no_test = build_cache(build_manifest(kaggle_dir, val=0.2, test=0.0), get_extractor("hog", size=24),
+                          cache_dir=tmp_path / "c2", workers=1).path
+    with pytest.raises(SweepError, match="empty test split"):
+        run_sweep([[no_test]], tmp_path / "x", **FAST)
+    # NaN features (a file damaged outside featx)
+    with h5py.File(no_test, "r+") as h5:
+        h5["features"][0, 0] = np.nan
+    with pytest.raises(SweepError, match="NaN"):
+        run_sweep([[no_test]], tmp_path / "x", **FAST)
+    with pytest.raises(SweepError, match="unknown head"):
+        run_sweep([[hog_cache]], tmp_path / "x", heads=["forest"])
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_cli_sweep(hog_cache, tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"logreg": [{"head__C": [0.1]}]}))
+    result = CliRunner().invoke(app, ["sweep", str(hog_cache), "--heads", "logreg", "--grid", str(grid),
+                                      "--n-boot", "50", "--n-jobs", "1", "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "best hog logreg" in last and "test accuracy" in last
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "e2")])
+    assert result.exit_code == 2 and "does not exist" in result.output
