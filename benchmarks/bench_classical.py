@@ -1,10 +1,11 @@
 """Speed of the classical extractors (hog, sift_bovw): one worker against all workers.
 
 For each extractor, decode (``featx.images.load_image`` with the extractor's
-``preprocessing``) + ``transform`` run over chunks of image paths, first in this
-process alone, then in joblib (loky) worker processes, as ``featx cache`` does
-for ``parallel = "processes"`` extractors. Both runs must give identical
-features. SIFT first fits its vocabulary on a seeded subset of the images; that
+``preprocessing``) + ``transform`` run over chunks of image paths in this
+process alone, and in joblib (loky) worker processes, as ``featx cache`` does
+for ``parallel = "processes"`` extractors. The two modes alternate block by
+block (a shared machine's load then weighs on both alike), and must give
+identical features. SIFT first fits its vocabulary on a seeded subset of the images; that
 fit is timed on its own.
 
 Then, as a sanity figure for the features themselves: 5-fold cross-validated
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=2000, help="at most this many images (seeded sample)")
     parser.add_argument("--workers", type=int, default=-1, help="processes for the parallel run (-1: all cores)")
     parser.add_argument("--chunk", type=int, default=32, help="paths per worker task (the pipeline's shard)")
+    parser.add_argument("--block", type=int, default=8,
+                        help="chunks timed in one mode before switching to the other")
     parser.add_argument("--fit-images", type=int, default=500, help="images that fit the SIFT vocabulary")
     parser.add_argument("--extractors", default="hog,sift_bovw", help="comma-separated names")
     parser.add_argument("--cv", type=int, default=5, help="folds for the accuracy figure (0: skip it)")
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     n_workers = effective_n_jobs(args.workers)
     chunks = [paths[i:i + args.chunk] for i in range(0, len(paths), args.chunk)]
     print(f"{len(paths)} images from {args.data} ({', '.join(classes)}); {os.cpu_count()} cores, "
-          f"{n_workers} workers, chunks of {args.chunk}; load average before: "
+          f"{n_workers} workers, chunks of {args.chunk}, modes alternating every "
+          f"{args.block * args.chunk} images; load average before: "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
     rows, accuracy_rows = [], []
@@ -135,8 +139,20 @@ def main(argv: list[str] | None = None) -> None:
         Parallel(n_jobs=n_workers, backend="loky")(
             delayed(warm_up)(extractor, paths[:2]) for _ in range(n_workers))
 
-        (serial, serial_cpu), serial_seconds = timed(run_one_worker, extractor, chunks)
-        (parallel, parallel_cpu), parallel_seconds = timed(run_workers, extractor, chunks, n_workers)
+        # The two modes take turns, one block of chunks each, so that a change in the
+        # machine's background load falls on both alike instead of on one whole run.
+        serial_parts, parallel_parts = [], []
+        serial_seconds = parallel_seconds = 0.0
+        for start in range(0, len(chunks), args.block):
+            block = chunks[start:start + args.block]
+            part, seconds = timed(run_one_worker, extractor, block)
+            serial_parts.append(part)
+            serial_seconds += seconds
+            part, seconds = timed(run_workers, extractor, block, n_workers)
+            parallel_parts.append(part)
+            parallel_seconds += seconds
+        serial, serial_cpu = gather(serial_parts)
+        parallel, parallel_cpu = gather(parallel_parts)
         if not np.array_equal(serial, parallel):
             raise SystemExit(f"{name}: features differ between 1 and {n_workers} workers")
         # CPU ms per image: equal in both runs when the workers do not get in each other's way;
