@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -190,12 +189,7 @@ def cache(
             ext.precision = _run(_resolve_precision, precision, device)
     result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
                   workers=workers, dtype=dtype, progress=RichBar())
-    if result.failed:
-        err.print(f"[yellow]skipped {len(result.failed)} unreadable image(s):[/]", highlight=False)
-        for path, reason in result.failed[:20]:
-            err.print(f"  {path}: {reason}", highlight=False)
-        if len(result.failed) > 20:
-            err.print(f"  ... and {len(result.failed) - 20} more (featx inspect {result.path})", highlight=False)
+    _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)
     else:
@@ -320,6 +314,25 @@ def sweep(
 
 # ---------------------------------------------------------------------------------------------
 @app.command()
+def report(
+    experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out."),
+    top: int = typer.Option(3, help="Configurations drawn in the ROC and precision-recall plots."),
+) -> None:
+    """Write report.md and report.html with the ranked table, McNemar and PNG plots (ROC, PR,
+    confusion, learning curve, training history) from a sweep's results folder.
+
+    Example: [bold]featx report experiments/catsdogs[/]
+    """
+    from featx.report import write_report
+
+    paths = _run(write_report, experiment_dir, top=top)
+    plots = [path.name for key, path in paths.items() if key not in ("markdown", "html")]
+    err.print(f"{paths['html']}; plots: {', '.join(plots) or 'none'}", highlight=False)
+    out.print(str(paths["markdown"]), highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
 def imagenet(
     images: List[Path] = typer.Argument(..., help="Image files."),
     extractor: str = typer.Option("efficientnet_lite0", "--extractor", "-e", help="A backbone with its ImageNet classifier."),
@@ -362,6 +375,103 @@ def demo(
     from featx.demo import run_demo
 
     _run(run_demo, out_dir, seed=seed, console=out)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="best.joblib (or its experiment folder) from featx sweep, or the "
+                                          "finetune/ folder from featx finetune."),
+    directory: Path = typer.Argument(..., help="Folder of images (e.g. Kaggle's test1/), or a manifest CSV."),
+    output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="Submission CSV to write."),
+    hard: bool = typer.Option(False, "--hard", help="Write the predicted class name instead of probabilities."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Class whose probability goes into the "
+                                           "label column (default: the second class, e.g. dog for cat/dog)."),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where features of DIRECTORY are cached "
+                                   "(a re-run reuses them)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
+    layout: str = typer.Option("auto", help="auto | kaggle | folders | unlabeled (labels are not needed)."),
+) -> None:
+    """Predict a folder of images with a saved model and write a Kaggle submission (id,label).
+
+    Binary: label = probability of the second class (dog for cats/dogs), or of --positive;
+    --hard writes class names. Multi-class: one probability column per class.
+    Unreadable images are skipped and listed.
+
+    Example: [bold]featx predict experiments/effnet/best.joblib data/test1 -o submission.csv[/]
+    """
+    from featx.predict import check_submission_options, load_model, predict as predict_folder, write_submission
+    from featx.progress import RichBar
+
+    loaded = _run(load_model, model)
+    _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
+    err.print(f"model: {loaded.describe()}", highlight=False)
+    predictions = _run(predict_folder, loaded, directory, layout=layout, cache_dir=cache_dir,
+                       batch_size=batch_size, workers=workers, progress=RichBar())
+    _print_skipped(predictions.failed)
+    path = _run(write_submission, predictions, output, hard=hard, positive=positive)
+    all_cached = predictions.caches and all(c.noop for c in predictions.caches)
+    reused = " (features reused from the cache)" if all_cached else ""
+    skipped = f", {len(predictions.failed)} unreadable skipped" if predictions.failed else ""
+    out.print(f"{path}: {len(predictions.paths)} predictions{skipped}{reused}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="best.joblib (or its experiment folder), or a finetune/ folder."),
+    directory: Path = typer.Argument(..., help="Labelled folder (cat.1.jpg names, or one folder per label), "
+                                              "or a manifest CSV. Every image counts, whatever its split."),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where features of DIRECTORY are cached."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
+    layout: str = typer.Option("auto", help="auto | kaggle | folders."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Accuracy, ROC AUC, average precision and log loss of a saved model on a labelled folder, with 95% intervals.
+
+    Example: [bold]featx evaluate experiments/effnet/best.joblib data/holdout[/]
+    """
+    from featx.predict import evaluate as evaluate_folder, load_model
+    from featx.progress import RichBar
+
+    loaded = _run(load_model, model)
+    err.print(f"model: {loaded.describe()}", highlight=False)
+    result = _run(evaluate_folder, loaded, directory, layout=layout, cache_dir=cache_dir, batch_size=batch_size,
+                  workers=workers, n_boot=n_boot, seed=seed, progress=RichBar())
+    _print_skipped(result["failed"])
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return
+    table = Table(show_edge=False)
+    for column in ("metric", "value", "95% interval"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
+        table.add_row(metric, f"{result[metric]:.4f}",
+                      f"[{result[metric + '_low']:.4f}, {result[metric + '_high']:.4f}]")
+    out.print(table)
+    confusion = Table(title="confusion (rows: true, columns: predicted)", show_edge=False)
+    confusion.add_column("")
+    for name in result["label_names"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(result["label_names"], result["confusion"]):
+        confusion.add_row(name, *map(str, row))
+    out.print(confusion)
+    out.print(f"accuracy {result['accuracy']:.3f} [{result['accuracy_low']:.3f}, {result['accuracy_high']:.3f}] "
+              f"on {result['n_images']} images", highlight=False)
+
+
+def _print_skipped(failed: list) -> None:
+    """List unreadable images (they get no prediction) on stderr."""
+    if not failed:
+        return
+    err.print(f"[yellow]skipped {len(failed)} unreadable image(s):[/]", highlight=False)
+    for path, reason in failed[:20]:
+        err.print(f"  {path}: {reason}", highlight=False)
+    if len(failed) > 20:
+        err.print(f"  ... and {len(failed) - 20} more", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console script entry

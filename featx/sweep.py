@@ -416,10 +416,9 @@ def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_p
                             **{f"config_{i}": r["test_proba"].astype(np.float32) for i, r in enumerate(results)})
         joblib.dump(bundle, tmp / "best.joblib")
         if out_dir.exists():
-            # Keep what other stages put there (finetune/, report files are remade by featx report).
-            for keep in ("finetune",):
-                if (out_dir / keep).exists():
-                    shutil.move(str(out_dir / keep), str(tmp / keep))
+            # Keep what later stages put there (finetune/, scratch/); report files are remade by featx report.
+            for stage in [p for p in out_dir.iterdir() if p.is_dir()]:
+                shutil.move(str(stage), str(tmp / stage.name))
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)

@@ -11,14 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from conftest import make_image
-from featx.cache import CacheBuilder, CacheError, CacheLockedError, open_cache
+from featx.cache import CacheBuilder, CacheError, open_cache
 from featx.data import build_manifest
 from featx.extractors import get_extractor
 from featx.pipeline import build_cache

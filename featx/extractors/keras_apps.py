@@ -261,6 +261,7 @@ def register_application(name: str) -> ExtractorInfo:
     app = get_application(name)
 
     def factory(**opts: Any) -> KerasApplicationExtractor:
+        opts.pop("application", None)  # a saved spec's params name it; the registry name already does
         return KerasApplicationExtractor(app.name, **opts)
 
     return register(ExtractorInfo(

@@ -16,7 +16,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["WeightsError", "weights_home", "keras_models_dir", "sha256_file"]
+__all__ = ["WeightsError", "weights_home", "keras_models_dir", "sha256_file", "save_weights_atomic"]
 
 
 class WeightsError(RuntimeError):
@@ -51,3 +51,18 @@ def sha256_file(path: str | os.PathLike) -> str:
                 digest.update(block)
         _SHA_MEMO[key] = digest.hexdigest()
     return _SHA_MEMO[key]
+
+
+def save_weights_atomic(model, target: str | os.PathLike) -> Path:
+    """``model.save_weights(target)`` through a temporary file, so ``target`` is never half-written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Keras insists on the ".weights.h5" ending, so the temporary name keeps it.
+    stem = target.name[:-len(".weights.h5")] if target.name.endswith(".weights.h5") else target.stem
+    tmp = target.with_name(f".{stem}.tmp{os.getpid()}.weights.h5")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -45,7 +45,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import WeightsError, sha256_file, weights_home
+from . import WeightsError, save_weights_atomic, sha256_file, weights_home
 
 __all__ = [
     "CaffeLayer",
@@ -539,12 +539,4 @@ def import_caffemodel(path: str | os.PathLike,
     for name, arrays in caffe_to_keras(layers, model, CHW_FLATTENED).items():
         model.get_layer(name).set_weights(arrays)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keras insists on the .weights.h5 ending, so the temporary name keeps it.
-    tmp = target.with_name(f"{target.name[:-len('.weights.h5')]}.tmp{os.getpid()}.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return save_weights_atomic(model, target)

@@ -19,12 +19,11 @@ Layout conversion (PyTorch -> Keras):
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
 import numpy as np
 
-from . import WeightsError, weights_home
+from . import WeightsError, save_weights_atomic, weights_home
 
 __all__ = ["import_lite_weights", "checkpoint_path", "convert_state_dict"]
 
@@ -68,16 +67,7 @@ def import_lite_weights(variant: str, force: bool = False) -> Path:
     state_dict = _load_state_dict(checkpoint_path(spec.name))
     model = _keras_model_with(state_dict, spec.name)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keras insists on the ".weights.h5" suffix, so the temporary name keeps it.
-    partial = target.with_name(f".{spec.name}.{os.getpid()}.partial.weights.h5")
-    try:
-        model.save_weights(partial)
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return target
+    return save_weights_atomic(model, target)
 
 
 def checkpoint_path(variant: str) -> Path:

@@ -1,0 +1,704 @@
+"""Saved model -> predictions: Kaggle submissions, and evaluation on a labelled folder.
+
+Two kinds of saved model, one door in (:func:`load_model`):
+
+``best.joblib`` (``featx sweep``): :class:`SweepModel`
+    A scikit-learn head on cached features, with the spec (and learned state, e.g. a SIFT
+    vocabulary) of every extractor that fed it. Each extractor is rebuilt from its spec, its
+    weights are checked against the fingerprint recorded at sweep time, and the features of
+    the new images go through :func:`featx.pipeline.build_cache` into the cache folder, so a
+    second run on the same folder reuses them. Several caches (concatenated features) are
+    aligned by image path and put side by side in the order the head was trained on.
+``finetune/`` (``featx finetune``): :class:`FineTunedModel`
+    ``model.keras`` (RGB pixels in [0, 255] at the backbone's input size -> class
+    probabilities, preprocessing inside the model) and ``model.json`` (``label_names``,
+    ``input_size`` as ``[height, width]``, ``preprocessing``: :func:`featx.images.load_image`
+    keyword arguments). Images are decoded by a pool of threads and fed in batches.
+
+Images that cannot be read are skipped: they get no prediction, and
+:attr:`Predictions.failed` says which and why.
+
+Only load models you trust: ``best.joblib`` is a pickle.
+
+Examples
+--------
+>>> from featx.predict import load_model, predict, write_submission  # doctest: +SKIP
+>>> model = load_model("experiments/hog/best.joblib")  # doctest: +SKIP
+>>> predictions = predict(model, "data/test1")  # doctest: +SKIP
+>>> write_submission(predictions, "submission.csv")  # doctest: +SKIP
+PosixPath('submission.csv')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+
+from featx.data import Manifest, load_dataset
+from featx.extractors.base import Extractor
+
+__all__ = ["ModelError", "Predictions", "SweepModel", "FineTunedModel", "load_model", "predict", "evaluate",
+           "write_submission", "check_submission_options", "state_sha256", "SWEEP_MODEL_FILE",
+           "FINETUNE_MODEL_FILE", "FINETUNE_INFO_FILE"]
+
+SWEEP_MODEL_FILE = "best.joblib"
+FINETUNE_MODEL_FILE = "model.keras"
+FINETUNE_INFO_FILE = "model.json"
+
+# Cached feature rows read and classified at a time: bounds memory to this many rows of the
+# concatenated features, whatever the number of images.
+_ROWS_PER_CHUNK = 4096
+
+
+class ModelError(ValueError):
+    """A saved model cannot be loaded or used as asked; the message says why and how to fix it."""
+
+
+@dataclass
+class Predictions:
+    """Class probabilities of the readable images of a folder.
+
+    Attributes
+    ----------
+    root : Path
+        The folder the image paths are relative to.
+    paths : list of str
+        One per row of ``proba``, in the order of the folder's index.
+    proba : ndarray of shape (n_images, n_classes)
+        Column ``j`` is the probability of ``label_names[j]``.
+    label_names : list of str
+        The model's classes.
+    labels : list of (str or None)
+        Each image's label under the folder's layout (None when unlabeled).
+    failed : list of (path, reason)
+        Images that could not be read; they have no row.
+    caches : list of CacheResult
+        What feature extraction did (one per extractor; empty for a fine-tuned model).
+    """
+
+    root: Path
+    paths: list[str]
+    proba: np.ndarray
+    label_names: list[str]
+    labels: list[str | None]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    caches: list = field(default_factory=list)
+
+    @property
+    def predicted_names(self) -> list[str]:
+        """The most probable class of each image."""
+        return [self.label_names[i] for i in np.argmax(self.proba, axis=1)]
+
+
+# ---------------------------------------------------------------------------
+# Sweep bundle (best.joblib)
+# ---------------------------------------------------------------------------
+class SweepModel:
+    """A head from ``featx sweep`` with the extractors that feed it.
+
+    Parameters
+    ----------
+    bundle : dict
+        What :func:`featx.sweep.run_sweep` stores in ``best.joblib``: ``model`` (a fitted
+        Pipeline whose classes are indices into ``label_names``), ``label_names``,
+        ``extractors`` (spec, state, cache, dataset of each feature block, in column order)
+        and ``dims``.
+    path : path, optional
+        Where the bundle was read from (for messages).
+    """
+
+    kind = "sweep"
+    _REQUIRED = ("model", "label_names", "extractors", "dims")
+
+    def __init__(self, bundle: dict, path: str | os.PathLike | None = None) -> None:
+        where = path or "the bundle"
+        if not isinstance(bundle, dict):
+            raise ModelError(f"{where} holds a {type(bundle).__name__}, expected the dict that featx sweep "
+                             f"writes to {SWEEP_MODEL_FILE}")
+        missing = [key for key in self._REQUIRED if key not in bundle]
+        if missing:
+            raise ModelError(f"{where} is not a featx sweep bundle (missing {', '.join(missing)}); "
+                             f"give the {SWEEP_MODEL_FILE} written by featx sweep")
+        if len(bundle["extractors"]) != len(bundle["dims"]) or not bundle["extractors"]:
+            raise ModelError(f"{where} lists {len(bundle['extractors'])} extractor(s) but {len(bundle['dims'])} "
+                             f"feature block size(s); the bundle is damaged: run featx sweep again")
+        self.bundle = bundle
+        self.path = Path(path) if path is not None else None
+        self.model = bundle["model"]
+        self.label_names = list(bundle["label_names"])
+
+    def describe(self) -> str:
+        """One line: the head and its features."""
+        names = "+".join(entry["spec"]["name"] for entry in self.bundle["extractors"])
+        return f"{self.bundle.get('head', 'head')} on {names} features ({sum(self.bundle['dims'])} dims)"
+
+    def extractors(self) -> list[tuple[Extractor, dict | None]]:
+        """Each extractor rebuilt from its spec, checked, with its learned state restored.
+
+        Returns
+        -------
+        list of (Extractor, spec_extra)
+            ``spec_extra`` is ``{"state_sha256": ...}`` for an extractor whose state came from
+            the bundle (it goes into the cache's name), None otherwise.
+
+        Raises
+        ------
+        ModelError
+            When the weights changed since the sweep, or the extractor now describes itself
+            differently (its features would not be the ones the head was trained on).
+        """
+        return [_rebuild_extractor(entry) for entry in self.bundle["extractors"]]
+
+    def predict_manifest(self, manifest: Manifest, cache_dir: str | os.PathLike = "cache",
+                         batch_size: int = 32, workers: int | None = None, progress=None) -> Predictions:
+        """Probabilities for the images of ``manifest`` (features cached in ``cache_dir``)."""
+        from featx.cache import open_cache
+        from featx.pipeline import build_cache
+
+        results = []
+        for extractor, spec_extra in self.extractors():
+            target = _cache_path(manifest, extractor, spec_extra, cache_dir)
+            results.append(build_cache(_with_cached_splits(manifest, target), extractor, cache_dir=cache_dir,
+                                       batch_size=batch_size, workers=workers, progress=progress,
+                                       fit=False, spec_extra=spec_extra))
+        with contextlib.ExitStack() as stack:
+            caches = [stack.enter_context(open_cache(result.path)) for result in results]
+            for cache, entry, dim in zip(caches, self.bundle["extractors"], self.bundle["dims"]):
+                if cache.dim != dim:
+                    raise ModelError(f"{cache.path} has {cache.dim} features per image but the head was trained "
+                                     f"on {dim} from {entry['spec']['name']}; delete that cache and run again")
+            positions = [{path: row for row, path in enumerate(cache.paths)} for cache in caches]
+            paths, failed = _aligned_paths(manifest, positions, [cache.failed for cache in caches])
+            proba = np.zeros((len(paths), len(self.label_names)))
+            for start in range(0, len(paths), _ROWS_PER_CHUNK):
+                chunk = paths[start:start + _ROWS_PER_CHUNK]
+                blocks = [_read_rows(cache.features, [position[p] for p in chunk])
+                          for cache, position in zip(caches, positions)]
+                proba[start:start + len(chunk)] = self.predict_proba(np.hstack(blocks))
+        return Predictions(manifest.root, paths, proba, self.label_names, _labels_of(manifest, paths),
+                           failed, results)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """The head's probabilities with one column per class of ``label_names``."""
+        proba = self.model.predict_proba(X)
+        seen = [int(c) for c in self.model.classes_]
+        if seen == list(range(len(self.label_names))):
+            return proba
+        # A head trained on a subset of the classes gives the others probability 0.
+        full = np.zeros((len(X), len(self.label_names)))
+        full[:, seen] = proba
+        return full
+
+
+def _read_rows(features, rows: Sequence[int]) -> np.ndarray:
+    """``features[rows]`` of an h5py dataset as float32, ``rows`` in any order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+    if not len(rows):
+        return block
+    order = np.argsort(rows, kind="stable")  # h5py reads increasing rows only
+    ascending = rows[order]
+    if ascending[-1] - ascending[0] == len(rows) - 1:
+        block[order] = features[ascending[0]:ascending[-1] + 1]  # one contiguous slice: the fast path
+    else:
+        block[order] = features[ascending]
+    return block
+
+
+def _rebuild_extractor(entry: dict) -> tuple[Extractor, dict | None]:
+    from featx.extractors import get_extractor
+    from featx.extractors.keras_base import KerasExtractor
+
+    spec = entry["spec"]
+    name = spec["name"]
+    params = dict(spec.get("params", {}))
+    try:
+        extractor = get_extractor(name, **params)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot rebuild extractor {name} with the parameters the model was trained with "
+                         f"({json.dumps(params, sort_keys=True)}): {exc}") from None
+    if isinstance(extractor, KerasExtractor) and extractor.params.get("weights") is None:
+        raise ModelError(f"{name} was built with weights=None (random, for tests): the same features cannot be "
+                         f"computed again for new images; make the caches with weights=imagenet or "
+                         f"weights=PATH and run featx sweep again")
+    expected = spec.get("weights_sha256")
+    actual = extractor.weights_fingerprint()
+    if expected != actual:
+        raise ModelError(
+            f"{name}: the weights changed since the sweep (sha256 {_short_hash(actual)} now, "
+            f"{_short_hash(expected)} when the features were made from weights={params.get('weights')!r}); "
+            f"put the original weights file back, or run featx cache and featx sweep again with these weights")
+    rebuilt = extractor.spec()
+    for key in ("params", "preprocessing"):
+        if key in spec and rebuilt[key] != spec[key]:
+            now, then = (json.dumps(value, sort_keys=True) for value in (rebuilt[key], spec[key]))
+            raise ModelError(f"{name}: this featx builds the extractor with {key} {now} but the model was "
+                             f"trained on {then}; its features would not match: run featx cache and featx sweep "
+                             f"again with this version")
+    state = entry.get("state") or {}
+    if extractor.needs_fit and not state:
+        raise ModelError(f"{name} learns from training images but the bundle holds no learned state for it "
+                         f"(cache {entry.get('cache')}); run featx sweep again on a cache made by featx cache")
+    if not state:
+        return extractor, None
+    extractor.set_state(state)
+    return extractor, {"state_sha256": state_sha256(state)}
+
+
+def state_sha256(state: dict[str, np.ndarray]) -> str:
+    """sha256 of an extractor's learned arrays (names, dtypes, shapes and bytes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = state_sha256({"vocabulary": np.zeros((2, 3), np.float32)})
+    >>> a == state_sha256({"vocabulary": np.zeros((3, 2), np.float32)})
+    False
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        array = np.ascontiguousarray(state[key])
+        digest.update(f"{key}\x00{array.dtype.str}\x00{array.shape}\x00".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _short_hash(value: str | None) -> str:
+    return "none (random weights)" if value is None else f"{value[:12]}..."
+
+
+def _cache_path(manifest: Manifest, extractor: Extractor, spec_extra: dict | None, cache_dir) -> Path:
+    from featx.cache import cache_file_name
+
+    return Path(cache_dir) / cache_file_name(manifest.name, {**extractor.spec(), **(spec_extra or {})})
+
+
+def _with_cached_splits(manifest: Manifest, cache_path: Path) -> Manifest:
+    """The manifest with each image in the split an existing cache of the same name gives it.
+
+    Prediction ignores splits, but a cache is keyed on its manifest, splits included: a folder
+    indexed with other split settings than the sweep's would make ``build_cache`` rewrite the
+    cache the sweep was trained from, with new splits. Taking the cached splits reuses it as it is.
+    """
+    from featx.cache import CacheError, open_cache
+
+    if not cache_path.exists():
+        return manifest
+    try:
+        with open_cache(cache_path) as cache:
+            cached_split = dict(zip(cache.paths, cache.split.tolist()))
+            seed = int(cache.attrs.get("seed", manifest.seed))
+    except (CacheError, OSError, KeyError):
+        return manifest
+    records = []
+    for record in manifest.records:
+        split = cached_split.get(record.path, record.split)
+        if (split == "unlabeled") != (record.label is None):
+            split = record.split  # a label the cache did not have (or the reverse): keep ours
+        records.append(replace(record, split=split))
+    return replace(manifest, records=records, seed=seed)
+
+
+def _aligned_paths(manifest: Manifest, positions: Sequence[dict], failures: Sequence[list]):
+    """Paths that have a row in every cache (manifest order), and the others with the reason."""
+    reasons = {}
+    for failed in failures:
+        for image, reason in failed:
+            reasons.setdefault(image, reason)
+    kept, failed = [], []
+    for record in manifest.records:
+        if all(record.path in position for position in positions):
+            kept.append(record.path)
+        else:
+            failed.append((record.path, reasons.get(record.path, "no features in the cache")))
+    return kept, failed
+
+
+def _labels_of(manifest: Manifest, paths: Sequence[str]) -> list[str | None]:
+    label = {r.path: r.label for r in manifest.records}
+    return [label[p] for p in paths]
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuned Keras model (finetune/model.keras + model.json)
+# ---------------------------------------------------------------------------
+class FineTunedModel:
+    """A Keras model from RGB pixels to class probabilities, as ``featx finetune`` saves it.
+
+    Parameters
+    ----------
+    keras_model : keras.Model
+        Takes float RGB images in [0, 255] of ``info["input_size"]`` and returns probabilities,
+        one column per class (a single sigmoid column is read as the second class's probability).
+    info : dict
+        The ``model.json`` contents: ``label_names``, ``input_size`` ``[height, width]``,
+        ``preprocessing`` (:func:`featx.images.load_image` keyword arguments).
+    path : path, optional
+        The folder it was read from (for messages).
+    """
+
+    kind = "finetune"
+
+    def __init__(self, keras_model, info: dict, path: str | os.PathLike | None = None) -> None:
+        where = path or "model.json"
+        if not isinstance(info, dict) or not info.get("label_names"):
+            raise ModelError(f"{where}: {FINETUNE_INFO_FILE} must hold label_names (a list of class names)")
+        self.keras_model = keras_model
+        self.info = info
+        self.path = Path(path) if path is not None else None
+        self.label_names = [str(name) for name in info["label_names"]]
+        self.preprocessing = dict(info.get("preprocessing") or {})
+        if self.preprocessing.get("size") is None:
+            if not info.get("input_size"):
+                raise ModelError(f"{where}: {FINETUNE_INFO_FILE} gives neither input_size nor preprocessing.size; "
+                                 f"the images' size cannot be known")
+            self.preprocessing["size"] = list(info["input_size"])
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "FineTunedModel":
+        """Read ``model.keras`` and ``model.json`` from a fine-tune folder."""
+        import importlib
+
+        import keras
+
+        folder = Path(folder)
+        try:
+            info = json.loads((folder / FINETUNE_INFO_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {folder / FINETUNE_INFO_FILE}: {exc}") from None
+        try:  # featx's own layers (preprocessing, probability columns) that model.keras refers to by name
+            custom_objects = importlib.import_module("featx.finetune").custom_objects()
+        except ModuleNotFoundError as exc:
+            if exc.name != "featx.finetune":
+                raise
+            custom_objects = {}
+        try:
+            model = keras.saving.load_model(folder / FINETUNE_MODEL_FILE, compile=False,
+                                            custom_objects=custom_objects)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelError(f"cannot load {folder / FINETUNE_MODEL_FILE}: {exc}") from None
+        return cls(model, info, folder)
+
+    def describe(self) -> str:
+        backbone = (self.info.get("backbone") or {}).get("name", "keras model")
+        return f"fine-tuned {backbone} ({len(self.label_names)} classes)"
+
+    def predict_manifest(self, manifest: Manifest, cache_dir: str | os.PathLike = "cache",
+                         batch_size: int = 32, workers: int | None = None, progress=None) -> Predictions:
+        """Probabilities for the images of ``manifest`` (``cache_dir`` is not used: no features are cached)."""
+        from featx.pipeline import Progress, extract_images
+
+        progress = progress or Progress()
+        adapter = _ProbabilityExtractor(self.keras_model, self.preprocessing)
+        paths = [r.path for r in manifest.records]
+        step = 8 * batch_size  # a progress update every few batches
+        units = [(start, paths[start:start + step]) for start in range(0, len(paths), step)]
+        kept, failed, parts = [], [], []
+        progress.start("fine-tuned model", len(paths))
+        try:
+            for start, proba, ok, reasons in extract_images(adapter, manifest.root, units, workers, batch_size):
+                unit_paths = paths[start:start + step]
+                kept.extend(p for p, good in zip(unit_paths, ok) if good)
+                failed.extend(zip([p for p, good in zip(unit_paths, ok) if not good], reasons))
+                if len(proba):
+                    parts.append(self._columns(proba))
+                progress.advance(len(ok))
+        finally:
+            progress.stop()
+        proba = np.concatenate(parts) if parts else np.zeros((0, len(self.label_names)))
+        return Predictions(manifest.root, kept, proba, self.label_names, _labels_of(manifest, kept), failed)
+
+    def _columns(self, proba: np.ndarray) -> np.ndarray:
+        n_classes = len(self.label_names)
+        if proba.shape[1] == 1 and n_classes == 2:
+            return np.hstack([1.0 - proba, proba])
+        if proba.shape[1] != n_classes:
+            raise ModelError(f"{self.path}: the model outputs {proba.shape[1]} columns but {FINETUNE_INFO_FILE} "
+                             f"names {n_classes} classes ({', '.join(self.label_names)})")
+        return proba
+
+
+class _ProbabilityExtractor(Extractor):
+    """A pixels -> probabilities model seen as an extractor, so the pipeline's threaded decoding
+    and batching (:func:`featx.pipeline.extract_images`) feed it."""
+
+    name = "finetune"
+    parallel = "model"
+
+    def __init__(self, keras_model, preprocessing: dict) -> None:
+        super().__init__()
+        self.keras_model = keras_model
+        self._preprocessing = preprocessing
+
+    @property
+    def preprocessing(self) -> dict:
+        return self._preprocessing
+
+    def transform(self, images) -> np.ndarray:
+        batch = np.stack(images).astype(np.float32)
+        out = np.asarray(self.keras_model.predict_on_batch(batch), dtype=np.float64)
+        return out.reshape(len(batch), -1)
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
+    """Read a saved model: a sweep's ``best.joblib`` or a fine-tune folder.
+
+    Parameters
+    ----------
+    path : path
+        ``experiments/NAME/best.joblib`` (or the folder ``experiments/NAME``), or a fine-tune
+        folder ``experiments/NAME/finetune`` holding ``model.keras`` and ``model.json`` (or
+        either file of it).
+
+    Returns
+    -------
+    SweepModel or FineTunedModel
+        Both have ``label_names``, ``describe()`` and ``predict_manifest(...)``.
+
+    Raises
+    ------
+    ModelError
+        When the path holds neither kind of model; the message says what was expected.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelError(f"{path} does not exist; give {SWEEP_MODEL_FILE} from featx sweep, its experiment "
+                         f"folder, or the finetune/ folder from featx finetune")
+    if path.is_dir():
+        if (path / FINETUNE_INFO_FILE).is_file() and (path / FINETUNE_MODEL_FILE).exists():
+            return FineTunedModel.load(path)
+        if (path / SWEEP_MODEL_FILE).is_file():
+            return _load_sweep_bundle(path / SWEEP_MODEL_FILE)
+        raise ModelError(f"{path} holds neither {SWEEP_MODEL_FILE} (featx sweep) nor {FINETUNE_MODEL_FILE} + "
+                         f"{FINETUNE_INFO_FILE} (featx finetune)")
+    if path.suffix == ".keras" or path.name == FINETUNE_INFO_FILE:
+        missing = [name for name in (FINETUNE_MODEL_FILE, FINETUNE_INFO_FILE) if not (path.parent / name).exists()]
+        if missing:
+            raise ModelError(f"{path.parent} lacks {' and '.join(missing)}; a fine-tuned model is the folder "
+                             f"featx finetune writes ({FINETUNE_MODEL_FILE} + {FINETUNE_INFO_FILE})")
+        return FineTunedModel.load(path.parent)
+    return _load_sweep_bundle(path)
+
+
+def _load_sweep_bundle(path: Path) -> SweepModel:
+    import pickle
+
+    import joblib
+
+    try:
+        bundle = joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
+        raise ModelError(f"{path} is not a readable joblib file ({type(exc).__name__}: {exc}); give the "
+                         f"{SWEEP_MODEL_FILE} written by featx sweep") from None
+    return SweepModel(bundle, path)
+
+
+def _as_model(model) -> SweepModel | FineTunedModel:
+    return model if isinstance(model, (SweepModel, FineTunedModel)) else load_model(model)
+
+
+def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
+            batch_size: int = 32, workers: int | None = None, progress=None) -> Predictions:
+    """Class probabilities for every readable image of a folder.
+
+    Parameters
+    ----------
+    model : path, SweepModel or FineTunedModel
+        As accepted by :func:`load_model`.
+    source : path
+        A folder of images (Kaggle's unlabeled ``test1/``, or a labelled one), or a manifest
+        CSV from ``featx index``.
+    layout : {"auto", "kaggle", "folders", "unlabeled"}
+        How labels are read from a folder (labels are carried along, never needed here).
+    cache_dir : path
+        Where features are cached (sweep models); a second run on the same folder reuses them.
+    batch_size : int
+        Images per model call (CNN extractors, fine-tuned models).
+    workers : int, optional
+        Decoding threads / worker processes; default: all cores.
+    progress : featx.pipeline.Progress, optional
+        Progress bar hooks.
+
+    Returns
+    -------
+    Predictions
+        Unreadable images have no row and are listed in ``failed``.
+    """
+    model = _as_model(model)
+    manifest = load_dataset(source, layout=layout)
+    return model.predict_manifest(manifest, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
+                                  progress=progress)
+
+
+def write_submission(predictions: Predictions, output: str | os.PathLike = "submission.csv", *,
+                     hard: bool = False, positive: str | None = None) -> Path:
+    """Write a Kaggle submission CSV atomically (a reader never sees half a file).
+
+    The ``id`` of an image is its path relative to the folder without the extension
+    (``test1/123.jpg`` -> ``123``); rows are sorted by id, numerically when every id is a number.
+
+    Columns
+    -------
+    binary, default
+        ``id,label`` with the probability of the positive class: the second of
+        ``label_names`` (``dog`` for cats/dogs, whose classes sort as ``cat``, ``dog``),
+        or ``positive``.
+    ``hard=True``
+        ``id,label`` with the most probable class's name.
+    multi-class, default
+        ``id,<class 1>,<class 2>...``: one probability column per class; with ``positive``,
+        ``id,label`` with that class's probability.
+
+    Parameters
+    ----------
+    predictions : Predictions
+        From :func:`predict`.
+    output : path
+        The CSV to write (its folder is created).
+    hard : bool
+        Class names instead of probabilities.
+    positive : str, optional
+        The class whose probability goes into ``label``.
+
+    Returns
+    -------
+    Path
+    """
+    names = predictions.label_names
+    check_submission_options(names, hard=hard, positive=positive)
+    ids = [_image_id(p) for p in predictions.paths]
+    if len(set(ids)) != len(ids):
+        raise ModelError("two images share an id (file name without extension); a submission needs unique ids")
+    order = sorted(range(len(ids)), key=_id_sort_key(ids))
+    if hard:
+        header, values = ["id", "label"], [[name] for name in predictions.predicted_names]
+    elif positive is not None or len(names) == 2:
+        column = names.index(positive) if positive is not None else 1
+        header, values = ["id", "label"], [[_format_probability(p)] for p in predictions.proba[:, column]]
+    else:
+        header, values = ["id", *names], [[_format_probability(p) for p in row] for row in predictions.proba]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for i in order:
+        writer.writerow([ids[i], *values[i]])
+    return _atomic_write_text(Path(output), buffer.getvalue())
+
+
+def check_submission_options(label_names: Sequence[str], hard: bool = False, positive: str | None = None) -> None:
+    """Refuse :func:`write_submission` options that cannot work, before any image is read.
+
+    Raises
+    ------
+    ModelError
+        When both ``hard`` and ``positive`` are given, or ``positive`` is not one of ``label_names``.
+    """
+    if hard and positive is not None:
+        raise ModelError("--hard writes class names; --positive only chooses a probability column: give one of them")
+    if positive is not None and positive not in label_names:
+        raise ModelError(f"--positive {positive!r} is not a class of the model; its classes are "
+                         f"{', '.join(label_names)}")
+
+
+def _image_id(path: str) -> str:
+    return PurePosixPath(path).with_suffix("").as_posix()
+
+
+def _id_sort_key(ids: list[str]):
+    if ids and all(re.fullmatch(r"\d+", i) for i in ids):
+        return lambda i: int(ids[i])
+    return lambda i: ids[i]
+
+
+def _format_probability(value: float) -> str:
+    return format(float(value), ".6g")
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
+             batch_size: int = 32, workers: int | None = None, n_boot: int = 1000, seed: int = 0,
+             progress=None) -> dict:
+    """Metrics of a saved model on a labelled folder, with bootstrap 95% intervals.
+
+    Every image of the folder counts, whatever split an index would give it.
+
+    Parameters
+    ----------
+    model : path, SweepModel or FineTunedModel
+        As accepted by :func:`load_model`.
+    source : path
+        A labelled folder (``kaggle`` names ``cat.1.jpg`` or ``folders`` layout) or a manifest CSV.
+    layout : {"auto", "kaggle", "folders"}
+        How labels are read.
+    cache_dir, batch_size, workers, progress
+        As in :func:`predict`.
+    n_boot : int
+        Bootstrap resamples for the intervals.
+    seed : int
+        Seeds the resampling.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``roc_auc``, ``average_precision``, ``log_loss``, each with ``_low`` and
+        ``_high`` (see :func:`featx.metrics.metrics_with_ci`); ``n_images``; ``n_boot``;
+        ``label_names``; ``confusion`` (rows: true class, columns: predicted, in
+        ``label_names`` order); ``failed`` (unreadable images, not counted); ``model``.
+
+    Raises
+    ------
+    ModelError
+        When the folder has no labels, or labels the model does not know.
+    """
+    from featx.metrics import metrics_with_ci
+
+    model = _as_model(model)
+    manifest = load_dataset(source, layout=layout)
+    if not manifest.label_names:
+        raise ModelError(f"{manifest.root} has no labels (layout {manifest.layout}: {manifest.layout_reason}); "
+                         f"evaluate needs label.N.jpg names or one folder per label")
+    unknown = sorted(set(manifest.label_names) - set(model.label_names))
+    if unknown:
+        raise ModelError(f"{manifest.root} has label(s) {', '.join(unknown)} that the model does not know; its "
+                         f"classes are {', '.join(model.label_names)}: remove those images or use a model "
+                         f"trained on them")
+    predictions = model.predict_manifest(manifest, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
+                                         progress=progress)
+    labelled = [i for i, label in enumerate(predictions.labels) if label is not None]  # a hand-made manifest may mix
+    if not labelled:
+        raise ModelError(f"no labelled image of {manifest.root} could be read ({len(predictions.failed)} failed); "
+                         f"nothing to evaluate")
+    index = {name: i for i, name in enumerate(model.label_names)}
+    y_true = np.array([index[predictions.labels[i]] for i in labelled], dtype=np.int64)
+    proba = predictions.proba[labelled]
+    classes = np.arange(len(model.label_names))
+    result = metrics_with_ci(y_true, proba, classes, n_boot=n_boot, seed=seed)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (y_true, proba.argmax(axis=1)), 1)
+    result.update({"n_images": len(y_true), "label_names": list(model.label_names),
+                   "confusion": confusion.tolist(), "failed": predictions.failed, "model": model.describe()})
+    return result

@@ -1,0 +1,682 @@
+"""``featx report``: the results of a sweep as a ranked table, statistics and plots.
+
+The report reads only what earlier stages wrote into ``experiments/<name>/``:
+
+``results.csv``, ``results.json``, ``predictions.npz``
+    the sweep (:func:`featx.sweep.run_sweep`);
+``<stage>/results.csv`` (``finetune/``, ``scratch/``, ...)
+    rows in the same columns from later stages, ranked together with the sweep's rows so that
+    frozen and fine-tuned models show side by side (with ``<stage>/predictions.npz`` in the
+    sweep's format, when present, their curves are drawn too);
+``<stage>/history.csv``
+    a later stage's per-epoch log (``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
+
+It writes, beside them, ``report.md`` and ``report.html`` (the same content; the HTML has its
+style inline and shows the PNGs by relative path) and these plots:
+
+``roc.png``, ``pr.png``
+    ROC and precision-recall curves of the top configurations on the test split (binary: the
+    positive class, ``label_names[1]``; multi-class: micro-average over one-vs-rest);
+``confusion.png``
+    the confusion matrix of the best configuration, with class names;
+``learning_curve.png``
+    test accuracy of the best configuration against the number of training images;
+``dense_history.png``
+    per-epoch loss and accuracy (train and val) of the dense heads and of the fine-tune, when
+    there are any.
+
+Rows are ranked as the sweep ranks them: by selection accuracy, ties broken by lower selection
+log loss (the test split never chooses). Every file is written under a temporary name and
+renamed into place, so an interrupted report leaves the previous one intact.
+
+Examples
+--------
+>>> from featx.report import write_report                      # doctest: +SKIP
+>>> paths = write_report("experiments/catsdogs")              # doctest: +SKIP
+>>> paths["markdown"]                                          # doctest: +SKIP
+PosixPath('experiments/catsdogs/report.md')
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PLOT_FILES", "Experiment", "ReportError", "load_experiment", "write_report"]
+
+#: Plot file names, keyed as in the dictionary :func:`write_report` returns.
+PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
+              "learning_curve": "learning_curve.png", "dense_history": "dense_history.png"}
+
+SWEEP_SOURCE = "sweep"
+_FLOAT_COLUMNS = ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds")
+_METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
+_INT_COLUMNS = ("rank", "config", "n_train", "n_test", "repeats")
+# Columns a later stage's results.csv must have; the sweep's own also needs rank and config (its predictions' keys).
+_REQUIRED_COLUMNS = ("features", "head", "params", "selected_by", "select_accuracy", "select_log_loss", "accuracy",
+                     "accuracy_low", "accuracy_high", "roc_auc", "average_precision", "log_loss", "fit_seconds")
+_SWEEP_COLUMNS = ("rank", "config", *_REQUIRED_COLUMNS)
+
+
+class ReportError(ValueError):
+    """The experiment folder cannot be reported on; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """What the earlier stages wrote into one experiment folder, ranked.
+
+    Attributes
+    ----------
+    directory : Path
+        The experiment folder.
+    rows : list of dict
+        Every configuration, sweep and later stages together, best first. Each row has the
+        ``results.csv`` columns (numbers as numbers, ``params`` as a dict) plus ``source``
+        (``"sweep"`` or the sub-folder name), ``overall_rank`` (1 = best), ``label`` (features,
+        disambiguated when two caches share a name), ``proba`` (test probabilities or None)
+        and ``history`` (per-epoch dense-head history or None).
+    summary : dict
+        ``results.json`` of the sweep.
+    label_names : list of str
+    y_test : ndarray of int
+        Test labels (indices into ``label_names``), in the row order of every ``proba``.
+    stage_histories : dict of str to dict
+        Columns of ``<stage>/history.csv`` (``finetune``, ``scratch``...), by stage name; the
+        ``epoch`` column counts finished epochs (the fine-tune's epoch 0 is its warm start).
+    """
+
+    directory: Path
+    rows: list[dict]
+    summary: dict
+    label_names: list[str]
+    y_test: np.ndarray
+    stage_histories: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def best_with_predictions(self) -> dict | None:
+        """The best-ranked row whose test probabilities are known (plots need them)."""
+        return next((row for row in self.rows if row["proba"] is not None), None)
+
+
+def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
+    """Read a sweep's results folder (and later stages' rows) into an :class:`Experiment`.
+
+    Parameters
+    ----------
+    experiment_dir : path
+        ``experiments/<name>``, as written by ``featx sweep ... --out experiments/<name>``.
+
+    Raises
+    ------
+    ReportError
+        When the folder, or one of the sweep's files in it, is missing or unreadable.
+    """
+    directory = Path(experiment_dir)
+    fix = f"run `featx sweep CACHE.h5 [CACHE.h5 ...] --out {directory}` first"
+    if not directory.is_dir():
+        raise ReportError(f"{directory}: no such experiment folder; {fix}")
+    missing = [name for name in ("results.csv", "results.json", "predictions.npz") if not (directory / name).is_file()]
+    if missing:
+        raise ReportError(f"{directory}: no sweep results here (missing {', '.join(missing)}); {fix}")
+    try:
+        summary = json.loads((directory / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{directory / 'results.json'} is not readable JSON ({exc}); {fix}") from exc
+    label_names = [str(name) for name in summary.get("label_names") or []]
+    y_test, sweep_proba = _read_predictions(directory / "predictions.npz", fix)
+    if not label_names:
+        raise ReportError(f"{directory / 'results.json'} has no label_names; {fix}")
+
+    rows = _read_rows(directory / "results.csv", SWEEP_SOURCE, fix, _SWEEP_COLUMNS)
+    histories = summary.get("histories") or {}
+    for row in rows:
+        row["proba"] = sweep_proba.get(row["config"])
+        history = histories.get(str(row["config"]))
+        row["history"] = {k: [float(v) for v in values] for k, values in history.items()} if history else None
+    sources, stage_histories = [SWEEP_SOURCE], {}
+    for stage_csv in sorted(directory.glob("*/results.csv")):
+        stage = stage_csv.parent.name
+        if stage.startswith("."):
+            continue
+        stage_fix = f"re-run the stage that wrote {stage_csv.parent} or move that folder out of {directory}"
+        stage_rows = _read_rows(stage_csv, stage, stage_fix, _REQUIRED_COLUMNS)
+        stage_proba = {}
+        if (stage_csv.parent / "predictions.npz").is_file():
+            stage_y, stage_proba = _read_predictions(stage_csv.parent / "predictions.npz", stage_fix)
+            if not np.array_equal(stage_y, y_test):
+                stage_proba = {}  # another test split: its curves would not be comparable
+        for row in stage_rows:
+            row["proba"] = stage_proba.get(row.get("config"))
+            if row["proba"] is None and len(stage_rows) == 1 and len(stage_proba) == 1:
+                # One model, one array (finetune keeps its base config's number but saves config_0).
+                row["proba"] = next(iter(stage_proba.values()))
+            row["history"] = None
+        rows.extend(stage_rows)
+        sources.append(stage)
+        history = _read_history(stage_csv.parent / "history.csv", stage_fix)
+        if history:
+            stage_histories[stage] = history
+    _rank(rows)
+    _label_features(rows)
+    return Experiment(directory=directory, rows=rows, summary=summary, label_names=label_names, y_test=y_test,
+                      stage_histories=stage_histories, sources=sources)
+
+
+def _read_predictions(path: Path, fix: str) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            y_test = np.asarray(data["y_test"]).astype(int)
+            proba = {int(key.split("_", 1)[1]): np.asarray(data[key], dtype=np.float64)
+                     for key in data.files if key.startswith("config_")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReportError(f"{path} is not a readable predictions file with y_test ({exc}); {fix}") from exc
+    return y_test, proba
+
+
+def _read_rows(path: Path, source: str, fix: str, required: tuple[str, ...]) -> list[dict]:
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            raw_rows = list(reader)
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path} is not a readable results table ({exc}); {fix}") from exc
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ReportError(f"{path} lacks the results columns {missing} (it has {columns}); {fix}")
+    if not raw_rows:
+        raise ReportError(f"{path} has a header but no rows; {fix}")
+    rows = []
+    for line, raw in enumerate(raw_rows, start=2):
+        row: dict[str, Any] = dict(raw)
+        try:
+            for column in _INT_COLUMNS:
+                if raw.get(column) not in (None, ""):
+                    row[column] = int(float(raw[column]))
+            for column in _FLOAT_COLUMNS + tuple(f"{m}{s}" for m in _METRICS for s in ("", "_low", "_high", "_std")):
+                row[column] = _to_float(raw.get(column))
+        except ValueError as exc:
+            raise ReportError(f"{path}, line {line}: {exc}; {fix}") from exc
+        row["params"] = _parse_params(raw.get("params"))
+        row["source"] = source
+        rows.append(row)
+    return rows
+
+
+def _parse_params(text: str | None) -> dict | str:
+    """The JSON parameters of a row; text that is not a JSON object is shown as it is."""
+    try:
+        params = json.loads(text) if text else {}
+    except ValueError:
+        return text
+    return params if isinstance(params, dict) else text
+
+
+def _to_float(text: str | None) -> float:
+    return float(text) if text not in (None, "") else math.nan
+
+
+def _read_history(path: Path, fix: str) -> dict[str, list[float]] | None:
+    """Numeric columns of a per-epoch CSV (empty cells: NaN); None when the file is absent or empty."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, newline="") as handle:
+            records = list(csv.DictReader(handle))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path} is not a readable history CSV ({exc}); {fix}") from exc
+    if not records:
+        return None
+    columns = {}
+    for name in records[0]:
+        try:
+            columns[name] = [_to_float(record[name]) for record in records]
+        except (TypeError, ValueError):
+            continue  # a non-numeric column (a timestamp, say) is not plotted
+    return columns
+
+
+def _rank(rows: list[dict]) -> None:
+    """Order rows best first, the sweep's own order: selection accuracy, then selection log loss."""
+
+    def key(item):
+        index, row = item
+        accuracy, loss = row["select_accuracy"], row["select_log_loss"]
+        # Ties keep the reading order: the sweep first (its csv is in its own rank order), then later stages.
+        return (-accuracy if not math.isnan(accuracy) else math.inf, loss if not math.isnan(loss) else math.inf, index)
+
+    ordered = [row for _, row in sorted(enumerate(rows), key=key)]
+    rows[:] = ordered
+    for rank, row in enumerate(rows, start=1):
+        row["overall_rank"] = rank
+
+
+def _label_features(rows: list[dict]) -> None:
+    """Features as named by the sweep, plus the cache's hash when two caches share that name."""
+    caches_by_name: dict[str, set] = {}
+    for row in rows:
+        caches_by_name.setdefault(row["features"], set()).add(row.get("caches", ""))
+    for row in rows:
+        label = row["features"]
+        if len(caches_by_name[label]) > 1 and row.get("caches"):
+            hashes = [Path(cache).stem.rsplit("-", 1)[-1] for cache in row["caches"].split("+")]
+            label = f"{label} [{'+'.join(hashes)}]"
+        row["label"] = label
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+TABLE_HEADER = ("rank", "source", "features", "head", "params", "selected by", "test accuracy [95% CI]",
+                "ROC AUC", "AP", "log loss", "fit s")
+
+
+def format_params(params: dict | str) -> str:
+    """``{"head__C": 1.0, "pre_0__n_components": 64}`` -> ``C=1.0, pre_0__n_components=64``."""
+    if isinstance(params, str):
+        return params
+    parts = []
+    for name in sorted(params):
+        value = params[name]
+        parts.append(f"{name.removeprefix('head__')}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    return ", ".join(parts) or "-"
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_accuracy(row: dict) -> str:
+    """``0.9474 [0.8421, 1.0000]``; with repeats, ``± std`` before the interval."""
+    text = _number(row["accuracy"])
+    repeats = row.get("repeats")
+    if isinstance(repeats, int) and repeats > 1 and not math.isnan(row["accuracy_std"]):
+        text += f" ± {row['accuracy_std']:.4f}"
+    if not math.isnan(row["accuracy_low"]):
+        text += f" [{_number(row['accuracy_low'])}, {_number(row['accuracy_high'])}]"
+    return text
+
+
+def table_cells(row: dict) -> list[str]:
+    """One row of the ranked table, in :data:`TABLE_HEADER` order."""
+    return [str(row["overall_rank"]), row["source"], row["label"], row["head"], format_params(row["params"]),
+            f"{row['selected_by']} {_number(row['select_accuracy'])}", format_accuracy(row),
+            _number(row["roc_auc"]), _number(row["average_precision"]), _number(row["log_loss"]),
+            _number(row["fit_seconds"], 2)]
+
+
+def _row_name(row: dict) -> str:
+    """Short name of a configuration for legends and captions."""
+    return f"#{row['overall_rank']} {row['label']} {row['head']} ({format_params(row['params'])})"
+
+
+def _mcnemar_line(experiment: Experiment) -> str | None:
+    result = experiment.summary.get("mcnemar")
+    if not result:
+        return None
+    by_config = {row["config"]: row for row in experiment.rows if row["source"] == SWEEP_SOURCE}
+    a, b = by_config.get(result["a"]), by_config.get(result["b"])
+    if a is None or b is None:
+        return None
+    return (f"McNemar, the sweep's best two on test: {_row_name(a)} vs {_row_name(b)}: "
+            f"n01 = {result['n01']} (only the first right), n10 = {result['n10']} (only the second right), "
+            f"p = {result['p_value']:.4g} ({result.get('method', '')}). "
+            + ("The difference is significant at 5%." if result["p_value"] < 0.05
+               else "The difference is not significant at 5%."))
+
+
+def _learning_curve_lines(experiment: Experiment) -> list[str]:
+    curve = experiment.summary.get("learning_curve") or []
+    if not curve:
+        return []
+    lines = [f"{point['n_train']:,} training images: test accuracy {point['test_accuracy']:.4f}" for point in curve]
+    if len(curve) >= 2:
+        last, before = curve[-1], curve[-2]
+        lines.append(f"from {before['n_train']:,} to {last['n_train']:,} images the test accuracy moved by "
+                     f"{last['test_accuracy'] - before['test_accuracy']:+.4f}")
+    return lines
+
+
+@dataclass
+class _Section:
+    """A titled block of the report: paragraphs, then an optional figure."""
+
+    title: str
+    paragraphs: list[str]
+    figure: str | None = None
+    caption: str = ""
+
+
+def _sections(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> list[_Section]:
+    summary = experiment.summary
+    sections = []
+    mcnemar_line = _mcnemar_line(experiment)
+    if mcnemar_line:
+        sections.append(_Section("Best two compared", [mcnemar_line]))
+    for key, title in (("roc", "ROC curves (test)"), ("pr", "Precision-recall curves (test)"),
+                       ("confusion", "Confusion matrix (test)")):
+        if key in figures:
+            sections.append(_Section(title, [], figures[key], captions[key]))
+    curve_lines = _learning_curve_lines(experiment)
+    if curve_lines:
+        sections.append(_Section("How many training images?", curve_lines, figures.get("learning_curve"),
+                                 captions.get("learning_curve", "")))
+    if "dense_history" in figures:
+        sections.append(_Section("Training history", [], figures["dense_history"], captions["dense_history"]))
+    labels = {row.get("caches"): row["label"] for row in experiment.rows}
+    feature_lines = [f"{labels.get('+'.join(fs.get('caches', [])), fs['name'])}: "
+                     f"{' + '.join(str(d) for d in fs.get('dims', []))} dims from {', '.join(fs.get('caches', []))}"
+                     for fs in summary.get("feature_sets", [])]
+    if feature_lines:
+        sections.append(_Section("Feature caches", feature_lines))
+    return sections
+
+
+def _headline(experiment: Experiment) -> list[str]:
+    summary = experiment.summary
+    best = experiment.rows[0]
+    sweep_rows = [row for row in experiment.rows if row["source"] == SWEEP_SOURCE]
+    lines = [
+        (f"Protocol: {summary.get('protocol', 'see results.json')}; {sweep_rows[0].get('n_train', '?')} train and "
+         f"{len(experiment.y_test)} test images; classes: {', '.join(experiment.label_names)}; "
+         f"seed {summary.get('seed', '?')}, {summary.get('repeats', 1)} repeat(s), "
+         f"{summary.get('n_boot', '?')} bootstrap resamples for the 95% intervals."),
+        f"Best: {_row_name(best)}, test accuracy {format_accuracy(best)}.",
+    ]
+    if len(experiment.sources) > 1:
+        lines.append(f"Rows from: {', '.join(experiment.sources)} (ranked together by their selection score).")
+    return lines
+
+
+def render_markdown(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
+    """The report as Markdown; ``figures`` maps plot keys to file names beside the report."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [f"# featx report: {experiment.directory.name}", ""]
+    lines += [f"{line}  " for line in _headline(experiment)]
+    lines += ["", "## Ranked configurations", "",
+              "| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in table_cells(row)) + " |" for row in experiment.rows]
+    for section in _sections(experiment, figures, captions):
+        lines += ["", f"## {section.title}", ""]
+        lines += [f"- {p}" for p in section.paragraphs] if len(section.paragraphs) > 1 else section.paragraphs
+        if section.figure:
+            lines += [""] if section.paragraphs else []
+            lines += [f"![{section.caption}]({section.figure})", "", f"*{section.caption}*"]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}"""
+
+
+def render_html(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
+    """The report as one HTML page (inline style; PNGs by relative path)."""
+    e = html.escape
+    numeric = {0, 5, 6, 7, 8, 9, 10}
+    title = f"featx report: {experiment.directory.name}"
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    parts += [f"<p>{e(line)}</p>" for line in _headline(experiment)]
+    parts += ["<h2>Ranked configurations</h2>", "<table>",
+              "<tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>"]
+    for row in experiment.rows:
+        cells = table_cells(row)
+        parts.append("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>"
+                                      for i, c in enumerate(cells)) + "</tr>")
+    parts.append("</table>")
+    for section in _sections(experiment, figures, captions):
+        parts.append(f"<h2>{e(section.title)}</h2>")
+        if len(section.paragraphs) > 1:
+            parts.append("<ul>" + "".join(f"<li>{e(p)}</li>" for p in section.paragraphs) + "</ul>")
+        else:
+            parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
+        if section.figure:
+            parts.append(f'<figure><img src="{e(section.figure)}" alt="{e(section.caption)}">'
+                         f"<figcaption>{e(section.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib's object API on the Agg canvas: no display, no pyplot global state)
+# ---------------------------------------------------------------------------------------------
+def _figure(width: float = 6.4, height: float = 4.8):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _curve_inputs(experiment: Experiment, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(true 0/1, score) of the positive class (binary) or of every (row, class) pair (micro-average)."""
+    if len(experiment.label_names) == 2:
+        return (experiment.y_test == 1).astype(int), proba[:, 1], f"positive class: {experiment.label_names[1]}"
+    onehot = np.eye(len(experiment.label_names), dtype=int)[experiment.y_test]
+    return onehot.ravel(), proba.ravel(), "micro-average over one-vs-rest; the table's AUC and AP are macro"
+
+
+def plot_roc(experiment: Experiment, rows: list[dict]):
+    """ROC curves of ``rows`` (each with ``proba``) on the test split; returns the figure and its caption."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure = _figure()
+    axes = figure.add_subplot()
+    for row in rows:
+        truth, score, how = _curve_inputs(experiment, row["proba"])
+        false_positive, true_positive, _ = roc_curve(truth, score)
+        axes.plot(false_positive, true_positive, lw=1.8,
+                  label=f"{_row_name(row)}  AUC {roc_auc_score(truth, score):.4f}")
+    axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01),
+             title=f"ROC on {len(experiment.y_test)} test images ({how})")
+    axes.legend(loc="lower right", fontsize=7)
+    axes.grid(alpha=0.3)
+    return figure, f"ROC curves of the top {len(rows)} configurations on the test split ({how})."
+
+
+def plot_precision_recall(experiment: Experiment, rows: list[dict]):
+    """Precision-recall curves of ``rows`` on the test split; returns the figure and its caption."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    figure = _figure()
+    axes = figure.add_subplot()
+    prevalence = None
+    for row in rows:
+        truth, score, how = _curve_inputs(experiment, row["proba"])
+        precision, recall, _ = precision_recall_curve(truth, score)
+        axes.step(recall, precision, where="post", lw=1.8,
+                  label=f"{_row_name(row)}  AP {average_precision_score(truth, score):.4f}")
+        prevalence = truth.mean()
+    axes.axhline(prevalence, ls=":", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(-0.01, 1.01), ylim=(0, 1.02),
+             title=f"Precision-recall on {len(experiment.y_test)} test images ({how})")
+    axes.legend(loc="lower left", fontsize=7)
+    axes.grid(alpha=0.3)
+    return figure, f"Precision-recall curves of the top {len(rows)} configurations on the test split ({how})."
+
+
+def plot_confusion(experiment: Experiment, row: dict):
+    """Confusion matrix (counts, coloured by row share) of one configuration on the test split."""
+    from sklearn.metrics import confusion_matrix
+
+    n_classes = len(experiment.label_names)
+    predicted = row["proba"].argmax(axis=1)
+    counts = confusion_matrix(experiment.y_test, predicted, labels=np.arange(n_classes))
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(4.0 + 0.45 * n_classes, 16.0)
+    figure = _figure(side + 1.2, side)
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    if n_classes <= 30:  # past that the numbers no longer fit in their cells
+        for true_index in range(n_classes):
+            for predicted_index in range(n_classes):
+                share, count = shares[true_index, predicted_index], counts[true_index, predicted_index]
+                axes.text(predicted_index, true_index, f"{count}\n{share:.0%}" if count else "0",
+                          ha="center", va="center", fontsize=9 if n_classes <= 10 else 6,
+                          color="white" if share > 0.6 else ("black" if count else "silver"))
+    if n_classes <= 60:  # past that, names overlap whatever their size
+        ticks = np.arange(n_classes)
+        slanted = n_classes > 4
+        axes.set_xticks(ticks, experiment.label_names, rotation=45 if slanted else 0,
+                        ha="right" if slanted else "center", fontsize=10 if n_classes <= 20 else 6)
+        axes.set_yticks(ticks, experiment.label_names, fontsize=10 if n_classes <= 20 else 6)
+    accuracy = float(np.mean(predicted == experiment.y_test))
+    axes.set(xlabel="predicted", ylabel="true", title=f"{_row_name(row)}\ntest accuracy {accuracy:.4f}")
+    axes.title.set_fontsize(9)
+    return figure, f"Confusion matrix of {_row_name(row)} on the test split (counts; colour: share of the true class)."
+
+
+def plot_learning_curve(experiment: Experiment):
+    """Test accuracy of the sweep's best configuration against the number of training images."""
+    curve = experiment.summary.get("learning_curve") or []
+    best_config = (experiment.summary.get("best") or {}).get("config")
+    best = next((row for row in experiment.rows
+                 if row["source"] == SWEEP_SOURCE and row["config"] == best_config), None)
+    sizes = [point["n_train"] for point in curve]
+    accuracies = [point["test_accuracy"] for point in curve]
+    figure = _figure()
+    axes = figure.add_subplot()
+    axes.plot(sizes, accuracies, marker="o", lw=1.8)
+    for size, accuracy in zip(sizes, accuracies):
+        axes.annotate(f"{accuracy:.3f}", (size, accuracy), textcoords="offset points", xytext=(0, 7),
+                      ha="center", fontsize=8)
+    if len(sizes) > 1 and sizes[-1] / max(sizes[0], 1) >= 8:
+        axes.set_xscale("log")
+    axes.set_xticks(sizes, [f"{size:,}" for size in sizes])
+    axes.minorticks_off()
+    low, high = min(accuracies), max(accuracies)
+    margin = max(0.02, (high - low) * 0.15)
+    axes.set(xlabel="training images", ylabel="test accuracy",
+             ylim=(max(0.0, low - margin), min(1.0, high + margin) + 0.01))
+    name = _row_name(best) if best else "the sweep's best configuration"
+    axes.set_title(f"Learning curve: {name}", fontsize=9)
+    axes.grid(alpha=0.3)
+    return figure, (f"Test accuracy of {name}, refit on growing random subsets of the train split "
+                    f"({len(experiment.y_test)} test images).")
+
+
+def plot_history(experiment: Experiment, rows: list[dict]):
+    """Per-epoch loss and accuracy (train solid, val dashed) of dense heads and of the fine-tune."""
+    series = [(_row_name(row), row["history"]) for row in rows] + list(experiment.stage_histories.items())
+    legend_lines = (len(series) + 3) // 2  # two columns: one entry per series, then train and val
+    figure = _figure(11, 4.0 + 0.2 * legend_lines)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for index, (name, history) in enumerate(series):
+        colour = f"C{index % 10}"
+        # A stage's CSV numbers finished epochs; a dense head's Keras history starts after epoch 1.
+        n_epochs = len(next(iter(history.values())))
+        epochs = np.asarray(history["epoch"] if "epoch" in history else np.arange(1, n_epochs + 1))
+        for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                values = history.get(prefix + metric)
+                if values:
+                    axes.plot(epochs[:len(values)], values, style, color=colour, lw=1.6, marker=".")
+        handles.append(Line2D([], [], color=colour, lw=1.6, label=name))
+    handles += [Line2D([], [], color="grey", ls="-", label="train"), Line2D([], [], color="grey", ls="--", label="val")]
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.set(xlabel="epoch", ylabel=metric, title=metric)
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    what = ", ".join([f"{len(rows)} dense head(s)"] * bool(rows) + list(experiment.stage_histories))
+    return figure, f"Per-epoch loss and accuracy of {what}: train solid, val dashed."
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories: int = 4) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and the PNG plots into an experiment folder.
+
+    Parameters
+    ----------
+    experiment_dir : path
+        ``experiments/<name>`` written by ``featx sweep ... --out experiments/<name>``.
+    top : int
+        Configurations drawn in the ROC and precision-recall plots (best first).
+    max_histories : int
+        Dense heads drawn in ``dense_history.png`` (best first; the fine-tune's and other stages'
+        ``history.csv`` are added).
+
+    Returns
+    -------
+    dict of str to Path
+        ``markdown`` and ``html``, plus one key per plot written (see :data:`PLOT_FILES`); a plot
+        without data (no dense head, no learning curve) is left out, and an old file of its name
+        removed.
+
+    Raises
+    ------
+    ReportError
+        When the folder holds no sweep results (run ``featx sweep ... --out DIR`` first).
+    """
+    if top < 1 or max_histories < 0:
+        raise ReportError(f"top must be at least 1 and max_histories at least 0; got top={top}, "
+                          f"max_histories={max_histories}")
+    experiment = load_experiment(experiment_dir)
+    directory = experiment.directory
+    with_predictions = [row for row in experiment.rows if row["proba"] is not None]
+    dense_rows = [row for row in experiment.rows if row["history"]][:max_histories]
+    plotters: dict[str, Callable[[], Any]] = {}
+    if with_predictions:
+        plotters["roc"] = lambda: plot_roc(experiment, with_predictions[:top])
+        plotters["pr"] = lambda: plot_precision_recall(experiment, with_predictions[:top])
+        plotters["confusion"] = lambda: plot_confusion(experiment, experiment.best_with_predictions)
+    if experiment.summary.get("learning_curve"):
+        plotters["learning_curve"] = lambda: plot_learning_curve(experiment)
+    if dense_rows or experiment.stage_histories:
+        plotters["dense_history"] = lambda: plot_history(experiment, dense_rows)
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        figures, captions = {}, {}
+        for key, plotter in plotters.items():
+            figure, captions[key] = plotter()
+            final = directory / PLOT_FILES[key]
+            figure.savefig(_stage(final, staged), format="png")
+            figures[key] = final.name
+        for name, render in (("report.md", render_markdown), ("report.html", render_html)):
+            _stage(directory / name, staged).write_text(render(experiment, figures, captions), encoding="utf-8")
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+    for key, name in PLOT_FILES.items():
+        if key not in figures:
+            (directory / name).unlink(missing_ok=True)  # a plot of an earlier report that no longer applies
+    paths = {"markdown": directory / "report.md", "html": directory / "report.html"}
+    paths.update({key: directory / name for key, name in figures.items()})
+    return paths
+
+
+def _stage(final: Path, staged: list[tuple[Path, Path]]) -> Path:
+    """A temporary name beside ``final``, remembered for the rename (or the clean-up)."""
+    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    staged.append((temporary, final))
+    return temporary
