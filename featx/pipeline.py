@@ -100,8 +100,9 @@ def _run_processes(extractor, root, units, workers) -> Iterator:
 
     results = Parallel(n_jobs=workers, return_as="generator", backend="loky")(
         delayed(_decode_and_transform)(extractor, root, paths) for _, paths in units)
-    for (shard, _), result in zip(units, results):
-        yield (shard, *result)
+    # drive the loop by the results so joblib's generator is run to its end (no "tasks cancelled" warning)
+    for index, result in enumerate(results):
+        yield (units[index][0], *result)
 
 
 def _run_model(extractor, root, units, workers, batch_size, prefetch) -> Iterator:

@@ -18,7 +18,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -36,7 +35,7 @@ SIFT_DESCRIPTOR_DIM = 128
 # -- shared helpers -------------------------------------------------------
 def _size_pair(value: Any, option: str) -> tuple[int, int]:
     """``64`` or ``[h, w]`` -> ``(h, w)``, both positive ints."""
-    pair = (value, value) if np.isscalar(value) else tuple(value)
+    pair = (value, value) if np.isscalar(value) else tuple(value) if isinstance(value, (list, tuple)) else ()
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                  and v > 0 for v in pair):
         raise ValueError(f"{option} must be a positive int or a pair of positive ints "
