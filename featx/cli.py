@@ -463,6 +463,106 @@ def evaluate(
               f"on {result['n_images']} images", highlight=False)
 
 
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def finetune(
+    experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out (its best.joblib "
+                                                   "must hold a CNN cache and a dense, logreg or linsvm head)."),
+    unfreeze: str = typer.Option("top", help="top (block5 for VGG16, the last stages for EfficientNet-Lite, "
+                                             "fc6/fc7 for CaffeNet) | all | none | N (the last N layers)."),
+    epochs: int = typer.Option(5, help="Total epochs (a resumed run counts the ones already done)."),
+    learning_rate: float = typer.Option(1e-4, "--lr", "--learning-rate", help="Peak learning rate (cosine decay to 0)."),
+    optimizer: str = typer.Option("adam", help="adam | sgd | rmsprop."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Global batch (split over GPUs)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom, translation."),
+    config: Optional[int] = typer.Option(None, help="Start from this sweep config (results.csv 'config') "
+                                                    "instead of the best."),
+    patience: int = typer.Option(3, help="Early stopping patience in epochs (0: train every epoch)."),
+    monitor: str = typer.Option("val_loss", help="val_loss | val_accuracy: picks the best checkpoint."),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (float16 on GPU) | on | off."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an earlier run's checkpoint and start over."),
+    workers: int = typer.Option(4, help="Image decoding threads."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, help="Seed (weights of new layers, shuffling, augmentation)."),
+) -> None:
+    """Fine-tune the backbone with the sweep's best head on top; write EXPERIMENT/finetune/.
+
+    Before training, the model reproduces the head's predictions on cached images (checked).
+    Checkpoints the best epoch by val, stops early, resumes after an interruption, uses every
+    GPU (MirroredStrategy). The results row lands beside the sweep's in featx report.
+
+    Example: [bold]featx finetune experiments/catsdogs --unfreeze top --epochs 5 --lr 1e-4[/]
+    """
+    import sys
+
+    from featx.finetune import run_finetune
+
+    _seed_everything(seed)
+    try:
+        unfreeze_value: str | int = int(unfreeze)
+    except ValueError:
+        unfreeze_value = unfreeze
+    result = _run(run_finetune, experiment_dir, unfreeze=unfreeze_value, epochs=epochs, augment=augment,
+                  learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size, config=config,
+                  patience=patience or None, seed=seed, monitor=monitor, restart=restart,
+                  mixed_precision=mixed_precision, workers=workers, n_boot=n_boot,
+                  verbose=1 if sys.stderr.isatty() else 2)
+    row = result.row
+    err.print(f"warm start: fine-tune model vs head max |p difference| {result.warm_start_difference:.2e}; "
+              f"val accuracy {result.val_before.get('accuracy', float('nan')):.4f} -> "
+              f"{result.val_after.get('accuracy', float('nan')):.4f}; {len(result.trainable_layers)} trainable layers",
+              highlight=False)
+    out.print(f"{result.out_dir}: {row['features']} {row['head']} test accuracy {row['accuracy']:.4f} "
+              f"[{row['accuracy_low']:.4f}, {row['accuracy_high']:.4f}] ({result.epochs_run} epochs, "
+              f"{result.seconds:.0f} s)", highlight=False)
+
+
+@app.command()
+def scratch(
+    source: Path = typer.Argument(..., help="Labelled image folder or a manifest CSV from featx index."),
+    out_dir: Path = typer.Option(Path("experiments/scratch"), "--out", help="Experiment folder; writes "
+                                 "OUT/scratch/ (OUT/scratch-tuned/ with --tune)."),
+    preset: str = typer.Option("keras-blog", help="keras-blog (3 blocks) | vgg-mini (4 blocks) | bn-gap "
+                                                 "(4 blocks, batch norm, global pooling)."),
+    image_size: int = typer.Option(128, "--image-size", help="Square input size in pixels."),
+    epochs: int = typer.Option(30, help="Epochs (best by val accuracy is kept)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Default: the preset's."),
+    patience: int = typer.Option(10, help="Early stopping patience in epochs."),
+    tune: bool = typer.Option(False, "--tune", help="Keras Tuner search first, then retrain the best config."),
+    tuner: str = typer.Option("bayesian", help="bayesian | random."),
+    max_trials: int = typer.Option(10, "--max-trials", help="Tuning budget in trials."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Tuning budget in minutes."),
+    trial_epochs: Optional[int] = typer.Option(None, "--trial-epochs", help="Epochs per trial (default: a third of --epochs)."),
+    train_minutes: Optional[float] = typer.Option(None, "--train-minutes", help="Stop training after this many minutes."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an earlier search and run."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="tf op determinism (slower on GPU)."),
+    layout: str = typer.Option("auto", help="When SOURCE is a folder: auto | kaggle | folders."),
+    val: float = typer.Option(0.1, help="When SOURCE is a folder: fraction for validation."),
+    test: float = typer.Option(0.1, help="When SOURCE is a folder: fraction for test."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    workers: int = typer.Option(4, help="Image decoding threads."),
+    seed: int = typer.Option(0, help="Seed (weights, batches, augmentation, tuner)."),
+) -> None:
+    """Train a small CNN from scratch (optionally after a Keras Tuner search) as the baseline
+    that transfer learning must beat; the results row lands in the same report.
+
+    Example: [bold]featx scratch cache/train.csv --out experiments/catsdogs --epochs 30 --tune --max-trials 4[/]
+    """
+    from featx.progress import RichBar
+    from featx.scratch import scratch_command
+
+    _seed_everything(seed)
+    _, line = _run(scratch_command, source, out_dir, preset=preset, image_size=image_size, epochs=epochs,
+                   batch_size=batch_size, augment=augment, learning_rate=learning_rate, patience=patience,
+                   tune=tune, tuner=tuner, max_trials=max_trials, max_minutes=max_minutes,
+                   trial_epochs=trial_epochs, train_minutes=train_minutes, restart=restart, seed=seed,
+                   deterministic=deterministic, workers=workers, layout=layout, val=val, test=test,
+                   n_boot=n_boot, progress=RichBar())
+    out.print(line, highlight=False)
+
+
 def _print_skipped(failed: list) -> None:
     """List unreadable images (they get no prediction) on stderr."""
     if not failed:

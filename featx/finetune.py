@@ -1,0 +1,1056 @@
+"""Keras fine-tuning warm-started from a sweep's best head.
+
+``featx finetune experiments/<name>`` reads what ``featx sweep`` wrote
+(``best.joblib`` and ``results.json``), rebuilds the backbone that made the
+cache, and puts the head on top as Keras layers:
+
+* a dense head's layers are copied, with its scaler folded into the first Dense;
+* a linear head (logistic regression, the calibrated linear SVM) becomes one
+  Dense layer whose weights absorb the scaler (and PCA) and, for the SVM, the
+  sigmoid calibration;
+* the backbone's own preprocessing becomes a layer, so the model takes raw RGB
+  in [0, 255] and ``model.keras`` needs nothing else.
+
+Before any training step the model reproduces the head's probabilities on the
+cached images (:func:`check_warm_start`). Then the chosen layers are unfrozen
+(batch normalisation stays in inference mode) and trained on the cache's train
+split with augmentation, keeping the best weights by a validation metric.
+Training is resumable: an interrupted run started again continues from its last
+finished epoch, and asking for more epochs continues where the last run ended.
+
+Outputs (``experiments/<name>/finetune/``)
+------------------------------------------
+``model.keras``        raw RGB [0, 255] float input -> K class probabilities (best weights)
+``model.json``         label names, input size, load_image options, backbone spec, base sweep row
+``best.weights.h5``    best weights by the validation metric (epoch 0 = the warm start)
+``checkpoint/``        Keras BackupAndRestore state (last finished epoch, optimizer included)
+``state.json``         settings, warm-start check, best value and epoch so far (for resuming)
+``history.csv``        one row per epoch (epoch 0: the warm start, before any training)
+``curves.png``         loss and accuracy per epoch, train and val
+``results.csv``        one row in the sweep's RESULT_COLUMNS (head ``finetune``)
+``predictions.npz``    test labels, paths and probabilities, as the sweep writes them
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from featx import __version__
+
+__all__ = [
+    "FinetuneError",
+    "FinetuneResult",
+    "BaseHead",
+    "load_base_head",
+    "build_finetune_model",
+    "set_trainable",
+    "check_warm_start",
+    "run_finetune",
+    "custom_objects",
+    "UNFREEZE_TOP",
+]
+
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
+BACKBONE_LAYER = "backbone"
+MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+
+#: Layer-name prefixes of the "top block" that ``unfreeze="top"`` trains, per extractor.
+#: Only the prefixes present in the cut backbone count; a backbone with none of them
+#: needs ``unfreeze=N`` or ``"all"``.
+UNFREEZE_TOP: dict[str, tuple[str, ...]] = {
+    "vgg16": ("block5_",),
+    "caffenet": ("conv5", "pool5", "fc6", "fc7", "fc8"),
+    # The last two stages and the head convolution of EfficientNet-Lite.
+    "efficientnet_lite0": ("block6", "block7", "top_"),
+    "efficientnet_lite1": ("block6", "block7", "top_"),
+    "efficientnet_lite2": ("block6", "block7", "top_"),
+    "keras:resnet50": ("conv5_",),
+    "keras:resnet101": ("conv5_",),
+    "keras:densenet121": ("conv5_", "bn", "relu"),
+    "keras:mobilenet_v2": ("block_15_", "block_16_", "Conv_1", "out_relu"),
+    "keras:xception": ("block13", "block14"),
+    "keras:inception_v3": ("mixed9", "mixed10"),
+    **{f"keras:efficientnet_b{i}": ("block6", "block7", "top_") for i in range(8)},
+    **{f"keras:efficientnetv2_{v}": ("block6", "top_") for v in ("b0", "b1", "b2", "b3", "s")},
+    **{f"keras:convnext_{v}": ("convnext_{}_stage_3".format(v), "convnext_{}_head".format(v), "backbone_output")
+       for v in ("tiny", "small", "base")},
+}
+#: For backbones without a named top block: "top" trains this share of the last layers with weights.
+TOP_FALLBACK_SHARE = 0.2
+
+
+class FinetuneError(ValueError):
+    """The experiment cannot be fine-tuned as asked; the message says why and how to fix it."""
+
+
+# ---------------------------------------------------------------------------
+# Serializable layers (registered so model.keras reloads without featx code paths)
+# ---------------------------------------------------------------------------
+_LAYER_NAMES = ("ChannelAffine", "TwoColumnProbabilities", "NormalizeRows", "L2Normalize")
+# Defined by _define_layers() on first use, so importing this module does not import Keras.
+ChannelAffine = TwoColumnProbabilities = NormalizeRows = L2Normalize = None
+
+
+def custom_objects() -> dict:
+    """featx's Keras layers by name, registered; call before ``keras.models.load_model("model.keras")``.
+
+    Defining them here (not at import) keeps ``import featx.finetune`` free of Keras.
+    CaffeNet's own layers are registered too, so a CaffeNet fine-tune reloads.
+
+    Examples
+    --------
+    >>> sorted(custom_objects())  # doctest: +SKIP
+    ['ChannelAffine', 'L2Normalize', 'NormalizeRows', 'TwoColumnProbabilities']
+    """
+    if ChannelAffine is None:
+        _define_layers()
+    try:
+        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
+    except ImportError:  # pragma: no cover - caffenet needs only keras
+        pass
+    return {name: globals()[name] for name in _LAYER_NAMES}
+
+
+def _define_layers() -> None:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class ChannelAffine(keras.layers.Layer):
+        """Per-pixel affine map of the colour channels: ``x @ matrix + offset``.
+
+        Reproduces every featx backbone's numpy ``preprocess`` (BGR reordering,
+        mean subtraction, scaling) inside the model, so it takes raw RGB in [0, 255].
+        Always computes in float32.
+        """
+
+        def __init__(self, matrix, offset, **kwargs):
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(**kwargs)
+            self.matrix = [[float(v) for v in row] for row in np.asarray(matrix, dtype=np.float64)]
+            self.offset = [float(v) for v in np.asarray(offset, dtype=np.float64)]
+
+        def call(self, inputs):
+            x = ops.cast(inputs, "float32")
+            return ops.matmul(x, ops.convert_to_tensor(self.matrix, "float32")) + ops.convert_to_tensor(
+                self.offset, "float32")
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "matrix": self.matrix, "offset": self.offset}
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class TwoColumnProbabilities(keras.layers.Layer):
+        """``p`` (N, 1) -> ``[1 - p, p]`` (N, 2), as scikit-learn's binary ``predict_proba``."""
+
+        def call(self, inputs):
+            return ops.concatenate([1.0 - inputs, inputs], axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], 2)
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class NormalizeRows(keras.layers.Layer):
+        """Divide each row by its sum (one-vs-rest calibrated probabilities; uniform when all are 0)."""
+
+        def call(self, inputs):
+            total = ops.sum(inputs, axis=-1, keepdims=True)
+            n_classes = ops.cast(ops.shape(inputs)[-1], inputs.dtype)
+            uniform = ops.ones_like(inputs) / n_classes
+            return ops.where(total > 0, inputs / ops.where(total > 0, total, 1.0), uniform)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class L2Normalize(keras.layers.Layer):
+        """Row-wise L2 normalisation as scikit-learn's ``Normalizer`` (zero rows stay zero)."""
+
+        def call(self, inputs):
+            norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
+            return inputs / ops.where(norm > 0, norm, 1.0)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    globals().update(ChannelAffine=ChannelAffine, TwoColumnProbabilities=TwoColumnProbabilities,
+                     NormalizeRows=NormalizeRows, L2Normalize=L2Normalize)
+
+
+def _layers() -> None:
+    custom_objects()
+
+
+def preprocessing_layer(extractor, name: str = "preprocess"):
+    """A :class:`ChannelAffine` layer equal to ``extractor.preprocess``, measured from the extractor itself.
+
+    Every featx CNN preprocesses pixels with a per-channel affine map (channel
+    reordering, mean, scale); feeding it black and pure-channel images gives the
+    offset and the 3x3 matrix. The map is then checked on random images.
+
+    Raises
+    ------
+    FinetuneError
+        When the extractor's preprocessing is not such a map.
+    """
+    _layers()
+    height, width = extractor.preprocessing["size"]
+    probes = np.zeros((4, height, width, 3), dtype=np.float32)
+    for channel in range(3):
+        probes[channel + 1, ..., channel] = 255.0
+    out = np.asarray(extractor.preprocess(probes.copy()), dtype=np.float64)
+    offset = out[0, 0, 0]
+    matrix = (out[1:, 0, 0] - offset) / 255.0  # row c: response to input channel c
+    rng = np.random.default_rng(0)
+    sample = rng.uniform(0, 255, (2, height, width, 3)).astype(np.float32)
+    expected = np.asarray(extractor.preprocess(sample.copy()), dtype=np.float64)
+    got = sample.astype(np.float64) @ matrix + offset
+    if not np.allclose(got, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
+        raise FinetuneError(f"{extractor.name}'s preprocess is not a per-channel affine map of the pixels; "
+                            "it cannot be expressed as featx's ChannelAffine layer")
+    return ChannelAffine(matrix, offset, name=name)
+
+
+# ---------------------------------------------------------------------------
+# The base head: what the sweep selected (or another row, refit)
+# ---------------------------------------------------------------------------
+@dataclass
+class BaseHead:
+    """A fitted sweep head with everything needed to put it on its backbone.
+
+    Attributes
+    ----------
+    model : sklearn.pipeline.Pipeline
+        Steps ``pre_*`` then ``head``; fitted on integer labels.
+    extractor_spec : dict
+        Spec of the backbone that made the cache (``name``, ``params``, ``weights_sha256``, ...).
+    cache_path : str
+        The cache: its ``root`` attribute, paths, labels and split give the images.
+    label_names : list of str
+    row : dict
+        The sweep's results row of this configuration.
+    experiment_dir : Path
+    seed : int
+    """
+
+    model: Any
+    extractor_spec: dict
+    cache_path: str
+    label_names: list
+    row: dict
+    experiment_dir: Path
+    seed: int
+
+    @property
+    def head_name(self) -> str:
+        return self.row["head"]
+
+
+def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None) -> BaseHead:
+    """The sweep's best head (or the configuration ``config`` of its results, refit on train).
+
+    Parameters
+    ----------
+    experiment_dir : path
+        A folder written by ``featx sweep`` (``best.joblib``, ``results.json``).
+    config : int, optional
+        The ``config`` column of ``results.csv``. Another configuration than the
+        best is refit on the cache's train split with the sweep's seed.
+
+    Raises
+    ------
+    FinetuneError
+        Missing files, an unknown config, a head that is not a single-backbone
+        Keras CNN or is not expressible as Dense layers (rbfsvm).
+    """
+    import joblib
+
+    experiment_dir = Path(experiment_dir)
+    bundle_path, summary_path = experiment_dir / "best.joblib", experiment_dir / "results.json"
+    for path in (bundle_path, summary_path):
+        if not path.is_file():
+            raise FinetuneError(f"{path} not found; {experiment_dir} must be a folder written by "
+                                f"featx sweep (run: featx sweep CACHE.h5 --out {experiment_dir})")
+    bundle = joblib.load(bundle_path)
+    summary = json.loads(summary_path.read_text())
+    rows = {int(row["config"]): row for row in summary["rows"]}
+    best_config = int(summary["best"]["config"])
+    chosen = best_config if config is None else int(config)
+    if chosen not in rows:
+        raise FinetuneError(f"--config {config} is not a configuration of {summary_path}; expected one of "
+                            f"{sorted(rows)} (the config column of results.csv)")
+    row = rows[chosen]
+    seed = int(summary.get("seed", bundle.get("seed", 0)))
+    if row["head"] == "rbfsvm":
+        usable = sorted((r for r in rows.values() if r["head"] != "rbfsvm"), key=lambda r: r["rank"])
+        hint = (f"; the best linear/dense one is config {usable[0]['config']} ({usable[0]['head']} "
+                f"{usable[0]['params']}, rank {usable[0]['rank']}): pass --config {usable[0]['config']}"
+                if usable else "; sweep with --heads logreg,linsvm,dense")
+        raise FinetuneError(f"config {chosen} is an RBF-kernel SVM, which cannot be written as Dense layers "
+                            f"on the backbone{hint}")
+    if chosen == best_config:
+        model, extractors = bundle["model"], bundle["extractors"]
+    else:
+        model, extractors = _refit_config(row, seed, experiment_dir)
+    if len(extractors) != 1:
+        names = " + ".join(e["spec"]["name"] for e in extractors)
+        raise FinetuneError(f"config {chosen} uses concatenated caches ({names}); only a head on one CNN "
+                            "backbone can be fine-tuned: pick a single-cache config with --config N")
+    spec = extractors[0]["spec"]
+    from featx.extractors import get_extractor
+
+    probe = get_extractor(spec["name"], **_extractor_options(spec))
+    from featx.extractors.keras_base import KerasExtractor
+
+    if not isinstance(probe, KerasExtractor):
+        raise FinetuneError(f"config {chosen} uses {spec['name']} features, which come from no neural network; "
+                            "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
+                            "pick such a config with --config N")
+    return BaseHead(model=model, extractor_spec=spec, cache_path=_find_cache(extractors[0]["cache"], experiment_dir),
+                    label_names=list(bundle["label_names"]), row=row, experiment_dir=experiment_dir, seed=seed)
+
+
+def _find_cache(cache_path: str, experiment_dir: Path) -> str:
+    """The cache file, also when the sweep recorded it relative to another working folder.
+
+    ``featx sweep cache/x.h5 --out experiments/NAME`` records ``cache/x.h5``; from
+    another folder that is found again beside ``experiments/`` (the project folder).
+    """
+    path = Path(cache_path)
+    candidates = [path] if path.is_absolute() else [path, experiment_dir.parent.parent / path, experiment_dir / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise FinetuneError(f"the sweep's cache {cache_path} was not found (looked at "
+                        f"{', '.join(str(c) for c in candidates)}); run featx finetune from the folder where "
+                        "featx sweep ran, or rebuild the cache there")
+
+
+def _refit_config(row: dict, seed: int, experiment_dir: Path):
+    """Refit one results row on its caches' train split, as the sweep did."""
+    from featx.heads import make_head
+    from featx.sweep import SPLIT_TRAIN as TRAIN, load_feature_set
+
+    feature_set = load_feature_set([_find_cache(path, experiment_dir) for path in row["caches"].split("+")])
+    steps = [s for s in str(row["preprocessing"]).split(",") if s]
+    model = make_head(row["head"], steps[0] if len(steps) == 1 else steps, random_state=seed)
+    model.set_params(**json.loads(row["params"]))
+    train = feature_set.rows(TRAIN)
+    model.fit(feature_set.X[train], feature_set.y[train])
+    return model, feature_set.extractors
+
+
+def _extractor_options(spec: dict) -> dict:
+    """Constructor options from a cache spec (precision is part of params)."""
+    options = dict(spec.get("params", {}))
+    if spec["name"].startswith("keras:"):
+        options.pop("application", None)
+    return options
+
+
+def make_extractor(spec: dict, precision: str | None = None):
+    """Rebuild the cache's extractor from its spec, checking the weights are the same file."""
+    from featx.extractors import get_extractor
+
+    options = _extractor_options(spec)
+    if precision is not None:
+        options["precision"] = precision
+    extractor = get_extractor(spec["name"], **options)
+    wanted = spec.get("weights_sha256")
+    if wanted and extractor.weights_fingerprint() != wanted:
+        raise FinetuneError(f"the weights of {spec['name']} ({spec['params'].get('weights')}) are not those the "
+                            f"cache was made with (sha256 {wanted[:12]}..., now "
+                            f"{str(extractor.weights_fingerprint())[:12]}...); restore that file or rebuild the cache "
+                            "and sweep again")
+    return extractor
+
+
+# ---------------------------------------------------------------------------
+# Head -> Keras layers
+# ---------------------------------------------------------------------------
+def _fold_affine(steps: list, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold affine preprocessing steps (applied in order) into a Dense layer ``x @ W + b``."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    W, b = np.asarray(weights, np.float64), np.asarray(bias, np.float64)
+    for step in reversed(steps):
+        if isinstance(step, StandardScaler):
+            mean = step.mean_ if step.with_mean and step.mean_ is not None else 0.0
+            scale = step.scale_ if step.with_std and step.scale_ is not None else 1.0
+            scale = np.broadcast_to(np.asarray(scale, np.float64), (W.shape[0],))
+            mean = np.broadcast_to(np.asarray(mean, np.float64), (W.shape[0],))
+            b = b - (mean / scale) @ W
+            W = W / scale[:, None]
+        elif isinstance(step, PCA):
+            projection = step.components_.T.astype(np.float64)  # (D, k)
+            if step.whiten:
+                projection = projection / np.sqrt(step.explained_variance_)
+            W = projection @ W
+            b = b - step.mean_.astype(np.float64) @ W
+        else:  # pragma: no cover - guarded by _head_layers
+            raise FinetuneError(f"cannot fold {type(step).__name__}")
+    return W, b
+
+
+def _linear_head_weights(head) -> tuple[np.ndarray, np.ndarray, str]:
+    """(W of shape (D, units), b, output kind) of a linear head; kind: softmax | sigmoid2 | ovr_sigmoid."""
+    from sklearn.linear_model import LogisticRegression
+
+    from featx.heads import LinearSVMClassifier
+
+    n_classes = len(head.classes_)
+    if isinstance(head, LogisticRegression):
+        W, b = head.coef_.T.astype(np.float64), np.asarray(head.intercept_, np.float64)
+        return W, b, "sigmoid2" if n_classes == 2 else "softmax"
+    if isinstance(head, LinearSVMClassifier):
+        # ensemble=False: one calibrated classifier; p_k = sigmoid(-(a_k * f_k + b_k)), f = x @ coef.T + intercept.
+        calibrated = head.calibrated_.calibrated_classifiers_[0]
+        calibrators = calibrated.calibrators
+        if not all(hasattr(c, "a_") and hasattr(c, "b_") for c in calibrators):
+            raise FinetuneError("only a sigmoid-calibrated linear SVM can be written as a Dense layer; "
+                                f"got calibrators {[type(c).__name__ for c in calibrators]}")
+        W, b = head.coef_.T.astype(np.float64), np.asarray(head.intercept_, np.float64)
+        slope = -np.array([c.a_ for c in calibrators], dtype=np.float64)
+        shift = -np.array([c.b_ for c in calibrators], dtype=np.float64)
+        return W * slope, b * slope + shift, "sigmoid2" if n_classes == 2 else "ovr_sigmoid"
+    raise FinetuneError(f"cannot express a {type(head).__name__} head as Dense layers")
+
+
+def _head_layers(pipeline, n_features: int, dtype_policy=None):
+    """Keras layers equal to a fitted head pipeline, as a list to apply in order.
+
+    The last layer always outputs K probability columns in float32.
+    """
+    import keras
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    from featx.heads import KerasDenseClassifier
+
+    _layers()
+    steps = [step for name, step in pipeline.steps[:-1] if step is not None and step != "passthrough"]
+    head = pipeline.steps[-1][1]
+    if not np.array_equal(np.asarray(head.classes_), np.arange(len(head.classes_))):
+        raise FinetuneError(f"the head was fitted on labels {list(head.classes_)}, expected class indices "
+                            f"0..K-1 as featx sweep fits them")
+    layers: list = []
+    pending: list = []  # affine steps not yet written as a layer
+    for step in steps:
+        if isinstance(step, (StandardScaler, PCA)):
+            pending.append(step)
+        elif isinstance(step, Normalizer) and step.norm == "l2":
+            if pending:  # affine steps before the normalisation: their own Dense layer
+                width = pending[-1].n_components_ if isinstance(pending[-1], PCA) else pending[-1].n_features_in_
+                if n_features * width > 50_000_000:
+                    raise FinetuneError(f"preprocessing {[type(s).__name__ for s in steps]} needs a "
+                                        f"{n_features}x{width} Dense layer; sweep with 'l2' first instead")
+                W, b = _fold_affine(pending, np.eye(width), np.zeros(width))
+                layers.append(_dense(W, b, None, "head_preprocess", dtype_policy))
+                pending = []
+            layers.append(L2Normalize(name="head_l2", dtype=dtype_policy))
+        else:
+            raise FinetuneError(f"preprocessing step {type(step).__name__} ({step}) cannot be written as Keras "
+                                "layers; fine-tune a config whose preprocessing is standard, l2 or pca:N")
+
+    if isinstance(head, KerasDenseClassifier):
+        dense_layers = [layer for layer in head.model_.layers if isinstance(layer, keras.layers.Dense)]
+        for source in head.model_.layers:
+            if isinstance(source, keras.layers.Dropout):
+                layers.append(keras.layers.Dropout(source.rate, name=f"head_{source.name}", dtype=dtype_policy))
+            elif isinstance(source, keras.layers.Dense):
+                W, b = (np.asarray(v, np.float64) for v in source.get_weights())
+                if source is dense_layers[0]:
+                    W, b = _fold_affine(pending, W, b)
+                last = source is dense_layers[-1]
+                activation = source.get_config()["activation"]
+                layers.append(_dense(W, b, activation, f"head_{source.name}", "float32" if last else dtype_policy))
+        if len(head.classes_) == 2:
+            layers.append(TwoColumnProbabilities(name="head_probabilities", dtype="float32"))
+        return layers
+
+    W, b, kind = _linear_head_weights(head)
+    W, b = _fold_affine(pending, W, b)
+    if kind == "softmax":
+        layers.append(_dense(W, b, "softmax", "head_output", "float32"))
+    else:
+        layers.append(_dense(W, b, "sigmoid", "head_output", "float32"))
+        layers.append(TwoColumnProbabilities(name="head_probabilities", dtype="float32") if kind == "sigmoid2"
+                      else NormalizeRows(name="head_probabilities", dtype="float32"))
+    return layers
+
+
+def _dense(W, b, activation, name, dtype):
+    import keras
+
+    layer = keras.layers.Dense(W.shape[1], activation=activation, name=name, dtype=dtype)
+    layer.build((None, W.shape[0]))
+    layer.set_weights([W.astype(np.float32), b.astype(np.float32)])
+    return layer
+
+
+# ---------------------------------------------------------------------------
+# The fine-tune model
+# ---------------------------------------------------------------------------
+def augmentation_layers(seed: int = 0):
+    """Flip, rotation, zoom and translation, active only while training."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+    ], name="augmentation")
+
+
+def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, seed: int = 0,
+                         mixed_precision: bool = False):
+    """Backbone + the base head as one Keras model on raw RGB images.
+
+    Parameters
+    ----------
+    base : BaseHead
+        From :func:`load_base_head`.
+    extractor : KerasExtractor, optional
+        The backbone's extractor (rebuilt from ``base.extractor_spec`` when None).
+    augment : bool
+        Put the augmentation layers (training only) after the input.
+    seed : int
+        Seeds the augmentation.
+    mixed_precision : bool
+        Build the backbone and hidden layers in ``mixed_float16`` (GPU); outputs stay float32.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(height, width, 3)`` float RGB in [0, 255]; output ``(K,)`` probabilities.
+        The cut backbone (its pooling included) is the nested model ``backbone``.
+    """
+    import keras
+
+    if extractor is None:
+        extractor = make_extractor(base.extractor_spec, precision="fp16" if mixed_precision else "fp32")
+    height, width = extractor.preprocessing["size"]
+    backbone = extractor.model
+    backbone = keras.Model(backbone.inputs[0], backbone.outputs[0], name=BACKBONE_LAYER)
+    n_features = int(np.prod(backbone.output_shape[1:]))
+    if n_features != base.model.n_features_in_:
+        raise FinetuneError(f"the backbone gives {n_features} features but the head expects "
+                            f"{base.model.n_features_in_}; the cache and the extractor spec disagree")
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = augmentation_layers(seed)(inputs) if augment else inputs
+    x = preprocessing_layer(extractor)(x)
+    # training=False: batch normalisation in inference mode even for unfrozen layers (the recipe for
+    # fine-tuning a pretrained network on a small dataset).
+    x = backbone(x, training=False)
+    for layer in _head_layers(base.model, n_features, "mixed_float16" if mixed_precision else None):
+        x = layer(x)
+    name = "featx_finetune_" + "".join(c if c.isalnum() else "_" for c in base.extractor_spec["name"])
+    return keras.Model(inputs, x, name=name)
+
+
+def set_trainable(model, unfreeze: str | int, extractor_name: str) -> list[str]:
+    """Unfreeze part of the backbone; the head stays trainable, batch norm stays frozen.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_finetune_model`.
+    unfreeze : "top", "all", "none", int or numeric str
+        ``top``: the backbone's top block (:data:`UNFREEZE_TOP`; for backbones
+        not listed, the last :data:`TOP_FALLBACK_SHARE` of its layers with
+        weights); ``N``: the last N layers with weights; ``all``: every layer;
+        ``none``: only the head trains.
+    extractor_name : str
+        Registry name of the backbone (picks the top block).
+
+    Returns
+    -------
+    list of str
+        Names of the backbone layers that train.
+    """
+    import keras
+
+    backbone = model.get_layer(BACKBONE_LAYER)
+    candidates = [layer for layer in backbone.layers if layer.weights]
+    if isinstance(unfreeze, str) and unfreeze.strip().isdigit():
+        unfreeze = int(unfreeze)
+    if isinstance(unfreeze, bool) or not isinstance(unfreeze, (int, str)):
+        raise FinetuneError(f"unfreeze must be 'top', 'all', 'none' or a number of layers; got {unfreeze!r}")
+    if isinstance(unfreeze, int):
+        if unfreeze < 0:
+            raise FinetuneError(f"unfreeze must count layers (>= 0); got {unfreeze}")
+        chosen = candidates[len(candidates) - unfreeze:] if unfreeze else []
+    elif unfreeze == "all":
+        chosen = candidates
+    elif unfreeze == "none":
+        chosen = []
+    elif unfreeze == "top":
+        prefixes = UNFREEZE_TOP.get(extractor_name)
+        chosen = [layer for layer in candidates if prefixes and layer.name.startswith(prefixes)]
+        if not chosen:
+            chosen = candidates[-max(1, math.ceil(TOP_FALLBACK_SHARE * len(candidates))):]
+    else:
+        raise FinetuneError(f"unfreeze must be 'top', 'all', 'none' or a number of layers; got {unfreeze!r}")
+    chosen_ids = {id(layer) for layer in chosen}
+    backbone.trainable = True
+    trained = []
+    for layer in backbone.layers:
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = id(layer) in chosen_ids and not is_batch_norm
+        if layer.trainable and layer.weights:
+            trained.append(layer.name)
+    return trained
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+@dataclass
+class ImageSplits:
+    """The cache's images: absolute paths, integer labels and split of each row."""
+
+    root: Path
+    paths: list
+    labels: np.ndarray
+    split: np.ndarray
+    rows_in_cache: np.ndarray
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
+    """Where the cached images are, with their labels and splits (from the cache's own records)."""
+    from featx.cache import open_cache
+
+    with open_cache(cache_path) as cache:
+        root = Path(str(cache.attrs.get("root") or ""))
+        paths, labels, split = cache.paths, cache.labels, cache.split
+    if not root.is_dir():
+        raise FinetuneError(f"the images of {cache_path} were under {root}, which is not a folder here; "
+                            "fine-tuning reads the images again: put them back there or rebuild the cache")
+    missing = [p for p in paths[:50] if not (root / p).is_file()]
+    if missing:
+        raise FinetuneError(f"{root / missing[0]} (an image of {cache_path}) does not exist; fine-tuning reads "
+                            "the images again: restore them or rebuild the cache from where they are now")
+    return ImageSplits(root, [str(root / p) for p in paths], np.asarray(labels), np.asarray(split),
+                       np.arange(len(paths)))
+
+
+def load_images(paths: Sequence[str], preprocessing: dict, workers: int = 4) -> np.ndarray:
+    """Decode images as the extractor did, as float32 RGB in [0, 255], shape (N, H, W, 3)."""
+    from featx.images import load_image
+
+    options = {k: preprocessing[k] for k in ("size", "interpolation", "equalize", "keep_aspect", "draft")
+               if preprocessing.get(k) is not None}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        images = list(pool.map(lambda p: load_image(p, **options), paths))
+    return np.stack(images).astype(np.float32)
+
+
+def make_dataset(paths: Sequence[str], labels: np.ndarray, preprocessing: dict, batch_size: int,
+                 shuffle: bool, seed: int, workers: int = 4):
+    """A tf.data pipeline of (images float32 [0, 255], labels int32): decode in threads, batch, prefetch."""
+    import tensorflow as tf
+
+    height, width = preprocessing["size"]
+    paths = np.asarray(list(paths))
+    labels = np.asarray(labels, dtype=np.int32)
+
+    def decode(indices):
+        chosen = indices.numpy()
+        return load_images(paths[chosen].tolist(), preprocessing, workers), labels[chosen]
+
+    def tf_decode(indices):
+        images, batch_labels = tf.py_function(decode, [indices], [tf.float32, tf.int32])
+        images.set_shape((None, height, width, 3))
+        batch_labels.set_shape((None,))
+        return images, batch_labels
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.arange(len(paths), dtype=np.int64))
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(tf_decode, num_parallel_calls=2)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPLIT_VAL) -> float:
+    """Largest difference between the model's and the head's probabilities on cached images.
+
+    Decodes ``n_images`` images of ``split`` (train when that split is empty),
+    runs the fine-tune model on them, and compares with the head's
+    ``predict_proba`` on the same rows of the cache.
+
+    Returns
+    -------
+    float
+        ``max |p_model - p_head|`` (about 1e-6 in fp32).
+    """
+    from featx.cache import open_cache
+
+    splits = read_image_splits(base.cache_path)
+    rows = splits.rows(split)
+    if len(rows) == 0:
+        rows = splits.rows(SPLIT_TRAIN)
+    rows = rows[:n_images]
+    rows = np.sort(rows)
+    with open_cache(base.cache_path) as cache:
+        features = cache.features[rows].astype(np.float32)
+    expected = base.model.predict_proba(features)
+    images = load_images([splits.paths[i] for i in rows], base.extractor_spec["preprocessing"])
+    got = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float64)
+    return float(np.max(np.abs(got - expected)))
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+@dataclass
+class FinetuneResult:
+    """What :func:`run_finetune` did."""
+
+    out_dir: Path
+    row: dict
+    history: list
+    epochs_run: int
+    warm_start_difference: float
+    val_before: dict
+    val_after: dict
+    seconds: float
+    trainable_layers: list
+
+
+def _strategy():
+    """MirroredStrategy over every visible GPU when there are several, else the default strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(), len(gpus)
+    return tf.distribute.get_strategy(), len(gpus)
+
+
+def _settings_key(settings: dict) -> dict:
+    """The settings that must match for a checkpoint to be resumed."""
+    return {k: settings[k] for k in ("config", "unfreeze", "augment", "optimizer", "learning_rate",
+                                     "batch_size", "monitor", "backbone")}
+
+
+class _HistoryWriter:
+    """Writes history.csv after every epoch (one row per epoch; a resumed epoch replaces its row)."""
+
+    COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[int, dict] = {}
+        if path.exists():
+            with open(path, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    self.rows[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None)
+                                                    for k, v in row.items() if k != "epoch"}
+
+    def put(self, epoch: int, values: dict) -> None:
+        self.rows[epoch] = {k: values.get(k) for k in self.COLUMNS[1:]}
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.COLUMNS)
+            for index in sorted(self.rows):
+                row = self.rows[index]
+                writer.writerow([index] + ["" if row.get(k) is None else f"{row[k]:.6g}" for k in self.COLUMNS[1:]])
+        os.replace(tmp, self.path)
+
+    def as_list(self) -> list[dict]:
+        return [{"epoch": epoch, **self.rows[epoch]} for epoch in sorted(self.rows)]
+
+
+def _make_callbacks(out_dir: Path, history: _HistoryWriter, monitor: str, best_value: float | None,
+                    patience: int | None, state_path: Path, state: dict):
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        """history.csv and the best value so far (in state.json) after each epoch."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            learning_rate = self.model.optimizer.learning_rate
+            logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(learning_rate)))
+            logs["seconds"] = time.perf_counter() - self.started
+            history.put(epoch + 1, logs)
+            value = logs.get(monitor)
+            if value is not None:
+                better = (state["best_value"] is None
+                          or (value < state["best_value"] if MONITORS[monitor] == "min" else value > state["best_value"]))
+                if better:
+                    state["best_value"], state["best_epoch"] = float(value), epoch + 1
+            state["epochs_done"] = epoch + 1
+            _write_json(state_path, state)
+
+    callbacks = [
+        # Saves weights (not the whole model), which works under MirroredStrategy as well.
+        keras.callbacks.ModelCheckpoint(str(out_dir / "best.weights.h5"), monitor=monitor, mode=MONITORS[monitor],
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_value),
+        EpochRecorder(),
+        # Last finished epoch + optimizer state: an interrupted run resumes from here.
+        keras.callbacks.BackupAndRestore(str(out_dir / "checkpoint"), save_freq="epoch", delete_checkpoint=False),
+    ]
+    if patience is not None and patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=MONITORS[monitor], patience=int(patience)))
+    return callbacks
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _evaluate(model, dataset) -> dict:
+    values = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
+
+
+def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top", epochs: int = 5,
+                 augment: bool = True, learning_rate: float = 1e-4, optimizer: str = "adam",
+                 batch_size: int = 32, config: int | None = None, patience: int | None = 3, seed: int = 0,
+                 monitor: str = "val_loss", restart: bool = False, mixed_precision: str = "auto",
+                 workers: int = 4, n_boot: int = 1000, verbose: int = 0) -> FinetuneResult:
+    """Fine-tune the backbone with the sweep's head on top; write ``experiment_dir/finetune/``.
+
+    Parameters
+    ----------
+    experiment_dir : path
+        Written by ``featx sweep``.
+    unfreeze : "top", "all", "none" or int
+        Backbone layers that train (see :func:`set_trainable`); batch norm never does.
+    epochs : int
+        Total epochs (a resumed run counts the ones already done).
+    augment : bool
+        Random flip, rotation, zoom and translation of the training images.
+    learning_rate : float
+        Peak learning rate; cosine decay to 0 over ``epochs``.
+    optimizer : {"adam", "sgd", "rmsprop"}
+    batch_size : int
+        Global batch (split over GPUs under MirroredStrategy).
+    config : int, optional
+        Another configuration of the sweep (``config`` column), refit on train.
+    patience : int or None
+        Early stopping on ``monitor``; None trains every epoch.
+    seed : int
+        Seeds Keras, shuffling and augmentation.
+    monitor : {"val_loss", "val_accuracy"}
+        Validation metric that picks the best weights.
+    restart : bool
+        Discard an earlier run's checkpoint and start from the sweep's head again.
+    mixed_precision : {"auto", "on", "off"}
+        ``auto``: mixed float16 when a GPU is visible.
+    workers : int
+        Image decoding threads per batch.
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    import keras
+
+    from featx.heads import OPTIMIZERS, _make_optimizer
+
+    started = time.perf_counter()
+    if optimizer not in OPTIMIZERS:
+        raise FinetuneError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    if monitor not in MONITORS:
+        raise FinetuneError(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
+    if int(epochs) < 0 or int(batch_size) < 1 or not float(learning_rate) > 0:
+        raise FinetuneError(f"epochs must be >= 0, batch size >= 1 and learning rate > 0; got epochs={epochs}, "
+                            f"batch_size={batch_size}, learning_rate={learning_rate}")
+    if mixed_precision not in ("auto", "on", "off"):
+        raise FinetuneError(f"mixed_precision must be auto, on or off; got {mixed_precision!r}")
+
+    base = load_base_head(experiment_dir, config)
+    splits = read_image_splits(base.cache_path)
+    train, val, test = splits.rows(SPLIT_TRAIN), splits.rows(SPLIT_VAL), splits.rows(SPLIT_TEST)
+    if len(train) == 0 or len(val) == 0:
+        raise FinetuneError(f"{base.cache_path} has {len(train)} train and {len(val)} val images; fine-tuning "
+                            "needs both (val picks the best epoch): index with --val 0.1 and rebuild the cache")
+    out_dir = Path(experiment_dir) / "finetune"
+    state_path = out_dir / "state.json"
+    settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
+                "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),
+                "monitor": monitor, "backbone": base.extractor_spec["name"], "epochs": int(epochs),
+                "patience": patience, "seed": int(seed)}
+    if restart:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if state is not None and _settings_key(state["settings"]) != _settings_key(settings):
+        changed = {k: (state["settings"][k], settings[k]) for k in _settings_key(settings)
+                   if state["settings"][k] != settings[k]}
+        raise FinetuneError(f"{out_dir} holds a fine-tune with other settings ({changed}, earlier -> now); "
+                            "pass --restart to start over, or the same settings to continue it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    keras.utils.set_random_seed(int(seed))
+    strategy, n_gpus = _strategy()
+    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
+    extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
+    preprocessing = extractor.preprocessing
+    steps_per_epoch = math.ceil(len(train) / int(batch_size))
+    with strategy.scope():
+        model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
+        trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
+        schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
+                                                          decay_steps=max(1, int(epochs) * steps_per_epoch))
+        training_optimizer = _make_optimizer(optimizer, schedule)
+        if use_mixed:  # float16 gradients need loss scaling
+            training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
+        model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+    def dataset(rows, shuffle):
+        return make_dataset([splits.paths[i] for i in rows], splits.labels[rows], preprocessing,
+                            int(batch_size), shuffle, seed, workers)
+
+    train_data, val_data = dataset(train, True), dataset(val, False)
+    history = _HistoryWriter(out_dir / "history.csv")
+    if state is None:
+        # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
+        difference = check_warm_start(model, base)
+        val_before = _evaluate(model, val_data)
+        history.put(0, dict(val_before, learning_rate=float(learning_rate), seconds=0.0))
+        model.save_weights(str(out_dir / "best.weights.h5"))
+        state = {"settings": settings, "warm_start_difference": difference, "val_before": val_before,
+                 "best_value": val_before[monitor], "best_epoch": 0, "epochs_done": 0,
+                 "trainable_layers": trainable, "featx_version": __version__}
+        _write_json(state_path, state)
+    state["settings"] = settings
+    epochs_before = int(state["epochs_done"])
+    callbacks = _make_callbacks(out_dir, history, monitor, state["best_value"], patience, state_path, state)
+    train_started = time.perf_counter()
+    # A run that stopped early resumes only when asked for more epochs than it was given.
+    stopped = state.get("stopped_early_at_epochs")
+    if int(epochs) > epochs_before and (stopped is None or int(epochs) > stopped):
+        model.fit(train_data, validation_data=val_data, epochs=int(epochs), callbacks=callbacks,
+                  shuffle=False, verbose=verbose)  # the dataset shuffles itself, seeded
+        early = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+        if early and early[0].stopped_epoch > 0:
+            state["stopped_early_at_epochs"] = int(epochs)
+            _write_json(state_path, state)
+    train_seconds = time.perf_counter() - train_started
+    epochs_run = int(state["epochs_done"]) - epochs_before
+
+    with warnings.catch_warnings():  # the epoch-0 file has no optimizer state; only the model's weights matter
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(str(out_dir / "best.weights.h5"))
+    val_after = _evaluate(model, val_data)
+    return _write_outputs(model, base, splits, preprocessing, state, history, out_dir, test, val_after,
+                          train_seconds, epochs_run, n_boot, started, workers)
+
+
+def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: dict,
+                   history: _HistoryWriter, out_dir: Path, test: np.ndarray, val_after: dict,
+                   train_seconds: float, epochs_run: int, n_boot: int, started: float,
+                   workers: int) -> FinetuneResult:
+    """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
+    from featx.metrics import metrics_with_ci
+    from featx.sweep import RESULT_COLUMNS
+
+    classes = np.arange(len(base.label_names))
+    predict_started = time.perf_counter()
+    if len(test):
+        test_data = make_dataset([splits.paths[i] for i in test], splits.labels[test], preprocessing,
+                                 64, False, 0, workers)
+        proba = np.asarray(model.predict(test_data.map(lambda x, y: x), verbose=0), dtype=np.float64)
+        metrics = metrics_with_ci(splits.labels[test], proba, classes, n_boot=n_boot, seed=base.seed)
+    else:
+        proba, metrics = np.zeros((0, len(classes))), {}
+    predict_seconds = time.perf_counter() - predict_started
+
+    settings = state["settings"]
+    row = {"rank": 1, "config": int(base.row["config"]),
+           "features": f"{base.extractor_spec['name']}+finetune", "head": "finetune",
+           "params": json.dumps({"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
+                                 **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate",
+                                                             "batch_size", "epochs", "monitor")},
+                                 "best_epoch": state["best_epoch"]}, sort_keys=True),
+           "preprocessing": base.row["preprocessing"], "selected_by": "val",
+           "select_accuracy": val_after["val_accuracy"], "select_log_loss": val_after["val_loss"],
+           "fit_seconds": train_seconds, "predict_seconds": predict_seconds,
+           "n_train": int(np.sum(splits.split == SPLIT_TRAIN)), "n_test": int(len(test)), "repeats": 1,
+           "caches": base.cache_path}
+    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
+        row[metric] = float(metrics.get(metric, float("nan")))
+        row[f"{metric}_low"] = float(metrics.get(f"{metric}_low", float("nan")))
+        row[f"{metric}_high"] = float(metrics.get(f"{metric}_high", float("nan")))
+        row[f"{metric}_std"] = 0.0
+
+    model.save(str(out_dir / "model.keras"))
+    height, width = preprocessing["size"]
+    _write_json(out_dir / "model.json", {
+        "label_names": base.label_names, "input_size": [int(height), int(width)],
+        "preprocessing": preprocessing, "backbone": base.extractor_spec, "base_config": base.row,
+        "finetune": settings, "best_epoch": state["best_epoch"],
+        "warm_start_difference": state["warm_start_difference"], "featx_version": __version__,
+    })
+    with open(out_dir / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    np.savez_compressed(out_dir / "predictions.npz", y_test=splits.labels[test],
+                        paths=np.array([os.path.relpath(splits.paths[i], splits.root) for i in test]),
+                        label_names=np.array(base.label_names), config_0=proba.astype(np.float32))
+    rows = history.as_list()
+    plot_curves(rows, out_dir / "curves.png", title=f"{base.extractor_spec['name']} fine-tune")
+    return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
+                          warm_start_difference=float(state["warm_start_difference"]),
+                          val_before=state["val_before"], val_after=val_after,
+                          seconds=time.perf_counter() - started, trainable_layers=state["trainable_layers"])
+
+
+def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> Path:
+    """Loss and accuracy per epoch (train and val) as a PNG; epoch 0 is the warm start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "o-"), ("val_", "s--")):
+            points = [(row["epoch"], row.get(prefix + metric)) for row in history
+                      if row.get(prefix + metric) is not None]
+            if points:
+                axis.plot(*zip(*points), style, label=(prefix + metric).replace("_", " "))
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

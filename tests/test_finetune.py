@@ -1,0 +1,288 @@
+"""featx.finetune on a tiny seeded MobileNetV2 (32 px): warm start, unfreezing, training, resumption.
+
+Both the cache and the fine-tune model load the same seeded weights file, so the
+fine-tune model must reproduce the sweep heads' probabilities before training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+
+keras = pytest.importorskip("keras")
+
+from featx.data import build_manifest  # noqa: E402
+from featx.extractors import get_extractor  # noqa: E402
+from featx.finetune import (FinetuneError, build_finetune_model, check_warm_start, custom_objects,  # noqa: E402
+                            load_base_head, load_images, read_image_splits, run_finetune, set_trainable)
+from featx.pipeline import build_cache  # noqa: E402
+from featx.sweep import RESULT_COLUMNS, run_sweep  # noqa: E402
+
+BACKBONE = "keras:mobilenet_v2"
+TINY = {"input_size": 32, "pool": "avg"}
+GRIDS = {
+    "logreg": [{"head__C": [1.0]}],
+    "linsvm": [{"head__C": [0.1]}],
+    "rbfsvm": [{"head__C": [1.0]}],
+    "dense": [{"head__hidden_units": [8], "head__epochs": [3], "head__learning_rate": [1e-2],
+               "head__patience": [None]}],
+}
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """Seeded random MobileNetV2 weights, saved once so extraction and fine-tuning share them.
+
+    A randomly initialised MobileNetV2 squashes its activations towards 0 (features ~1e-12);
+    one forward pass in training mode with momentum 0 sets every batch norm's moving
+    statistics to those of random images, so the features have a usable scale.
+    """
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_tiny.weights.h5"
+    extractor = get_extractor(BACKBONE, weights=None, **TINY)
+    backbone = extractor.build_backbone()
+    batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in batch_norms:
+        layer.momentum = 0.0
+    images = np.random.default_rng(0).uniform(0, 255, (32, 32, 32, 3)).astype(np.float32)
+    backbone(extractor.preprocess(images), training=True)
+    for layer in batch_norms:
+        layer.momentum = 0.99
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extractor(weights_file):
+    """One backbone for the module: building MobileNetV2 costs seconds, sharing it keeps the file fast."""
+    return get_extractor(BACKBONE, weights=str(weights_file), **TINY)
+
+
+def _cache(root: Path, extractor, out: Path) -> Path:
+    manifest = build_manifest(root, val=0.25, test=0.25, seed=0)
+    return build_cache(manifest, extractor, cache_dir=out / "cache", batch_size=16, workers=2).path
+
+
+@pytest.fixture(scope="module")
+def binary_experiment(tmp_path_factory, extractor) -> Path:
+    """32 cat/dog images -> cache -> sweep of logreg, linsvm, rbfsvm and dense (one config each)."""
+    base = tmp_path_factory.mktemp("binary")
+    root = base / "train"
+    for i in range(16):
+        make_image(root / f"cat.{i}.png", "cat", i)
+        make_image(root / f"dog.{i}.png", "dog", 100 + i)
+    cache = _cache(root, extractor, base)
+    out = base / "experiments" / "tiny"
+    run_sweep([[cache]], out, heads=["logreg", "linsvm", "rbfsvm", "dense"], grids=GRIDS, n_boot=20,
+              learning_curve=False, seed=0)
+    return out
+
+
+def _config_of(experiment: Path, head: str) -> int:
+    rows = json.loads((experiment / "results.json").read_text())["rows"]
+    return next(int(row["config"]) for row in rows if row["head"] == head)
+
+
+@pytest.mark.parametrize("head", ["logreg", "linsvm", "dense"])
+def test_warm_start_reproduces_the_head_before_training(binary_experiment, extractor, head):
+    base = load_base_head(binary_experiment, config=_config_of(binary_experiment, head))
+    assert base.head_name == head
+    model = build_finetune_model(base, extractor)
+    difference = check_warm_start(model, base, n_images=64, split="train")
+    assert difference < 1e-4
+    # Same check written out: raw images through the model vs predict_proba on the cached features.
+    from featx.cache import open_cache
+
+    with open_cache(base.cache_path) as cache:
+        features = cache.features[:].astype(np.float32)
+        paths = [str(Path(cache.attrs["root"]) / p) for p in cache.paths]
+    expected = base.model.predict_proba(features)
+    got = model.predict(load_images(paths, base.extractor_spec["preprocessing"]), verbose=0)
+    assert got.shape == expected.shape == (32, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.ptp(expected[:, 1]) > 0.05  # the head's outputs differ between images: the check has teeth
+    assert np.abs(features).mean() > 1e-3  # features on a usable scale
+
+
+def test_linear_heads_with_l2_and_pca_steps_and_three_classes(tmp_path, extractor):
+    root = tmp_path / "shapes"
+    for label in ("a", "b", "c"):
+        for i in range(10):
+            make_image(root / label / f"img{i:03d}.png", label, i + 1000 * ord(label))
+    cache = _cache(root, extractor, tmp_path)
+    out = tmp_path / "experiments" / "three"
+    run_sweep([[cache]], out, heads=["logreg", "linsvm"], grids=GRIDS, preprocessing=["l2", "pca:6", "standard"],
+              n_boot=20, learning_curve=False, seed=0)
+    for head in ("logreg", "linsvm"):
+        base = load_base_head(out, config=_config_of(out, head))
+        model = build_finetune_model(base, extractor)
+        assert model.output_shape == (None, 3)
+        assert check_warm_start(model, base, n_images=64, split="train") < 1e-4
+
+
+def test_heads_that_cannot_be_fine_tuned_get_a_clear_error(binary_experiment, tmp_path):
+    with pytest.raises(FinetuneError, match=r"RBF.*--config \d"):
+        load_base_head(binary_experiment, config=_config_of(binary_experiment, "rbfsvm"))
+    with pytest.raises(FinetuneError, match="not a configuration"):
+        load_base_head(binary_experiment, config=99)
+    with pytest.raises(FinetuneError, match="written by featx sweep"):
+        load_base_head(tmp_path)
+
+
+def test_unfreeze_modes_choose_layers_and_keep_batch_norm_frozen(binary_experiment, extractor):
+    base = load_base_head(binary_experiment, config=_config_of(binary_experiment, "logreg"))
+    model = build_finetune_model(base, extractor)
+    backbone = model.get_layer("backbone")
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    batch_norms = [layer for layer in weighted if isinstance(layer, keras.layers.BatchNormalization)]
+
+    top = set_trainable(model, "top", BACKBONE)
+    assert top and all(name.startswith(("block_15_", "block_16_", "Conv_1")) for name in top)
+    assert "block_16_project" in top and "block_14_project" not in top
+
+    last = set_trainable(model, 6, BACKBONE)
+    expected = [layer.name for layer in weighted[-6:] if not isinstance(layer, keras.layers.BatchNormalization)]
+    assert last == expected and 0 < len(last) < 6
+
+    everything = set_trainable(model, "all", BACKBONE)
+    assert len(everything) == len(weighted) - len(batch_norms)
+    assert not any(layer.trainable for layer in batch_norms)
+    assert model.get_layer("head_output").trainable
+    assert len(model.trainable_weights) > len(model.get_layer("head_output").weights)
+
+    assert set_trainable(model, "none", BACKBONE) == []
+    assert [w.name for w in model.trainable_weights] == [w.name for w in model.get_layer("head_output").weights]
+    with pytest.raises(FinetuneError, match="unfreeze must be"):
+        set_trainable(model, "bottom", BACKBONE)
+
+
+def _crash_in_second_epoch(original):
+    """Wrap finetune._make_callbacks so that training dies at the first batch of epoch 2."""
+
+    def make_callbacks(*args, **kwargs):
+        class CrashInSecondEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_begin(self, batch, logs=None):
+                if self.epoch == 1:
+                    raise KeyboardInterrupt("simulated interruption")
+
+        return original(*args, **kwargs) + [CrashInSecondEpoch()]
+
+    return make_callbacks
+
+
+def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binary_experiment, monkeypatch):
+    import featx.finetune as finetune
+
+    options = dict(unfreeze=4, epochs=2, learning_rate=1e-3, batch_size=8, patience=None, n_boot=20, seed=0)
+    original = finetune._make_callbacks
+    monkeypatch.setattr(finetune, "_make_callbacks", _crash_in_second_epoch(original))
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(binary_experiment, **options)
+    monkeypatch.setattr(finetune, "_make_callbacks", original)
+    out = binary_experiment / "finetune"
+    state = json.loads((out / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["warm_start_difference"] < 1e-4
+    assert (out / "checkpoint").is_dir() and (out / "best.weights.h5").is_file()
+
+    # Started again, it continues from the checkpoint: only epoch 2 runs.
+    result = run_finetune(binary_experiment, **options)
+    assert result.epochs_run == 1
+    for name in ("history.csv", "curves.png", "best.weights.h5", "model.keras", "model.json", "results.csv",
+                 "predictions.npz"):
+        assert (out / name).is_file(), name
+    with open(out / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2]
+    assert history[0]["loss"] == "" and float(history[1]["loss"]) > 0 and float(history[2]["loss"]) > 0
+    assert float(history[0]["val_accuracy"]) == pytest.approx(result.val_before["val_accuracy"])
+    assert float(history[2]["learning_rate"]) < float(history[1]["learning_rate"]) < 1e-3  # cosine decay
+
+    with open(out / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == RESULT_COLUMNS and len(rows) == 1
+    assert rows[0]["head"] == "finetune" and rows[0]["features"] == f"{BACKBONE}+finetune"
+    assert float(rows[0]["select_accuracy"]) == pytest.approx(result.val_after["val_accuracy"], abs=1e-5)
+
+    info = json.loads((out / "model.json").read_text())
+    assert info["input_size"] == [32, 32] and info["label_names"] == ["cat", "dog"]
+    assert info["backbone"]["name"] == BACKBONE and info["base_config"]["config"] == result.row["config"]
+
+    # model.keras is self-contained (raw RGB in) and gives the probabilities the run reported on test.
+    custom_objects()
+    reloaded = keras.models.load_model(out / "model.keras")
+    splits = read_image_splits(load_base_head(binary_experiment).cache_path)
+    test_rows = splits.rows("test")
+    proba = reloaded.predict(load_images([splits.paths[i] for i in test_rows], info["preprocessing"]), verbose=0)
+    assert proba.shape == (len(test_rows), 2)
+    np.testing.assert_allclose(proba, np.load(out / "predictions.npz")["config_0"], atol=1e-5)
+    accuracy = float(np.mean(proba.argmax(axis=1) == splits.labels[test_rows]))
+    assert float(rows[0]["accuracy"]) == pytest.approx(accuracy, abs=1e-5)
+
+    # After 2 epochs (the checkpoint's last weights) the unfrozen layers moved and batch norm did not:
+    # it stays in inference mode, so its moving statistics are those of the weights file.
+    last = keras.models.clone_model(reloaded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        last.load_weights(out / "checkpoint" / "latest.weights.h5")
+    reference = get_extractor(BACKBONE, weights=info["backbone"]["params"]["weights"], **TINY).model
+    last_backbone = last.get_layer("backbone")
+    assert not np.allclose(np.asarray(last_backbone.get_layer("Conv_1").kernel),
+                           np.asarray(reference.get_layer("Conv_1").kernel))
+    np.testing.assert_array_equal(np.asarray(last_backbone.get_layer("block_1_project").kernel),
+                                  np.asarray(reference.get_layer("block_1_project").kernel))
+    for name in ("Conv_1_bn", "block_16_project_BN"):
+        for before, after in zip(reference.get_layer(name).non_trainable_weights,
+                                 last_backbone.get_layer(name).non_trainable_weights):
+            np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+
+    # featx predict / evaluate read the folder as it is.
+    predict = pytest.importorskip("featx.predict")
+    assert predict.load_model(out).label_names == ["cat", "dog"]
+
+    # Other settings are refused without --restart, before any work.
+    with pytest.raises(FinetuneError, match="restart"):
+        run_finetune(binary_experiment, **{**options, "unfreeze": "top"})
+
+
+def test_cli_finetune_then_report_and_predict(binary_experiment, tmp_path):
+    from typer.testing import CliRunner
+
+    from featx.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["finetune", str(binary_experiment), "--restart", "--unfreeze", "4", "--epochs", "1",
+                                 "--lr", "1e-3", "--batch-size", "8", "--patience", "0", "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    assert "warm start" in result.output and "finetune test accuracy" in result.output
+    row = next(csv.DictReader(open(binary_experiment / "finetune" / "results.csv", newline="")))
+    assert row["head"] == "finetune" and 0.0 <= float(row["accuracy"]) <= 1.0
+
+    report = runner.invoke(app, ["report", str(binary_experiment)])
+    assert report.exit_code == 0, report.output
+    text = (binary_experiment / "report.md").read_text()
+    assert "finetune" in text and "logreg" in text
+
+    test_dir = tmp_path / "test1"
+    for i in range(3):
+        make_image(test_dir / f"{i + 1}.png", "cat" if i % 2 else "dog", 500 + i)
+    submission = tmp_path / "submission.csv"
+    predicted = runner.invoke(app, ["predict", str(binary_experiment / "finetune"), str(test_dir), "-o",
+                                    str(submission), "--cache-dir", str(tmp_path / "cache")])
+    assert predicted.exit_code == 0, predicted.output
+    lines = submission.read_text().splitlines()
+    assert lines[0] == "id,label" and len(lines) == 4
+    assert all(0.0 <= float(line.split(",")[1]) <= 1.0 for line in lines[1:])
+
+    bad = runner.invoke(app, ["finetune", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "nowhere" in bad.output
