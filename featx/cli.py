@@ -22,8 +22,11 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="featx: cache CNN and HoG/SIFT features once, then sweep classifiers on them in seconds.",
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped or logged output is not cut at 80 columns (tables stay readable in CI logs and files).
+_COLUMNS = os.environ.get("COLUMNS", "")
+_WIDTH = None if os.isatty(2) else int(_COLUMNS) if _COLUMNS.isdigit() else 200
+out = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
 class UsageProblem(Exception):
@@ -509,8 +512,9 @@ def finetune(
                   verbose=1 if sys.stderr.isatty() else 2)
     row = result.row
     err.print(f"warm start: fine-tune model vs head max |p difference| {result.warm_start_difference:.2e}; "
-              f"val accuracy {result.val_before.get('accuracy', float('nan')):.4f} -> "
-              f"{result.val_after.get('accuracy', float('nan')):.4f}; {len(result.trainable_layers)} trainable layers",
+              f"val accuracy {result.val_before['val_accuracy']:.4f} -> {result.val_after['val_accuracy']:.4f}, "
+              f"val loss {result.val_before['val_loss']:.4f} -> {result.val_after['val_loss']:.4f} (best epoch by "
+              f"{monitor}); {len(result.trainable_layers)} trainable layers",
               highlight=False)
     out.print(f"{result.out_dir}: {row['features']} {row['head']} test accuracy {row['accuracy']:.4f} "
               f"[{row['accuracy_low']:.4f}, {row['accuracy_high']:.4f}] ({result.epochs_run} epochs, "

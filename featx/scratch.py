@@ -714,8 +714,17 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
     if patience is not None and int(patience) > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience)))
     started = time.perf_counter()
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
     try:
-        search.search(train, validation_data=val, epochs=int(trial_epochs), callbacks=callbacks, verbose=verbose)
+        with warnings.catch_warnings():
+            # The Bayesian oracle's Gaussian process warns about length scales at their bounds with few
+            # trials; it is expected at this budget and drowns the output.
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            search.search(train, validation_data=val, epochs=int(trial_epochs), callbacks=callbacks,
+                          verbose=verbose)
     except _TimeBudgetSpent:
         search.on_search_end()
     seconds = time.perf_counter() - started
@@ -986,7 +995,8 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
         params["tuner"] = tuning["tuner"]
         params["trials"] = tuning["trials"]
     row: dict[str, Any] = {
-        "rank": 0, "config": 0, "features": f"scratch:{settings['preset']}@{image_size}px", "head": stage,
+        "rank": 0, "config": 0, "features": f"scratch:{settings['preset']}{'+tuned' if tuning else ''}@{image_size}px",
+        "head": stage,
         "params": json.dumps(params, sort_keys=True), "preprocessing": "rescale",
         "selected_by": "val", "select_accuracy": float(select["accuracy"]),
         "select_log_loss": float(select["log_loss"]),
