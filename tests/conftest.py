@@ -30,14 +30,18 @@ def make_image(path: Path, kind: str, index: int, size: int = 48) -> Path:
     return path
 
 
-@pytest.fixture
-def kaggle_dir(tmp_path: Path) -> Path:
-    """40 images in Kaggle's layout: cat.N.png / dog.N.png."""
-    root = tmp_path / "train"
-    for i in range(20):
+def make_kaggle_images(root: Path, n_per_class: int) -> Path:
+    """``cat.N.png`` / ``dog.N.png`` for N < n_per_class (dog seeds offset by 100); returns ``root``."""
+    for i in range(n_per_class):
         make_image(root / f"cat.{i}.png", "cat", i)
         make_image(root / f"dog.{i}.png", "dog", 100 + i)
     return root
+
+
+@pytest.fixture
+def kaggle_dir(tmp_path: Path) -> Path:
+    """40 images in Kaggle's layout: cat.N.png / dog.N.png."""
+    return make_kaggle_images(tmp_path / "train", 20)
 
 
 @pytest.fixture

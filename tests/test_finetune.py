@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image
+from conftest import make_image, make_kaggle_images
 
 keras = pytest.importorskip("keras")
 
@@ -74,10 +74,7 @@ def _cache(root: Path, extractor, out: Path) -> Path:
 def binary_experiment(tmp_path_factory, extractor) -> Path:
     """32 cat/dog images -> cache -> sweep of logreg, linsvm, rbfsvm and dense (one config each)."""
     base = tmp_path_factory.mktemp("binary")
-    root = base / "train"
-    for i in range(16):
-        make_image(root / f"cat.{i}.png", "cat", i)
-        make_image(root / f"dog.{i}.png", "dog", 100 + i)
+    root = make_kaggle_images(base / "train", 16)
     cache = _cache(root, extractor, base)
     out = base / "experiments" / "tiny"
     run_sweep([[cache]], out, heads=["logreg", "linsvm", "rbfsvm", "dense"], grids=GRIDS, n_boot=20,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_image
+from conftest import make_kaggle_images
 
 keras = pytest.importorskip("keras")
 
@@ -25,11 +25,7 @@ from featx.sweep import run_sweep  # noqa: E402
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos") / "train"
-    for i in range(12):
-        make_image(root / f"cat.{i}.png", "cat", i)
-        make_image(root / f"dog.{i}.png", "dog", 100 + i)
-    return root
+    return make_kaggle_images(tmp_path_factory.mktemp("photos") / "train", 12)
 
 
 def _vgg16(folder):

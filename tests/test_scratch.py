@@ -34,12 +34,9 @@ def _weights(model_path: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """The same one-epoch run twice with the same seed, into two experiment folders."""
-    from conftest import make_image
+    from conftest import make_kaggle_images
 
-    root = tmp_path_factory.mktemp("kaggle") / "train"
-    for i in range(20):
-        make_image(root / f"cat.{i}.png", "cat", i)
-        make_image(root / f"dog.{i}.png", "dog", 100 + i)
+    root = make_kaggle_images(tmp_path_factory.mktemp("kaggle") / "train", 20)
     base = tmp_path_factory.mktemp("experiments")
     first = run_scratch(root, base / "first", seed=3, **FAST)
     second = run_scratch(root, base / "second", seed=3, **FAST)
