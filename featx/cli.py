@@ -310,9 +310,13 @@ def sweep(
         m = result.mcnemar
         err.print(f"McNemar best vs runner-up: n01={m['n01']} n10={m['n10']} p={m['p_value']:.3g}", highlight=False)
     best = result.best
-    out.print(f"{result.out_dir}: best {best['features']} {best['head']} {best['params']} test accuracy "
-              f"{best['accuracy']:.4f} [{best['accuracy_low']:.4f}, {best['accuracy_high']:.4f}] "
-              f"({len(result.rows)} configs, {result.seconds:.0f} s)", highlight=False)
+    out.print(f"{result.out_dir}: best {best['features']} {best['head']} {best['params']} "
+              f"{_test_accuracy(best)} ({len(result.rows)} configs, {result.seconds:.0f} s)", highlight=False)
+
+
+def _test_accuracy(row: dict) -> str:
+    """``test accuracy 0.9872 [0.9744, 0.9974]`` from a results row."""
+    return f"test accuracy {row['accuracy']:.4f} [{row['accuracy_low']:.4f}, {row['accuracy_high']:.4f}]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,11 +505,7 @@ def finetune(
     from featx.finetune import run_finetune
 
     _seed_everything(seed)
-    try:
-        unfreeze_value: str | int = int(unfreeze)
-    except ValueError:
-        unfreeze_value = unfreeze
-    result = _run(run_finetune, experiment_dir, unfreeze=unfreeze_value, epochs=epochs, augment=augment,
+    result = _run(run_finetune, experiment_dir, unfreeze=unfreeze, epochs=epochs, augment=augment,
                   learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size, config=config,
                   patience=patience or None, seed=seed, monitor=monitor, restart=restart,
                   mixed_precision=mixed_precision, workers=workers, n_boot=n_boot,
@@ -516,9 +516,8 @@ def finetune(
               f"val loss {result.val_before['val_loss']:.4f} -> {result.val_after['val_loss']:.4f} (best epoch by "
               f"{monitor}); {len(result.trainable_layers)} trainable layers",
               highlight=False)
-    out.print(f"{result.out_dir}: {row['features']} {row['head']} test accuracy {row['accuracy']:.4f} "
-              f"[{row['accuracy_low']:.4f}, {row['accuracy_high']:.4f}] ({result.epochs_run} epochs, "
-              f"{result.seconds:.0f} s)", highlight=False)
+    out.print(f"{result.out_dir}: {row['features']} {row['head']} {_test_accuracy(row)} ({result.epochs_run} "
+              f"epochs, {result.seconds:.0f} s)", highlight=False)
 
 
 @app.command()
