@@ -656,9 +656,9 @@ def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
 def load_images(paths: Sequence[str], preprocessing: dict, workers: int = 4) -> np.ndarray:
     """Decode images as the extractor did, as float32 RGB in [0, 255], shape (N, H, W, 3)."""
     from featx.images import load_image
+    from featx.pipeline import load_options
 
-    options = {k: preprocessing[k] for k in ("size", "interpolation", "equalize", "keep_aspect", "draft")
-               if preprocessing.get(k) is not None}
+    options = load_options(preprocessing)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         images = list(pool.map(lambda p: load_image(p, **options), paths))
     return np.stack(images).astype(np.float32)
@@ -974,7 +974,7 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
                    workers: int) -> FinetuneResult:
     """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
     from featx.metrics import metrics_with_ci
-    from featx.sweep import RESULT_COLUMNS
+    from featx.sweep import write_rows_csv
 
     classes = np.arange(len(base.label_names))
     predict_started = time.perf_counter()
@@ -1013,10 +1013,7 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
         "finetune": settings, "best_epoch": state["best_epoch"],
         "warm_start_difference": state["warm_start_difference"], "featx_version": __version__,
     })
-    with open(out_dir / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_rows_csv(out_dir / "results.csv", [row])
     np.savez_compressed(out_dir / "predictions.npz", y_test=splits.labels[test],
                         paths=np.array([os.path.relpath(splits.paths[i], splits.root) for i in test]),
                         label_names=np.array(base.label_names), config_0=proba.astype(np.float32))

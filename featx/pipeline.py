@@ -73,7 +73,7 @@ def _decode_and_transform(extractor: Extractor, root: str, paths: Sequence[str])
 def _decode(root: str, paths: Sequence[str], preprocessing: dict):
     images, ok, reasons = [], [], []
     for rel in paths:
-        image, reason = try_load_image(os.path.join(root, rel), **_load_kwargs(preprocessing))
+        image, reason = try_load_image(os.path.join(root, rel), **load_options(preprocessing))
         ok.append(image is not None)
         if image is None:
             reasons.append(reason)
@@ -82,7 +82,8 @@ def _decode(root: str, paths: Sequence[str], preprocessing: dict):
     return images, np.array(ok, dtype=bool), reasons
 
 
-def _load_kwargs(preprocessing: dict) -> dict:
+def load_options(preprocessing: dict) -> dict:
+    """The ``featx.images.load_image`` keyword arguments in an extractor's ``preprocessing`` dict."""
     keys = ("size", "interpolation", "equalize", "keep_aspect", "draft")
     return {k: preprocessing[k] for k in keys if k in preprocessing and preprocessing[k] is not None}
 
@@ -173,7 +174,7 @@ def _fit_extractor(extractor: Extractor, manifest: Manifest, builder: CacheBuild
     progress.start(f"decode {len(train)} train images to fit {extractor.name}", len(train))
     images = []
     for rel in train:
-        image, _ = try_load_image(os.path.join(manifest.root, rel), **_load_kwargs(extractor.preprocessing))
+        image, _ = try_load_image(os.path.join(manifest.root, rel), **load_options(extractor.preprocessing))
         if image is not None:
             images.append(image)
         progress.advance(1)

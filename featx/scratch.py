@@ -976,7 +976,7 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
                    work_dir: Path, stage_dir: Path, n_boot: int, seed: int, manifest, batch_size: int) -> dict:
     """Evaluate the kept weights and write every output into ``work_dir``, then move them into ``stage_dir``."""
     from featx.metrics import classification_metrics, metrics_with_ci
-    from featx.sweep import RESULT_COLUMNS
+    from featx.sweep import write_rows_csv
 
     classes = np.arange(len(label_names))
     val_proba, val_rows = _predict(model, splits[SPLIT_VAL], batch_size)
@@ -1016,19 +1016,19 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
     if tuning:
         info["tuning"] = tuning
     (work_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
-    _write_csv(work_dir / "results.csv", RESULT_COLUMNS, [row])
+    write_rows_csv(work_dir / "results.csv", [row])
     columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
-    _write_csv(work_dir / "history.csv", columns, history)
+    write_rows_csv(work_dir / "history.csv", history, columns)
     np.savez_compressed(work_dir / "predictions.npz", y_test=y_test,
                         paths=np.array([test_split.paths[i] for i in test_rows]),
                         label_names=np.array(label_names), config_0=test_proba.astype(np.float32))
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
     if failed:
-        _write_csv(work_dir / "failed.csv", ["split", "path", "reason"],
-                   [dict(zip(("split", "path", "reason"), entry)) for entry in failed])
+        write_rows_csv(work_dir / "failed.csv", [dict(zip(("split", "path", "reason"), entry)) for entry in failed],
+                       ["split", "path", "reason"])
     if trials:
         trial_columns = ["trial", "status", "val_accuracy", *SEARCH_SPACE]
-        _write_csv(work_dir / "trials.csv", trial_columns, trials)
+        write_rows_csv(work_dir / "trials.csv", trials, trial_columns)
     try:
         from featx.finetune import plot_curves
 
@@ -1040,15 +1040,6 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
         if produced.name != "best.weights.h5":
             os.replace(produced, stage_dir / produced.name)
     return row
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v))
-                             for k, v in row.items()})
 
 
 def scratch_command(source, out_dir="experiments/scratch", preset="keras-blog", image_size=128, epochs=30,

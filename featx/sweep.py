@@ -395,9 +395,18 @@ RESULT_COLUMNS = ["rank", "config", "features", "head", "params", "preprocessing
                   "log_loss_std", "fit_seconds", "predict_seconds", "n_train", "n_test", "repeats", "caches"]
 
 
-def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:
+def write_rows_csv(path: str | os.PathLike, rows, columns=RESULT_COLUMNS) -> None:
+    """Write dict rows as CSV (``results.csv`` by default): floats to 6 significant digits, None empty."""
     import csv
 
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:
     import joblib
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -405,11 +414,7 @@ def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_p
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with open(tmp / "results.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in sorted(rows, key=lambda r: r["rank"]):
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        write_rows_csv(tmp / "results.csv", sorted(rows, key=lambda r: r["rank"]))
         (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=str))
         np.savez_compressed(tmp / "predictions.npz", y_test=y_test, paths=np.array(test_paths),
                             label_names=np.array(summary["label_names"]),
