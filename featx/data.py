@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from featx.errors import UserError
+from featx.storage import atomic_write_text
+
 __all__ = [
     "LAYOUTS", "SPLITS", "DataError", "Record", "Manifest",
     "find_images", "detect_layout", "label_for", "assign_split", "build_manifest", "load_dataset",
@@ -48,11 +51,16 @@ __all__ = [
 LAYOUTS = ("auto", "kaggle", "folders", "unlabeled")
 SPLITS = ("train", "val", "test", "unlabeled")
 MANIFEST_TAG = "# featx-manifest "
-KAGGLE_NAME = re.compile(r"^(?P<label>[A-Za-z][A-Za-z0-9_-]*)\.[^.]+\.[A-Za-z0-9]+$")
+# ``label.N.ext``; a label is any word in any script (``dög``, ``猫``), starting with a letter.
+KAGGLE_NAME = re.compile(r"^(?P<label>[^\W\d_][\w-]*)\.[^.]+\.\w+$")
+MANIFEST_COLUMNS = ("path", "label", "split")
 
 
-class DataError(ValueError):
-    """The data cannot be used as asked; the message names the file and the fix."""
+class DataError(UserError, ValueError):
+    """The data cannot be used as asked; the message names the file and the fix.
+
+    (Still a ``ValueError`` for callers that caught it as one.)
+    """
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,8 @@ class Manifest:
     test: float = 0.1
     records: list[Record] = field(default_factory=list)
     layout_reason: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) not indexed
+    warnings: list[str] = field(default_factory=list)  # things the user should look at
 
     @property
     def name(self) -> str:
@@ -120,40 +130,60 @@ class Manifest:
             digest.update(f"{r.path}\t{r.label or ''}\t{r.split}\t{r.sha1}\n".encode())
         return digest.hexdigest()
 
+    def fingerprint(self) -> str:
+        """Short hash naming *this dataset and split*: root, paths, labels and splits.
+
+        File contents (sha1) are left out on purpose: a changed image keeps the cache's name (its
+        row is recomputed), while another folder, another seed or other split fractions give
+        another name, so two datasets never publish over each other's cache.
+        """
+        digest = hashlib.sha256(f"{Path(self.root).resolve()}\x00{self.layout}\n".encode())
+        for r in self.records:
+            digest.update(f"{r.path}\t{r.label or ''}\t{r.split}\n".encode())
+        return digest.hexdigest()[:10]
+
     def write(self, path: str | os.PathLike) -> Path:
         """Write the manifest CSV atomically (a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_csv())
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.to_csv())
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Manifest":
         """Read a manifest written by :meth:`write` (or by hand with the same columns)."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise DataError(f"cannot read manifest {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not a featx manifest (not UTF-8 text); create one with: "
+                            f"featx index DIR -o {path}") from None
         first, _, rest = text.partition("\n")
         if not first.startswith(MANIFEST_TAG):
             raise DataError(f"{path} is not a featx manifest (first line should start with "
                             f"{MANIFEST_TAG.strip()!r}); create one with: featx index DIR -o {path}")
-        settings = json.loads(first[len(MANIFEST_TAG):])
-        root = Path(settings["root"])
+        fix = f"fix the file, or make a new one with: featx index DIR -o {path}"
+        try:
+            settings = json.loads(first[len(MANIFEST_TAG):])
+            root = Path(settings["root"])
+            options = dict(layout=settings["layout"], seed=int(settings["seed"]),
+                           val=float(settings["val"]), test=float(settings["test"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: the settings line is not valid ({type(exc).__name__}: {exc}); {fix}") from None
         if not root.is_absolute():
             root = (path.parent / root).resolve()
+        reader = csv.DictReader(io.StringIO(rest))
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: "
+                            f"{', '.join(reader.fieldnames or []) or 'none'}; expected path,label,split,sha1); {fix}")
         records = []
-        for row in csv.DictReader(io.StringIO(rest)):
+        for line, row in enumerate(reader, start=3):
             split = row["split"]
-            if split not in SPLITS:
-                raise DataError(f"{path}: row {row['path']!r} has split {split!r}; expected one of {SPLITS}")
-            records.append(Record(row["path"], row["label"] or None, split, row.get("sha1", "")))
-        return cls(root=root, layout=settings["layout"], seed=int(settings["seed"]),
-                   val=float(settings["val"]), test=float(settings["test"]), records=records,
-                   layout_reason=f"read from {path}")
+            if split not in SPLITS or row["path"] is None:
+                raise DataError(f"{path}: line {line} (path {row['path']!r}) has split {split!r}; "
+                                f"expected one of {', '.join(SPLITS)}")
+            records.append(Record(row["path"], row["label"] or None, split, row.get("sha1") or ""))
+        return cls(root=root, records=records, layout_reason=f"read from {path}", **options)
 
 
 def find_images(root: str | os.PathLike) -> list[str]:
@@ -186,7 +216,18 @@ def detect_layout(paths: list[str]) -> tuple[str, str]:
         labels = sorted(set(kaggle))
         return "kaggle", (f"{len(kaggle)} of {len(top)} file names look like label.N.ext "
                           f"(labels: {', '.join(labels[:10])}{'...' if len(labels) > 10 else ''})")
+    if kaggle:
+        return "unlabeled", mixed_names_warning(top)
     return "unlabeled", "file names carry no label and there are no label folders"
+
+
+def mixed_names_warning(names: list[str]) -> str:
+    """One line saying that some file names look like ``label.N.ext`` and others do not."""
+    labelled = [n for n in names if KAGGLE_NAME.match(n.rsplit("/", 1)[-1])]
+    other = [n for n in names if not KAGGLE_NAME.match(n.rsplit("/", 1)[-1])]
+    return (f"{len(labelled)} of {len(names)} file names look like label.N.ext (e.g. {labelled[0]}) "
+            f"and {len(other)} do not (e.g. {other[0]}); rename them, or pass --layout kaggle to use "
+            f"only the labelled ones, or --layout unlabeled to silence this")
 
 
 def label_for(path: str, layout: str) -> str | None:
@@ -258,29 +299,45 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
     paths = find_images(root)
     if not paths:
         raise DataError(f"no images found under {root} (looked for .jpg .jpeg .png .bmp .webp .gif .tif .tiff)")
-    reason = f"asked for {layout}"
+    reason, asked = f"asked for {layout}", layout
     if layout == "auto":
         layout, reason = detect_layout(paths)
+    from featx.images import ImageError
+
     records = []
     unlabeled_paths = []
+    skipped: list[tuple[str, str]] = []
+    warnings: list[str] = []
     for path in paths:
         label = label_for(path, layout)
         if layout != "unlabeled" and label is None:
             unlabeled_paths.append(path)
             continue
         split = "unlabeled" if label is None else assign_split(path, seed, val, test)
-        sha1 = _sha1_file(root / path) if hash_files else ""
+        try:
+            sha1 = _sha1_file(root / path) if hash_files else ""
+        except ImageError as exc:  # one unreadable file is reported, the rest indexed
+            skipped.append((path, exc.reason))
+            continue
+        finally:
+            if progress is not None:
+                progress(1)
         records.append(Record(path, label, split, sha1))
-        if progress is not None:
-            progress(1)
     if unlabeled_paths:
         reason += (f"; skipped {len(unlabeled_paths)} file(s) with no label under layout {layout}, "
                    f"e.g. {unlabeled_paths[0]}")
+        if layout == "kaggle":
+            warnings.append(mixed_names_warning([p for p in paths if "/" not in p] or paths))
+    elif asked == "auto" and layout == "unlabeled" and any(KAGGLE_NAME.match(p) for p in paths if "/" not in p):
+        warnings.append(reason)
     if not records:
+        if skipped:
+            raise DataError(f"no image under {root} could be read ({len(skipped)} failed, first: "
+                            f"{skipped[0][0]}: {skipped[0][1]})")
         raise DataError(f"no image under {root} has a label in layout {layout!r}; "
                         f"try --layout unlabeled or --layout folders")
     return Manifest(root=root.resolve(), layout=layout, seed=seed, val=val, test=test,
-                    records=records, layout_reason=reason)
+                    records=records, layout_reason=reason, skipped=skipped, warnings=warnings)
 
 
 def load_dataset(source: str | os.PathLike, **index_options) -> Manifest:
