@@ -1,9 +1,12 @@
 """The HDF5 feature store.
 
-One file per (dataset, extractor spec): ``<dataset>-<extractor>-<hash>.h5``, the hash
-covering the extractor spec (name, parameters, weights sha256, preprocessing) and the
-stored dtype, so a changed parameter or weights file makes a new cache instead of
-silently reusing an old one.
+One file per (dataset and split, extractor spec): ``<dataset>-<extractor>-<hash>-<data>.h5``.
+``<hash>`` covers the extractor spec (name, parameters, weights sha256, preprocessing) and the
+stored dtype, so a changed parameter or weights file makes a new cache instead of silently
+reusing an old one; ``<data>`` is :meth:`featx.data.Manifest.fingerprint` (root folder, paths,
+labels, splits), so two folders that share a name, or one folder indexed with another seed or
+other split fractions, never publish over each other's file. Files named by featx before the
+fingerprint (``<dataset>-<extractor>-<hash>.h5``) still open, and their rows are reused.
 
 Layout of a finished file (readable with plain h5py)::
 
@@ -24,21 +27,28 @@ fsynced file, so it is never seen half-written. Work in progress lives in a jour
 folder ``<file>.partial/``: a plan, the extractor state, and shards of rows, each written
 to a temporary name, fsynced and renamed. A run killed at any moment (kill -9 included)
 leaves only whole shards; the next run computes the missing ones and publishes a file
-equal to an uninterrupted run's. A lock file (``<file>.lock``, ``flock``) keeps a second
-writer out with a clear error; readers never take it.
+equal to an uninterrupted run's. A lock (:func:`featx.storage.locked` on the file) keeps a
+second writer out with a clear error naming the holder; readers never take it.
 
-When images are added to a dataset whose cache exists, rows of unchanged images
-(same path and sha1) are taken from the old file and only the new images are computed.
+When a cache of the same extractor spec and the same root folder exists in the cache folder
+(this file, or a sibling made before images were added or the split changed), rows whose
+image is unchanged -- checked row by row: same path and same sha1 -- are taken from it and only
+the others are computed. Nothing is reused on trust: a row whose sha1 differs or is unknown is
+computed again.
+
+For crash tests, ``FEATX_KILL_AT`` names a step at which the process SIGKILLs itself (see
+:func:`kill_point`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -47,21 +57,38 @@ import numpy as np
 
 from featx import __version__
 from featx.data import Manifest, iter_labels
+from featx.errors import UserError
+from featx.storage import BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, locked
 
 __all__ = ["CacheError", "CacheLockedError", "CacheBuilder", "FeatureCache", "open_cache",
-           "cache_file_name", "cache_key", "DTYPES"]
+           "cache_file_name", "cache_path", "cache_key", "kill_point", "DTYPES", "KILL_POINTS"]
 
 CACHE_FORMAT = 1
 DTYPES = ("float32", "float16")
 _STR = None  # h5py string dtype, created lazily
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache cannot be written or read as asked; the message says why and what to do."""
 
 
-class CacheLockedError(CacheError):
-    """Another process is writing the same cache."""
+class CacheLockedError(CacheError, BusyError):
+    """Another process is writing the same cache (also a :class:`featx.storage.BusyError`)."""
+
+
+# Steps at which FEATX_KILL_AT can kill a cache build; ``shard:N`` is after shard N is stored.
+KILL_POINTS = ("fit", "save_state", "shard:N", "publish:before_rename", "publish:after_rename")
+
+
+def kill_point(step: str) -> None:
+    """SIGKILL this process when the environment variable ``FEATX_KILL_AT`` equals ``step``.
+
+    A test hook: crash tests kill a build at a named step (after shard 3, inside the vocabulary
+    fit, between writing the final file and renaming it...) instead of hoping a random moment
+    lands there. Costs one dictionary lookup when unset.
+    """
+    if os.environ.get("FEATX_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _h5py():
@@ -84,47 +111,23 @@ def cache_key(spec: dict, dtype: str = "float32") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def cache_file_name(dataset: str, spec: dict, dtype: str = "float32") -> str:
-    """``<dataset>-<extractor>-<hash>.h5``."""
+def cache_file_name(dataset: str, spec: dict, dtype: str = "float32", data_key: str | None = None) -> str:
+    """``<dataset>-<extractor>-<hash>-<data_key>.h5`` (``data_key``: ``Manifest.fingerprint()``).
+
+    Without ``data_key``, the name featx used before it (``<dataset>-<extractor>-<hash>.h5``).
+    """
     extractor = spec["name"].replace(":", "_").replace("/", "_")
-    return f"{dataset}-{extractor}-{cache_key(spec, dtype)}.h5"
+    tail = f"-{data_key}" if data_key else ""
+    return f"{dataset}-{extractor}-{cache_key(spec, dtype)}{tail}.h5"
+
+
+def cache_path(cache_dir: str | os.PathLike, manifest: Manifest, spec: dict, dtype: str = "float32") -> Path:
+    """Where the cache of ``manifest`` under ``spec`` lives in ``cache_dir``."""
+    return Path(cache_dir) / cache_file_name(manifest.name, spec, dtype, manifest.fingerprint())
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -185,63 +188,55 @@ class CacheBuilder:
         self.dtype = dtype
         self.key = cache_key(spec, dtype)
         self.journal = self.path.with_name(self.path.name + ".partial")
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock_fd: int | None = None
+        self._lock: contextlib.ExitStack | None = None
         self.plan: CachePlan | None = None
         self._reuse: dict[str, int] = {}  # path -> row in the older file
+        self._reuse_path: Path | None = None  # the older file rows are reused from
         self.todo_records = list(manifest.records)
         self.n_reused = 0
 
     # -- locking -------------------------------------------------------
     def __enter__(self) -> "CacheBuilder":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        stack = contextlib.ExitStack()
         try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock on this platform: single-writer is on the user
-            pass
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CacheLockedError(
-                    f"{self.path} is being written by another featx process (pid {holder}); "
-                    f"wait for it to finish, or give another --cache-dir") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+            stack.enter_context(locked(self.path, what=str(self.path)))
+        except BusyError as exc:
+            raise CacheLockedError(f"{exc} (another featx process; or give another --cache-dir)") from None
+        self._lock = stack
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _require_lock(self) -> None:
-        if self._lock_fd is None:
+        if self._lock is None:
             raise CacheError("CacheBuilder must be used inside a `with` block (it holds the writer's lock)")
 
     # -- state of the final file --------------------------------------
     def is_complete(self) -> bool:
-        """True when the final file exists, is readable and matches this manifest and spec."""
+        """True when the final file exists, is readable and matches this manifest and spec.
+
+        A journal left beside a complete file (a run killed just after its publish) is removed.
+        """
         if not self.path.exists():
             return False
         try:
             with _h5py().File(self.path, "r") as h5:
-                return (h5.attrs.get("cache_key") == self.key
-                        and h5.attrs.get("manifest_sha256") == self.manifest.sha256())
+                complete = (h5.attrs.get("cache_key") == self.key
+                            and h5.attrs.get("manifest_sha256") == self.manifest.sha256())
         except OSError:
             return False
+        if complete and self._lock is not None and self.journal.exists():
+            shutil.rmtree(self.journal, ignore_errors=True)
+        return complete
 
     # -- journal -------------------------------------------------------
     def prepare(self, shard_rows: int = 256) -> CachePlan:
         """Start or resume the journal; returns the plan."""
         self._require_lock()
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)  # an interrupted publish
+        clean_stale_temps(self.path)  # an interrupted publish
         self._plan_reuse()
         plan = CachePlan(key=self.key, manifest_sha256=self.manifest.sha256(),
                          n_rows=len(self.todo_records), shard_rows=int(shard_rows),
@@ -258,36 +253,51 @@ class CacheBuilder:
                 return old
             shutil.rmtree(self.journal)  # a different job: start over
         self.journal.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(plan_file, json.dumps(plan.__dict__).encode())
+        atomic_write_text(plan_file, json.dumps(plan.__dict__))
         self.plan = plan
         return plan
 
-    def _plan_reuse(self) -> None:
-        """Rows of an older file with the same key whose image is unchanged are reused."""
-        self._reuse, self._reuse_sha = {}, None
-        if not self.path.exists():
-            return
+    def reuse_candidates(self) -> list[Path]:
+        """Files in the cache folder that may hold rows for this build: this file, then siblings
+        with the same spec hash (older file names included), newest first."""
+        siblings = [p for p in self.path.parent.glob(f"*-{self.key}*.h5")
+                    if p != self.path and not p.name.startswith(".")
+                    and (p.stem.endswith(f"-{self.key}") or f"-{self.key}-" in p.name)]
+        siblings.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        return ([self.path] if self.path.exists() else []) + siblings
+
+    def _reusable_rows(self, candidate: Path) -> dict[str, int]:
+        """Rows of ``candidate`` this build may take: same spec, same root, and per row the same
+        path and sha1 as the manifest's record (a missing sha1 never matches)."""
         try:
-            with _h5py().File(self.path, "r") as h5:
-                if h5.attrs.get("cache_key") != self.key:
-                    return
+            with _h5py().File(candidate, "r") as h5:
+                if (h5.attrs.get("cache_key") != self.key
+                        or str(h5.attrs.get("root", "")) != str(self.manifest.root)):
+                    return {}
                 old_paths = [p.decode() if isinstance(p, bytes) else p for p in h5["paths"][:]]
                 old_sha1 = [s.decode() if isinstance(s, bytes) else s for s in h5["sha1"][:]]
         except (OSError, KeyError):
-            return
+            return {}
         old = {p: (i, s) for i, (p, s) in enumerate(zip(old_paths, old_sha1))}
-        todo = []
+        reuse = {}
         for record in self.manifest.records:
             hit = old.get(record.path)
-            if hit is not None and hit[1] == record.sha1 and record.sha1:
-                self._reuse[record.path] = hit[0]
-            else:
-                todo.append(record)
+            if hit is not None and record.sha1 and hit[1] == record.sha1:
+                reuse[record.path] = hit[0]
+        return reuse
+
+    def _plan_reuse(self) -> None:
+        """Pick the candidate file with the most checked reusable rows."""
+        self._reuse, self._reuse_sha, self._reuse_path = {}, None, None
+        for candidate in self.reuse_candidates():
+            rows = self._reusable_rows(candidate)
+            if len(rows) > len(self._reuse):
+                self._reuse, self._reuse_path = rows, candidate
         if self._reuse:
             from featx.weights import sha256_file
 
-            self._reuse_sha = sha256_file(self.path)
-            self.todo_records = todo
+            self._reuse_sha = sha256_file(self._reuse_path)
+            self.todo_records = [r for r in self.manifest.records if r.path not in self._reuse]
             self.n_reused = len(self._reuse)
 
     def shard_path(self, shard: Shard) -> Path:
@@ -319,8 +329,9 @@ class CacheBuilder:
             features = features.reshape(len(features), -1)
         if not np.all(np.isfinite(features)):
             raise CacheError(f"shard {shard.index}: the extractor produced NaN or infinite features")
-        _atomic_save_npz(self.shard_path(shard), features=features.astype(self.dtype), ok=ok,
-                         reasons=np.array(reasons, dtype=object).astype(str) if reasons else np.zeros(0, "U1"))
+        atomic_save_npz(self.shard_path(shard), features=features.astype(self.dtype), ok=ok,
+                        reasons=np.array(reasons, dtype=object).astype(str) if reasons else np.zeros(0, "U1"))
+        kill_point(f"shard:{shard.index}")
 
     def load_state(self) -> dict[str, np.ndarray] | None:
         """Extractor state saved in the journal, or in the older file rows are reused from."""
@@ -329,15 +340,17 @@ class CacheBuilder:
             with np.load(state_file) as data:
                 return {k: data[k] for k in data.files}
         if self._reuse:
-            with _h5py().File(self.path, "r") as h5:
+            with _h5py().File(self._reuse_path, "r") as h5:
                 if "state" in h5:
                     return {k: h5["state"][k][()] for k in h5["state"]}
         return None
 
     def save_state(self, state: dict[str, np.ndarray]) -> None:
         self._require_lock()
+        kill_point("fit")  # the extractor is fit, its state not yet stored
         self.journal.mkdir(parents=True, exist_ok=True)
-        _atomic_save_npz(self.journal / "state.npz", **state)
+        atomic_save_npz(self.journal / "state.npz", **state)
+        kill_point("save_state")
 
     # -- publish -------------------------------------------------------
     def publish(self, attrs: dict | None = None) -> Path:
@@ -367,7 +380,7 @@ class CacheBuilder:
                     row += 1
                 else:
                     failed.append((record.path, str(next(bad))))
-        old = h5py.File(self.path, "r") if self._reuse else None
+        old = h5py.File(self._reuse_path, "r") if self._reuse else None
         try:
             if dim is None and old is not None:
                 dim = old["features"].shape[1]
@@ -377,49 +390,57 @@ class CacheBuilder:
                 raise CacheError(f"no image could be read ({len(failed)} failed, first: "
                                  f"{failed[0][0] if failed else '-'}: {failed[0][1] if failed else '-'}); "
                                  f"nothing to cache")
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             itemsize = np.dtype(self.dtype).itemsize
             chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * itemsize))))
-            with h5py.File(tmp, "w") as h5:
-                features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype,
-                                             chunks=(chunk_rows, dim))
-                self._copy_rows(features, rows, computed, old)
-                h5.create_dataset("paths", data=[r.path for r in rows], dtype=_str_dtype())
-                h5.create_dataset("labels", data=np.array(iter_labels(rows, label_names), dtype=np.int32))
-                h5.create_dataset("split", data=[r.split for r in rows], dtype=_str_dtype())
-                h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=_str_dtype())
-                h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2),
-                                  dtype=_str_dtype())
-                state = self.load_state() or {}
-                group = h5.create_group("state")
-                for key, value in state.items():
-                    group.create_dataset(key, data=value)
-                created = old.attrs.get("created") if old is not None else None
-                base_attrs = {
-                    "featx_version": __version__, "format": CACHE_FORMAT, "cache_key": self.key,
-                    "dataset": manifest.name, "root": str(manifest.root), "layout": manifest.layout,
-                    "seed": manifest.seed, "extractor": self.spec["name"],
-                    "extractor_spec": json.dumps(self.spec, sort_keys=True),
-                    "weights_sha256": self.spec.get("weights_sha256") or "",
-                    "preprocessing": json.dumps(self.spec.get("preprocessing", {}), sort_keys=True),
-                    "dtype": self.dtype, "label_names": json.dumps(label_names),
-                    "manifest_sha256": manifest.sha256(), "rows_done": n, "rows_failed": len(failed),
-                    "rows_reused": len([r for r in rows if r.path not in computed]),
-                    "created": created or _now(), "updated": _now(),
-                }
-                base_attrs.update(attrs or {})
-                for key, value in base_attrs.items():
-                    h5.attrs[key] = value
-                h5.flush()
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+
+            def write(tmp: Path) -> None:
+                self._write_file(tmp, h5py, n, dim, chunk_rows, rows, computed, failed, old, attrs)
+                kill_point("publish:before_rename")
+
+            # Reading ``old`` while its replacement is renamed over it is safe on POSIX (the open
+            # handle keeps the old inode); the rename is storage's atomic one.
+            atomic_write(self.path, write)
         finally:
             if old is not None:
                 old.close()
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        kill_point("publish:after_rename")
         shutil.rmtree(self.journal, ignore_errors=True)
         return self.path
+
+    def _write_file(self, tmp, h5py, n, dim, chunk_rows, rows, computed, failed, old, attrs) -> None:
+        manifest = self.manifest
+        label_names = manifest.label_names
+        with h5py.File(tmp, "w") as h5:
+            features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype,
+                                         chunks=(chunk_rows, dim))
+            self._copy_rows(features, rows, computed, old)
+            h5.create_dataset("paths", data=[r.path for r in rows], dtype=_str_dtype())
+            h5.create_dataset("labels", data=np.array(iter_labels(rows, label_names), dtype=np.int32))
+            h5.create_dataset("split", data=[r.split for r in rows], dtype=_str_dtype())
+            h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=_str_dtype())
+            h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2),
+                              dtype=_str_dtype())
+            state = self.load_state() or {}
+            group = h5.create_group("state")
+            for key, value in state.items():
+                group.create_dataset(key, data=value)
+            created = old.attrs.get("created") if old is not None else None
+            base_attrs = {
+                "featx_version": __version__, "format": CACHE_FORMAT, "cache_key": self.key,
+                "dataset": manifest.name, "root": str(manifest.root), "layout": manifest.layout,
+                "seed": manifest.seed, "extractor": self.spec["name"],
+                "extractor_spec": json.dumps(self.spec, sort_keys=True),
+                "weights_sha256": self.spec.get("weights_sha256") or "",
+                "preprocessing": json.dumps(self.spec.get("preprocessing", {}), sort_keys=True),
+                "dtype": self.dtype, "label_names": json.dumps(label_names),
+                "manifest_sha256": manifest.sha256(), "rows_done": n, "rows_failed": len(failed),
+                "rows_reused": len([r for r in rows if r.path not in computed]),
+                "created": created or _now(), "updated": _now(),
+            }
+            base_attrs.update(attrs or {})
+            for key, value in base_attrs.items():
+                h5.attrs[key] = value
+            h5.flush()
 
     def _copy_rows(self, target, rows, computed, old) -> None:
         """Fill ``target`` row by row in manifest order, one shard in memory at a time."""

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from featx.cache import CacheBuilder, Shard, cache_file_name
+from featx.cache import CacheBuilder, Shard, cache_path
 from featx.data import Manifest
 from featx.extractors.base import Extractor
 from featx.images import try_load_image
@@ -222,7 +222,7 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
     """
     progress = progress or Progress()
     spec = {**extractor.spec(), **(spec_extra or {})}
-    path = Path(cache_dir) / cache_file_name(manifest.name, spec, dtype)
+    path = cache_path(cache_dir, manifest, spec, dtype)
     started = time.perf_counter()
     with CacheBuilder(path, manifest, spec, dtype) as builder:
         if builder.is_complete():

@@ -278,9 +278,9 @@ def _short_hash(value: str | None) -> str:
 
 
 def _cache_path(manifest: Manifest, extractor: Extractor, spec_extra: dict | None, cache_dir) -> Path:
-    from featx.cache import cache_file_name
+    from featx.cache import cache_path
 
-    return Path(cache_dir) / cache_file_name(manifest.name, {**extractor.spec(), **(spec_extra or {})})
+    return cache_path(cache_dir, manifest, {**extractor.spec(), **(spec_extra or {})})
 
 
 def _with_cached_splits(manifest: Manifest, cache_path: Path) -> Manifest:
