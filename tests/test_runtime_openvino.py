@@ -63,3 +63,19 @@ def test_missing_openvino_one_line(monkeypatch, home):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(RuntimeUnavailable, match="openvino is not installed"):
         make_runner(_Fake(), "openvino")
+
+
+def test_extract_images_with_openvino_runner(home, tmp_path):
+    from PIL import Image
+
+    from featx.pipeline import extract_images
+    ext = _Fake()
+    ext.parallel, ext.preprocessing = "model", {"size": (32, 32)}
+    for i, img in enumerate(_images(3)):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    units = [("s0", ["0.png", "1.png", "2.png"])]
+    (_, ov_feats, ok, _), = extract_images(ext, tmp_path, units, workers=1,
+                                           runner=make_runner(ext, "openvino"))
+    (_, k_feats, _, _), = extract_images(ext, tmp_path, units, workers=1)
+    assert ok.all() and ov_feats.shape == (3, 8)
+    np.testing.assert_allclose(ov_feats, k_feats, rtol=1e-4, atol=1e-5)
