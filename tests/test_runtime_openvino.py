@@ -79,3 +79,8 @@ def test_extract_images_with_openvino_runner(home, tmp_path):
     (_, k_feats, _, _), = extract_images(ext, tmp_path, units, workers=1)
     assert ok.all() and ov_feats.shape == (3, 8)
     np.testing.assert_allclose(ov_feats, k_feats, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_precision_is_refused(home):
+    with pytest.raises(RuntimeUnavailable, match="int8"):
+        make_runner(_Fake(), "openvino", "int8")

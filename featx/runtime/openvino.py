@@ -48,6 +48,8 @@ class OpenVinoRunner:
 
     def __init__(self, extractor, precision: str = "fp32", streams: int | None = None):
         ov = _require_openvino()
+        if precision not in ("fp32", "bf16"):  # int8 (NNCF) is not built yet: never silently run fp32
+            raise RuntimeUnavailable(f"--precision {precision!r}: the openvino runtime supports fp32 and bf16")
         if precision == "bf16" and not cpu_has_bf16():
             import warnings
             warnings.warn("this CPU has no avx512_bf16/AMX: OpenVINO bf16 runs emulated (slow)")
