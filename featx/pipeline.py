@@ -106,7 +106,7 @@ def _run_processes(extractor, root, units, workers) -> Iterator:
         yield (units[index][0], *result)
 
 
-def _run_model(extractor, root, units, workers, batch_size, prefetch) -> Iterator:
+def _run_model(extractor, root, units, workers, batch_size, prefetch, runner=None) -> Iterator:
     """Threads decode ahead; the main thread runs the model; yields whole shards."""
     preprocessing = extractor.preprocessing
     batches = []  # (shard position, paths of the batch)
@@ -130,7 +130,7 @@ def _run_model(extractor, root, units, workers, batch_size, prefetch) -> Iterato
             batch_position, _ = batches[index]
             images, ok, reasons = pending.pop(0).result()
             fill()
-            features = extractor.transform(images) if images else None
+            features = (runner or extractor.transform)(images) if images else None
             parts.append((features, ok, reasons))
             last_of_shard = index + 1 == len(batches) or batches[index + 1][0] != batch_position
             if last_of_shard:
@@ -143,11 +143,12 @@ def _run_model(extractor, root, units, workers, batch_size, prefetch) -> Iterato
 
 
 def extract_images(extractor: Extractor, root: str | os.PathLike, units, workers: int | None = None,
-                   batch_size: int = 32, prefetch: int | None = None) -> Iterator:
+                   batch_size: int = 32, prefetch: int | None = None, runner=None) -> Iterator:
     """Features for groups of image paths, in order.
 
     ``units`` is a list of ``(key, [relative paths])``; yields ``(key, features, ok, reasons)``
-    for each, where ``features`` has one row per readable image.
+    for each, where ``features`` has one row per readable image. ``runner`` (from
+    ``featx.runtime.make_runner``) replaces ``extractor.transform`` for model extractors.
     """
     workers = workers or default_workers()
     root = str(root)
@@ -155,7 +156,7 @@ def extract_images(extractor: Extractor, root: str | os.PathLike, units, workers
         yield from _run_processes(extractor, root, units, workers)
     else:
         yield from _run_model(extractor, root, units, workers, batch_size,
-                              prefetch or max(2, 2 * workers))
+                              prefetch or max(2, 2 * workers), runner)
 
 
 def _fit_extractor(extractor: Extractor, manifest: Manifest, builder: CacheBuilder,

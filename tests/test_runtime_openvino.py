@@ -1,0 +1,86 @@
+"""OpenVINO runtime: fp32 parity with Keras, IR reuse and invalidation, missing openvino."""
+import sys
+
+import numpy as np
+import pytest
+
+from featx.runtime import RuntimeUnavailable, make_runner
+
+
+class _Fake:
+    """Minimal KerasExtractor stand-in: a small conv net with random weights."""
+
+    def __init__(self, seed=0, tag="a"):
+        import keras
+        keras.utils.set_random_seed(seed)
+        inp = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+        x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        self.model = keras.Model(inp, x)
+        self.spec = {"name": "fake", "tag": tag}
+        self._fp = f"w{seed}"
+
+    def weights_fingerprint(self):
+        return self._fp
+
+    def preprocess(self, images):
+        return np.stack(images).astype(np.float32) / 127.5 - 1.0
+
+    def transform(self, images):
+        return np.asarray(self.model(self.preprocess(images), training=False))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATX_WEIGHTS", str(tmp_path / "w"))
+    monkeypatch.setenv("FEATX_HOME", str(tmp_path / "h"))
+    return tmp_path
+
+
+def _images(n=4):
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_fp32_parity_and_ir_reuse(home):
+    ext = _Fake()
+    keras_out = make_runner(ext, "keras")(_images())
+    first = make_runner(ext, "openvino", "fp32")
+    ov_out = first(_images())
+    assert first.converted
+    np.testing.assert_allclose(ov_out, keras_out, rtol=1e-4, atol=1e-5)
+    assert not make_runner(ext, "openvino", "fp32").converted  # IR reused
+    changed = _Fake(seed=1)  # other weights fingerprint -> new IR, new numbers
+    runner = make_runner(changed, "openvino", "fp32")
+    assert runner.converted
+    np.testing.assert_allclose(runner(_images()), make_runner(changed, "keras")(_images()),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_missing_openvino_one_line(monkeypatch, home):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(RuntimeUnavailable, match="openvino is not installed"):
+        make_runner(_Fake(), "openvino")
+
+
+def test_extract_images_with_openvino_runner(home, tmp_path):
+    from PIL import Image
+
+    from featx.pipeline import extract_images
+    ext = _Fake()
+    ext.parallel, ext.preprocessing = "model", {"size": (32, 32)}
+    for i, img in enumerate(_images(3)):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    units = [("s0", ["0.png", "1.png", "2.png"])]
+    (_, ov_feats, ok, _), = extract_images(ext, tmp_path, units, workers=1,
+                                           runner=make_runner(ext, "openvino"))
+    (_, k_feats, _, _), = extract_images(ext, tmp_path, units, workers=1)
+    assert ok.all() and ov_feats.shape == (3, 8)
+    np.testing.assert_allclose(ov_feats, k_feats, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_precision_is_refused(home):
+    with pytest.raises(RuntimeUnavailable, match="int8"):
+        make_runner(_Fake(), "openvino", "int8")
