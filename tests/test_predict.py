@@ -166,7 +166,13 @@ def test_evaluate_on_the_training_folder_keeps_the_sweeps_cache(hog_experiment):
                       workers=1, n_boot=50)
     assert result["n_images"] == 60 and result["accuracy"] > 0.8
     assert hog_experiment.training_cache.stat().st_mtime_ns == mtime_before
-    assert len(list(hog_experiment.cache_dir.glob("data-train-hog-*.h5"))) == 1
+    # The evaluation's own split is another dataset fingerprint, so it gets its own file (its rows
+    # are copied from the sweep's cache, checked by path and sha1), and the sweep's file is untouched.
+    caches = sorted(hog_experiment.cache_dir.glob("data-train-hog-*.h5"))
+    assert len(caches) == 2 and hog_experiment.training_cache in caches
+    other = next(c for c in caches if c != hog_experiment.training_cache)
+    with open_cache(other) as cache:
+        assert cache.n_rows == 60
     with open_cache(hog_experiment.training_cache) as cache:
         np.testing.assert_array_equal(cache.split, split_before)
 

@@ -1,0 +1,97 @@
+"""Issue 9's bugs, each reproduced as a user meets it (these failed on the code before the fix)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+from typer.testing import CliRunner
+
+from conftest import make_image, make_kaggle_images
+from featx.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _index_and_cache(folder, manifest, cache_dir, seed=0):
+    result = invoke("index", folder, "-o", manifest, "--seed", seed, "--val", "0.2", "--test", "0.2")
+    assert result.exit_code == 0, result.output
+    result = invoke("cache", manifest, "--extractor", "hog", "--opt", "size=32", "--cache-dir", cache_dir,
+                    "--workers", "1")
+    assert result.exit_code == 0, result.output
+
+
+def test_two_datasets_with_one_folder_name_get_two_caches(tmp_path):
+    """Bug 4: a/photos and b/photos in one --cache-dir used to publish over each other."""
+    first = make_kaggle_images(tmp_path / "a" / "photos", 6)
+    second = tmp_path / "b" / "photos"
+    for i in range(9):
+        make_image(second / f"cat.{i}.png", "cat", 500 + i)
+        make_image(second / f"dog.{i}.png", "dog", 600 + i)
+    cache_dir = tmp_path / "cache"
+    _index_and_cache(first, tmp_path / "a.csv", cache_dir)
+    _index_and_cache(second, tmp_path / "b.csv", cache_dir)
+    files = sorted(cache_dir.glob("*.h5"))
+    assert len(files) == 2
+    rows = sorted(h5py.File(f)["features"].shape[0] for f in files)
+    assert rows == [12, 18]
+
+
+def test_same_folder_other_seed_gets_its_own_cache_with_its_own_split(tmp_path):
+    """Bug 4: the same folder indexed with another --seed used to overwrite the first split's cache."""
+    folder = make_kaggle_images(tmp_path / "photos", 10)
+    cache_dir = tmp_path / "cache"
+    _index_and_cache(folder, tmp_path / "s0.csv", cache_dir, seed=0)
+    _index_and_cache(folder, tmp_path / "s1.csv", cache_dir, seed=1)
+    files = sorted(cache_dir.glob("*.h5"))
+    assert len(files) == 2
+    splits = []
+    for f in files:
+        with h5py.File(f) as h5:
+            order = np.argsort(h5["paths"].asstr()[:])
+            splits.append(h5["split"].asstr()[:][order].tolist())
+    assert splits[0] != splits[1]
+
+
+def test_unicode_kaggle_labels(tmp_path):
+    """Bug 8: dög.1.png beside cat.1.png used to turn the whole folder unlabeled."""
+    folder = tmp_path / "photos"
+    for i in range(5):
+        make_image(folder / f"cat.{i}.png", "cat", i)
+        make_image(folder / f"dög.{i}.png", "dog", 100 + i)
+    result = invoke("index", folder, "-o", tmp_path / "m.csv")
+    assert result.exit_code == 0, result.output
+    assert "10 images, 2 classes" in result.output.splitlines()[-1]
+    assert "dög" in (tmp_path / "m.csv").read_text(encoding="utf-8")
+
+
+def test_manifest_with_missing_columns_is_one_line(tmp_path):
+    """Bug 5: a manifest without the expected columns used to end in a KeyError traceback."""
+    make_kaggle_images(tmp_path / "photos", 2)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,colour\ncat.0.png,red\n", encoding="utf-8")
+    result = invoke("cache", bad, "--extractor", "hog", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert "bad.csv" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.h5"))
+
+
+def test_unreadable_file_during_index_is_skipped_and_reported(tmp_path):
+    """Bug 5: an unreadable image while hashing used to end `featx index` in an ImageError traceback."""
+    folder = make_kaggle_images(tmp_path / "photos", 4)
+    (folder / "cat.99.png").symlink_to(tmp_path / "gone.png")  # listed, but cannot be opened
+    result = invoke("index", folder, "-o", tmp_path / "m.csv")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "cat.99.png" in result.output
+    assert "8 images, 2 classes" in result.output.splitlines()[-1]
+
+
+def test_unknown_extractor_option_is_one_line(tmp_path):
+    """Bug 5: `--opt pooling=avg` (a Keras-style spelling) used to end in a TypeError traceback."""
+    folder = make_kaggle_images(tmp_path / "photos", 2)
+    result = invoke("cache", folder, "--extractor", "hog", "--opt", "pooling=avg", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert "pooling" in result.output and "Traceback" not in result.output
