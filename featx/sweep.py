@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,29 +406,16 @@ def write_rows_csv(path: str | os.PathLike, rows, columns=RESULT_COLUMNS) -> Non
 
 
 def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:
+    """Publish the experiment folder atomically, under its lock; later stages' folders are kept."""
     import joblib
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    from featx.storage import stage_folder
+
+    # finetune/ and scratch/ never move before the new folder is complete (report files are remade).
+    with stage_folder(out_dir, keep=("finetune", "scratch"), what="featx sweep") as tmp:
         write_rows_csv(tmp / "results.csv", sorted(rows, key=lambda r: r["rank"]))
         (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=str))
         np.savez_compressed(tmp / "predictions.npz", y_test=y_test, paths=np.array(test_paths),
                             label_names=np.array(summary["label_names"]),
                             **{f"config_{i}": r["test_proba"].astype(np.float32) for i, r in enumerate(results)})
         joblib.dump(bundle, tmp / "best.joblib")
-        if out_dir.exists():
-            # Keep what later stages put there (finetune/, scratch/); report files are remade by featx report.
-            for stage in [p for p in out_dir.iterdir() if p.is_dir()]:
-                shutil.move(str(stage), str(tmp / stage.name))
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

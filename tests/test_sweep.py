@@ -135,3 +135,44 @@ def test_cli_sweep(hog_cache, tmp_path):
     assert "best hog logreg" in last and "test accuracy" in last
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "e2")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_failed_resweep_keeps_finetune_and_scratch(hog_cache, tmp_path, monkeypatch):
+    """Bug 1: a re-sweep that fails while publishing must not delete what later stages wrote."""
+    import os
+
+    import featx.storage
+
+    out = tmp_path / "exp"
+    run_sweep([[hog_cache]], out, **FAST)
+    for stage in ("finetune", "scratch"):
+        (out / stage).mkdir()
+        (out / stage / "model.json").write_text(f'{{"stage": "{stage}"}}')
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("-old") or ".old-" in str(dst):  # the publish step: old folder moved aside
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    monkeypatch.setattr(featx.storage.os, "replace", failing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep([[hog_cache]], out, **FAST)
+    monkeypatch.undo()
+    for stage in ("finetune", "scratch"):
+        assert (out / stage / "model.json").read_text() == f'{{"stage": "{stage}"}}'
+    assert (out / "results.csv").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]
+
+
+def test_second_writer_of_one_experiment_gets_one_line_naming_the_holder(hog_cache, tmp_path):
+    import os
+
+    from featx.storage import BusyError, locked
+
+    out = tmp_path / "exp"
+    with locked(out):
+        with pytest.raises(BusyError, match=rf"being written by pid {os.getpid()} "):
+            run_sweep([[hog_cache]], out, **FAST)
+    assert not out.exists()
