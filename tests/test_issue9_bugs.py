@@ -92,6 +92,20 @@ def test_unreadable_file_during_index_is_skipped_and_reported(tmp_path):
 def test_unknown_extractor_option_is_one_line(tmp_path):
     """Bug 5: `--opt pooling=avg` (a Keras-style spelling) used to end in a TypeError traceback."""
     folder = make_kaggle_images(tmp_path / "photos", 2)
-    result = invoke("cache", folder, "--extractor", "hog", "--opt", "pooling=avg", "--cache-dir", tmp_path / "c")
-    assert result.exit_code == 2, result.output
-    assert "pooling" in result.output and "Traceback" not in result.output
+    for extractor in ("hog", "vgg16", "efficientnet_lite0"):
+        result = invoke("cache", folder, "--extractor", extractor, "--opt", "pooling=avg", "--cache-dir",
+                        tmp_path / "c")
+        assert result.exit_code == 2, result.output
+        assert "pooling" in result.output and "Traceback" not in result.output
+        if extractor != "hog":  # a Keras spelling: featx says what it is called here
+            assert "spelled pool=" in result.output
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.h5"))
+
+
+def test_mixed_label_like_and_other_names_say_so(tmp_path):
+    """Bug 8: a folder mixing cat.N.png with other names used to turn unlabeled without a word."""
+    folder = make_kaggle_images(tmp_path / "photos", 3)
+    make_image(folder / "IMG_0001.png", "x", 7)
+    result = invoke("index", folder, "-o", tmp_path / "m.csv")
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "IMG_0001.png" in result.output

@@ -75,7 +75,22 @@ def get_extractor(name: str, **opts: Any) -> Extractor:
     if info is None:
         known = ", ".join(sorted(set(_FAMILIES) | {"keras:<application>"}))
         raise ValueError(f"unknown extractor {name!r}; expected one of: {known}")
-    return info.factory(**opts)
+    try:
+        return info.factory(**opts)
+    except TypeError as exc:
+        # A keyword the factory does not take: the user's --opt, not a bug. Name the valid ones.
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        import inspect
+
+        from featx.extractors.base import unknown_options_error
+
+        valid = [p for p in inspect.signature(info.factory).parameters
+                 if p not in ("self", "application") and not p.startswith("_")
+                 and inspect.signature(info.factory).parameters[p].kind not in (inspect.Parameter.VAR_KEYWORD,
+                                                                               inspect.Parameter.VAR_POSITIONAL)]
+        unknown = [key for key in opts if key not in valid]
+        raise unknown_options_error(name, unknown or list(opts), valid) from None
 
 
 def list_extractors(load_all: bool = True) -> list[ExtractorInfo]:

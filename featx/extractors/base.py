@@ -14,6 +14,24 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from featx.errors import UserError
+
+
+class ExtractorOptionError(UserError, ValueError):
+    """An ``--opt`` that an extractor does not take (a user's mistake: one line, exit 2)."""
+
+
+# Spellings users bring from Keras/timm, and the option featx calls them.
+_OPTION_ALIASES = {"pooling": "pool", "layers": "layer", "weight": "weights", "cut": "layer"}
+
+
+def unknown_options_error(extractor: str, unknown, valid) -> ExtractorOptionError:
+    """The one-line error for options ``unknown`` that ``extractor`` does not take."""
+    hints = [f"{key}= is spelled {_OPTION_ALIASES[key]}= in featx" for key in unknown if key in _OPTION_ALIASES]
+    message = (f"{extractor} takes no option {', '.join(sorted(unknown))}; its options are: "
+               f"{', '.join(sorted(valid))}")
+    return ExtractorOptionError(message + (f" ({'; '.join(hints)})" if hints else ""))
+
 
 class Extractor:
     """Base class for feature extractors.

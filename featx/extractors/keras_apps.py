@@ -152,6 +152,8 @@ class KerasApplicationExtractor(KerasExtractor):
 
     default_pool = "avg"
 
+    extra_params = ("application", "input_size")
+
     def __init__(self, application: str, layer: str | None = None, pool: str | None = None,
                  weights: str | None = "imagenet", precision: str = "fp32",
                  input_size: int | Sequence[int] | None = None) -> None:

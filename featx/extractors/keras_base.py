@@ -38,8 +38,17 @@ class KerasExtractor(Extractor):
     input_size: tuple[int, int] = (224, 224)  # (height, width)
     interpolation: str = "area"
 
+    # Options a family adds to the four above (set by subclasses that take more).
+    extra_params: tuple[str, ...] = ()
+
     def __init__(self, layer: str | None = None, pool: str | None = None,
                  weights: str | None = "imagenet", precision: str = "fp32", **params: Any) -> None:
+        unknown = set(params) - set(self.extra_params)
+        if unknown:  # anything not named here would be stored in the spec and then ignored
+            from featx.extractors.base import unknown_options_error
+
+            raise unknown_options_error(self.name, unknown,
+                                        ("layer", "pool", "weights", "precision", *self.extra_params))
         layer = layer or self.default_layer
         pool = pool or self.default_pool
         if pool not in POOLS:
