@@ -169,6 +169,7 @@ def cache(
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where cache files go."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (CNNs; auto: fp16 mixed on GPU, fp32 on CPU)."),
+    runtime: str = typer.Option("keras", help="keras | openvino | auto (CNNs; auto: OpenVINO on a CPU, Keras on a GPU)."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
     device: str = typer.Option("auto", help="auto | cpu | gpu."),
     dtype: str = typer.Option("float32", help="Stored feature dtype: float32 | float16."),
@@ -199,7 +200,7 @@ def cache(
         if "precision" not in options:
             ext.precision = _run(_resolve_precision, precision, device)
     result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                  workers=workers, dtype=dtype, progress=RichBar())
+                  workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)

@@ -189,7 +189,7 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
                 shard_rows: int | None = None, fit_max_images: int = 2000,
                 progress: Progress | None = None,
                 on_shard: Callable[[Shard], None] | None = None,
-                fit: bool = True, spec_extra: dict | None = None) -> CacheResult:
+                fit: bool = True, spec_extra: dict | None = None, runtime: str = "keras") -> CacheResult:
     """Compute (or finish, or update) the feature cache of a dataset.
 
     Parameters
@@ -217,11 +217,19 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         Merged into the spec (and so into the file name hash), e.g. the sha256 of a state
         that came from elsewhere, so caches made with different states never collide.
 
+    runtime : {"keras", "openvino", "auto"}
+        What runs a CNN (``featx.runtime``). fp32 features agree across runtimes, so the runtime
+        is recorded in the cache attributes, not in the spec.
+
     Returns
     -------
     CacheResult
     """
     progress = progress or Progress()
+    if extractor.parallel == "model":  # a bad --runtime fails before anything is written
+        from featx.runtime import resolve_runtime
+
+        resolve_runtime(runtime)  # the name only: building the model waits until there is work
     spec = {**extractor.spec(), **(spec_extra or {})}
     path = cache_path(cache_dir, manifest, spec, dtype)
     started = time.perf_counter()
@@ -246,11 +254,16 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         label = f"{extractor.name} features"
         progress.start(label, builder.plan.n_rows)
         progress.advance(done_before)
+        runner = None
+        if extractor.parallel == "model" and pending:
+            from featx.runtime import make_runner
+
+            runner = make_runner(extractor, runtime, getattr(extractor, "precision", "fp32"))
         compute_started = time.perf_counter()
         writer = _ShardWriter(builder, on_shard)
         try:
             for shard, features, ok, reasons in extract_images(extractor, manifest.root, units,
-                                                               workers, batch_size):
+                                                               workers, batch_size, runner=runner):
                 writer.put(shard, features, ok, reasons)
                 progress.advance(len(ok))
         finally:
@@ -259,7 +272,8 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         compute_seconds = time.perf_counter() - compute_started
         out = builder.publish({"seconds": round(compute_seconds, 3),
                                "images_per_second": round(todo / compute_seconds, 3) if compute_seconds > 0 and todo else 0.0,
-                               "fit_max_images": fit_max_images})
+                               "fit_max_images": fit_max_images,
+                               "runtime": getattr(runner, "runtime", "python")})
         from featx.cache import open_cache
 
         with open_cache(out) as cache:

@@ -6,10 +6,12 @@ Keras on a GPU. Training always stays in Keras; only inference changes.
 """
 from __future__ import annotations
 
+from featx.errors import UserError
+
 RUNTIMES = ("auto", "keras", "openvino")
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(UserError):
     """A user-facing one-line error (e.g. ``--runtime openvino`` without openvino installed)."""
 
 

@@ -77,7 +77,9 @@ class OpenVinoRunner:
         self.converted = True
 
     def __call__(self, images) -> np.ndarray:
-        batch = self.extractor.preprocess(images)
+        # As KerasExtractor.transform does: one float32 array, then the backbone's own preprocessing.
+        batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+        batch = self.extractor.preprocess(batch.astype(np.float32))
         out = self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]
         out = np.asarray(out, dtype=np.float32)
         return out.reshape(len(out), -1)
