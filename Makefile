@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.featx-installed
 # torch is pinned and installed first: an unpinned torch (asked for by
 # efficientnet-lite-pytorch) would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= cpu,torch-import,tune,dev
+EXTRAS ?= cpu,torch-import,tune,dask,dev
 
 .PHONY: demo test venv clean bench
 

@@ -177,6 +177,7 @@ def cache(
     val: float = typer.Option(0.1, help="Val fraction when SOURCE is a folder."),
     test: float = typer.Option(0.1, help="Test fraction when SOURCE is a folder."),
     seed: int = typer.Option(0, help="Split seed when SOURCE is a folder; also seeds learned extractors."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Compute shards on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (N local worker processes)."),
 ) -> None:
     """Compute (or finish, or update) a feature cache. Safe to kill and re-run.
 
@@ -195,12 +196,17 @@ def cache(
     if device == "cpu":  # before TensorFlow is imported by a CNN extractor
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     ext = _run(get_extractor, extractor, **options)
-    if ext.parallel == "model":  # a CNN: it runs on the device, in a precision that suits it
+    cluster = {}
+    if scheduler is not None:  # the workers' devices count, not this machine's
+        cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
+        if ext.parallel == "model" and "precision" not in options:
+            ext.precision = _run(_resolve_precision, precision, "gpu" if device == "gpu" else "cpu")
+    elif ext.parallel == "model":  # a CNN: it runs on the device, in a precision that suits it
         device = _run(_select_device, device)
         if "precision" not in options:
             ext.precision = _run(_resolve_precision, precision, device)
     result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                  workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime)
+                  workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime, **cluster)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)
@@ -287,6 +293,7 @@ def sweep(
     grid: Optional[Path] = typer.Option(None, help="JSON file {head: [{param: [values]}]} replacing default grids."),
     learning_curve: bool = typer.Option(True, "--learning-curve/--no-learning-curve", help="Refit the best config on 10..100% of train."),
     seed: int = typer.Option(0, help="Seed."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the configurations on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (--n-jobs is then the cluster's threads)."),
 ) -> None:
     """Fit heads x hyperparameters on cached features; select on val (or CV), report on test.
 
@@ -306,7 +313,8 @@ def sweep(
     steps = [s.strip() for s in preprocessing.split(",") if s.strip()]
     result = _run(run_sweep, cache_sets, out_dir, heads=[h.strip() for h in heads.split(",") if h.strip()],
                   grids=grids, preprocessing=steps[0] if len(steps) == 1 else steps, cv=cv, repeats=repeats,
-                  seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"))
+                  seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"),
+                  scheduler=scheduler, report=lambda line: err.print(line, highlight=False))
     table = Table(show_edge=False)
     for col in ("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"):
         table.add_column(col)

@@ -23,6 +23,7 @@ Outputs (in ``out_dir``, written to a temporary folder and renamed into place)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -239,7 +240,8 @@ def _jsonable(value):
 def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | os.PathLike,
               heads: Sequence[str] = ("logreg", "linsvm", "rbfsvm", "dense"), grids: dict | None = None,
               preprocessing: str | Sequence[str] = "standard", cv: int = 5, repeats: int = 1, seed: int = 0,
-              n_jobs: int = 1, n_boot: int = 1000, learning_curve: bool = True, progress=None) -> SweepResult:
+              n_jobs: int = 1, n_boot: int = 1000, learning_curve: bool = True, progress=None,
+              scheduler: str | None = None, report=None) -> SweepResult:
     """Sweep heads x grids over each cache set; write the results folder.
 
     Parameters
@@ -259,6 +261,11 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     n_jobs : int
         Parallel configurations (classical heads; dense heads run one at a time, Keras
         already uses every core).
+    scheduler : str, optional
+        Run the classical configurations on a Dask cluster (``tcp://HOST:PORT``, a scheduler
+        ``.json`` file, or ``local:N``) through joblib's Dask backend, each feature matrix sent
+        to every worker once; ``n_jobs`` is then the cluster's threads. ``report`` gets the
+        cluster and dashboard line.
     """
     from joblib import Parallel, delayed
 
@@ -306,11 +313,20 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     classical = [i for i, job in enumerate(jobs) if job[1] != "dense"]
     dense = [i for i, job in enumerate(jobs) if job[1] == "dense"]
     if classical:
-        runner = Parallel(n_jobs=n_jobs, return_as="generator", backend="loky" if n_jobs != 1 else "sequential")
-        for index, result in zip(classical, runner(call(jobs[i]) for i in classical)):
-            results[index] = result
-            if progress is not None:
-                progress.advance(1)
+        if scheduler is not None:  # joblib's Dask backend, the feature sets scattered once
+            from featx.distributed import joblib_on_cluster
+
+            on_cluster = joblib_on_cluster(scheduler, scatter=feature_sets, report=report)
+            backend = {"n_jobs": -1}  # the cluster's threads; the backend comes from joblib_on_cluster
+        else:
+            on_cluster = contextlib.nullcontext()
+            backend = {"n_jobs": n_jobs, "backend": "loky" if n_jobs != 1 else "sequential"}
+        with on_cluster:
+            runner = Parallel(return_as="generator", **backend)
+            for index, result in zip(classical, runner(call(jobs[i]) for i in classical)):
+                results[index] = result
+                if progress is not None:
+                    progress.advance(1)
     for index in dense:
         function, args, kwargs = call(jobs[index])
         results[index] = function(*args, **kwargs)

@@ -1,0 +1,415 @@
+"""Feature caching and sweeps on a Dask cluster (``--scheduler ADDRESS|local:N``).
+
+Extraction
+----------
+The manifest is cut into the shards of the cache journal (``featx.cache.CacheBuilder``).
+The client fits a learned extractor once (SIFT vocabulary, train split), then sends each
+pending shard to a worker: the worker decodes the shard's images and runs the extractor;
+the features come back and the client writes the shard into the journal, then publishes
+the cache with the same atomic publish as a single-machine run. The file is the same:
+schema, spec, hash and row order.
+
+* The extractor travels once, as a recipe (name, parameters, precision, fitted state),
+  broadcast to every worker; each worker process builds it once per spec and keeps it
+  (a CNN loads its weights once per worker, not once per shard).
+* ``--device gpu``: CNN shards ask for the Dask resource ``GPU=1`` (start GPU workers
+  with ``dask worker ADDRESS --resources GPU=1 --nthreads 1``); HoG/SIFT run anywhere.
+* A worker that dies mid-shard costs that shard: Dask runs it again elsewhere. A scheduler
+  that goes away leaves the journal; the next run (local or distributed) computes only
+  the shards that are missing.
+* Images and caches must be on a filesystem every worker sees, at the same path.
+
+Sweeps
+------
+:func:`joblib_on_cluster` runs joblib's ``Parallel`` through the Dask backend with the
+feature matrices scattered to every worker once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
+           "extract_on_cluster", "build_cache", "DistributedCacheResult", "joblib_on_cluster"]
+
+LOCAL_PREFIX = "local:"
+DEFAULT_RETRIES = 2
+_CONNECT_TIMEOUT_S = 15
+
+
+class ClusterError(ValueError):
+    """The cluster cannot run the job as asked; the message says why and what to do."""
+
+
+def _require_distributed():
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ClusterError("--scheduler needs Dask: pip install 'featx[dask]'") from None
+    return distributed
+
+
+# -- connecting ------------------------------------------------------------------------------
+def parse_scheduler(text: str) -> tuple[str, object]:
+    """``("local", n_workers)``, ``("file", path)`` or ``("address", address)``.
+
+    Examples
+    --------
+    >>> parse_scheduler("local:2")
+    ('local', 2)
+    >>> parse_scheduler("tcp://10.0.0.5:8786")
+    ('address', 'tcp://10.0.0.5:8786')
+    """
+    text = str(text).strip()
+    if text.startswith(LOCAL_PREFIX):
+        count = text[len(LOCAL_PREFIX):]
+        if not count.isdigit() or int(count) < 1:
+            raise ClusterError(f"--scheduler {text!r}: local:N needs a worker count N >= 1 (e.g. local:4)")
+        return "local", int(count)
+    if text.endswith(".json"):
+        if not Path(text).is_file():
+            raise ClusterError(f"--scheduler {text}: no such scheduler file; start the scheduler with "
+                               f"`dask scheduler --scheduler-file {text}` or give its address tcp://HOST:8786")
+        return "file", text
+    if not text or text.startswith("local"):
+        raise ClusterError(f"--scheduler {text!r}: expected tcp://HOST:PORT, a scheduler file (.json) or local:N")
+    return "address", text
+
+
+def _dashboard_line(client) -> str:
+    link = client.dashboard_link
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return f"{link} (served only where bokeh is installed: pip install bokeh)"
+    return link
+
+
+@contextlib.contextmanager
+def connect(scheduler: str, report: Callable[[str], None] | None = None, resources: dict | None = None,
+            wait_s: float = 30.0):
+    """A ``distributed.Client`` for ``scheduler``; a ``local:N`` cluster is started and stopped here.
+
+    ``report`` receives one line naming the scheduler, the workers and the dashboard address.
+    """
+    _require_distributed()
+    from distributed import Client, LocalCluster
+
+    kind, value = parse_scheduler(scheduler)
+    cluster = None
+    if kind == "local":
+        cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                               resources=resources)
+    try:
+        try:
+            if cluster is not None:
+                client = Client(cluster)
+            elif kind == "file":
+                client = Client(scheduler_file=value, timeout=_CONNECT_TIMEOUT_S)
+            else:
+                client = Client(value, timeout=_CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"--scheduler {scheduler}: cannot reach the scheduler ({exc}); start one with "
+                               f"`dask scheduler` or use --scheduler local:N") from None
+        try:
+            try:
+                client.wait_for_workers(1, timeout=wait_s)
+            except TimeoutError:
+                raise ClusterError(f"--scheduler {scheduler}: no worker joined in {wait_s:.0f} s; start workers "
+                                   f"with `dask worker {client.scheduler.address}`") from None
+            if report is not None:
+                workers = client.scheduler_info(n_workers=-1)["workers"]
+                threads = sum(w["nthreads"] for w in workers.values())
+                report(f"dask: {len(workers)} worker(s), {threads} thread(s) at {client.scheduler.address}; "
+                       f"dashboard {_dashboard_line(client)}")
+            yield client
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _workers(client) -> dict:
+    return client.scheduler_info(n_workers=-1)["workers"]
+
+
+# -- the worker side ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExtractorRecipe:
+    """What a worker needs to build the client's extractor: never the model, never a refit."""
+
+    name: str
+    params: dict
+    precision: str | None
+    state: dict
+    spec: dict
+    device: str = "auto"
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode())
+        for name in sorted(self.state):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(self.state[name]).tobytes())
+        return digest.hexdigest()[:16]
+
+    @classmethod
+    def of(cls, extractor, spec: dict, device: str = "auto") -> "ExtractorRecipe":
+        return cls(name=extractor.name, params=dict(extractor.params),
+                   precision=getattr(extractor, "precision", None),
+                   state=extractor.get_state() if extractor.needs_fit else {}, spec=spec, device=device)
+
+
+_EXTRACTORS: dict[str, object] = {}  # recipe key -> extractor, one per worker process
+_BUILDS: Counter = Counter()  # recipe key -> times this process built it (1, unless evicted)
+_BUILD_LOCK = threading.Lock()
+_MODEL_LOCKS: dict[str, threading.Lock] = {}
+
+
+def worker_extractor(recipe: ExtractorRecipe):
+    """The extractor of ``recipe``, built once per process and kept (keyed by spec and state)."""
+    with _BUILD_LOCK:
+        extractor = _EXTRACTORS.get(recipe.key)
+        if extractor is not None:
+            return extractor
+        from featx.extractors import get_extractor
+
+        if recipe.device == "cpu" and "tensorflow" not in sys.modules:
+            os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        extractor = get_extractor(recipe.name, **recipe.params)
+        if recipe.precision is not None:
+            extractor.precision = recipe.precision
+        if recipe.state:
+            extractor.set_state(recipe.state)
+        here = extractor.spec()
+        differ = sorted(k for k in here if here[k] != recipe.spec.get(k))
+        if differ:
+            raise ClusterError(f"worker {socket.gethostname()}: {recipe.name} here differs from the client's in "
+                               f"{', '.join(differ)} ({here.get(differ[0])!r} vs {recipe.spec.get(differ[0])!r}); "
+                               f"workers need the same featx version and the same weights files")
+        _EXTRACTORS[recipe.key] = extractor
+        _MODEL_LOCKS[recipe.key] = threading.Lock()
+        _BUILDS[recipe.key] += 1
+        return extractor
+
+
+@dataclass
+class ShardResult:
+    index: int
+    features: np.ndarray
+    ok: np.ndarray
+    reasons: list
+    worker: str  # host:pid
+    builds: int  # times this worker process built the extractor (1 when kept)
+    seconds: float
+
+
+def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequence[str], batch_size: int = 32,
+                  decode_threads: int = 4) -> ShardResult:
+    """Worker task: decode one shard's images and compute their features."""
+    from featx.pipeline import extract_images
+
+    started = time.perf_counter()
+    extractor = worker_extractor(recipe)
+    if not os.path.isdir(root):
+        raise ClusterError(f"worker {socket.gethostname()} cannot see {root}; the images must be on a "
+                           f"filesystem every worker sees, at the same path")
+    if extractor.parallel == "model":  # one model call at a time per process, decoding threaded inside
+        with _MODEL_LOCKS[recipe.key]:
+            (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))],
+                                                         workers=decode_threads, batch_size=batch_size)
+    else:  # cheap per-image maths: this worker thread does it; Dask spreads the shards
+        (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))], workers=1)
+    return ShardResult(index, features, ok, list(reasons), f"{socket.gethostname()}:{os.getpid()}",
+                       _BUILDS[recipe.key], time.perf_counter() - started)
+
+
+# -- the client side ---------------------------------------------------------------------------
+def _scheduler_lost(client) -> bool:
+    return client.status not in ("running", "connecting", "newly-created") or client.scheduler_comm is None
+
+
+def extract_on_cluster(client, recipe: ExtractorRecipe, root: str, units, batch_size: int = 32,
+                       decode_threads: int = 4, resources: dict | None = None, retries: int = DEFAULT_RETRIES,
+                       in_flight: int | None = None) -> Iterator[ShardResult]:
+    """Run ``units`` (``[(shard index, [relative paths])]``) on the cluster; yield results as they finish.
+
+    At most ``in_flight`` shards are submitted at a time (default: twice the cluster's threads), so
+    results never pile up on workers and a lost scheduler costs at most that many shards.
+    """
+    from distributed import as_completed
+
+    if not units:
+        return
+    if in_flight is None:
+        in_flight = max(4, 2 * sum(w["nthreads"] for w in _workers(client).values()))
+    recipe_future = client.scatter(recipe, broadcast=True, hash=False)
+    todo = list(units)
+    position = 0
+    done = 0
+
+    def submit(unit):
+        index, paths = unit
+        return client.submit(compute_shard, recipe_future, root, index, list(paths), batch_size, decode_threads,
+                             key=f"featx-shard-{recipe.key}-{index:06d}", pure=False, retries=retries,
+                             resources=resources)
+
+    first = [submit(u) for u in todo[:in_flight]]
+    position = len(first)
+    queue = as_completed(first)
+    try:
+        for future in queue:
+            try:
+                result = future.result()
+            except Exception as exc:
+                if future.status == "cancelled" or _scheduler_lost(client):
+                    raise ClusterError(
+                        f"the scheduler went away after {done} of {len(units)} shards ({type(exc).__name__}); "
+                        f"the finished shards are in the journal: run the same command again (with or "
+                        f"without --scheduler) to compute only the missing ones") from None
+                if type(exc).__name__ == "KilledWorker":
+                    raise ClusterError(f"shard {future.key} killed every worker that ran it ({exc}); check the "
+                                       f"workers' memory and logs") from None
+                raise
+            done += 1
+            future.release()
+            if position < len(todo):
+                queue.add(submit(todo[position]))
+                position += 1
+            yield result
+    finally:
+        queue.clear()
+
+
+def _check_cluster(client, root: str, scheduler: str, needs_gpu: bool) -> None:
+    workers = _workers(client)
+    if needs_gpu and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        raise ClusterError(f"--device gpu, but no worker of {scheduler} offers the resource GPU; start GPU "
+                           f"workers with `dask worker {client.scheduler.address} --resources GPU=1 --nthreads 1`")
+    sees = client.run(os.path.isdir, root)
+    blind = sorted(address for address, ok in sees.items() if not ok)
+    if blind:
+        raise ClusterError(f"worker(s) {', '.join(blind)} cannot see {root}; the images (and the cache folder) "
+                           f"must be on a filesystem every worker sees, at the same path")
+
+
+@dataclass
+class DistributedCacheResult:
+    """``featx.pipeline.CacheResult`` fields, plus what the cluster did."""
+
+    path: Path
+    rows: int = 0
+    computed: int = 0
+    reused: int = 0
+    failed: list = field(default_factory=list)
+    seconds: float = 0.0
+    noop: bool = False
+    shards: int = 0
+    shards_by_worker: dict = field(default_factory=dict)
+    builds_by_worker: dict = field(default_factory=dict)  # max builds of the extractor seen per worker process
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_size: int = 32,
+                workers: int | None = None, dtype: str = "float32", shard_rows: int | None = None,
+                fit_max_images: int = 2000, progress=None, on_shard=None, fit: bool = True,
+                spec_extra: dict | None = None, device: str = "auto", retries: int = DEFAULT_RETRIES,
+                report: Callable[[str], None] | None = None) -> DistributedCacheResult:
+    """``featx.pipeline.build_cache`` with the shards computed on a Dask cluster.
+
+    Same arguments and the same file as the single-machine run, plus ``scheduler``
+    (``tcp://HOST:PORT``, a scheduler ``.json`` file, or ``local:N``), ``device`` (``gpu``:
+    CNN shards need the worker resource ``GPU``), ``retries`` (reruns of a shard whose task
+    raised) and ``report`` (gets the one-line cluster and dashboard summary). ``workers`` is
+    the number of decoding threads inside a CNN shard (default 4).
+    """
+    from featx.cache import CacheBuilder, cache_path, open_cache
+    from featx.pipeline import Progress, _fit_extractor
+
+    if device not in ("auto", "cpu", "gpu"):
+        raise ClusterError(f"--device must be auto, cpu or gpu; got {device!r}")
+    parse_scheduler(scheduler)  # a bad --scheduler fails before any work
+    progress = progress or Progress()
+    spec = {**extractor.spec(), **(spec_extra or {})}
+    path = cache_path(cache_dir, manifest, spec, dtype)
+    started = time.perf_counter()
+    with CacheBuilder(path, manifest, spec, dtype) as builder:
+        if builder.is_complete():
+            with open_cache(path) as cache:
+                return DistributedCacheResult(path, rows=cache.n_rows, failed=cache.failed, noop=True,
+                                              seconds=time.perf_counter() - started)
+        needs_gpu = device == "gpu" and extractor.parallel == "model"
+        with connect(scheduler, report=report) as client:
+            _check_cluster(client, str(manifest.root), scheduler, needs_gpu)
+            if shard_rows is None:
+                shard_rows = 8 * batch_size if extractor.parallel == "model" else 32
+            builder.prepare(shard_rows=shard_rows)
+            if extractor.needs_fit and fit:
+                _fit_extractor(extractor, manifest, builder, fit_max_images, manifest.seed, progress)
+            elif extractor.needs_fit:
+                builder.save_state(extractor.get_state())
+            recipe = ExtractorRecipe.of(extractor, extractor.spec(), device)
+            pending = builder.pending_shards()
+            by_index = {shard.index: shard for shard in pending}
+            units = [(shard.index, [r.path for r in builder.records_of(shard)]) for shard in pending]
+            todo = sum(len(paths) for _, paths in units)
+            progress.start(f"{extractor.name} features on {scheduler}", builder.plan.n_rows)
+            progress.advance(builder.plan.n_rows - todo)
+            compute_started = time.perf_counter()
+            shards_by_worker: Counter = Counter()
+            builds: dict[str, int] = {}
+            try:
+                for result in extract_on_cluster(client, recipe, str(manifest.root), units, batch_size,
+                                                 decode_threads=workers or 4,
+                                                 resources={"GPU": 1} if needs_gpu else None, retries=retries):
+                    shard = by_index[result.index]
+                    builder.write_shard(shard, result.features, result.ok, result.reasons)
+                    if on_shard is not None:
+                        on_shard(shard)
+                    shards_by_worker[result.worker] += 1
+                    builds[result.worker] = max(builds.get(result.worker, 0), result.builds)
+                    progress.advance(len(result.ok))
+            finally:
+                progress.stop()
+        compute_seconds = time.perf_counter() - compute_started
+        out = builder.publish({"seconds": round(compute_seconds, 3),
+                               "images_per_second": round(todo / compute_seconds, 3) if compute_seconds > 0 and todo else 0.0,
+                               "fit_max_images": fit_max_images})
+        with open_cache(out) as cache:
+            return DistributedCacheResult(out, rows=cache.n_rows, computed=todo, reused=builder.n_reused,
+                                          failed=cache.failed, seconds=compute_seconds, shards=len(units),
+                                          shards_by_worker=dict(shards_by_worker), builds_by_worker=builds)
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def joblib_on_cluster(scheduler: str, scatter: Sequence = (), report: Callable[[str], None] | None = None):
+    """Inside: ``joblib.Parallel(n_jobs=-1)`` (backend left unset) runs on the cluster.
+
+    Each object in ``scatter`` (the feature sets) is sent to every worker once; calls that take
+    one of them as an argument refer to the worker's copy instead of sending it again.
+    """
+    from joblib import parallel_config
+
+    with connect(scheduler, report=report) as client:
+        with parallel_config(backend="dask", client=client, scatter=list(scatter)):
+            yield client
