@@ -186,6 +186,8 @@ def cache(
     if device == "cpu":  # before TensorFlow is imported by a CNN extractor
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     ext = _run(get_extractor, extractor, **options)
+    if precision != "auto":  # hog computes in fp32 only: --precision bf16 is refused, never ignored
+        _run(ext.check_precision, precision)
     if ext.parallel == "model":  # a CNN: it runs on the device, in a precision that suits it
         device = _run(_select_device, device)
         if "precision" not in options:
