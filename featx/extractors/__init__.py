@@ -65,7 +65,7 @@ def get_extractor(name: str, **opts: Any) -> Extractor:
     True
     """
     info = _info(name)
-    unknown = set(opts) - set(info.options)
+    unknown = set(opts) - set(info.options) if info.options is not None else set()
     if unknown:
         raise unknown_options_error(name, unknown, info.options)
     return info.factory(**opts)

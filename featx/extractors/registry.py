@@ -21,7 +21,8 @@ class ExtractorInfo:
     """What the registry knows about a name without building the model.
 
     ``options`` are the keyword arguments ``factory`` takes (from its signature when not
-    given); :func:`featx.extractors.get_extractor` refuses any other, naming these.
+    given; None for a factory taking ``**kwargs``, which checks them itself);
+    :func:`featx.extractors.get_extractor` refuses any other, naming these.
     """
 
     name: str
@@ -36,7 +37,7 @@ class ExtractorInfo:
     config: object | None = None
 
     def __post_init__(self) -> None:
-        if self.options is None:
+        if self.options is None and self.factory is not None:
             self.options = options_of(self.factory)
 
 
@@ -54,8 +55,14 @@ def registered(name: str) -> ExtractorInfo | None:
     return _REGISTRY.get(name)
 
 
-def options_of(factory: Callable) -> tuple[str, ...]:
-    """Keyword arguments a callable (or a class's ``__init__``) takes by name."""
+def options_of(factory: Callable) -> tuple[str, ...] | None:
+    """Keyword arguments a callable (or a class's ``__init__``) takes by name.
+
+    None when it takes ``**kwargs``: such a factory checks its options itself.
+    """
     target = factory.__init__ if inspect.isclass(factory) else factory
-    return tuple(name for name, p in inspect.signature(target).parameters.items()
-                 if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return tuple(p.name for p in parameters
+                 if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
