@@ -196,6 +196,8 @@ def cache(
     if device == "cpu":  # before TensorFlow is imported by a CNN extractor
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     ext = _run(get_extractor, extractor, **options)
+    if precision != "auto":  # hog computes in fp32 only: --precision bf16 is refused, never ignored
+        _run(ext.check_precision, precision)
     cluster = {}
     if scheduler is not None:  # the workers' devices count, not this machine's
         cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
@@ -205,8 +207,14 @@ def cache(
         device = _run(_select_device, device)
         if "precision" not in options:
             ext.precision = _run(_resolve_precision, precision, device)
-    result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                  workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime, **cluster)
+    if cluster:  # a Dask cluster computes the shards; this process plans, writes and publishes
+        from featx.distributed import build_cache as build_on_cluster
+
+        result = _run(build_on_cluster, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
+                      workers=workers, dtype=dtype, progress=RichBar(), **cluster)
+    else:
+        result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
+                      workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)

@@ -73,3 +73,7 @@ def unwrap_tf_error(exc: BaseException) -> BaseException:
             unwrapped.__cause__ = exc
             return unwrapped
     return exc
+
+
+class RuntimeUnavailable(UserError):
+    """An inference runtime that cannot run here (e.g. ``--runtime openvino`` without openvino)."""

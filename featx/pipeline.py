@@ -189,8 +189,7 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
                 shard_rows: int | None = None, fit_max_images: int = 2000,
                 progress: Progress | None = None,
                 on_shard: Callable[[Shard], None] | None = None,
-                fit: bool = True, spec_extra: dict | None = None, runtime: str = "keras",
-                scheduler: str | None = None, **cluster_options) -> CacheResult:
+                fit: bool = True, spec_extra: dict | None = None, runtime: str = "keras") -> CacheResult:
     """Compute (or finish, or update) the feature cache of a dataset.
 
     Parameters
@@ -221,22 +220,10 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
     runtime : {"keras", "openvino", "auto"}
         What runs a CNN (``featx.runtime``). fp32 features agree across runtimes, so the runtime
         is recorded in the cache attributes, not in the spec.
-    scheduler : str, optional
-        Compute the shards on a Dask cluster: ``tcp://HOST:PORT``, a scheduler ``.json``
-        file, or ``local:N``; same file as without. ``cluster_options`` (``device``,
-        ``retries``, ``report``) go to :func:`featx.distributed.build_cache`.
-
     Returns
     -------
     CacheResult
     """
-    if scheduler is not None:
-        from featx import distributed
-
-        return distributed.build_cache(manifest, extractor, scheduler, cache_dir=cache_dir, batch_size=batch_size,
-                                       workers=workers, dtype=dtype, shard_rows=shard_rows,
-                                       fit_max_images=fit_max_images, progress=progress, on_shard=on_shard,
-                                       fit=fit, spec_extra=spec_extra, **cluster_options)
     progress = progress or Progress()
     if extractor.parallel == "model":  # a bad --runtime fails before anything is written
         from featx.runtime import resolve_runtime

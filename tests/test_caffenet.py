@@ -19,7 +19,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from featx.extractors import get_extractor  # noqa: E402
-from featx.extractors.caffenet import BGR_MEAN, CaffeNet, preprocess_input  # noqa: E402
+from featx.backbones.caffenet import BGR_MEAN, preprocess_input  # noqa: E402
+from featx.extractors.caffenet import CaffeNet  # noqa: E402
 from featx.weights import WeightsError, sha256_file  # noqa: E402
 from featx.weights import caffe  # noqa: E402
 from featx.weights.caffe import (  # noqa: E402
@@ -438,7 +439,7 @@ def test_preprocess_swaps_to_bgr_and_subtracts_the_channel_mean():
 
 
 def test_custom_layers_survive_keras_serialisation(tmp_path):
-    from featx.extractors.caffenet import CaffeMaxPooling2D, LocalResponseNormalization
+    from featx.backbones.caffenet import CaffeMaxPooling2D, LocalResponseNormalization
 
     inputs = keras.Input((6, 6, 7))  # pooled to 3×3 by rounding up (2×2 rounding down)
     outputs = LocalResponseNormalization(5, 1e-2, 0.75, name="norm")(CaffeMaxPooling2D(3, 2, name="pool")(inputs))

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_kaggle_images
+from featx import distributed
 from featx.cli import app
 from featx.data import build_manifest
 from featx.extractors import get_extractor
@@ -27,8 +28,8 @@ def test_local_cluster_cache_equals_plain_cache(tmp_path):
     plain = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path / "plain", workers=1,
                         shard_rows=8)
     lines = []
-    on_cluster = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path / "dask", shard_rows=8,
-                             scheduler="local:2", report=lines.append)
+    on_cluster = distributed.build_cache(manifest, get_extractor("hog", size=32), "local:2",
+                                         cache_dir=tmp_path / "dask", shard_rows=8, report=lines.append)
     assert plain.path.name == on_cluster.path.name  # same spec hash, same dataset fingerprint
     assert on_cluster.rows == plain.rows == 40 and on_cluster.computed == 40
     ours, theirs = _read(plain.path), _read(on_cluster.path)

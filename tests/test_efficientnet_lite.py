@@ -15,13 +15,8 @@ import pytest
 from conftest import make_image
 
 from featx.extractors import get_extractor, list_extractors
-from featx.extractors.efficientnet_lite import (
-    LITE_VARIANTS,
-    EfficientNetLite0,
-    block_plan,
-    preprocess_input,
-    weights_status,
-)
+from featx.backbones.efficientnet_lite import LITE_VARIANTS, block_plan, preprocess_input
+from featx.extractors.efficientnet_lite import EfficientNetLite0, weights_status
 from featx.imagenet import class_names, decode_predictions, top_k
 from featx.weights import WeightsError
 from featx.weights.torch_lite import (

@@ -21,7 +21,8 @@ h5py = pytest.importorskip("h5py")
 
 from featx.extractors import get_extractor  # noqa: E402
 from featx.extractors.keras_apps import KERAS_APPLICATIONS, KerasApplicationExtractor  # noqa: E402
-from featx.extractors.vgg16 import VGG16Extractor, preprocess_input  # noqa: E402
+from featx.backbones.vgg16 import preprocess_input  # noqa: E402
+from featx.extractors.vgg16 import VGG16Extractor  # noqa: E402
 from featx.weights import WeightsError, keras_models_dir  # noqa: E402
 from featx.weights.keras_cache import KERAS_WEIGHTS, keras_weights_file  # noqa: E402
 
@@ -111,7 +112,7 @@ def test_keras_file_names_follow_keras_home(monkeypatch, tmp_path):
 
 
 def test_every_table_hash_is_the_one_in_the_keras_source():
-    constructors = {name: app.constructor for name, app in KERAS_APPLICATIONS.items()}
+    constructors = {name: app.keras_constructor for name, app in KERAS_APPLICATIONS.items()}
     constructors["vgg16"] = "VGG16"
     assert set(KERAS_WEIGHTS) == set(constructors)
     for name, rows in KERAS_WEIGHTS.items():
@@ -281,7 +282,7 @@ def test_keras_app_weights_path_gives_the_models_own_features(mobilenet):
     assert extractor.name == "keras:mobilenet_v2"
     assert extractor.preprocessing["size"] == [64, 64]
     assert extractor.params["layer"] == "out_relu" and extractor.params["pool"] == "avg"
-    assert extractor.output_dim == KERAS_APPLICATIONS["mobilenet_v2"].channels == 1280
+    assert extractor.output_dim == KERAS_APPLICATIONS["mobilenet_v2"].output_dim == 1280
     features = extractor.transform(mobilenet.images)
     assert mobilenet.reference.std() > 0
     np.testing.assert_allclose(features, mobilenet.reference, rtol=1e-4,
@@ -315,7 +316,7 @@ def test_keras_app_imagenet_cache_hit_and_offline_error(mobilenet, monkeypatch, 
 def test_keras_app_with_an_unstable_last_layer_name_gets_a_stable_alias():
     extractor = get_extractor("keras:mobilenet_v3_small", weights=None, input_size=32, pool="max")
     assert extractor.params["layer"] == "backbone_output"
-    assert extractor.output_dim == KERAS_APPLICATIONS["mobilenet_v3_small"].channels == 576
+    assert extractor.output_dim == KERAS_APPLICATIONS["mobilenet_v3_small"].output_dim == 576
     features = extractor.transform(make_images(1, 32))
     assert features.shape == (1, 576) and np.isfinite(features).all()
 

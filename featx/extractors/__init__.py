@@ -1,35 +1,23 @@
-"""Registry of feature extractors: ``get_extractor(name, **opts)`` and ``list_extractors()``.
+"""Feature extractors by name: ``get_extractor(name, **opts)`` and ``list_extractors()``.
 
-Each family module registers its constructors with :func:`register`. Modules that
-need heavy dependencies (Keras) are imported only when one of their names is asked
+Each family module registers its constructors in :mod:`featx.extractors.registry`. Modules
+that need heavy dependencies (Keras) are imported only when one of their names is asked
 for, so ``featx index`` and the classical extractors start fast.
+
+Options are checked here, before anything is built: one the extractor does not take is an
+:class:`ExtractorOptionError` naming it, the extractor and the options it does take.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from .base import Extractor
+from .base import Extractor, ExtractorOptionError, unknown_options_error
+from .registry import _REGISTRY, ExtractorInfo, register, registered
 
-__all__ = ["Extractor", "ExtractorInfo", "get_extractor", "list_extractors", "register", "parse_opts"]
-
-
-@dataclass
-class ExtractorInfo:
-    """What the registry knows about a name without building the model."""
-
-    name: str
-    factory: Callable[..., Extractor]
-    description: str = ""
-    default_opts: dict = field(default_factory=dict)
-    # Callable returning (available: bool, detail: str) about offline weights.
-    weights_status: Callable[[], tuple[bool, str]] | None = None
-    output_dim: int | None = None
-
-
-_REGISTRY: dict[str, ExtractorInfo] = {}
+__all__ = ["Extractor", "ExtractorInfo", "ExtractorOptionError", "get_extractor", "list_extractors",
+           "register", "parse_opts"]
 
 # Module that registers each name (imported lazily). ``keras:<app>`` is handled
 # by featx.extractors.keras_apps.
@@ -44,20 +32,31 @@ _FAMILIES = {
 }
 
 
-def register(info: ExtractorInfo) -> ExtractorInfo:
-    """Add (or replace) a name in the registry."""
-    _REGISTRY[info.name] = info
+def _info(name: str) -> ExtractorInfo:
+    if registered(name) is None:
+        if name.startswith("keras:"):
+            from .keras_apps import register_application
+
+            try:
+                register_application(name)
+            except ValueError as error:
+                raise ExtractorOptionError(str(error)) from None
+        elif name in _FAMILIES:
+            importlib.import_module(_FAMILIES[name])
+    info = registered(name)
+    if info is None:
+        known = ", ".join(sorted(set(_FAMILIES) | {"keras:<application>"}))
+        raise ExtractorOptionError(f"unknown extractor {name!r}; expected one of: {known}")
     return info
-
-
-def _load_family(name: str) -> None:
-    module = "featx.extractors.keras_apps" if name.startswith("keras:") else _FAMILIES.get(name)
-    if module is not None:
-        importlib.import_module(module)
 
 
 def get_extractor(name: str, **opts: Any) -> Extractor:
     """Build the extractor registered under ``name`` with options ``opts``.
+
+    Raises
+    ------
+    ExtractorOptionError
+        An unknown name, or an option the extractor does not take (``pooling=`` for ``pool=``).
 
     Examples
     --------
@@ -65,40 +64,19 @@ def get_extractor(name: str, **opts: Any) -> Extractor:
     >>> get_extractor("hog", size=64).output_dim > 0
     True
     """
-    if name not in _REGISTRY:
-        _load_family(name)
-    if name.startswith("keras:") and name not in _REGISTRY:
-        from .keras_apps import register_application
-
-        register_application(name)
-    info = _REGISTRY.get(name)
-    if info is None:
-        known = ", ".join(sorted(set(_FAMILIES) | {"keras:<application>"}))
-        raise ValueError(f"unknown extractor {name!r}; expected one of: {known}")
-    try:
-        return info.factory(**opts)
-    except TypeError as exc:
-        # A keyword the factory does not take: the user's --opt, not a bug. Name the valid ones.
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        import inspect
-
-        from featx.extractors.base import unknown_options_error
-
-        valid = [p for p in inspect.signature(info.factory).parameters
-                 if p not in ("self", "application") and not p.startswith("_")
-                 and inspect.signature(info.factory).parameters[p].kind not in (inspect.Parameter.VAR_KEYWORD,
-                                                                               inspect.Parameter.VAR_POSITIONAL)]
-        unknown = [key for key in opts if key not in valid]
-        raise unknown_options_error(name, unknown or list(opts), valid) from None
+    info = _info(name)
+    unknown = set(opts) - set(info.options) if info.options is not None else set()
+    if unknown:
+        raise unknown_options_error(name, unknown, info.options)
+    return info.factory(**opts)
 
 
 def list_extractors(load_all: bool = True) -> list[ExtractorInfo]:
     """Every registered extractor (importing each family when ``load_all``)."""
     if load_all:
-        for name in _FAMILIES:
+        for module in dict.fromkeys(_FAMILIES.values()):
             try:
-                _load_family(name)
+                importlib.import_module(module)
             except ImportError:  # a family whose optional dependency is missing
                 continue
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
@@ -108,12 +86,17 @@ def parse_opts(pairs: list[str] | None) -> dict[str, Any]:
     """Turn ``["k=500", "pool=avg", "dense=true"]`` into typed keyword arguments.
 
     Values are parsed as int, float, bool (true/false), ``none`` or a string.
+
+    Raises
+    ------
+    ExtractorOptionError
+        For a pair that is not ``KEY=VALUE``.
     """
     opts: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"option {pair!r} is not KEY=VALUE (example: --opt k=500)")
+        if not sep or not key.strip():
+            raise ExtractorOptionError(f"option {pair!r} is not KEY=VALUE (example: --opt k=500)")
         opts[key.strip().replace("-", "_")] = _parse_value(raw.strip())
     return opts
 

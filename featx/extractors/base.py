@@ -16,20 +16,47 @@ import numpy as np
 
 from featx.errors import UserError
 
+__all__ = ["Extractor", "ExtractorOptionError", "unknown_options_error", "CLASSICAL_PRECISIONS"]
+
+#: What an extractor without a model computes in (NumPy/OpenCV/scikit-image maths).
+CLASSICAL_PRECISIONS = ("fp32",)
+
 
 class ExtractorOptionError(UserError, ValueError):
-    """An ``--opt`` that an extractor does not take (a user's mistake: one line, exit 2)."""
+    """An extractor name, option or option value the user gave that featx does not take.
+
+    A user's mistake: the command line prints the message as one line and exits 2. The message
+    names the option, the extractor and the valid choices.
+    """
 
 
 # Spellings users bring from Keras/timm, and the option featx calls them.
-_OPTION_ALIASES = {"pooling": "pool", "layers": "layer", "weight": "weights", "cut": "layer"}
+_OPTION_ALIASES = {"pooling": "pool", "layers": "layer", "weight": "weights", "cut": "layer",
+                   "dtype": "precision", "size": "input_size"}
 
 
-def unknown_options_error(extractor: str, unknown, valid) -> ExtractorOptionError:
-    """The one-line error for options ``unknown`` that ``extractor`` does not take."""
-    hints = [f"{key}= is spelled {_OPTION_ALIASES[key]}= in featx" for key in unknown if key in _OPTION_ALIASES]
-    message = (f"{extractor} takes no option {', '.join(sorted(unknown))}; its options are: "
-               f"{', '.join(sorted(valid))}")
+def unknown_options_error(extractor: str, unknown: Iterable[str], valid: Sequence[str]) -> ExtractorOptionError:
+    """The one-line error for options ``unknown`` that ``extractor`` does not take.
+
+    Examples
+    --------
+    >>> print(unknown_options_error("vgg16", ["pooling"], ["layer", "pool", "weights", "precision"]))
+    vgg16 has no option 'pooling'; options are: layer, pool, weights, precision (pooling= is spelled pool= in featx)
+    """
+    import difflib
+
+    valid = list(valid)
+    hints = []
+    for key in sorted(unknown):
+        alias = _OPTION_ALIASES.get(key)
+        if alias in valid:
+            hints.append(f"{key}= is spelled {alias}= in featx")
+        else:
+            close = difflib.get_close_matches(key, valid, n=1)
+            if close:
+                hints.append(f"did you mean {close[0]}=?")
+    message = (f"{extractor} has no option {', '.join(map(repr, sorted(unknown)))}; "
+               f"options are: {', '.join(valid)}")
     return ExtractorOptionError(message + (f" ({'; '.join(hints)})" if hints else ""))
 
 
@@ -55,14 +82,50 @@ class Extractor:
     needs_fit : bool
         True when :meth:`fit` must see training images before :meth:`transform`
         (SIFT's visual vocabulary).
+    precisions : tuple of str
+        Compute precisions the extractor supports; :attr:`precision` is one of them.
+        Classical extractors compute in fp32 only; Keras CNNs in fp32, bf16 and fp16.
     """
 
     name: str = "base"
     parallel: str = "processes"
     needs_fit: bool = False
+    precisions: tuple[str, ...] = CLASSICAL_PRECISIONS
 
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)
+
+    # -- precision -----------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The compute precision; setting it checks it against :attr:`precisions`."""
+        return getattr(self, "_precision", self.precisions[0])
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = self.check_precision(value)
+
+    def check_precision(self, precision: str) -> str:
+        """``precision`` when this extractor computes in it, else a user error naming the choices.
+
+        Raises
+        ------
+        ExtractorOptionError
+            E.g. ``--precision bf16`` for ``hog``, which computes in fp32 only.
+
+        Examples
+        --------
+        >>> from featx.extractors import get_extractor
+        >>> get_extractor("hog", size=64).check_precision("fp32")
+        'fp32'
+        """
+        if precision not in self.precisions:
+            only = " only" if len(self.precisions) == 1 else ""
+            raise ExtractorOptionError(
+                f"{self.name} computes in {', '.join(self.precisions)}{only}; precision {precision!r} "
+                f"is not supported (choices: {', '.join(self.precisions)})"
+            )
+        return precision
 
     # -- description ---------------------------------------------------
     @property

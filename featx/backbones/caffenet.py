@@ -1,0 +1,229 @@
+"""CaffeNet: the BVLC reference CaffeNet (AlexNet variant) as a Keras architecture, and its configuration.
+
+The architecture follows BVLC/caffe ``models/bvlc_reference_caffenet/deploy.prototxt``
+layer for layer, with Caffe's layer names so a user can cut at ``conv5``,
+``pool5``, ``fc6`` or ``fc7``::
+
+    data 227×227×3 BGR, mean subtracted
+    conv1  96 11×11 stride 4, ReLU   -> pool1 max 3 stride 2 -> norm1 LRN(5, 1e-4, 0.75)
+    conv2 256  5×5 pad 2 group 2, ReLU -> pool2 max 3 stride 2 -> norm2 LRN(5, 1e-4, 0.75)
+    conv3 384  3×3 pad 1, ReLU
+    conv4 384  3×3 pad 1 group 2, ReLU
+    conv5 256  3×3 pad 1 group 2, ReLU -> pool5 max 3 stride 2 (6×6×256 = 9216)
+    fc6 4096, ReLU -> drop6 -> fc7 4096, ReLU -> drop7 -> fc8 1000 -> prob (softmax)
+
+Unlike AlexNet, CaffeNet pools before it normalises. Caffe's ReLUs work in place,
+so the ``conv*`` and ``fc6``/``fc7`` blobs a Caffe user reads are after the ReLU;
+here the ReLU is the activation of those layers (as in ``keras.applications``),
+so ``layer=fc7`` gives the same numbers as Caffe's ``net.blobs['fc7']``.
+
+Two Caffe behaviours are reproduced with small serialisable layers:
+
+* :class:`CaffeMaxPooling2D`: Caffe rounds pooled sizes *up*
+  (``ceil((size - kernel) / stride) + 1``); the missing bottom/right cells are
+  padded with ``-inf`` so they never win the max. At 227×227 every pooling
+  divides evenly (55 -> 27, 27 -> 13, 13 -> 6); at other sizes the rounding matters.
+* :class:`LocalResponseNormalization`: Caffe's across-channel LRN,
+  ``x / (k + alpha / n * sum of x² over n neighbouring channels) ** beta``.
+
+Preprocessing (:func:`preprocess_input`): RGB -> BGR, then subtract the ImageNet
+per-channel mean (B, G, R = 104.0, 116.7, 122.7: the mean of Caffe's
+``ilsvrc_2012_mean.npy`` over its pixels, as in Caffe's classification example);
+the pixel scale stays 0-255. Images are resized straight to 227×227 (no
+256-then-centre-crop-227 as Caffe's ``Classifier`` does), so the whole image is seen.
+
+Weights: the BVLC weights are not on PyPI. Download
+``bvlc_reference_caffenet.caffemodel`` (from the BVLC model zoo) and pass its
+path: it is converted once into Keras weights by :mod:`featx.weights.caffe`.
+
+The weights-aware constructor :func:`featx.extractors.caffenet.CaffeNet` and the
+importer :mod:`featx.weights.caffe` sit above this module; it imports neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import BackboneConfig, preprocess
+
+__all__ = [
+    "CONFIG",
+    "caffenet_model",
+    "CaffeMaxPooling2D",
+    "LocalResponseNormalization",
+    "preprocess_input",
+    "BGR_MEAN",
+    "CHW_FLATTENED",
+    "INPUT_SHAPE",
+    "WEIGHTS_FILE_NAME",
+]
+
+INPUT_SHAPE = (227, 227, 3)
+# ImageNet mean of Caffe's ilsvrc_2012_mean.npy, per channel, in B, G, R order.
+BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
+# Caffe flattens pool5 as C×H×W before fc6; the importer permutes fc6's rows.
+CHW_FLATTENED = {"fc6": "pool5"}
+WEIGHTS_FILE_NAME = "bvlc_reference_caffenet.caffemodel"
+
+CONFIG = BackboneConfig(
+    name="caffenet",
+    input_size=INPUT_SHAPE[:2],
+    preprocessing="caffe",
+    mean=BGR_MEAN,
+    weight_sources=(
+        ("imagenet", f"not on PyPI: download {WEIGHTS_FILE_NAME} (BVLC model zoo) and pass its path"),
+        ("path", f"a {WEIGHTS_FILE_NAME} (converted once by featx.weights.caffe) or a converted .weights.h5"),
+        ("none", "random initialisation"),
+    ),
+    default_layer="fc7",
+    default_pool="avg",
+    output_dim=4096,
+    layers=("conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5",
+            "fc6", "fc7", "fc8", "prob"),
+    vector_layers=("flatten", "fc6", "drop6", "fc7", "drop7", "fc8", "prob"),
+    description="BVLC reference CaffeNet (AlexNet variant), 227×227 BGR; layers conv1-conv5, pool5, fc6, fc7, fc8",
+)
+
+
+# ----------------------------------------------------------------------
+# Caffe layers
+# ----------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="featx")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Caffe's across-channel local response normalisation (channels last).
+
+    ``y = x / (k + alpha / local_size * sum(x**2 over local_size channels centred on x)) ** beta``,
+    with zeros beyond the first and last channel.
+
+    Parameters
+    ----------
+    local_size : int, default 5
+        Number of channels summed over (odd).
+    alpha, beta, k : float
+        Caffe's ``lrn_param`` (``k`` defaults to 1 as in Caffe).
+    """
+
+    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                 k: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if local_size < 1 or local_size % 2 == 0:
+            raise ValueError(f"local_size must be a positive odd number; got {local_size}")
+        self.local_size = int(local_size)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.k = float(k)
+
+    def call(self, inputs):
+        ops = keras.ops
+        half = (self.local_size - 1) // 2
+        squares = ops.pad(ops.square(inputs), [[0, 0], [0, 0], [0, 0], [half, half]])
+        channels = inputs.shape[-1]
+        window_sum = squares[..., 0:channels]
+        for offset in range(1, self.local_size):
+            window_sum = window_sum + squares[..., offset:offset + channels]
+        scale = self.k + (self.alpha / self.local_size) * window_sum
+        return inputs * ops.power(scale, -self.beta)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(local_size=self.local_size, alpha=self.alpha, beta=self.beta, k=self.k)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="featx")
+class CaffeMaxPooling2D(keras.layers.Layer):
+    """Max pooling with Caffe's output size, ``ceil((size - pool_size) / strides) + 1`` (no padding).
+
+    Keras' ``valid`` pooling rounds down; where the window does not fit evenly
+    the input is padded at the bottom/right with ``-inf`` so the last, partial
+    window is kept, as Caffe keeps it.
+    """
+
+    def __init__(self, pool_size: int = 3, strides: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+        self.strides = int(strides)
+
+    def _output_size(self, size: int) -> int:
+        return -(-(size - self.pool_size) // self.strides) + 1
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, self._output_size(height), self._output_size(width), channels)
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:
+            raise ValueError("CaffeMaxPooling2D needs a fixed input height and width; "
+                             f"got input shape {tuple(inputs.shape)}")
+        pad_h = (self._output_size(height) - 1) * self.strides + self.pool_size - height
+        pad_w = (self._output_size(width) - 1) * self.strides + self.pool_size - width
+        if pad_h or pad_w:
+            inputs = keras.ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]],
+                                   constant_values=float("-inf"))
+        return keras.ops.max_pool(inputs, self.pool_size, self.strides, padding="valid")
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(pool_size=self.pool_size, strides=self.strides)
+        return config
+
+
+# ----------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------
+def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int = 1000, name: str = "caffenet"):
+    """BVLC reference CaffeNet as a Keras functional model, with random weights.
+
+    Parameters
+    ----------
+    input_shape : tuple of int, default (227, 227, 3)
+        Height, width, channels (BGR, mean subtracted: see :func:`preprocess_input`).
+    classes : int, default 1000
+        Outputs of ``fc8``.
+    name : str
+        Model name.
+
+    Returns
+    -------
+    keras.Model
+        Outputs class probabilities (``prob``); cut at any layer by name.
+    """
+    layers = keras.layers
+    inputs = keras.Input(shape=tuple(input_shape), name="data")
+    x = layers.Conv2D(96, 11, strides=4, activation="relu", name="conv1")(inputs)
+    x = CaffeMaxPooling2D(3, 2, name="pool1")(x)
+    x = LocalResponseNormalization(5, 1e-4, 0.75, dtype="float32", name="norm1")(x)
+    x = layers.Conv2D(256, 5, padding="same", groups=2, activation="relu", name="conv2")(x)
+    x = CaffeMaxPooling2D(3, 2, name="pool2")(x)
+    x = LocalResponseNormalization(5, 1e-4, 0.75, dtype="float32", name="norm2")(x)
+    x = layers.Conv2D(384, 3, padding="same", activation="relu", name="conv3")(x)
+    x = layers.Conv2D(384, 3, padding="same", groups=2, activation="relu", name="conv4")(x)
+    x = layers.Conv2D(256, 3, padding="same", groups=2, activation="relu", name="conv5")(x)
+    x = CaffeMaxPooling2D(3, 2, name="pool5")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(4096, activation="relu", name="fc6")(x)
+    x = layers.Dropout(0.5, name="drop6")(x)
+    x = layers.Dense(4096, activation="relu", name="fc7")(x)
+    x = layers.Dropout(0.5, name="drop7")(x)
+    x = layers.Dense(classes, name="fc8")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="prob")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    return model
+
+
+def preprocess_input(images: np.ndarray) -> np.ndarray:
+    """RGB images (0-255, channels last) -> CaffeNet input: BGR minus the ImageNet channel mean.
+
+    Examples
+    --------
+    >>> preprocess_input(np.array([[[[0, 0, 255]]]], dtype=np.float32)).round(2)
+    array([[[[ 150.99, -116.67, -122.68]]]], dtype=float32)
+    """
+    return preprocess(CONFIG, images)
