@@ -34,16 +34,13 @@ class UsageProblem(Exception):
 
 
 def _user_errors():
-    from featx.cache import CacheError
-    from featx.data import DataError
-    from featx.weights import WeightsError
-
     from featx.errors import user_error_types
     from featx.storage import BusyError
+    from featx.weights import WeightsError
 
-    # ValueError stays for modules not yet moved onto featx.errors.UserError (see the README).
-    return (UsageProblem, DataError, CacheError, WeightsError, BusyError, *user_error_types(), ValueError,
-            FileNotFoundError)
+    # DataError, CacheError and the extractor/runtime errors are UserErrors. ValueError stays for
+    # modules not yet moved onto featx.errors.UserError (see the README).
+    return (UsageProblem, WeightsError, BusyError, *user_error_types(), ValueError, FileNotFoundError)
 
 
 def _fail(message: str, code: int = 2) -> None:
