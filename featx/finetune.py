@@ -343,7 +343,7 @@ def _find_cache(cache_path: str, experiment_dir: Path) -> str:
 def _refit_config(row: dict, seed: int, experiment_dir: Path):
     """Refit one results row on its caches' train split, as the sweep did."""
     from featx.heads import make_head
-    from featx.sweep import SPLIT_TRAIN as TRAIN, load_feature_set
+    from featx.features import SPLIT_TRAIN as TRAIN, load_feature_set
 
     feature_set = load_feature_set([_find_cache(path, experiment_dir) for path in row["caches"].split("+")])
     steps = [s for s in str(row["preprocessing"]).split(",") if s]
@@ -876,7 +876,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     """
     import keras
 
-    from featx.heads import OPTIMIZERS, _make_optimizer
+    from featx.heads import OPTIMIZERS, make_optimizer
 
     started = time.perf_counter()
     if optimizer not in OPTIMIZERS:
@@ -922,7 +922,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
         schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
                                                           decay_steps=max(1, int(epochs) * steps_per_epoch))
-        training_optimizer = _make_optimizer(optimizer, schedule)
+        training_optimizer = make_optimizer(optimizer, schedule)
         if use_mixed:  # float16 gradients need loss scaling
             training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
         model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
@@ -974,7 +974,7 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
                    workers: int) -> FinetuneResult:
     """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
     from featx.metrics import metrics_with_ci
-    from featx.sweep import write_rows_csv
+    from featx.artifacts.results import metric_columns, write_rows_csv
 
     classes = np.arange(len(base.label_names))
     predict_started = time.perf_counter()
@@ -999,11 +999,7 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
            "fit_seconds": train_seconds, "predict_seconds": predict_seconds,
            "n_train": int(np.sum(splits.split == SPLIT_TRAIN)), "n_test": int(len(test)), "repeats": 1,
            "caches": base.cache_path}
-    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
-        row[metric] = float(metrics.get(metric, float("nan")))
-        row[f"{metric}_low"] = float(metrics.get(f"{metric}_low", float("nan")))
-        row[f"{metric}_high"] = float(metrics.get(f"{metric}_high", float("nan")))
-        row[f"{metric}_std"] = 0.0
+    row.update(metric_columns([metrics]))
 
     model.save(str(out_dir / "model.keras"))
     height, width = preprocessing["size"]

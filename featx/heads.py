@@ -567,7 +567,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
             outputs = keras.layers.Dense(n_classes, activation="softmax", name="output")(x)
             loss = "sparse_categorical_crossentropy"
         model = keras.Model(inputs, outputs, name="featx_dense_head")
-        model.compile(optimizer=_make_optimizer(self.optimizer, float(self.learning_rate)), loss=loss,
+        model.compile(optimizer=make_optimizer(self.optimizer, float(self.learning_rate)), loss=loss,
                       metrics=["accuracy"], steps_per_execution=_STEPS_PER_EXECUTION)
         return model
 
@@ -603,7 +603,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
         super().__setstate__(state)
 
 
-def _make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float):
     import keras
 
     if name == "rmsprop":

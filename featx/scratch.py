@@ -250,7 +250,7 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
     """
     import keras
 
-    from featx.heads import _make_optimizer
+    from featx.heads import make_optimizer
 
     architecture.validate()
     if int(n_classes) < 2:
@@ -281,7 +281,7 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
         x = keras.layers.Dropout(float(architecture.dropout), seed=seed + 3, name="dropout")(x)
     outputs = keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=_make_optimizer(architecture.optimizer, float(architecture.learning_rate)),
+    model.compile(optimizer=make_optimizer(architecture.optimizer, float(architecture.learning_rate)),
                   loss="sparse_categorical_crossentropy",
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return model
@@ -976,7 +976,7 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
                    work_dir: Path, stage_dir: Path, n_boot: int, seed: int, manifest, batch_size: int) -> dict:
     """Evaluate the kept weights and write every output into ``work_dir``, then move them into ``stage_dir``."""
     from featx.metrics import classification_metrics, metrics_with_ci
-    from featx.sweep import write_rows_csv
+    from featx.artifacts.results import metric_columns, write_rows_csv
 
     classes = np.arange(len(label_names))
     val_proba, val_rows = _predict(model, splits[SPLIT_VAL], batch_size)
@@ -1002,10 +1002,7 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
         "select_log_loss": float(select["log_loss"]),
         "fit_seconds": float(fit_seconds), "predict_seconds": float(predict_seconds),
         "n_train": len(splits[SPLIT_TRAIN]), "n_test": int(len(y_test)), "repeats": 1, "caches": ""}
-    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
-        for suffix in ("", "_low", "_high"):
-            row[metric + suffix] = float(metrics[metric + suffix])
-        row[f"{metric}_std"] = 0.0
+    row.update(metric_columns([metrics]))
 
     model.save(str(work_dir / "model.keras"))
     info = {"label_names": list(label_names), "input_size": [image_size, image_size],

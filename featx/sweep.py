@@ -35,84 +35,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from featx import __version__
+from featx.artifacts.results import METRICS, RESULT_COLUMNS, write_rows_csv
+from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
 
 __all__ = ["SweepError", "FeatureSet", "load_feature_set", "expand_grid", "run_sweep", "SweepResult"]
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
-
-
-class SweepError(ValueError):
+class SweepError(FeatureSetError):
     """The caches or options cannot be swept as asked; the message says why and how to fix it."""
-
-
-@dataclass
-class FeatureSet:
-    """Features of one or more caches of the same images, side by side."""
-
-    name: str
-    cache_paths: list[str]
-    X: np.ndarray
-    y: np.ndarray
-    split: np.ndarray
-    paths: list[str]
-    label_names: list[str]
-    extractors: list[dict] = field(default_factory=list)  # spec + state of each cache, in column order
-    dims: list[int] = field(default_factory=list)
-
-    def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == split)
-
-
-def load_feature_set(paths: Sequence[str | os.PathLike]) -> FeatureSet:
-    """Read one cache, or several caches of the same images concatenated column-wise."""
-    from featx.cache import open_cache
-
-    paths = [Path(p) for p in paths]
-    blocks, extractors, dims = [], [], []
-    reference = None
-    for path in paths:
-        with open_cache(path) as cache:
-            X = cache.features[:].astype(np.float32, copy=False)
-            cache_paths = cache.paths
-            info = {"cache": str(path), "labels": cache.labels, "split": cache.split,
-                    "paths": cache_paths, "label_names": cache.label_names}
-            extractors.append({"spec": cache.spec, "state": cache.state, "cache": str(path),
-                               "dataset": cache.attrs.get("dataset")})
-        if reference is None:
-            reference = info
-            order = np.arange(len(cache_paths))
-        else:
-            if set(cache_paths) != set(reference["paths"]):
-                only_a = len(set(reference["paths"]) - set(cache_paths))
-                only_b = len(set(cache_paths) - set(reference["paths"]))
-                raise SweepError(f"{path} and {paths[0]} are caches of different images ({only_a} only in "
-                                 f"the first, {only_b} only in the second); make both from the same manifest")
-            if info["label_names"] != reference["label_names"]:
-                raise SweepError(f"{path} has labels {info['label_names']} but {paths[0]} has "
-                                 f"{reference['label_names']}; make both from the same manifest")
-            position = {p: i for i, p in enumerate(cache_paths)}
-            order = np.array([position[p] for p in reference["paths"]])
-            if not np.array_equal(info["split"][order], reference["split"]):
-                raise SweepError(f"{path} and {paths[0]} split the images differently; make both from the "
-                                 f"same manifest (same --seed, --val, --test)")
-        blocks.append(X[order])
-        dims.append(X.shape[1])
-    X = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
-    if not np.all(np.isfinite(X)):
-        bad = np.flatnonzero(~np.all(np.isfinite(X), axis=1))
-        raise SweepError(f"{paths[0]}: {len(bad)} row(s) hold NaN or infinite features (first: "
-                         f"{reference['paths'][bad[0]]}); rebuild the cache")
-    name = "+".join(_short_name(e) for e in extractors)
-    return FeatureSet(name=name, cache_paths=[str(p) for p in paths], X=X, y=reference["labels"],
-                      split=reference["split"], paths=reference["paths"], label_names=reference["label_names"],
-                      extractors=extractors, dims=dims)
-
-
-def _short_name(extractor: dict) -> str:
-    spec = extractor["spec"]
-    params = spec.get("params", {})
-    extra = [str(params[k]) for k in ("layer", "pool") if params.get(k)]
-    return ":".join([spec["name"], *extra])
 
 
 def expand_grid(grid: list[dict]) -> list[dict]:
@@ -209,6 +138,7 @@ def _proba(model, X, classes) -> np.ndarray:
 
 def _run_config(fs: FeatureSet, head: str, params: dict, preprocessing, seeds: list[int],
                 select_on_val: bool, cv: int, n_boot: int, keep_model: bool) -> dict:
+    from featx.artifacts.results import metric_columns
     from featx.metrics import metrics_with_ci
 
     test = fs.rows(SPLIT_TEST)
@@ -221,12 +151,7 @@ def _run_config(fs: FeatureSet, head: str, params: dict, preprocessing, seeds: l
                            "selected_by": "val" if select_on_val else f"cv{cv}", "repeats": len(seeds)}
     for key in ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds"):
         row[key] = float(np.mean([r[key] for r in runs]))
-    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
-        values = [m[metric] for m in per_seed]
-        row[metric] = float(np.mean(values))
-        row[f"{metric}_std"] = float(np.std(values))
-        row[f"{metric}_low"] = float(per_seed[0][f"{metric}_low"])
-        row[f"{metric}_high"] = float(per_seed[0][f"{metric}_high"])
+    row.update(metric_columns(per_seed))
     row["n_train"] = int(len(fs.rows(SPLIT_TRAIN)))
     row["n_test"] = int(len(test))
     return {"row": row, "test_proba": runs[0]["test_proba"], "history": runs[0]["history"],
@@ -361,7 +286,7 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         "model": results[best_index]["model"], "label_names": label_names,
         "extractors": best_fs.extractors, "dims": best_fs.dims, "head": best_row["head"],
         "params": json.loads(best_row["params"]), "preprocessing": preprocessing,
-        "metrics": {k: best_row[k] for k in ("accuracy", "roc_auc", "average_precision", "log_loss")},
+        "metrics": {k: best_row[k] for k in METRICS},
         "featx_version": __version__, "seed": seed,
     }
     out_dir = Path(out_dir)
@@ -401,24 +326,6 @@ def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed
         accuracy = float(np.mean(proba.argmax(axis=1) == fs.y[test]))
         curve.append({"n_train": int(n), "fraction": fraction, "test_accuracy": accuracy})
     return curve
-
-
-RESULT_COLUMNS = ["rank", "config", "features", "head", "params", "preprocessing", "selected_by", "select_accuracy",
-                  "select_log_loss", "accuracy", "accuracy_low", "accuracy_high", "accuracy_std", "roc_auc",
-                  "roc_auc_low", "roc_auc_high", "roc_auc_std", "average_precision", "average_precision_low",
-                  "average_precision_high", "average_precision_std", "log_loss", "log_loss_low", "log_loss_high",
-                  "log_loss_std", "fit_seconds", "predict_seconds", "n_train", "n_test", "repeats", "caches"]
-
-
-def write_rows_csv(path: str | os.PathLike, rows, columns=RESULT_COLUMNS) -> None:
-    """Write dict rows as CSV (``results.csv`` by default): floats to 6 significant digits, None empty."""
-    import csv
-
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:

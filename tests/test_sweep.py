@@ -17,6 +17,7 @@ from featx.cli import app
 from featx.data import build_manifest
 from featx.extractors import get_extractor
 from featx.pipeline import build_cache
+from featx.features import FeatureSetError
 from featx.sweep import SweepError, run_sweep
 
 FAST = {"heads": ["logreg", "linsvm"], "n_boot": 50, "n_jobs": 1,
@@ -108,7 +109,7 @@ def test_clear_errors(kaggle_dir, tmp_path, hog_cache):
     with pytest.raises(SweepError, match="one class only"):
         run_sweep([[one]], tmp_path / "x", **FAST)
     # caches of different images
-    with pytest.raises(SweepError, match="different images"):
+    with pytest.raises(FeatureSetError, match="different images"):
         run_sweep([[hog_cache, one]], tmp_path / "x", **FAST)
     # empty test split
     no_test = build_cache(build_manifest(kaggle_dir, val=0.2, test=0.0), get_extractor("hog", size=24),
@@ -118,7 +119,7 @@ def test_clear_errors(kaggle_dir, tmp_path, hog_cache):
     # NaN features (a file damaged outside featx)
     with h5py.File(no_test, "r+") as h5:
         h5["features"][0, 0] = np.nan
-    with pytest.raises(SweepError, match="NaN"):
+    with pytest.raises(FeatureSetError, match="NaN"):
         run_sweep([[no_test]], tmp_path / "x", **FAST)
     with pytest.raises(SweepError, match="unknown head"):
         run_sweep([[hog_cache]], tmp_path / "x", heads=["forest"])
