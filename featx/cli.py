@@ -165,8 +165,8 @@ def cache(
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Extractor option KEY=VALUE (repeatable): layer=block5_pool, pool=avg, weights=PATH, k=500."),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where cache files go."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (CNNs; auto: fp16 mixed on GPU, fp32 on CPU)."),
-    runtime: str = typer.Option("keras", help="keras | openvino | auto (CNNs; auto: OpenVINO on a CPU, Keras on a GPU)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 | int8 (CNNs; auto: fp16 mixed on GPU, fp32 on CPU; int8: OpenVINO + NNCF)."),
+    runtime: str = typer.Option("auto", help="auto | keras | openvino (CNNs; auto: OpenVINO on a CPU, Keras on a GPU)."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
     device: str = typer.Option("auto", help="auto | cpu | gpu."),
     dtype: str = typer.Option("float32", help="Stored feature dtype: float32 | float16."),
@@ -248,8 +248,8 @@ def _has_gpu() -> bool:
 def _resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "fp16" if device == "gpu" else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UsageProblem(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
+    if precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise UsageProblem(f"--precision must be auto, fp32, bf16, fp16 or int8; got {precision!r}")
     return precision
 
 

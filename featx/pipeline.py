@@ -18,7 +18,6 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 from featx.cache import CacheBuilder, Shard, cache_path
 from featx.data import Manifest
 from featx.extractors.base import Extractor
-from featx.images import try_load_image
+from featx.datasets import decode_group, decode_threads, iter_batches, load_options, n_cores  # noqa: F401 (load_options: finetune)
 
 __all__ = ["CacheResult", "build_cache", "extract_images", "Progress"]
 
@@ -65,31 +64,13 @@ class CacheResult:
 
 def _decode_and_transform(extractor: Extractor, root: str, paths: Sequence[str]):
     """Worker-process unit: decode a shard's images and compute their features."""
-    images, ok, reasons = _decode(root, paths, extractor.preprocessing)
-    features = extractor.transform(images) if images else np.zeros((0, 0), np.float32)
+    images, ok, reasons = decode_group(root, paths, extractor.preprocessing)
+    features = extractor.transform(images) if len(images) else np.zeros((0, 0), np.float32)
     return features, ok, reasons
 
 
-def _decode(root: str, paths: Sequence[str], preprocessing: dict):
-    images, ok, reasons = [], [], []
-    for rel in paths:
-        image, reason = try_load_image(os.path.join(root, rel), **load_options(preprocessing))
-        ok.append(image is not None)
-        if image is None:
-            reasons.append(reason)
-        else:
-            images.append(image)
-    return images, np.array(ok, dtype=bool), reasons
-
-
-def load_options(preprocessing: dict) -> dict:
-    """The ``featx.images.load_image`` keyword arguments in an extractor's ``preprocessing`` dict."""
-    keys = ("size", "interpolation", "equalize", "keep_aspect", "draft")
-    return {k: preprocessing[k] for k in keys if k in preprocessing and preprocessing[k] is not None}
-
-
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return n_cores()
 
 
 def _run_processes(extractor, root, units, workers) -> Iterator:
@@ -107,39 +88,24 @@ def _run_processes(extractor, root, units, workers) -> Iterator:
 
 
 def _run_model(extractor, root, units, workers, batch_size, prefetch, runner=None) -> Iterator:
-    """Threads decode ahead; the main thread runs the model; yields whole shards."""
-    preprocessing = extractor.preprocessing
-    batches = []  # (shard position, paths of the batch)
+    """Threads decode ahead (``featx.datasets.iter_batches``); the main thread runs the model."""
+    owner, groups = [], []  # shard position of each batch, paths of each batch
     for position, (_, paths) in enumerate(units):
         for start in range(0, len(paths), batch_size):
-            batches.append((position, paths[start:start + batch_size]))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featx-decode") as pool:
-        pending: list[Future] = []
-        next_batch = 0
-
-        def fill() -> None:
-            nonlocal next_batch
-            while next_batch < len(batches) and len(pending) < prefetch:
-                _, paths = batches[next_batch]
-                pending.append(pool.submit(_decode, root, paths, preprocessing))
-                next_batch += 1
-
-        fill()
-        position, parts = 0, []
-        for index in range(len(batches)):
-            batch_position, _ = batches[index]
-            images, ok, reasons = pending.pop(0).result()
-            fill()
-            features = (runner or extractor.transform)(images) if images else None
-            parts.append((features, ok, reasons))
-            last_of_shard = index + 1 == len(batches) or batches[index + 1][0] != batch_position
-            if last_of_shard:
-                feats = [f for f, _, _ in parts if f is not None]
-                yield (units[batch_position][0],
-                       np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
-                       np.concatenate([o for _, o, _ in parts]),
-                       [r for _, _, rs in parts for r in rs])
-                parts = []
+            owner.append(position)
+            groups.append(paths[start:start + batch_size])
+    run = runner or extractor.transform
+    parts = []
+    for index, (images, ok, reasons) in enumerate(iter_batches(root, groups, extractor.preprocessing,
+                                                                 workers, prefetch)):
+        parts.append((run(images) if len(images) else None, ok, reasons))
+        if index + 1 == len(groups) or owner[index + 1] != owner[index]:
+            feats = [f for f, _, _ in parts if f is not None]
+            yield (units[owner[index]][0],
+                   np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
+                   np.concatenate([o for _, o, _ in parts]),
+                   [r for _, _, rs in parts for r in rs])
+            parts = []
 
 
 def extract_images(extractor: Extractor, root: str | os.PathLike, units, workers: int | None = None,
@@ -174,11 +140,10 @@ def _fit_extractor(extractor: Extractor, manifest: Manifest, builder: CacheBuild
         train = sorted(rng.choice(train, size=fit_max_images, replace=False).tolist())
     progress.start(f"decode {len(train)} train images to fit {extractor.name}", len(train))
     images = []
-    for rel in train:
-        image, _ = try_load_image(os.path.join(manifest.root, rel), **load_options(extractor.preprocessing))
-        if image is not None:
-            images.append(image)
-        progress.advance(1)
+    for start in range(0, len(train), 64):
+        decoded, ok, _ = decode_group(str(manifest.root), train[start:start + 64], extractor.preprocessing)
+        images.extend(decoded)
+        progress.advance(len(ok))
     progress.stop()
     extractor.fit(images)
     builder.save_state(extractor.get_state())
@@ -189,7 +154,7 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
                 shard_rows: int | None = None, fit_max_images: int = 2000,
                 progress: Progress | None = None,
                 on_shard: Callable[[Shard], None] | None = None,
-                fit: bool = True, spec_extra: dict | None = None, runtime: str = "keras") -> CacheResult:
+                fit: bool = True, spec_extra: dict | None = None, runtime: str = "auto") -> CacheResult:
     """Compute (or finish, or update) the feature cache of a dataset.
 
     Parameters
@@ -217,18 +182,22 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         Merged into the spec (and so into the file name hash), e.g. the sha256 of a state
         that came from elsewhere, so caches made with different states never collide.
 
-    runtime : {"keras", "openvino", "auto"}
-        What runs a CNN (``featx.runtime``). fp32 features agree across runtimes, so the runtime
-        is recorded in the cache attributes, not in the spec.
+    runtime : {"auto", "keras", "openvino"}
+        What runs a CNN (``featx.runtime``; auto: OpenVINO on a CPU, Keras on a GPU). fp32
+        features agree across runtimes, so the runtime is recorded in the cache attributes, not
+        in the spec; bf16 and int8 are the extractor's precision, so they are in the spec. int8
+        is calibrated on a seeded sample of 300 train images (``calibration_set``), whose
+        fingerprint is recorded as the ``int8_calibration`` attribute.
     Returns
     -------
     CacheResult
     """
     progress = progress or Progress()
+    precision = getattr(extractor, "precision", "fp32")
     if extractor.parallel == "model":  # a bad --runtime fails before anything is written
         from featx.runtime import resolve_runtime
 
-        resolve_runtime(runtime)  # the name only: building the model waits until there is work
+        resolve_runtime(runtime, extractor, precision)  # the name only: the model waits until there is work
     spec = {**extractor.spec(), **(spec_extra or {})}
     path = cache_path(cache_dir, manifest, spec, dtype)
     started = time.perf_counter()
@@ -253,11 +222,17 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         label = f"{extractor.name} features"
         progress.start(label, builder.plan.n_rows)
         progress.advance(done_before)
-        runner = None
+        runner, calibration = None, None
         if extractor.parallel == "model" and pending:
-            from featx.runtime import make_runner
+            from featx.runtime import make_runner, resolve_runtime
 
-            runner = make_runner(extractor, runtime, getattr(extractor, "precision", "fp32"))
+            if precision == "int8" and resolve_runtime(runtime, extractor, precision) == "openvino":
+                from featx.runtime.openvino import calibration_set
+
+                calibration = calibration_set(manifest, seed=manifest.seed)
+            runner = make_runner(extractor, runtime, precision, calibration=calibration)
+            if workers is None:
+                workers = decode_threads(runner.model_threads)
         compute_started = time.perf_counter()
         writer = _ShardWriter(builder, on_shard)
         try:
@@ -272,7 +247,8 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         out = builder.publish({"seconds": round(compute_seconds, 3),
                                "images_per_second": round(todo / compute_seconds, 3) if compute_seconds > 0 and todo else 0.0,
                                "fit_max_images": fit_max_images,
-                               "runtime": getattr(runner, "runtime", "python")})
+                               "runtime": getattr(runner, "runtime", "python"),
+                               **({"int8_calibration": calibration.fingerprint} if calibration else {})})
         from featx.cache import open_cache
 
         with open_cache(out) as cache:

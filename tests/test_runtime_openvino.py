@@ -19,8 +19,11 @@ class _Fake:
         x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
         self.model = keras.Model(inp, x)
-        self.spec = {"name": "fake", "tag": tag}
+        self._spec = {"name": "fake", "tag": tag}
         self._fp = f"w{seed}"
+
+    def spec(self):
+        return dict(self._spec)
 
     def weights_fingerprint(self):
         return self._fp
@@ -82,5 +85,9 @@ def test_extract_images_with_openvino_runner(home, tmp_path):
 
 
 def test_unsupported_precision_is_refused(home):
-    with pytest.raises(RuntimeUnavailable, match="int8"):
-        make_runner(_Fake(), "openvino", "int8")
+    with pytest.raises(RuntimeUnavailable, match="fp16"):
+        make_runner(_Fake(), "openvino", "fp16")
+    with pytest.raises(RuntimeUnavailable, match="calibration"):
+        make_runner(_Fake(), "openvino", "int8")  # int8 without calibration images
+    with pytest.raises(RuntimeUnavailable, match="openvino"):
+        make_runner(_Fake(), "keras", "int8")

@@ -51,7 +51,7 @@ class KerasExtractor(Extractor):
     """
 
     parallel = "model"
-    precisions = CNN_PRECISIONS
+    precisions = (*CNN_PRECISIONS, "int8")  # int8: the OpenVINO runtime only (NNCF quantization)
     config: BackboneConfig
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
@@ -137,6 +137,17 @@ class KerasExtractor(Extractor):
         if self._model is None:
             self._model = self._build_cut_model()
         return self._model
+
+    def fp32_model(self):
+        """:attr:`model` built in fp32 whatever :attr:`precision` is: what a runtime converts
+        (OpenVINO applies bf16 and int8 itself)."""
+        if self.precision == "fp32":
+            return self.model
+        import copy
+
+        twin = copy.copy(self)
+        twin._model, twin._predict, twin._precision = None, None, "fp32"
+        return twin.model
 
     @property
     def output_dim(self) -> int:

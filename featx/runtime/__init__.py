@@ -1,18 +1,24 @@
-"""Inference runtimes for feature extraction: ``keras`` (today's path) and ``openvino``.
+"""Inference runtimes for feature extraction: ``keras`` and ``openvino``.
 
 ``make_runner(extractor, runtime="auto", precision="fp32")`` returns a callable
 ``runner(images) -> features`` (float32, one row per image). ``auto`` = OpenVINO on a CPU,
-Keras on a GPU. Training always stays in Keras; only inference changes.
+Keras on a GPU (and Keras for fp16, which OpenVINO's CPU plugin does not run). Training always
+stays in Keras; only inference changes.
 """
 from __future__ import annotations
 
-from featx.errors import RuntimeUnavailable  # noqa: F401  (re-exported)
+from featx.errors import RuntimeUnavailable
+
+__all__ = ["RUNTIMES", "RuntimeUnavailable", "make_runner", "resolve_runtime"]
 
 RUNTIMES = ("auto", "keras", "openvino")
 
 
-
 def _has_gpu() -> bool:
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
+        return False
     try:
         import tensorflow as tf
         return bool(tf.config.list_physical_devices("GPU"))
@@ -20,27 +26,43 @@ def _has_gpu() -> bool:
         return False
 
 
-def resolve_runtime(runtime: str, extractor=None) -> str:
+def resolve_runtime(runtime: str, extractor=None, precision: str = "fp32") -> str:
+    """``keras`` or ``openvino`` for ``runtime`` (one of :data:`RUNTIMES`).
+
+    ``auto`` gives ``openvino`` when openvino imports, there is no GPU, and the extractor is a model
+    in a precision OpenVINO runs; an extractor without a model (HoG, SIFT) always gets ``keras``
+    (its own maths). ``--precision int8`` needs OpenVINO, so ``auto`` then picks it even beside a GPU.
+    """
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    if runtime == "auto":
-        if extractor is not None and getattr(extractor, "model", None) is None:
-            return "keras"
-        if _has_gpu():
-            return "keras"
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "keras"
-        return "openvino"
-    return runtime
+    if runtime == "openvino":
+        from featx.runtime.openvino import _require_openvino
+
+        _require_openvino()  # before anything is written
+    if runtime != "auto":
+        return runtime
+    if extractor is not None and getattr(extractor, "parallel", "model") != "model":
+        return "keras"
+    if precision == "fp16" or (precision != "int8" and _has_gpu()):
+        return "keras"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        if precision == "int8":
+            raise RuntimeUnavailable("--precision int8 runs on OpenVINO, which is not installed; "
+                                     "pip install 'openvino>=2024.0' 'nncf>=2.10'") from None
+        return "keras"
+    return "openvino"
 
 
-def make_runner(extractor, runtime: str = "auto", precision: str = "fp32", **options):
-    """A ``runner(images) -> np.ndarray`` for ``extractor``; ``runner.runtime`` names what ran."""
-    chosen = resolve_runtime(runtime, extractor)
+def make_runner(extractor, runtime: str = "auto", precision: str = "fp32", calibration=None, **options):
+    """A ``runner(images) -> np.ndarray`` for ``extractor``; ``runner.runtime`` names what ran.
+
+    ``calibration`` (``featx.runtime.openvino.calibration_set``) is needed for ``int8`` only.
+    """
+    chosen = resolve_runtime(runtime, extractor, precision)
     if chosen == "keras":
         from featx.runtime.keras import KerasRunner
-        return KerasRunner(extractor)
+        return KerasRunner(extractor, precision)
     from featx.runtime.openvino import OpenVinoRunner
-    return OpenVinoRunner(extractor, precision=precision, **options)
+    return OpenVinoRunner(extractor, precision=precision, calibration=calibration, **options)
