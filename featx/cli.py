@@ -157,6 +157,9 @@ def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     out.print(f"{len(rows)} extractors")
 
 
+_RUNTIME_HELP = "auto | keras | openvino: what runs the CNN (auto: OpenVINO on a CPU, Keras on a GPU)."
+
+
 # ---------------------------------------------------------------------------------------------
 @app.command()
 def cache(
@@ -166,7 +169,7 @@ def cache(
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where cache files go."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 | int8 (CNNs; auto: fp16 mixed on GPU, fp32 on CPU; int8: OpenVINO + NNCF)."),
-    runtime: str = typer.Option("auto", help="auto | keras | openvino (CNNs; auto: OpenVINO on a CPU, Keras on a GPU)."),
+    runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
     workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
     device: str = typer.Option("auto", help="auto | cpu | gpu."),
     dtype: str = typer.Option("float32", help="Stored feature dtype: float32 | float16."),
@@ -367,6 +370,8 @@ def imagenet(
     extractor: str = typer.Option("efficientnet_lite0", "--extractor", "-e", help="A backbone with its ImageNet classifier."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Extractor option KEY=VALUE (weights=PATH, ...)."),
     top: int = typer.Option(5, help="Classes per image."),
+    runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (the classifier's compute precision)."),
 ) -> None:
     """ImageNet top-k classes of images, from a backbone that has its classifier.
 
@@ -378,7 +383,7 @@ def imagenet(
 
     options = _run(parse_opts, opt)
     try:
-        results = top_k(extractor, [str(p) for p in images], k=top, **options)
+        results = top_k(extractor, [str(p) for p in images], k=top, runtime=runtime, precision=precision, **options)
     except ImageError as exc:
         _fail(str(exc))
     except _user_errors() as exc:
@@ -421,6 +426,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
     layout: str = typer.Option("auto", help="auto | kaggle | folders | unlabeled (labels are not needed)."),
+    runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
 ) -> None:
     """Predict a folder of images with a saved model and write a Kaggle submission (id,label).
 
@@ -437,7 +443,7 @@ def predict(
     _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
     err.print(f"model: {loaded.describe()}", highlight=False)
     predictions = _run(predict_folder, loaded, directory, layout=layout, cache_dir=cache_dir,
-                       batch_size=batch_size, workers=workers, progress=RichBar())
+                       batch_size=batch_size, workers=workers, progress=RichBar(), runtime=runtime)
     _print_skipped(predictions.failed)
     path = _run(write_submission, predictions, output, hard=hard, positive=positive)
     all_cached = predictions.caches and all(c.noop for c in predictions.caches)
@@ -458,6 +464,7 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
 ) -> None:
     """Accuracy, ROC AUC, average precision and log loss of a saved model on a labelled folder, with 95% intervals.
 
@@ -469,7 +476,7 @@ def evaluate(
     loaded = _run(load_model, model)
     err.print(f"model: {loaded.describe()}", highlight=False)
     result = _run(evaluate_folder, loaded, directory, layout=layout, cache_dir=cache_dir, batch_size=batch_size,
-                  workers=workers, n_boot=n_boot, seed=seed, progress=RichBar())
+                  workers=workers, n_boot=n_boot, seed=seed, progress=RichBar(), runtime=runtime)
     _print_skipped(result["failed"])
     if as_json:
         out.print_json(json.dumps(result, default=str))

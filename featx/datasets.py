@@ -104,7 +104,8 @@ def iter_batches(root: str, groups: Sequence[Sequence[str]], preprocessing: dict
     """``(images, ok, reasons)`` for each group of paths, in order, decoded ``prefetch`` groups ahead.
 
     One thread decodes one group into its own array; ``workers`` threads, at most ``prefetch``
-    (default ``2 * workers``) groups in flight, so memory stays bounded whatever the dataset size.
+    (default ``2 * workers``) groups decoding or waiting while the caller works on the current one,
+    so memory stays bounded whatever the dataset size.
     """
     root = str(root)
     prefetch = max(1, prefetch or 2 * workers)
@@ -115,8 +116,15 @@ def iter_batches(root: str, groups: Sequence[Sequence[str]], preprocessing: dict
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="featx-decode") as pool:
         pending: list[Future] = []
         submitted = 0
-        for _ in range(len(groups)):
+
+        def fill() -> None:
+            nonlocal submitted
             while submitted < len(groups) and len(pending) < prefetch:
                 pending.append(pool.submit(decode_group, root, groups[submitted], preprocessing))
                 submitted += 1
-            yield pending.pop(0).result()
+
+        for _ in range(len(groups)):
+            fill()
+            future = pending.pop(0)
+            fill()  # ``prefetch`` groups decode while the caller works on this one
+            yield future.result()

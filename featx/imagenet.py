@@ -83,22 +83,63 @@ def decode_predictions(probabilities: Any, k: int = 5) -> list[list[tuple[str, f
     ]
 
 
+class _Classifier:
+    """An extractor's full ImageNet classifier seen as a model extractor, so ``featx.runtime`` runs it
+    (OpenVINO converts it once, keyed by the extractor's spec plus this marker)."""
+
+    parallel = "model"
+
+    def __init__(self, extractor, precision: str):
+        self.extractor, self.precision = extractor, precision
+        self.preprocessing = dict(extractor.preprocessing)
+        size = getattr(extractor, "classifier_input_size", None)
+        if size is not None:  # the top was trained at the native size, whatever input_size= says
+            self.preprocessing["size"] = [int(side) for side in size]
+        self.preprocess = extractor.preprocess
+        self.weights_fingerprint = extractor.weights_fingerprint
+        self._model = None
+
+    def spec(self) -> dict:
+        spec = self.extractor.spec()
+        spec["params"]["precision"] = self.precision
+        return {**spec, "name": f"{spec['name']}-imagenet", "preprocessing": self.preprocessing}
+
+    def fp32_model(self):
+        return self.extractor.classifier_model()
+
+    def transform(self, images) -> np.ndarray:
+        if self._model is None:
+            from featx.extractors.keras_base import set_precision
+
+            set_precision(self.precision)
+            try:
+                self._model = self.extractor.classifier_model()
+            finally:
+                set_precision("fp32")
+        return np.asarray(self._model.predict_on_batch(self.preprocess(np.asarray(images, np.float32))))
+
+
 def top_k(model_name: str, paths: Sequence[str | os.PathLike], k: int = 5, batch_size: int = 32,
-          **opts: Any) -> list[list[tuple[str, float]]]:
+          runtime: str = "auto", precision: str = "fp32", **opts: Any) -> list[list[tuple[str, float]]]:
     """ImageNet top-``k`` classes of each image, from a backbone's own classifier.
 
     Parameters
     ----------
     model_name : str
         A registered extractor that implements ``classifier_model()``
-        (``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``, ``vgg16``).
+        (``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``, ``vgg16``,
+        ``keras:<application>``).
     paths : sequence of path
-        Image files; decoded with :func:`featx.images.load_image` at the
-        extractor's input size and interpolation.
+        Image files; decoded by :mod:`featx.datasets` as for feature extraction, at the
+        classifier's input size (``classifier_input_size`` where the backbone has one).
     k : int
         Classes per image.
     batch_size : int
         Images decoded and classified at a time.
+    runtime : {"auto", "keras", "openvino"}
+        What runs the classifier (``featx.runtime``; auto: OpenVINO on a CPU).
+    precision : {"fp32", "bf16"}
+        Compute precision of the classifier.
     **opts
         Extractor options (``weights="imagenet"`` or a path, ...).
 
@@ -119,25 +160,32 @@ def top_k(model_name: str, paths: Sequence[str | os.PathLike], k: int = 5, batch
     >>> top_k("efficientnet_lite0", ["cat.1.jpg"], k=3)  # doctest: +SKIP
     [[('tabby, tabby cat', 0.41), ('tiger cat', 0.33), ('Egyptian cat', 0.12)]]
     """
+    from featx.datasets import decode_threads, iter_batches
     from featx.extractors import get_extractor
-    from featx.images import load_image
+    from featx.extractors.base import ExtractorOptionError
+    from featx.images import ImageError
+    from featx.runtime import make_runner
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ExtractorOptionError(f"--precision {precision!r}: ImageNet top-k runs in fp32 or bf16")
     extractor = get_extractor(model_name, **opts)
-    build_classifier = getattr(extractor, "classifier_model", None)
-    if build_classifier is None:
+    if getattr(extractor, "classifier_model", None) is None:
         raise ValueError(
             f"extractor {model_name!r} has no ImageNet classifier; top_k needs one that implements "
             "classifier_model(), such as efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 or vgg16"
         )
-    classifier = build_classifier()
-    paths = list(paths)
+    classifier = _Classifier(extractor, precision)
+    runner = make_runner(classifier, runtime, precision)
+    paths = [os.fspath(path) for path in paths]
+    groups = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
     results: list[list[tuple[str, float]]] = []
-    for start in range(0, len(paths), batch_size):
-        images = np.stack([load_image(path, **extractor.preprocessing) for path in paths[start:start + batch_size]])
-        inputs = extractor.preprocess(images.astype(np.float32))
-        probabilities = np.asarray(classifier.predict_on_batch(inputs), dtype=np.float64)
+    for group, (images, ok, reasons) in zip(groups, iter_batches("", groups, classifier.preprocessing,
+                                                                 decode_threads(runner.model_threads))):
+        if not ok.all():
+            raise ImageError(group[int(np.flatnonzero(~ok)[0])], reasons[0])
+        probabilities = np.asarray(runner(images), dtype=np.float64)
         if probabilities.shape != (len(images), N_CLASSES):
             raise ValueError(
                 f"{model_name}.classifier_model() should output ({len(images)}, {N_CLASSES}) "

@@ -160,8 +160,10 @@ class SweepModel:
         return [_rebuild_extractor(entry) for entry in self.bundle["extractors"]]
 
     def predict_manifest(self, manifest: Manifest, cache_dir: str | os.PathLike = "cache",
-                         batch_size: int = 32, workers: int | None = None, progress=None) -> Predictions:
-        """Probabilities for the images of ``manifest`` (features cached in ``cache_dir``)."""
+                         batch_size: int = 32, workers: int | None = None, progress=None,
+                         runtime: str = "auto") -> Predictions:
+        """Probabilities for the images of ``manifest`` (features cached in ``cache_dir``; ``runtime``
+        runs the CNN extractors, see :func:`featx.pipeline.build_cache`)."""
         from featx.cache import open_cache
         from featx.pipeline import build_cache
 
@@ -170,7 +172,7 @@ class SweepModel:
             target = _cache_path(manifest, extractor, spec_extra, cache_dir)
             results.append(build_cache(_with_cached_splits(manifest, target), extractor, cache_dir=cache_dir,
                                        batch_size=batch_size, workers=workers, progress=progress,
-                                       fit=False, spec_extra=spec_extra))
+                                       fit=False, spec_extra=spec_extra, runtime=runtime))
         with contextlib.ExitStack() as stack:
             caches = [stack.enter_context(open_cache(result.path)) for result in results]
             for cache, entry, dim in zip(caches, self.bundle["extractors"], self.bundle["dims"]):
@@ -394,8 +396,12 @@ class FineTunedModel:
         return f"fine-tuned {backbone} ({len(self.label_names)} classes)"
 
     def predict_manifest(self, manifest: Manifest, cache_dir: str | os.PathLike = "cache",
-                         batch_size: int = 32, workers: int | None = None, progress=None) -> Predictions:
-        """Probabilities for the images of ``manifest`` (``cache_dir`` is not used: no features are cached)."""
+                         batch_size: int = 32, workers: int | None = None, progress=None,
+                         runtime: str = "auto") -> Predictions:
+        """Probabilities for the images of ``manifest`` (``cache_dir`` is not used: no features are cached;
+        a fine-tuned model runs in Keras, so ``runtime`` may be ``auto`` or ``keras`` only)."""
+        if runtime not in ("auto", "keras"):
+            raise ModelError(f"--runtime {runtime}: a fine-tuned model runs in Keras; use --runtime auto or keras")
         from featx.pipeline import Progress, extract_images
 
         progress = progress or Progress()
@@ -511,7 +517,7 @@ def _as_model(model) -> SweepModel | FineTunedModel:
 
 
 def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
-            batch_size: int = 32, workers: int | None = None, progress=None) -> Predictions:
+            batch_size: int = 32, workers: int | None = None, progress=None, runtime: str = "auto") -> Predictions:
     """Class probabilities for every readable image of a folder.
 
     Parameters
@@ -531,6 +537,8 @@ def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir
         Decoding threads / worker processes; default: all cores.
     progress : featx.pipeline.Progress, optional
         Progress bar hooks.
+    runtime : {"auto", "keras", "openvino"}
+        What runs the CNN extractors (``featx.runtime``; auto: OpenVINO on a CPU).
 
     Returns
     -------
@@ -540,7 +548,7 @@ def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir
     model = _as_model(model)
     manifest = load_dataset(source, layout=layout)
     return model.predict_manifest(manifest, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
-                                  progress=progress)
+                                  progress=progress, runtime=runtime)
 
 
 def write_submission(predictions: Predictions, output: str | os.PathLike = "submission.csv", *,
@@ -641,7 +649,7 @@ def _atomic_write_text(path: Path, text: str) -> Path:
 
 def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
              batch_size: int = 32, workers: int | None = None, n_boot: int = 1000, seed: int = 0,
-             progress=None) -> dict:
+             progress=None, runtime: str = "auto") -> dict:
     """Metrics of a saved model on a labelled folder, with bootstrap 95% intervals.
 
     Every image of the folder counts, whatever split an index would give it.
@@ -654,7 +662,7 @@ def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_di
         A labelled folder (``kaggle`` names ``cat.1.jpg`` or ``folders`` layout) or a manifest CSV.
     layout : {"auto", "kaggle", "folders"}
         How labels are read.
-    cache_dir, batch_size, workers, progress
+    cache_dir, batch_size, workers, progress, runtime
         As in :func:`predict`.
     n_boot : int
         Bootstrap resamples for the intervals.
@@ -687,7 +695,7 @@ def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_di
                          f"classes are {', '.join(model.label_names)}: remove those images or use a model "
                          f"trained on them")
     predictions = model.predict_manifest(manifest, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
-                                         progress=progress)
+                                         progress=progress, runtime=runtime)
     labelled = [i for i, label in enumerate(predictions.labels) if label is not None]  # a hand-made manifest may mix
     if not labelled:
         raise ModelError(f"no labelled image of {manifest.root} could be read ({len(predictions.failed)} failed); "

@@ -29,7 +29,7 @@ from featx.data import build_manifest  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
 from featx.extractors.base import Extractor  # noqa: E402
 from featx.images import load_image  # noqa: E402
-from featx import pipeline  # noqa: E402
+from featx import datasets, pipeline  # noqa: E402
 from featx.pipeline import build_cache, extract_images  # noqa: E402
 
 INPUT_SIZE = 64
@@ -201,7 +201,7 @@ def test_decoding_never_runs_more_than_prefetch_batches_ahead(backbone, monkeypa
     lock = threading.Lock()
     decoded = {"images": 0}
     ahead_at_each_batch: list[int] = []
-    real_try_load_image = pipeline.try_load_image
+    real_try_load_image = datasets.try_load_image
 
     def counting_try_load_image(path, **kwargs):
         result = real_try_load_image(path, **kwargs)
@@ -218,7 +218,7 @@ def test_decoding_never_runs_more_than_prefetch_batches_ahead(backbone, monkeypa
             # waiting for the model (the batch just finished is not waiting).
             ahead_at_each_batch.append(decoded["images"] - given_to_model["images"])
 
-    monkeypatch.setattr(pipeline, "try_load_image", counting_try_load_image)
+    monkeypatch.setattr(datasets, "try_load_image", counting_try_load_image)
     extractor = _SlowMeanColour(seconds_per_batch=0.03, on_batch=on_batch)
     paths = [r.path for r in backbone.manifest.records]
     units = [("first", paths[:10]), ("second", paths[10:])]

@@ -26,12 +26,20 @@ def _has_gpu() -> bool:
         return False
 
 
+def _convertible(extractor) -> bool:
+    """Has a Keras model to convert (checked without building it: ``model`` is a lazy property)."""
+    if getattr(extractor, "parallel", "model") != "model":
+        return False
+    kind = type(extractor)
+    return callable(getattr(kind, "fp32_model", None)) or hasattr(kind, "model") or "model" in vars(extractor)
+
+
 def resolve_runtime(runtime: str, extractor=None, precision: str = "fp32") -> str:
     """``keras`` or ``openvino`` for ``runtime`` (one of :data:`RUNTIMES`).
 
-    ``auto`` gives ``openvino`` when openvino imports, there is no GPU, and the extractor is a model
-    in a precision OpenVINO runs; an extractor without a model (HoG, SIFT) always gets ``keras``
-    (its own maths). ``--precision int8`` needs OpenVINO, so ``auto`` then picks it even beside a GPU.
+    ``auto`` gives ``openvino`` when openvino imports, there is no GPU, and the extractor has a Keras
+    model (``fp32_model()`` or ``model``) in a precision OpenVINO runs; an extractor without one
+    (HoG, SIFT, a stand-in) gets ``keras``, i.e. its own ``transform``. ``--precision int8`` needs OpenVINO, so ``auto`` then picks it even beside a GPU.
     """
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -41,7 +49,7 @@ def resolve_runtime(runtime: str, extractor=None, precision: str = "fp32") -> st
         _require_openvino()  # before anything is written
     if runtime != "auto":
         return runtime
-    if extractor is not None and getattr(extractor, "parallel", "model") != "model":
+    if extractor is not None and not _convertible(extractor):
         return "keras"
     if precision == "fp16" or (precision != "int8" and _has_gpu()):
         return "keras"
