@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path = "experiments/demo", seed: int = 0, console=No
             say(f"2/6 cache {name}: skipped ({exc})")
             continue
         caches[name] = result.path
-        state = "already complete" if result.noop else f"{result.images_per_second:.0f} img/s"
+        state = "already complete" if result.noop else f"{result.images_per_second:.0f} img/s, {result.runtime}"
         say(f"2/6 cache {name}: {result.rows} rows x {_dim(result.path)} ({state}) -> {result.path}")
 
     cache_sets = [[path] for path in caches.values()]

@@ -27,22 +27,10 @@ import numpy as np
 from featx.cache import CacheBuilder, Shard, cache_path
 from featx.data import Manifest
 from featx.extractors.base import Extractor
+from featx.progress import Progress
 from featx.datasets import decode_group, decode_threads, iter_batches, load_options, n_cores  # noqa: F401 (load_options: finetune)
 
 __all__ = ["CacheResult", "build_cache", "extract_images", "Progress"]
-
-
-class Progress:
-    """Progress hooks; the CLI passes a Rich-backed one, the API a silent one."""
-
-    def start(self, description: str, total: int) -> None:  # pragma: no cover - trivial
-        pass
-
-    def advance(self, n: int = 1) -> None:  # pragma: no cover - trivial
-        pass
-
-    def stop(self) -> None:  # pragma: no cover - trivial
-        pass
 
 
 @dataclass
@@ -56,6 +44,7 @@ class CacheResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     noop: bool = False
+    runtime: str = ""  # what computed the new rows: keras, openvino, python (HoG/SIFT); "" when none
 
     @property
     def images_per_second(self) -> float:
@@ -253,7 +242,8 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
 
         with open_cache(out) as cache:
             return CacheResult(out, rows=cache.n_rows, computed=todo, reused=builder.n_reused,
-                               failed=cache.failed, seconds=compute_seconds)
+                               failed=cache.failed, seconds=compute_seconds,
+                               runtime=getattr(runner, "runtime", "python"))
 
 
 class _ShardWriter:

@@ -1,15 +1,91 @@
-"""Rich progress bars with items/s and ETA, behind the small ``Progress`` interface."""
+"""Progress of long work: a Rich bar on a terminal, a plain line every few seconds elsewhere.
+
+``Progress`` is the small interface the pipeline and the stages call (``start``, ``advance``,
+``stop``; silent by default). ``RichBar`` draws a bar with items/s and ETA when stderr is a
+terminal; when it is not (a log file, CI, ``nohup``) it becomes a ``LineProgress``, which prints
+``description: done/total (pct%) rate img/s, eta`` every ``interval`` seconds and once at the end.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn,
                            TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
-from featx.pipeline import Progress
+
+
+class Progress:
+    """Progress hooks; the CLI passes a ``RichBar``, the API a silent one."""
+
+    def start(self, description: str, total: int) -> None:  # pragma: no cover - trivial
+        pass
+
+    def advance(self, n: int = 1) -> None:  # pragma: no cover - trivial
+        pass
+
+    def stop(self) -> None:  # pragma: no cover - trivial
+        pass
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class LineProgress(Progress):
+    """One plain line every ``interval`` seconds on ``stream`` (and one when the work stops).
+
+    The rate and ETA count only the items done since ``start`` (a resumed cache starts at its
+    rows already done without inflating the rate).
+    """
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 5.0, unit: str = "img",
+                 clock=time.monotonic):
+        self.stream, self.interval, self.unit, self.clock = stream, interval, unit, clock
+        self._description = None
+
+    def start(self, description: str, total: int) -> None:
+        self.stop()
+        self._description, self.total, self.done = description, int(total), 0
+        self._started = self._last = self.clock()
+        self._first_advance = True
+        self._base = 0
+
+    def advance(self, n: int = 1) -> None:
+        if self._description is None or not n:
+            return
+        if self._first_advance and self.clock() - self._started < 0.05:
+            self._base = n  # rows done before this run (the pipeline advances them at once)
+        self._first_advance = False
+        self.done += n
+        if self.clock() - self._last >= self.interval:
+            self._print()
+
+    def stop(self) -> None:
+        if self._description is not None:
+            self._print()
+            self._description = None
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self._started, 1e-9)
+        rate = (self.done - self._base) / elapsed
+        percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        left = self.total - self.done
+        eta = _duration(left / rate) if rate > 0 and left > 0 else "-" if left > 0 else "done"
+        return (f"{self._description}: {self.done}/{self.total}{percent} {rate:,.1f} {self.unit}/s, "
+                f"eta {eta}, elapsed {_duration(elapsed)}")
+
+    def _print(self) -> None:
+        self._last = self.clock()
+        print(self.line(), file=self.stream or sys.stderr, flush=True)
 
 
 class ItemsPerSecondColumn(ProgressColumn):
@@ -21,17 +97,25 @@ class ItemsPerSecondColumn(ProgressColumn):
 
 
 class RichBar(Progress):
-    """A Rich progress bar on stderr; silent when stderr is not a terminal and ``quiet``."""
+    """A Rich progress bar on stderr; a :class:`LineProgress` there when it is not a terminal;
+    nothing with ``quiet``."""
 
-    def __init__(self, console: Console | None = None, unit: str = "img", quiet: bool = False):
+    def __init__(self, console: Console | None = None, unit: str = "img", quiet: bool = False,
+                 interval: float | None = None):
+        if interval is None:  # seconds between lines off a terminal
+            interval = float(os.environ.get("FEATX_PROGRESS_SECONDS", "5"))
         self.console = console or Console(stderr=True)
         self.quiet = quiet
         self._bar: RichProgress | None = None
         self._task = None
+        self._lines = None if self.console.is_terminal else LineProgress(self.console.file, interval, unit)
 
     def start(self, description: str, total: int) -> None:
         self.stop()
         if self.quiet:
+            return
+        if self._lines is not None:
+            self._lines.start(description, total)
             return
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -42,10 +126,14 @@ class RichBar(Progress):
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, n: int = 1) -> None:
-        if self._bar is not None and n:
+        if self._lines is not None and not self.quiet:
+            self._lines.advance(n)
+        elif self._bar is not None and n:
             self._bar.advance(self._task, n)
 
     def stop(self) -> None:
+        if self._lines is not None:
+            self._lines.stop()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
