@@ -1,33 +1,32 @@
-"""Speed of CNN feature extraction: the recipes' loop against ``featx`` ``build_cache``.
+"""Speed of CNN feature extraction per runtime and precision, side by side in one run.
 
-For each model, side by side in one run, over the same images:
+For each model (EfficientNet-Lite0, VGG16 block5_pool), over the same images:
 
-``baseline``
-    What the Keras transfer-learning recipes do: for each image
-    ``keras.utils.load_img(path, target_size=...)`` + ``img_to_array``, stack a
-    batch, preprocess, ``model.predict_on_batch``; one batch after another, fp32.
-``pipeline``
-    ``featx.pipeline.build_cache`` into a fresh temporary cache folder: threads
-    decode ahead, the main thread runs the model, a writer thread stores shards,
-    then the HDF5 file is published. Timed from call to return. fp32 and bf16.
-``model-only``
-    The same batches decoded and preprocessed beforehand, in memory; only the
-    model calls are timed. The ceiling for the pipeline. fp32 and bf16.
+``recipes fp32``
+    What the Keras transfer-learning recipes do: ``keras.utils.load_img`` + ``img_to_array`` per
+    image, stack, preprocess, ``predict_on_batch``; one batch after another.
+``decode-only``
+    ``featx.datasets.iter_batches`` (featx's decode threads, reduced-DCT JPEG decoding) alone.
+``<runtime> <precision>`` end to end
+    ``featx.pipeline.build_cache`` into a fresh cache folder: the path of ``featx cache``
+    (decode threads, model, writer thread, HDF5 publish), timed call to return. keras fp32/bf16,
+    openvino fp32/bf16/int8 (the int8 IR is calibrated and the models compiled before timing,
+    so every row is steady state).
+``<runtime> <precision>`` model-only
+    The same runner on batches decoded beforehand: the model's ceiling.
 
-The model is the extractor's own (cut backbone + pooling, frozen), built and
-warmed up (graph traced for the full and the last partial batch) before any
-timing, so every variant runs the same computation. With ``--repeats N`` each
-variant runs N times, interleaved, and the best time counts.
+The table gives img/s, the ratio to keras fp32 end to end, and each end-to-end row as a share of
+min(model-only, decode-only), i.e. how close the pipeline gets to its limit (and which one limits).
 
-VGG16's ImageNet file is not on this machine and it cannot download: with
-``--weights imagenet`` a model whose weights are missing runs with random
-weights of the same architecture, and the output says so. The speed is the
-same; the features are not meaningful.
+``--many 25000`` adds the 25k-image run: 200-px JPEGs generated from the photos by flips and crops
+into a temporary folder (removed afterwards, never in the repository), and the wall time of the
+``featx cache`` command for EfficientNet-Lite0 with ``--runtime keras`` and ``--runtime openvino``.
 
-Run by hand from the repository root (as quiet a machine as possible)::
+VGG16's ImageNet file is not on this machine and it cannot download: a model whose weights are
+missing runs with random weights of the same architecture (same speed), and the output says so.
 
-    .venv/bin/python benchmarks/bench_extract.py [--data DIR] [--limit 256]
-        [--models vgg16,efficientnet_lite0] [--batch-size 32] [--weights imagenet|random]
+    .venv/bin/python benchmarks/bench_extract.py [--data DIR] [--limit 256] [--many 25000]
+        [--models efficientnet_lite0,vgg16] [--batch-size 32] [--weights imagenet|random]
 """
 
 from __future__ import annotations
@@ -35,7 +34,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,184 +49,222 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from featx.data import build_manifest  # noqa: E402
+from featx.datasets import decode_threads, iter_batches  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
-from featx.images import load_image  # noqa: E402
-from featx.pipeline import build_cache, default_workers  # noqa: E402
+from featx.pipeline import build_cache  # noqa: E402
+from featx.runtime import make_runner  # noqa: E402
 from featx.weights import WeightsError  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16")
+ROWS = (("keras", "fp32"), ("keras", "bf16"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
+MODELS = {"efficientnet_lite0": {}, "vgg16": {"layer": "block5_pool"}}
 
 
-def make_extractor(name: str, weights: str, precision: str):
-    """The extractor, its model built; falls back to random weights when ImageNet's are missing.
-
-    Returns the extractor and a note ("" when it has the weights that were asked for).
-    """
-    note = ""
-    options = {"weights": None if weights == "random" else "imagenet", "precision": precision}
-    extractor = get_extractor(name, **options)
-    try:
-        extractor.model  # noqa: B018 -- builds the backbone (and resolves the weights) now
-    except (WeightsError, FileNotFoundError) as error:
-        note = (f"{name}: ImageNet weights not available offline ({str(error).splitlines()[0][:140]}...); "
-                "timed with random weights of the same architecture (same speed, meaningless features)")
-        extractor = get_extractor(name, **{**options, "weights": None})
-        extractor.model  # noqa: B018
-    return extractor, note
-
-
-def warm_up(extractor, batch_sizes: set[int]) -> None:
-    """Build the model and trace its graph for every batch shape the runs will use."""
-    height, width = extractor.input_size
-    for size in sorted(batch_sizes):
-        extractor.transform(np.zeros((size, height, width, 3), np.uint8))
-
-
-def timed(function, *args) -> tuple[float, float, np.ndarray]:
-    """Wall seconds, CPU seconds (all threads of this process) and the function's features."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    features = function(*args)
-    return time.perf_counter() - wall, time.process_time() - cpu, features
-
-
-def run_baseline(extractor, paths: list[str], batch_size: int) -> np.ndarray:
-    """The recipes' loop: load_img + img_to_array per image, preprocess, predict_on_batch."""
-    import keras
-
-    target_size = tuple(extractor.input_size)
-    model = extractor.model
-    outputs = []
-    for start in range(0, len(paths), batch_size):
-        batch = np.stack([keras.utils.img_to_array(keras.utils.load_img(path, target_size=target_size))
-                          for path in paths[start:start + batch_size]])
-        outputs.append(np.asarray(model.predict_on_batch(extractor.preprocess(batch))))
-    return np.concatenate(outputs).reshape(len(paths), -1)
-
-
-def run_pipeline(extractor, manifest, batch_size: int, workers: int) -> np.ndarray:
-    """featx build_cache into a fresh cache folder (the whole call is timed by the caller)."""
-    from featx.cache import open_cache
-
-    cache_dir = Path(tempfile.mkdtemp(prefix="featx-bench-"))
-    try:
-        result = build_cache(manifest, extractor, cache_dir, batch_size=batch_size, workers=workers)
-        if result.noop or result.computed != len(manifest.records) or result.failed:
-            raise SystemExit(f"pipeline run did not compute every image: {result}")
-        with open_cache(result.path) as cache:
-            features = cache.features[:]
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    return features
-
-
-def run_model_only(extractor, batches: list[np.ndarray]) -> np.ndarray:
-    """Model calls only, on batches already decoded and preprocessed in memory."""
-    model = extractor.model
-    outputs = [np.asarray(model.predict_on_batch(batch)) for batch in batches]
-    return np.concatenate(outputs).reshape(sum(len(b) for b in batches), -1)
-
-
-def list_manifest(folder: Path, limit: int):
-    """A manifest of the first ``limit`` images (sorted paths) of ``folder``."""
-    if not folder.is_dir():
-        raise SystemExit(f"--data {folder}: no such folder (expected a folder of images, e.g. cat.N.jpg)")
-    manifest = build_manifest(folder, layout="auto", hash_files=False)
-    records = manifest.records[:limit]
-    return dataclasses.replace(manifest, records=records)
+def cpu_line() -> str:
+    text = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8|amx_tile)\b", text)))
+    return f"CPU: {model.group(1) if model else '?'}, {os.cpu_count()} cores, flags: {' '.join(flags)}"
 
 
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def make_extractor(name: str, weights: str, precision: str):
+    """The extractor at ``precision``; random weights (and a note) when ImageNet's are not offline."""
+    options = {**MODELS.get(name, {}), "weights": None if weights == "random" else "imagenet",
+               "precision": precision}
+    extractor = get_extractor(name, **options)
+    try:
+        extractor.weights_fingerprint()
+        extractor.fp32_model()  # noqa: B018 -- resolves the weights now
+        return extractor, ""
+    except (WeightsError, FileNotFoundError) as error:
+        note = (f"{name}: ImageNet weights not available offline ({str(error).splitlines()[0][:120]}...); "
+                "timed with random weights of the same architecture (same speed, meaningless features)")
+        return get_extractor(name, **{**options, "weights": None}), note
+
+
+def list_manifest(folder: Path, limit: int | None):
+    if not folder.is_dir():
+        raise SystemExit(f"--data {folder}: no such folder (expected a folder of images, e.g. cat.N.jpg)")
+    manifest = build_manifest(folder, layout="auto", hash_files=False)
+    return dataclasses.replace(manifest, records=manifest.records[:limit] if limit else manifest.records)
+
+
+def timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - started, result
+
+
+def run_recipes(extractor, paths, batch_size):
+    import keras
+
+    model = extractor.model
+    outputs = []
+    for start in range(0, len(paths), batch_size):
+        batch = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, target_size=tuple(extractor.input_size)))
+                          for p in paths[start:start + batch_size]])
+        outputs.append(np.asarray(model.predict_on_batch(extractor.preprocess(batch))))
+    return np.concatenate(outputs).reshape(len(paths), -1)
+
+
+def run_decode(manifest, groups, preprocessing, threads):
+    return [images for images, _, _ in iter_batches(str(manifest.root), groups, preprocessing, threads)]
+
+
+def run_model(runner, batches):
+    return np.concatenate([runner(batch) for batch in batches])
+
+
+def run_cache(manifest, extractor, runtime, batch_size):
+    from featx.cache import open_cache
+
+    cache_dir = Path(tempfile.mkdtemp(prefix="featx-bench-"))
+    try:
+        result = build_cache(manifest, extractor, cache_dir, batch_size=batch_size, runtime=runtime)
+        if result.computed != len(manifest.records) or result.failed:
+            raise SystemExit(f"the cache run did not compute every image: {result}")
+        with open_cache(result.path) as cache:
+            return cache.features[:]
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def bench_model(name, args, manifest, notes):
+    from featx.runtime.openvino import calibration_set
+
+    paths = [str(manifest.root / r.path) for r in manifest.records]
+    rows, weights = {}, args.weights
+    reference, note = make_extractor(name, weights, "fp32")
+    if note:
+        notes.append(note)
+        weights = "random"
+    groups = [[r.path for r in manifest.records[i:i + args.batch_size]]
+              for i in range(0, len(manifest.records), args.batch_size)]
+    threads = decode_threads()
+    run_decode(manifest, groups[:1], reference.preprocessing, threads)  # warm the page cache
+    seconds, batches = timed(run_decode, manifest, groups, reference.preprocessing, threads)
+    rows["decode-only"] = (seconds, None)
+    print(f"  {name} decode-only: {len(paths) / seconds:.1f} img/s ({threads} threads)", flush=True)
+    reference.transform(batches[0])  # build and trace before timing
+    seconds, _ = timed(run_recipes, reference, paths, args.batch_size)
+    rows["recipes fp32"] = (seconds, None)
+    print(f"  {name} recipes fp32: {len(paths) / seconds:.1f} img/s", flush=True)
+    calibration = calibration_set(manifest, seed=manifest.seed)
+    for runtime, precision in ROWS:
+        extractor = reference if precision == "fp32" and runtime == "keras" else \
+            make_extractor(name, weights, precision)[0]
+        runner = make_runner(extractor, runtime, precision, calibration=calibration)  # converts/quantizes once
+        runner(batches[0])  # warm-up: traced graph / compiled model
+        model_seconds, model_out = timed(run_model, runner, batches)
+        cache_seconds, cache_out = timed(run_cache, manifest, extractor, runtime, args.batch_size)
+        key = f"{runtime} {precision}"
+        rows[key] = (cache_seconds, model_seconds)
+        if not np.allclose(cache_out, model_out, rtol=1e-3, atol=1e-3 * float(np.abs(model_out).max() or 1)):
+            notes.append(f"{name} {key}: cache features differ from model-only "
+                         f"(max abs diff {np.abs(cache_out - model_out).max():.3g})")
+        if precision != "fp32":
+            fp32 = rows.get("_fp32_features")
+            if fp32 is not None:
+                cosine = (fp32 * cache_out).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(cache_out, axis=1)
+                                                      + 1e-12)
+                notes.append(f"{name} {key}: cosine to fp32 features min {cosine.min():.4f}, "
+                             f"mean {cosine.mean():.4f}")
+        else:
+            rows.setdefault("_fp32_features", cache_out)
+        print(f"  {name} {key}: end to end {len(paths) / cache_seconds:.1f} img/s, "
+              f"model-only {len(paths) / model_seconds:.1f} img/s, load {load_average()}", flush=True)
+    rows.pop("_fp32_features", None)
+    return rows
+
+
+def print_table(name, n, rows):
+    base = n / rows["keras fp32"][0]
+    decode_rate = n / rows["decode-only"][0]
+    print(f"\n{name}, {n} images\n")
+    print("| row | end to end img/s | vs keras fp32 | model-only img/s | end to end / min(model, decode) | limit |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for key, (seconds, model_seconds) in rows.items():
+        rate = n / seconds
+        if model_seconds is None:
+            print(f"| {key} | {rate:.1f} | {rate / base:.2f}x | | | |")
+            continue
+        model_rate = n / model_seconds
+        limit = min(model_rate, decode_rate)
+        print(f"| {key} | {rate:.1f} | {rate / base:.2f}x | {model_rate:.1f} | {100 * rate / limit:.0f}% | "
+              f"{'model' if model_rate < decode_rate else 'decode'} |")
+
+
+def make_many(photos: list[Path], n: int, folder: Path) -> None:
+    """``n`` 200-px JPEGs from ``photos`` by flips and crops (variant k of photo i: a different crop)."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True)
+    for index in range(n):
+        source = photos[index % len(photos)]
+        variant = index // len(photos)
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+            if variant % 2:
+                image = ImageOps.mirror(image)
+            width, height = image.size
+            margin = 0.04 * (variant // 2 % 5)
+            image = image.crop((int(margin * width), int(margin * height),
+                                int((1 - margin / 2) * width), int((1 - margin / 2) * height)))
+            image.thumbnail((200, 200))
+            label = source.name.split(".")[0]
+            image.save(folder / f"{label}.{index}.jpg", quality=90)
+
+
+def bench_many(args) -> None:
+    photos = sorted(args.data.glob("*.jpg"))
+    tmp = Path(tempfile.mkdtemp(prefix="featx-25k-"))
+    try:
+        started = time.perf_counter()
+        make_many(photos, args.many, tmp / "train")
+        print(f"\n{args.many} 200-px images generated in {time.perf_counter() - started:.0f} s under {tmp}")
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        for runtime in ("keras", "openvino"):
+            command = [sys.executable, str(REPO_ROOT / "cli.py"), "cache", str(tmp / "train"),
+                       "--extractor", "efficientnet_lite0", "--runtime", runtime, "--cache-dir", str(tmp / runtime)]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            seconds = time.perf_counter() - started
+            last = (done.stdout.strip().splitlines() or ["?"])[-1]
+            print(f"featx cache efficientnet_lite0 --runtime {runtime}: {seconds:.1f} s wall "
+                  f"(exit {done.returncode}): {last}", flush=True)
+            if done.returncode:
+                print(done.stderr[-2000:])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path,
-                        default=REPO_ROOT / ".." / "shared" / "data" / "catsdogs-dev" / "train",
-                        help="folder of images (default: ../shared/data/catsdogs-dev/train)")
-    parser.add_argument("--limit", type=int, default=256, help="number of images (the first, sorted by path)")
-    parser.add_argument("--models", default="vgg16,efficientnet_lite0", help="comma-separated extractor names")
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / ".." / "shared" / "data" / "catsdogs-dev" / "train")
+    parser.add_argument("--limit", type=int, default=256, help="images for the side-by-side rows (first, sorted)")
+    parser.add_argument("--models", default="efficientnet_lite0,vgg16")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding threads for the pipeline (default: all cores, as featx cache)")
-    parser.add_argument("--weights", choices=("imagenet", "random"), default="imagenet",
-                        help="imagenet (random when not available offline, said so) or random")
-    parser.add_argument("--precisions", default="fp32,bf16", help="pipeline and model-only precisions")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per variant, best time counts")
+    parser.add_argument("--weights", choices=("imagenet", "random"), default="imagenet")
+    parser.add_argument("--many", type=int, default=0, help="also time `featx cache` on this many generated images")
     args = parser.parse_args(argv)
-    precisions = [p for p in args.precisions.split(",") if p]
-    unknown = sorted(set(precisions) - set(PRECISIONS) - {"fp16"})
-    if unknown or args.limit < 1 or args.batch_size < 1 or args.repeats < 1:
-        raise SystemExit(f"expected --precisions from fp32,bf16,fp16 and positive --limit, --batch-size, "
-                         f"--repeats; got {args.precisions!r}, {args.limit}, {args.batch_size}, {args.repeats}")
-
-    manifest = list_manifest(args.data.resolve(), args.limit)
-    paths = [str(manifest.root / r.path) for r in manifest.records]
-    workers = args.workers or default_workers()
-    batch_shapes = {min(args.batch_size, len(paths))} | ({len(paths) % args.batch_size} - {0})
-    print(f"{len(paths)} images from {manifest.root}, batches of {args.batch_size}, {workers} decoding "
-          f"threads, {os.cpu_count()} cores; best of {args.repeats}; load average before: {load_average()}")
-
-    table, notes = [], []
+    args.data = args.data.resolve()
+    print(cpu_line())
+    manifest = list_manifest(args.data, args.limit)
+    print(f"{len(manifest.records)} images from {manifest.root}, batches of {args.batch_size}; "
+          f"load average before: {load_average()}")
+    notes, tables = [], []
     for name in [n for n in args.models.split(",") if n]:
-        extractors = {}
-        weights = args.weights
-        for precision in dict.fromkeys(["fp32", *precisions]):
-            extractor, note = make_extractor(name, weights, precision)
-            if note:
-                notes.append(note)
-                print(note)
-                weights = "random"  # the other precisions: do not try to download again
-            warm_up(extractor, batch_shapes)
-            extractors[precision] = extractor
-        reference = extractors["fp32"]
-        # Decoded like the pipeline decodes (featx.images), then preprocessed: model-only input.
-        batches = []
-        for start in range(0, len(paths), args.batch_size):
-            images = np.stack([load_image(p, **reference.preprocessing)
-                               for p in paths[start:start + args.batch_size]])
-            batches.append(reference.preprocess(images.astype(np.float32)))
-
-        runs: dict[tuple[str, str], tuple[float, float]] = {}  # best (wall, cpu) seconds
-        features: dict[tuple[str, str], np.ndarray] = {}
-
-        def record(key, seconds, cpu_seconds, output):
-            if seconds < runs.get(key, (np.inf, np.inf))[0]:
-                runs[key] = (seconds, cpu_seconds)
-            features[key] = output
-            print(f"  {name} {key[0]} {key[1]}: {seconds:.2f} s ({len(paths) / seconds:.1f} img/s, "
-                  f"{1000 * cpu_seconds / len(paths):.0f} CPU ms/img), load {load_average()}", flush=True)
-
-        for _ in range(args.repeats):
-            record(("baseline", "fp32"), *timed(run_baseline, reference, paths, args.batch_size))
-            for precision in precisions:
-                record(("pipeline", precision),
-                       *timed(run_pipeline, extractors[precision], manifest, args.batch_size, workers))
-                record(("model-only", precision), *timed(run_model_only, extractors[precision], batches))
-
-        # Same model, same decoded pixels: the cache must hold what the model alone gives.
-        for precision in precisions:
-            pipe, ceiling = features[("pipeline", precision)], features[("model-only", precision)]
-            scale = max(1e-12, float(np.abs(ceiling).max()))
-            if not np.allclose(pipe, ceiling, rtol=1e-4, atol=1e-4 * scale):
-                notes.append(f"{name} {precision}: pipeline features differ from model-only "
-                             f"(max abs diff {np.abs(pipe - ceiling).max():.3g})")
-        baseline_rate = len(paths) / runs[("baseline", "fp32")][0]
-        for (variant, precision), (seconds, cpu_seconds) in runs.items():
-            rate = len(paths) / seconds
-            share = ""
-            if variant == "pipeline":
-                share = f"{100 * runs[('model-only', precision)][0] / seconds:.0f}%"
-            table.append((name, f"{variant} {precision}", rate, rate / baseline_rate, share,
-                          1000 * cpu_seconds / len(paths)))
-
+        tables.append((name, bench_model(name, args, manifest, notes)))
     print(f"\nload average after: {load_average()}")
-    print("\n| model | variant | img/s | vs baseline | pipeline / model-only | CPU ms/img |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for name, variant, rate, ratio, share, cpu_ms in table:
-        print(f"| {name} | {variant} | {rate:.1f} | {ratio:.2f}x | {share} | {cpu_ms:.0f} |")
+    for name, rows in tables:
+        print_table(name, len(manifest.records), rows)
     for note in notes:
-        print(f"\nnote: {note}")
+        print(f"note: {note}")
+    if args.many:
+        bench_many(args)
 
 
 if __name__ == "__main__":
