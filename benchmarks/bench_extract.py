@@ -71,18 +71,27 @@ def load_average() -> str:
 
 
 def make_extractor(name: str, weights: str, precision: str):
-    """The extractor at ``precision``; random weights (and a note) when ImageNet's are not offline."""
+    """The extractor at ``precision``, model built; random weights (and a note) when ImageNet's are
+    not offline, seeded so every precision of a model starts from the same random weights."""
+    import keras
+
     options = {**MODELS.get(name, {}), "weights": None if weights == "random" else "imagenet",
                "precision": precision}
     extractor = get_extractor(name, **options)
     try:
-        extractor.weights_fingerprint()
-        extractor.fp32_model()  # noqa: B018 -- resolves the weights now
-        return extractor, ""
+        if options["weights"]:
+            extractor.weights_fingerprint()  # resolves the weights now
+            extractor.model  # noqa: B018
+            return extractor, ""
     except (WeightsError, FileNotFoundError) as error:
         note = (f"{name}: ImageNet weights not available offline ({str(error).splitlines()[0][:120]}...); "
                 "timed with random weights of the same architecture (same speed, meaningless features)")
-        return get_extractor(name, **{**options, "weights": None}), note
+    else:
+        note = ""
+    extractor = get_extractor(name, **{**options, "weights": None})
+    keras.utils.set_random_seed(0)
+    extractor.model  # noqa: B018
+    return extractor, note
 
 
 def list_manifest(folder: Path, limit: int | None):

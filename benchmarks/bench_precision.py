@@ -48,7 +48,7 @@ def cv_accuracy(features: np.ndarray, labels: np.ndarray, folds: int, seed: int)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO_ROOT / ".." / "shared" / "data" / "catsdogs-dev" / "train")
-    parser.add_argument("--limit", type=int, default=None, help="first N images (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="N images, labels in turn (default: all)")
     parser.add_argument("--extractor", default="efficientnet_lite0")
     parser.add_argument("--opt", action="append", default=[], help="extractor option KEY=VALUE")
     parser.add_argument("--precisions", default="fp32,bf16,int8")
@@ -60,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(cpu_line())
-    manifest = list_manifest(args.data.resolve(), args.limit)
+    manifest = list_manifest(args.data.resolve(), None)
+    if args.limit:  # the first N of each label in turn, so a small --limit still has every class
+        by_label: dict = {}
+        for record in manifest.records:
+            by_label.setdefault(record.label, []).append(record)
+        order = sorted(manifest.records, key=lambda r: (by_label[r.label].index(r), str(r.label)))
+        manifest.records = order[: args.limit]
     precisions = [p for p in args.precisions.split(",") if p]
     if precisions[0] != "fp32":
         precisions = ["fp32", *[p for p in precisions if p != "fp32"]]

@@ -134,3 +134,22 @@ def test_runtime_openvino_without_openvino_is_one_line(photos, tmp_path):
     assert [line for line in lines if line.startswith("error")] == lines[-1:], done.stderr
     assert lines[-1].startswith("error: --runtime openvino: openvino is not installed; pip install")
     assert "Traceback" not in done.stderr and not list((tmp_path / "c").glob("*.h5"))
+
+
+def test_random_weights_never_share_an_ir(tmp_path, monkeypatch):
+    """No weights file (weights=none): the IR is keyed by the weight values, so two random
+    initialisations get two IRs and each gives its own Keras features."""
+    monkeypatch.setenv("FEATX_WEIGHTS", str(tmp_path / "w"))
+
+    class _Random(_Small):
+        def weights_fingerprint(self):
+            return None
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    runners = [make_runner(_Random(seed=seed), "openvino", "fp32") for seed in (0, 1)]
+    assert runners[0].xml != runners[1].xml and all(r.converted for r in runners)
+    for seed, runner in zip((0, 1), runners):
+        np.testing.assert_allclose(runner(images), make_runner(_Random(seed=seed), "keras")(images),
+                                   rtol=1e-4, atol=1e-5)
+    assert not make_runner(_Random(seed=0), "openvino", "fp32").converted  # same values: reused

@@ -143,11 +143,13 @@ class KerasExtractor(Extractor):
         (OpenVINO applies bf16 and int8 itself)."""
         if self.precision == "fp32":
             return self.model
-        import copy
+        if getattr(self, "_fp32_twin", None) is None:
+            import copy
 
-        twin = copy.copy(self)
-        twin._model, twin._predict, twin._precision = None, None, "fp32"
-        return twin.model
+            twin = copy.copy(self)
+            twin._model, twin._predict, twin._precision = None, None, "fp32"
+            self._fp32_twin = twin
+        return self._fp32_twin.model
 
     @property
     def output_dim(self) -> int:

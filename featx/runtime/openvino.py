@@ -4,8 +4,8 @@ Files, under ``weights_home()/openvino/``:
 
 ``<name>-<key>/model.xml``
     The fp32 IR. ``key`` hashes the extractor spec (its precision set to fp32: bf16 is a compile
-    hint on the same IR) and the weights fingerprint, so a changed spec or weights file never
-    reuses a stale IR.
+    hint on the same IR) and the weights fingerprint (for random weights, the weight values), so
+    a changed spec or weights file never reuses a stale IR.
 ``<name>-<key>-int8-<calibration>/model.xml``
     The NNCF post-training quantization of that IR, beside it; ``calibration`` fingerprints the
     calibration images (relative paths and sha1) and the seed that drew them.
@@ -68,9 +68,26 @@ def _fp32_spec(extractor) -> dict:
     return spec
 
 
+def _keras_model(extractor):
+    fp32_model = getattr(extractor, "fp32_model", None)
+    return fp32_model() if callable(fp32_model) else extractor.model
+
+
+def _weights_key(extractor) -> str:
+    """The weights file's fingerprint; for random weights (no file) a hash of the values themselves,
+    so two random initialisations never share an IR."""
+    fingerprint = extractor.weights_fingerprint()
+    if fingerprint:
+        return fingerprint
+    digest = hashlib.sha256()
+    for array in _keras_model(extractor).get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return "values:" + digest.hexdigest()
+
+
 def ir_key(extractor) -> str:
     """Hash of what the fp32 IR is made from: spec (at fp32) and weights fingerprint."""
-    blob = json.dumps({"spec": _fp32_spec(extractor), "weights": extractor.weights_fingerprint()},
+    blob = json.dumps({"spec": _fp32_spec(extractor), "weights": _weights_key(extractor)},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -179,9 +196,7 @@ class OpenVinoRunner:
         self.converted = True
 
     def _convert(self, ov) -> None:
-        fp32_model = getattr(self.extractor, "fp32_model", None)
-        keras_model = fp32_model() if callable(fp32_model) else self.extractor.model
-        self._publish(ov, ov.convert_model(keras_model), self.fp32_xml)
+        self._publish(ov, ov.convert_model(_keras_model(self.extractor)), self.fp32_xml)
         CONVERSIONS["convert"] += 1
 
     def _quantize(self, ov) -> None:
