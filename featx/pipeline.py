@@ -6,10 +6,12 @@ Two ways to keep the machine busy, chosen by the extractor's ``parallel`` attrib
     Cheap per-image maths in Python: each shard of rows is decoded and transformed in a
     joblib worker process; the main process only writes finished shards.
 ``model`` (CNNs)
-    The model uses every core (or the GPU) by itself. Images are decoded by a pool of
-    threads, a bounded number of batches ahead; the main thread runs the model batch
-    after batch; finished shards are written by a writer thread. Memory stays bounded
-    by ``prefetch`` batches plus one shard, whatever the dataset size.
+    The model (a ``featx.runtime`` runner: Keras, or OpenVINO over all its streams) uses
+    every core by itself. Images are decoded by ``featx.datasets.iter_batches``' threads
+    (sized against the model's own threads), a bounded number of batches ahead, straight
+    into the array the model is called on; the main thread runs the model batch after
+    batch; finished shards are written by a writer thread. Memory stays bounded by
+    ``prefetch`` batches plus one shard, whatever the dataset size.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import numpy as np
 from featx.cache import CacheBuilder, Shard, cache_path
 from featx.data import Manifest
 from featx.extractors.base import Extractor
-from featx.progress import Progress
 from featx.datasets import decode_group, decode_threads, iter_batches, load_options, n_cores  # noqa: F401 (load_options: finetune)
+from featx.progress import Progress
 
 __all__ = ["CacheResult", "build_cache", "extract_images", "Progress"]
 
@@ -56,10 +58,6 @@ def _decode_and_transform(extractor: Extractor, root: str, paths: Sequence[str])
     images, ok, reasons = decode_group(root, paths, extractor.preprocessing)
     features = extractor.transform(images) if len(images) else np.zeros((0, 0), np.float32)
     return features, ok, reasons
-
-
-def default_workers() -> int:
-    return n_cores()
 
 
 def _run_processes(extractor, root, units, workers) -> Iterator:
@@ -105,7 +103,7 @@ def extract_images(extractor: Extractor, root: str | os.PathLike, units, workers
     for each, where ``features`` has one row per readable image. ``runner`` (from
     ``featx.runtime.make_runner``) replaces ``extractor.transform`` for model extractors.
     """
-    workers = workers or default_workers()
+    workers = workers or n_cores()
     root = str(root)
     if extractor.parallel == "processes":
         yield from _run_processes(extractor, root, units, workers)
