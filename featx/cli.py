@@ -175,6 +175,7 @@ def cache(
     test: float = typer.Option(0.1, help="Test fraction when SOURCE is a folder."),
     seed: int = typer.Option(0, help="Split seed when SOURCE is a folder; also seeds learned extractors."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Compute shards on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (N local worker processes)."),
+    shard_rows: Optional[int] = typer.Option(None, "--shard-rows", min=1, help="Images per journal shard, the unit of resumption and of work on a cluster (default: 8 batches for CNNs, 32 images otherwise)."),
 ) -> None:
     """Compute (or finish, or update) a feature cache. Safe to kill and re-run.
 
@@ -208,10 +209,10 @@ def cache(
         from featx.distributed import build_cache as build_on_cluster
 
         result = _run(build_on_cluster, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, progress=RichBar(), **cluster)
+                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), **cluster)
     else:
         result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime)
+                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), runtime=runtime)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)

@@ -139,6 +139,8 @@ def connect(scheduler: str, report: Callable[[str], None] | None = None, wait_s:
                        f"dashboard {_dashboard_line(client)}")
             yield client
         finally:
+            if _scheduler_lost(client):  # its reconnect attempts, cancelled by close, are not news
+                logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
             client.close()
     finally:
         if cluster is not None:
@@ -364,7 +366,8 @@ def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_si
         compute_seconds = time.perf_counter() - compute_started
         out = builder.publish({"seconds": round(compute_seconds, 3),
                                "images_per_second": round(job.todo / compute_seconds, 3) if compute_seconds > 0 else 0.0,
-                               "fit_max_images": fit_max_images})
+                               "fit_max_images": fit_max_images,
+                               "runtime": "keras" if extractor.parallel == "model" else "python"})
         with open_cache(out) as cache:
             return DistributedCacheResult(out, rows=cache.n_rows, computed=job.todo, reused=builder.n_reused,
                                           failed=cache.failed, seconds=compute_seconds, shards=len(by_index),
