@@ -43,6 +43,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from featx.errors import UserError
 from featx.pipeline import CacheResult, Progress, plan_build
 
 __all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
@@ -53,7 +54,7 @@ DEFAULT_RETRIES = 2
 _CONNECT_TIMEOUT_S = 15
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError, ValueError):
     """The cluster cannot run the job as asked; the message says why and what to do."""
 
 
@@ -274,21 +275,19 @@ def extract_on_cluster(client, recipe: ExtractorRecipe, root: str, units, batch_
 
     first = [submit(u) for u in todo[:in_flight]]
     position = len(first)
-    queue = as_completed(first)
+    queue = as_completed(first, with_results=True, raise_errors=False)  # results come in batches
     try:
-        for future in queue:
-            try:
-                result = future.result()
-            except Exception as exc:
+        for future, result in queue:
+            if future.status != "finished":
                 if future.status == "cancelled" or _scheduler_lost(client):
                     raise ClusterError(
-                        f"the scheduler went away after {done} of {len(units)} shards ({type(exc).__name__}); "
+                        f"the scheduler went away after {done} of {len(units)} shards ({type(result).__name__}); "
                         f"the finished shards are in the journal: run the same command again (with or "
                         f"without --scheduler) to compute only the missing ones") from None
-                if type(exc).__name__ == "KilledWorker":
-                    raise ClusterError(f"shard {future.key} killed every worker that ran it ({exc}); check the "
+                if type(result).__name__ == "KilledWorker":
+                    raise ClusterError(f"shard {future.key} killed every worker that ran it ({result}); check the "
                                        f"workers' memory and logs") from None
-                raise
+                raise result
             done += 1
             future.release()
             if position < len(todo):
