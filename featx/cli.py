@@ -198,6 +198,9 @@ def cache(
         _run(ext.check_precision, precision)
     cluster = {}
     if scheduler is not None:  # the workers' devices count, not this machine's
+        if runtime != "keras":
+            _fail(f"--runtime {runtime} is not available with --scheduler: Dask workers run the Keras model; "
+                  f"drop --runtime or run without --scheduler")
         cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
         if ext.parallel == "model" and "precision" not in options:
             ext.precision = _run(_resolve_precision, precision, "gpu" if device == "gpu" else "cpu")
