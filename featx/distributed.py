@@ -1,28 +1,12 @@
-"""Feature caching and sweeps on a Dask cluster (``--scheduler ADDRESS|local:N``).
+"""Feature caching and sweeps on a Dask cluster (``--scheduler ADDRESS|file.json|local:N``).
 
-Extraction
-----------
-The manifest is cut into the shards of the cache journal (``featx.cache.CacheBuilder``).
-The client fits a learned extractor once (SIFT vocabulary, train split), then sends each
-pending shard to a worker: the worker decodes the shard's images and runs the extractor;
-the features come back and the client writes the shard into the journal, then publishes
-the cache with the same atomic publish as a single-machine run. The file is the same:
-schema, spec, hash and row order.
-
-* The extractor travels once, as a recipe (name, parameters, precision, fitted state),
-  broadcast to every worker; each worker process builds it once per spec and keeps it
-  (a CNN loads its weights once per worker, not once per shard).
-* ``--device gpu``: CNN shards ask for the Dask resource ``GPU=1`` (start GPU workers
-  with ``dask worker ADDRESS --resources GPU=1 --nthreads 1``); HoG/SIFT run anywhere.
-* A worker that dies mid-shard costs that shard: Dask runs it again elsewhere. A scheduler
-  that goes away leaves the journal; the next run (local or distributed) computes only
-  the shards that are missing.
-* Images and caches must be on a filesystem every worker sees, at the same path.
-
-Sweeps
-------
-:func:`joblib_on_cluster` runs joblib's ``Parallel`` through the Dask backend with the
-feature matrices scattered to every worker once.
+Extraction: the client plans the cache journal's shards and fits a learned extractor once
+(:func:`featx.pipeline.plan_build`), broadcasts the extractor's recipe (name, options, fitted
+state; workers build it once per process and never refit), sends each pending shard's paths
+to a worker (CNN shards ask for the resource ``GPU=1`` under ``--device gpu``), writes the
+features that come back into the journal and publishes the same file as a local run. A dead
+worker costs its shard (Dask reruns it); a lost scheduler leaves the journal for the next run.
+Sweeps: :func:`joblib_on_cluster`, joblib's Dask backend with the feature sets scattered once.
 """
 
 from __future__ import annotations
@@ -63,7 +47,6 @@ def _require_distributed():
         import distributed  # noqa: F401
     except ImportError:
         raise ClusterError("--scheduler needs Dask: pip install 'featx[dask]'") from None
-    return distributed
 
 
 # -- connecting ------------------------------------------------------------------------------
@@ -221,7 +204,6 @@ class ShardResult:
     reasons: list
     worker: str  # host:pid
     builds: int  # times this worker process built the extractor (1 when kept)
-    seconds: float
 
 
 def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequence[str], batch_size: int = 32,
@@ -229,7 +211,6 @@ def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequenc
     """Worker task: decode one shard's images and compute their features."""
     from featx.pipeline import extract_images
 
-    started = time.perf_counter()
     extractor = worker_extractor(recipe)
     if not os.path.isdir(root):
         raise ClusterError(f"worker {socket.gethostname()} cannot see {root}; the images must be on a "
@@ -241,7 +222,7 @@ def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequenc
     else:  # cheap per-image maths: this worker thread does it; Dask spreads the shards
         (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))], workers=1)
     return ShardResult(index, features, ok, list(reasons), f"{socket.gethostname()}:{os.getpid()}",
-                       _BUILDS[recipe.key], time.perf_counter() - started)
+                       _BUILDS[recipe.key])
 
 
 # -- the client side ---------------------------------------------------------------------------
