@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from featx.errors import UserError
-from featx.pipeline import CacheResult, Progress, plan_build
+from featx.pipeline import CacheResult, Progress, extract_images, plan_build
 
 __all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
            "extract_on_cluster", "build_cache", "DistributedCacheResult", "joblib_on_cluster"]
@@ -209,8 +209,6 @@ class ShardResult:
 def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequence[str], batch_size: int = 32,
                   decode_threads: int = 4) -> ShardResult:
     """Worker task: decode one shard's images and compute their features."""
-    from featx.pipeline import extract_images
-
     extractor = worker_extractor(recipe)
     if not os.path.isdir(root):
         raise ClusterError(f"worker {socket.gethostname()} cannot see {root}; the images must be on a "
