@@ -178,6 +178,7 @@ def cache(
     test: float = typer.Option(0.1, help="Test fraction when SOURCE is a folder."),
     seed: int = typer.Option(0, help="Split seed when SOURCE is a folder; also seeds learned extractors."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Compute shards on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (N local worker processes)."),
+    shard_rows: Optional[int] = typer.Option(None, "--shard-rows", min=1, help="Images per journal shard, the unit of resumption and of work on a cluster (default: 8 batches for CNNs, 32 images otherwise)."),
 ) -> None:
     """Compute (or finish, or update) a feature cache. Safe to kill and re-run.
 
@@ -200,6 +201,9 @@ def cache(
         _run(ext.check_precision, precision)
     cluster = {}
     if scheduler is not None:  # the workers' devices count, not this machine's
+        if runtime == "openvino":
+            _fail(f"--runtime {runtime} is not available with --scheduler: Dask workers run the Keras model; "
+                  f"drop --runtime or run without --scheduler")
         cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
         if ext.parallel == "model" and "precision" not in options:
             ext.precision = _run(_resolve_precision, precision, "gpu" if device == "gpu" else "cpu")
@@ -211,10 +215,10 @@ def cache(
         from featx.distributed import build_cache as build_on_cluster
 
         result = _run(build_on_cluster, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, progress=RichBar(), **cluster)
+                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), **cluster)
     else:
         result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, progress=RichBar(), runtime=runtime)
+                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), runtime=runtime)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)

@@ -1,28 +1,12 @@
-"""Feature caching and sweeps on a Dask cluster (``--scheduler ADDRESS|local:N``).
+"""Feature caching and sweeps on a Dask cluster (``--scheduler ADDRESS|file.json|local:N``).
 
-Extraction
-----------
-The manifest is cut into the shards of the cache journal (``featx.cache.CacheBuilder``).
-The client fits a learned extractor once (SIFT vocabulary, train split), then sends each
-pending shard to a worker: the worker decodes the shard's images and runs the extractor;
-the features come back and the client writes the shard into the journal, then publishes
-the cache with the same atomic publish as a single-machine run. The file is the same:
-schema, spec, hash and row order.
-
-* The extractor travels once, as a recipe (name, parameters, precision, fitted state),
-  broadcast to every worker; each worker process builds it once per spec and keeps it
-  (a CNN loads its weights once per worker, not once per shard).
-* ``--device gpu``: CNN shards ask for the Dask resource ``GPU=1`` (start GPU workers
-  with ``dask worker ADDRESS --resources GPU=1 --nthreads 1``); HoG/SIFT run anywhere.
-* A worker that dies mid-shard costs that shard: Dask runs it again elsewhere. A scheduler
-  that goes away leaves the journal; the next run (local or distributed) computes only
-  the shards that are missing.
-* Images and caches must be on a filesystem every worker sees, at the same path.
-
-Sweeps
-------
-:func:`joblib_on_cluster` runs joblib's ``Parallel`` through the Dask backend with the
-feature matrices scattered to every worker once.
+Extraction: the client plans the cache journal's shards and fits a learned extractor once
+(:func:`featx.pipeline.plan_build`), broadcasts the extractor's recipe (name, options, fitted
+state; workers build it once per process and never refit), sends each pending shard's paths
+to a worker (CNN shards ask for the resource ``GPU=1`` under ``--device gpu``), writes the
+features that come back into the journal and publishes the same file as a local run. A dead
+worker costs its shard (Dask reruns it); a lost scheduler leaves the journal for the next run.
+Sweeps: :func:`joblib_on_cluster`, joblib's Dask backend with the feature sets scattered once.
 """
 
 from __future__ import annotations
@@ -43,6 +27,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from featx.errors import UserError
+from featx.pipeline import CacheResult, Progress, extract_images, plan_build
+
 __all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
            "extract_on_cluster", "build_cache", "DistributedCacheResult", "joblib_on_cluster"]
 
@@ -51,7 +38,7 @@ DEFAULT_RETRIES = 2
 _CONNECT_TIMEOUT_S = 15
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError, ValueError):
     """The cluster cannot run the job as asked; the message says why and what to do."""
 
 
@@ -60,7 +47,6 @@ def _require_distributed():
         import distributed  # noqa: F401
     except ImportError:
         raise ClusterError("--scheduler needs Dask: pip install 'featx[dask]'") from None
-    return distributed
 
 
 # -- connecting ------------------------------------------------------------------------------
@@ -100,8 +86,7 @@ def _dashboard_line(client) -> str:
 
 
 @contextlib.contextmanager
-def connect(scheduler: str, report: Callable[[str], None] | None = None, resources: dict | None = None,
-            wait_s: float = 30.0):
+def connect(scheduler: str, report: Callable[[str], None] | None = None, wait_s: float = 30.0):
     """A ``distributed.Client`` for ``scheduler``; a ``local:N`` cluster is started and stopped here.
 
     ``report`` receives one line naming the scheduler, the workers and the dashboard address.
@@ -113,8 +98,7 @@ def connect(scheduler: str, report: Callable[[str], None] | None = None, resourc
     cluster = None
     if kind == "local":
         cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
-                               resources=resources)
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     try:
         try:
             if cluster is not None:
@@ -139,6 +123,8 @@ def connect(scheduler: str, report: Callable[[str], None] | None = None, resourc
                        f"dashboard {_dashboard_line(client)}")
             yield client
         finally:
+            if _scheduler_lost(client):  # its reconnect attempts, cancelled by close, are not news
+                logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
             client.close()
     finally:
         if cluster is not None:
@@ -170,10 +156,11 @@ class ExtractorRecipe:
         return digest.hexdigest()[:16]
 
     @classmethod
-    def of(cls, extractor, spec: dict, device: str = "auto") -> "ExtractorRecipe":
+    def of(cls, extractor, device: str = "auto") -> "ExtractorRecipe":
+        """The recipe of a (fitted) extractor: its state travels, so a worker never refits."""
         return cls(name=extractor.name, params=dict(extractor.params),
                    precision=getattr(extractor, "precision", None),
-                   state=extractor.get_state() if extractor.needs_fit else {}, spec=spec, device=device)
+                   state=extractor.get_state() if extractor.needs_fit else {}, spec=extractor.spec(), device=device)
 
 
 _EXTRACTORS: dict[str, object] = {}  # recipe key -> extractor, one per worker process
@@ -217,15 +204,11 @@ class ShardResult:
     reasons: list
     worker: str  # host:pid
     builds: int  # times this worker process built the extractor (1 when kept)
-    seconds: float
 
 
 def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequence[str], batch_size: int = 32,
                   decode_threads: int = 4) -> ShardResult:
     """Worker task: decode one shard's images and compute their features."""
-    from featx.pipeline import extract_images
-
-    started = time.perf_counter()
     extractor = worker_extractor(recipe)
     if not os.path.isdir(root):
         raise ClusterError(f"worker {socket.gethostname()} cannot see {root}; the images must be on a "
@@ -237,7 +220,7 @@ def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequenc
     else:  # cheap per-image maths: this worker thread does it; Dask spreads the shards
         (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))], workers=1)
     return ShardResult(index, features, ok, list(reasons), f"{socket.gethostname()}:{os.getpid()}",
-                       _BUILDS[recipe.key], time.perf_counter() - started)
+                       _BUILDS[recipe.key])
 
 
 # -- the client side ---------------------------------------------------------------------------
@@ -261,7 +244,6 @@ def extract_on_cluster(client, recipe: ExtractorRecipe, root: str, units, batch_
         in_flight = max(4, 2 * sum(w["nthreads"] for w in _workers(client).values()))
     recipe_future = client.scatter(recipe, broadcast=True, hash=False)
     todo = list(units)
-    position = 0
     done = 0
 
     def submit(unit):
@@ -272,21 +254,19 @@ def extract_on_cluster(client, recipe: ExtractorRecipe, root: str, units, batch_
 
     first = [submit(u) for u in todo[:in_flight]]
     position = len(first)
-    queue = as_completed(first)
+    queue = as_completed(first, with_results=True, raise_errors=False)  # results come in batches
     try:
-        for future in queue:
-            try:
-                result = future.result()
-            except Exception as exc:
+        for future, result in queue:
+            if future.status != "finished":
                 if future.status == "cancelled" or _scheduler_lost(client):
                     raise ClusterError(
-                        f"the scheduler went away after {done} of {len(units)} shards ({type(exc).__name__}); "
+                        f"the scheduler went away after {done} of {len(units)} shards ({type(result).__name__}); "
                         f"the finished shards are in the journal: run the same command again (with or "
                         f"without --scheduler) to compute only the missing ones") from None
-                if type(exc).__name__ == "KilledWorker":
-                    raise ClusterError(f"shard {future.key} killed every worker that ran it ({exc}); check the "
+                if type(result).__name__ == "KilledWorker":
+                    raise ClusterError(f"shard {future.key} killed every worker that ran it ({result}); check the "
                                        f"workers' memory and logs") from None
-                raise
+                raise result
             done += 1
             future.release()
             if position < len(todo):
@@ -310,30 +290,19 @@ def _check_cluster(client, root: str, scheduler: str, needs_gpu: bool) -> None:
 
 
 @dataclass
-class DistributedCacheResult:
-    """``featx.pipeline.CacheResult`` fields, plus what the cluster did."""
+class DistributedCacheResult(CacheResult):
+    """``featx.pipeline.CacheResult`` plus what the cluster did."""
 
-    path: Path
-    rows: int = 0
-    computed: int = 0
-    reused: int = 0
-    failed: list = field(default_factory=list)
-    seconds: float = 0.0
-    noop: bool = False
     shards: int = 0
-    shards_by_worker: dict = field(default_factory=dict)
-    builds_by_worker: dict = field(default_factory=dict)  # max builds of the extractor seen per worker process
-
-    @property
-    def images_per_second(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else 0.0
+    shards_by_worker: dict = field(default_factory=dict)  # host:pid -> shards it computed
+    builds_by_worker: dict = field(default_factory=dict)  # host:pid -> times it built the extractor
 
 
 def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_size: int = 32,
                 workers: int | None = None, dtype: str = "float32", shard_rows: int | None = None,
-                fit_max_images: int = 2000, progress=None, on_shard=None, fit: bool = True,
-                spec_extra: dict | None = None, device: str = "auto", retries: int = DEFAULT_RETRIES,
-                report: Callable[[str], None] | None = None) -> DistributedCacheResult:
+                fit_max_images: int = 2000, progress=None, fit: bool = True, spec_extra: dict | None = None,
+                device: str = "auto", retries: int = DEFAULT_RETRIES,
+                report: Callable[[str], None] | None = None) -> CacheResult:
     """``featx.pipeline.build_cache`` with the shards computed on a Dask cluster.
 
     Same arguments and the same file as the single-machine run, plus ``scheduler``
@@ -342,49 +311,31 @@ def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_si
     raised) and ``report`` (gets the one-line cluster and dashboard summary). ``workers`` is
     the number of decoding threads inside a CNN shard (default 4).
     """
-    from featx.cache import CacheBuilder, cache_path, open_cache
-    from featx.pipeline import Progress, _fit_extractor
+    from featx.cache import open_cache
 
     if device not in ("auto", "cpu", "gpu"):
         raise ClusterError(f"--device must be auto, cpu or gpu; got {device!r}")
     parse_scheduler(scheduler)  # a bad --scheduler fails before any work
     progress = progress or Progress()
-    spec = {**extractor.spec(), **(spec_extra or {})}
-    path = cache_path(cache_dir, manifest, spec, dtype)
-    started = time.perf_counter()
-    with CacheBuilder(path, manifest, spec, dtype) as builder:
-        if builder.is_complete():
-            with open_cache(path) as cache:
-                return DistributedCacheResult(path, rows=cache.n_rows, failed=cache.failed, noop=True,
-                                              seconds=time.perf_counter() - started)
+    with plan_build(manifest, extractor, cache_dir, dtype, batch_size, shard_rows, fit, fit_max_images,
+                    spec_extra, progress) as job:  # the SIFT vocabulary is fitted here, once, before any shard
+        if job.done is not None:
+            return job.done
+        builder, by_index = job.builder, {shard.index: shard for shard, _ in job.units}
         needs_gpu = device == "gpu" and extractor.parallel == "model"
         with connect(scheduler, report=report) as client:
             _check_cluster(client, str(manifest.root), scheduler, needs_gpu)
-            if shard_rows is None:
-                shard_rows = 8 * batch_size if extractor.parallel == "model" else 32
-            builder.prepare(shard_rows=shard_rows)
-            if extractor.needs_fit and fit:
-                _fit_extractor(extractor, manifest, builder, fit_max_images, manifest.seed, progress)
-            elif extractor.needs_fit:
-                builder.save_state(extractor.get_state())
-            recipe = ExtractorRecipe.of(extractor, extractor.spec(), device)
-            pending = builder.pending_shards()
-            by_index = {shard.index: shard for shard in pending}
-            units = [(shard.index, [r.path for r in builder.records_of(shard)]) for shard in pending]
-            todo = sum(len(paths) for _, paths in units)
             progress.start(f"{extractor.name} features on {scheduler}", builder.plan.n_rows)
-            progress.advance(builder.plan.n_rows - todo)
+            progress.advance(builder.plan.n_rows - job.todo)
             compute_started = time.perf_counter()
             shards_by_worker: Counter = Counter()
             builds: dict[str, int] = {}
             try:
-                for result in extract_on_cluster(client, recipe, str(manifest.root), units, batch_size,
+                for result in extract_on_cluster(client, ExtractorRecipe.of(extractor, device), str(manifest.root),
+                                                 [(shard.index, paths) for shard, paths in job.units], batch_size,
                                                  decode_threads=workers or 4,
                                                  resources={"GPU": 1} if needs_gpu else None, retries=retries):
-                    shard = by_index[result.index]
-                    builder.write_shard(shard, result.features, result.ok, result.reasons)
-                    if on_shard is not None:
-                        on_shard(shard)
+                    builder.write_shard(by_index[result.index], result.features, result.ok, result.reasons)
                     shards_by_worker[result.worker] += 1
                     builds[result.worker] = max(builds.get(result.worker, 0), result.builds)
                     progress.advance(len(result.ok))
@@ -392,11 +343,12 @@ def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_si
                 progress.stop()
         compute_seconds = time.perf_counter() - compute_started
         out = builder.publish({"seconds": round(compute_seconds, 3),
-                               "images_per_second": round(todo / compute_seconds, 3) if compute_seconds > 0 and todo else 0.0,
-                               "fit_max_images": fit_max_images})
+                               "images_per_second": round(job.todo / compute_seconds, 3) if compute_seconds > 0 else 0.0,
+                               "fit_max_images": fit_max_images,
+                               "runtime": "keras" if extractor.parallel == "model" else "python"})
         with open_cache(out) as cache:
-            return DistributedCacheResult(out, rows=cache.n_rows, computed=todo, reused=builder.n_reused,
-                                          failed=cache.failed, seconds=compute_seconds, shards=len(units),
+            return DistributedCacheResult(out, rows=cache.n_rows, computed=job.todo, reused=builder.n_reused,
+                                          failed=cache.failed, seconds=compute_seconds, shards=len(by_index),
                                           shards_by_worker=dict(shards_by_worker), builds_by_worker=builds)
 
 

@@ -16,6 +16,7 @@ Two ways to keep the machine busy, chosen by the extractor's ``parallel`` attrib
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -136,6 +137,52 @@ def _fit_extractor(extractor: Extractor, manifest: Manifest, builder: CacheBuild
     builder.save_state(extractor.get_state())
 
 
+@dataclass
+class BuildPlan:
+    """A cache build after its opening: the locked builder and what is left to compute."""
+
+    builder: CacheBuilder
+    units: list = field(default_factory=list)  # [(Shard, [relative paths])] still to compute
+    done: CacheResult | None = None  # set when the cache was already complete: nothing to do
+
+    @property
+    def todo(self) -> int:
+        return sum(len(paths) for _, paths in self.units)
+
+
+@contextlib.contextmanager
+def plan_build(manifest: Manifest, extractor: Extractor, cache_dir="cache", dtype: str = "float32",
+               batch_size: int = 32, shard_rows: int | None = None, fit: bool = True,
+               fit_max_images: int = 2000, spec_extra: dict | None = None,
+               progress: Progress | None = None) -> Iterator[BuildPlan]:
+    """The opening every cache build shares (here and on a Dask cluster, ``featx.distributed``).
+
+    Holds the writer's lock while inside; a complete cache yields ``done`` (a no-op result);
+    otherwise the journal is started or resumed, a learned extractor is fitted (or given its
+    stored state), and ``units`` lists the shards still to compute.
+    """
+    spec = {**extractor.spec(), **(spec_extra or {})}
+    path = cache_path(cache_dir, manifest, spec, dtype)
+    started = time.perf_counter()
+    with CacheBuilder(path, manifest, spec, dtype) as builder:
+        if builder.is_complete():
+            from featx.cache import open_cache
+
+            with open_cache(path) as cache:
+                yield BuildPlan(builder, done=CacheResult(path, rows=cache.n_rows, failed=cache.failed, noop=True,
+                                                          seconds=time.perf_counter() - started))
+            return
+        if shard_rows is None:
+            shard_rows = 8 * batch_size if extractor.parallel == "model" else 32
+        builder.prepare(shard_rows=shard_rows)
+        if extractor.needs_fit and fit:
+            _fit_extractor(extractor, manifest, builder, fit_max_images, manifest.seed, progress or Progress())
+        elif extractor.needs_fit:
+            builder.save_state(extractor.get_state())
+        yield BuildPlan(builder, [(shard, [r.path for r in builder.records_of(shard)])
+                                  for shard in builder.pending_shards()])
+
+
 def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.PathLike = "cache",
                 batch_size: int = 32, workers: int | None = None, dtype: str = "float32",
                 shard_rows: int | None = None, fit_max_images: int = 2000,
@@ -185,32 +232,17 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         from featx.runtime import resolve_runtime
 
         resolve_runtime(runtime, extractor, precision)  # the name only: the model waits until there is work
-    spec = {**extractor.spec(), **(spec_extra or {})}
-    path = cache_path(cache_dir, manifest, spec, dtype)
-    started = time.perf_counter()
-    with CacheBuilder(path, manifest, spec, dtype) as builder:
-        if builder.is_complete():
-            from featx.cache import open_cache
-
-            with open_cache(path) as cache:
-                return CacheResult(path, rows=cache.n_rows, failed=cache.failed, noop=True,
-                                   seconds=time.perf_counter() - started)
-        if shard_rows is None:
-            shard_rows = 8 * batch_size if extractor.parallel == "model" else 32
-        builder.prepare(shard_rows=shard_rows)
-        if extractor.needs_fit and fit:
-            _fit_extractor(extractor, manifest, builder, fit_max_images, manifest.seed, progress)
-        elif extractor.needs_fit:
-            builder.save_state(extractor.get_state())
-        pending = builder.pending_shards()
-        units = [(shard, [r.path for r in builder.records_of(shard)]) for shard in pending]
-        todo = sum(len(paths) for _, paths in units)
+    with plan_build(manifest, extractor, cache_dir, dtype, batch_size, shard_rows, fit, fit_max_images,
+                    spec_extra, progress) as job:
+        if job.done is not None:
+            return job.done
+        builder, units, todo = job.builder, job.units, job.todo
         done_before = builder.plan.n_rows - todo
         label = f"{extractor.name} features"
         progress.start(label, builder.plan.n_rows)
         progress.advance(done_before)
         runner, calibration = None, None
-        if extractor.parallel == "model" and pending:
+        if extractor.parallel == "model" and units:
             from featx.runtime import make_runner, resolve_runtime
 
             if precision == "int8" and resolve_runtime(runtime, extractor, precision) == "openvino":

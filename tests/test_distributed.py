@@ -41,12 +41,14 @@ def test_local_cluster_cache_equals_plain_cache(tmp_path):
     assert any("dashboard" in line for line in lines)
 
 
-def test_bad_scheduler_is_one_line(tmp_path):
+@pytest.mark.parametrize("options, named", [(["--scheduler", "local:zero"], "local:zero"),
+                                             (["--scheduler", "local:2", "--runtime", "openvino"], "--runtime")])
+def test_bad_scheduler_is_one_line(tmp_path, options, named):
     folder = make_kaggle_images(tmp_path / "photos", 2)
-    result = CliRunner().invoke(app, ["cache", str(folder), "--extractor", "hog", "--scheduler", "local:zero",
+    result = CliRunner().invoke(app, ["cache", str(folder), "--extractor", "hog", *options,
                                       "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 2, result.output
-    assert "local:zero" in result.output and "Traceback" not in result.output
+    assert named in result.output and "Traceback" not in result.output
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.h5"))
 
 
