@@ -51,6 +51,9 @@ from typing import Any
 
 import numpy as np
 
+from featx.artifacts.results import METRICS, SweepSummary, rank_rows
+from featx.errors import UserError
+
 __all__ = ["PLOT_FILES", "Experiment", "ReportError", "load_experiment", "write_report"]
 
 #: Plot file names, keyed as in the dictionary :func:`write_report` returns.
@@ -59,7 +62,6 @@ PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
 
 SWEEP_SOURCE = "sweep"
 _FLOAT_COLUMNS = ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds")
-_METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
 _INT_COLUMNS = ("rank", "config", "n_train", "n_test", "repeats")
 # Columns a later stage's results.csv must have; the sweep's own also needs rank and config (its predictions' keys).
 _REQUIRED_COLUMNS = ("features", "head", "params", "selected_by", "select_accuracy", "select_log_loss", "accuracy",
@@ -67,7 +69,7 @@ _REQUIRED_COLUMNS = ("features", "head", "params", "selected_by", "select_accura
 _SWEEP_COLUMNS = ("rank", "config", *_REQUIRED_COLUMNS)
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """The experiment folder cannot be reported on; the message names the file and the fix."""
 
 
@@ -88,7 +90,7 @@ class Experiment:
         (``"sweep"`` or the sub-folder name), ``overall_rank`` (1 = best), ``label`` (features,
         disambiguated when two caches share a name), ``proba`` (test probabilities or None)
         and ``history`` (per-epoch dense-head history or None).
-    summary : dict
+    summary : SweepSummary
         ``results.json`` of the sweep.
     label_names : list of str
     y_test : ndarray of int
@@ -100,7 +102,7 @@ class Experiment:
 
     directory: Path
     rows: list[dict]
-    summary: dict
+    summary: SweepSummary
     label_names: list[str]
     y_test: np.ndarray
     stage_histories: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -132,17 +134,14 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
     missing = [name for name in ("results.csv", "results.json", "predictions.npz") if not (directory / name).is_file()]
     if missing:
         raise ReportError(f"{directory}: no sweep results here (missing {', '.join(missing)}); {fix}")
-    try:
-        summary = json.loads((directory / "results.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{directory / 'results.json'} is not readable JSON ({exc}); {fix}") from exc
-    label_names = [str(name) for name in summary.get("label_names") or []]
+    summary = SweepSummary.read(directory / "results.json")
+    label_names = [str(name) for name in summary.label_names]
     y_test, sweep_proba = _read_predictions(directory / "predictions.npz", fix)
     if not label_names:
         raise ReportError(f"{directory / 'results.json'} has no label_names; {fix}")
 
     rows = _read_rows(directory / "results.csv", SWEEP_SOURCE, fix, _SWEEP_COLUMNS)
-    histories = summary.get("histories") or {}
+    histories = summary.histories or {}
     for row in rows:
         row["proba"] = sweep_proba.get(row["config"])
         history = histories.get(str(row["config"]))
@@ -170,7 +169,9 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
         history = _read_history(stage_csv.parent / "history.csv", stage_fix)
         if history:
             stage_histories[stage] = history
-    _rank(rows)
+    rows[:] = rank_rows(rows)  # ties keep the reading order: the sweep first, then later stages
+    for rank, row in enumerate(rows, start=1):
+        row["overall_rank"] = rank
     _label_features(rows)
     return Experiment(directory=directory, rows=rows, summary=summary, label_names=label_names, y_test=y_test,
                       stage_histories=stage_histories, sources=sources)
@@ -207,7 +208,7 @@ def _read_rows(path: Path, source: str, fix: str, required: tuple[str, ...]) -> 
             for column in _INT_COLUMNS:
                 if raw.get(column) not in (None, ""):
                     row[column] = int(float(raw[column]))
-            for column in _FLOAT_COLUMNS + tuple(f"{m}{s}" for m in _METRICS for s in ("", "_low", "_high", "_std")):
+            for column in _FLOAT_COLUMNS + tuple(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_std")):
                 row[column] = _to_float(raw.get(column))
         except ValueError as exc:
             raise ReportError(f"{path}, line {line}: {exc}; {fix}") from exc
@@ -248,21 +249,6 @@ def _read_history(path: Path, fix: str) -> dict[str, list[float]] | None:
         except (TypeError, ValueError):
             continue  # a non-numeric column (a timestamp, say) is not plotted
     return columns
-
-
-def _rank(rows: list[dict]) -> None:
-    """Order rows best first, the sweep's own order: selection accuracy, then selection log loss."""
-
-    def key(item):
-        index, row = item
-        accuracy, loss = row["select_accuracy"], row["select_log_loss"]
-        # Ties keep the reading order: the sweep first (its csv is in its own rank order), then later stages.
-        return (-accuracy if not math.isnan(accuracy) else math.inf, loss if not math.isnan(loss) else math.inf, index)
-
-    ordered = [row for _, row in sorted(enumerate(rows), key=key)]
-    rows[:] = ordered
-    for rank, row in enumerate(rows, start=1):
-        row["overall_rank"] = rank
 
 
 def _label_features(rows: list[dict]) -> None:
@@ -325,7 +311,7 @@ def _row_name(row: dict) -> str:
 
 
 def _mcnemar_line(experiment: Experiment) -> str | None:
-    result = experiment.summary.get("mcnemar")
+    result = experiment.summary.mcnemar
     if not result:
         return None
     by_config = {row["config"]: row for row in experiment.rows if row["source"] == SWEEP_SOURCE}
@@ -340,7 +326,7 @@ def _mcnemar_line(experiment: Experiment) -> str | None:
 
 
 def _learning_curve_lines(experiment: Experiment) -> list[str]:
-    curve = experiment.summary.get("learning_curve") or []
+    curve = experiment.summary.learning_curve or []
     if not curve:
         return []
     lines = [f"{point['n_train']:,} training images: test accuracy {point['test_accuracy']:.4f}" for point in curve]
@@ -380,7 +366,7 @@ def _sections(experiment: Experiment, figures: dict[str, str], captions: dict[st
     labels = {row.get("caches"): row["label"] for row in experiment.rows}
     feature_lines = [f"{labels.get('+'.join(fs.get('caches', [])), fs['name'])}: "
                      f"{' + '.join(str(d) for d in fs.get('dims', []))} dims from {', '.join(fs.get('caches', []))}"
-                     for fs in summary.get("feature_sets", [])]
+                     for fs in summary.feature_sets]
     if feature_lines:
         sections.append(_Section("Feature caches", feature_lines))
     return sections
@@ -391,10 +377,10 @@ def _headline(experiment: Experiment) -> list[str]:
     best = experiment.rows[0]
     sweep_rows = [row for row in experiment.rows if row["source"] == SWEEP_SOURCE]
     lines = [
-        (f"Protocol: {summary.get('protocol', 'see results.json')}; {sweep_rows[0].get('n_train', '?')} train and "
+        (f"Protocol: {summary.protocol or 'see results.json'}; {sweep_rows[0].get('n_train', '?')} train and "
          f"{len(experiment.y_test)} test images; classes: {', '.join(experiment.label_names)}; "
-         f"seed {summary.get('seed', '?')}, {summary.get('repeats', 1)} repeat(s), "
-         f"{summary.get('n_boot', '?')} bootstrap resamples for the 95% intervals."),
+         f"seed {summary.seed}, {summary.repeats} repeat(s), "
+         f"{summary.n_boot} bootstrap resamples for the 95% intervals."),
         f"Best: {_row_name(best)}, test accuracy {format_accuracy(best)}.",
     ]
     if len(experiment.sources) > 1:
@@ -550,8 +536,8 @@ def plot_confusion(experiment: Experiment, row: dict):
 
 def plot_learning_curve(experiment: Experiment):
     """Test accuracy of the sweep's best configuration against the number of training images."""
-    curve = experiment.summary.get("learning_curve") or []
-    best_config = (experiment.summary.get("best") or {}).get("config")
+    curve = experiment.summary.learning_curve or []
+    best_config = experiment.summary.best.get("config")
     best = next((row for row in experiment.rows
                  if row["source"] == SWEEP_SOURCE and row["config"] == best_config), None)
     sizes = [point["n_train"] for point in curve]
@@ -647,7 +633,7 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
         plotters["roc"] = lambda: plot_roc(experiment, with_predictions[:top])
         plotters["pr"] = lambda: plot_precision_recall(experiment, with_predictions[:top])
         plotters["confusion"] = lambda: plot_confusion(experiment, experiment.best_with_predictions)
-    if experiment.summary.get("learning_curve"):
+    if experiment.summary.learning_curve:
         plotters["learning_curve"] = lambda: plot_learning_curve(experiment)
     if dense_rows or experiment.stage_histories:
         plotters["dense_history"] = lambda: plot_history(experiment, dense_rows)

@@ -28,14 +28,14 @@ import itertools
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from featx import __version__
-from featx.artifacts.results import METRICS, RESULT_COLUMNS, write_rows_csv
+from featx.artifacts.results import METRICS, SweepBundle, SweepSummary, rank_rows, write_rows_csv
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
 
 __all__ = ["SweepError", "FeatureSet", "load_feature_set", "expand_grid", "run_sweep", "SweepResult"]
@@ -263,7 +263,7 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     rows = [r["row"] for r in results]
     for i, row in enumerate(rows):
         row["config"] = i
-    ranking = sorted(range(len(rows)), key=lambda i: (-rows[i]["select_accuracy"], rows[i]["select_log_loss"], i))
+    ranking = [row["config"] for row in rank_rows(rows)]
     for rank, i in enumerate(ranking, start=1):
         rows[i]["rank"] = rank
     best_index = ranking[0]
@@ -282,26 +282,21 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         curve = _learning_curve(feature_sets[set_index], head, params, preprocessing, seed)
 
     best_fs = feature_sets[jobs[best_index][0]]
-    bundle = {
-        "model": results[best_index]["model"], "label_names": label_names,
-        "extractors": best_fs.extractors, "dims": best_fs.dims, "head": best_row["head"],
-        "params": json.loads(best_row["params"]), "preprocessing": preprocessing,
-        "metrics": {k: best_row[k] for k in METRICS},
-        "featx_version": __version__, "seed": seed,
-    }
+    bundle = SweepBundle(
+        model=results[best_index]["model"], label_names=label_names, extractors=best_fs.extractors,
+        dims=best_fs.dims, head=best_row["head"], params=json.loads(best_row["params"]),
+        preprocessing=preprocessing, metrics={k: best_row[k] for k in METRICS}, featx_version=__version__, seed=seed)
     out_dir = Path(out_dir)
-    summary = {
-        "featx_version": __version__, "seed": seed, "repeats": repeats, "cv": cv, "n_boot": n_boot,
-        "label_names": label_names, "feature_sets": [{"name": fs.name, "caches": fs.cache_paths, "dims": fs.dims}
-                                                     for fs in feature_sets],
-        "protocol": "fit on train; select by " + ("val accuracy" if best_row["selected_by"] == "val"
-                                                  else f"{cv}-fold CV accuracy on train") + "; report on test",
-        "rows": rows, "best": best_row, "mcnemar": mcnemar_result, "learning_curve": curve,
-        "histories": {str(i): r["history"] for i, r in enumerate(results) if r["history"]},
-        "seconds": time.perf_counter() - started,
-    }
+    summary = SweepSummary(
+        featx_version=__version__, seed=seed, repeats=repeats, cv=cv, n_boot=n_boot, label_names=label_names,
+        feature_sets=[{"name": fs.name, "caches": fs.cache_paths, "dims": fs.dims} for fs in feature_sets],
+        protocol="fit on train; select by " + ("val accuracy" if best_row["selected_by"] == "val"
+                                               else f"{cv}-fold CV accuracy on train") + "; report on test",
+        rows=rows, best=best_row, mcnemar=mcnemar_result, learning_curve=curve,
+        histories={str(i): r["history"] for i, r in enumerate(results) if r["history"]},
+        seconds=time.perf_counter() - started)
     _write_outputs(out_dir, rows, summary, bundle, y_test, results, test_paths)
-    return SweepResult(out_dir, rows, best_row, mcnemar_result, summary["seconds"])
+    return SweepResult(out_dir, rows, best_row, mcnemar_result, summary.seconds)
 
 
 def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed: int,
@@ -328,17 +323,16 @@ def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed
     return curve
 
 
-def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:
+def _write_outputs(out_dir: Path, rows, summary: SweepSummary, bundle: SweepBundle, y_test, results,
+                   test_paths) -> None:
     """Publish the experiment folder atomically, under its lock; later stages' folders are kept."""
-    import joblib
-
     from featx.storage import stage_folder
 
     # finetune/ and scratch/ never move before the new folder is complete (report files are remade).
     with stage_folder(out_dir, keep=("finetune", "scratch"), what="featx sweep") as tmp:
         write_rows_csv(tmp / "results.csv", sorted(rows, key=lambda r: r["rank"]))
-        (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+        summary.write(tmp / "results.json")
         np.savez_compressed(tmp / "predictions.npz", y_test=y_test, paths=np.array(test_paths),
-                            label_names=np.array(summary["label_names"]),
+                            label_names=np.array(summary.label_names),
                             **{f"config_{i}": r["test_proba"].astype(np.float32) for i, r in enumerate(results)})
-        joblib.dump(bundle, tmp / "best.joblib")
+        bundle.write(tmp / "best.joblib")
