@@ -16,7 +16,8 @@ ROC AUC need probabilities) and seeded from ``random_state``:
 ``dense``
     :class:`KerasDenseClassifier`: the transfer-learning recipes' small Keras top
     (Dropout 0.5 -> Dense 256 ReLU -> sigmoid / softmax, RMSprop lr 2e-5) as a
-    real scikit-learn estimator (``clone``, ``GridSearchCV``, joblib all work).
+    real scikit-learn estimator (``clone``, ``GridSearchCV``, joblib all work;
+    the fitted network pickles through Keras 3's own ``Model.__reduce__``).
 
 :func:`make_head` puts preprocessing steps (``standard``, ``l2``, ``pca:N``)
 in front of a head in a :class:`~sklearn.pipeline.Pipeline` whose steps are
@@ -37,8 +38,6 @@ Examples
 
 from __future__ import annotations
 
-import os
-import tempfile
 from numbers import Integral, Real
 from typing import Any, Sequence
 
@@ -47,7 +46,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.model_selection import ParameterGrid, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder, Normalizer, StandardScaler
 from sklearn.svm import SVC
@@ -126,7 +126,7 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
             )
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier; got only {self.classes_.tolist()}")
+            raise ValueError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
         inputs, y_fit = self._fit_inputs(X, y)
         smallest_class = int(np.min(np.unique(y_fit, return_counts=True)[1]))
         n_folds = min(int(self.calibration_cv), smallest_class)
@@ -156,7 +156,8 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """The class with the highest calibrated probability."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def _in_chunks(function, X, rows_per_chunk: int = 4096):
@@ -294,6 +295,12 @@ class LinearSVMClassifier(_CalibratedSVM):
         check_is_fitted(self)
         return self.svm_.intercept_
 
+    @property
+    def n_iter_(self):
+        """L-BFGS iterations of the SVM fitted on all rows."""
+        check_is_fitted(self)
+        return self.svm_.n_iter_
+
 
 class RBFSVMClassifier(_CalibratedSVM):
     """Kernel (RBF) SVM on at most ``max_train_rows`` rows, with calibrated probabilities.
@@ -301,8 +308,9 @@ class RBFSVMClassifier(_CalibratedSVM):
     Kernel SVM training grows roughly quadratically with the rows, so when the
     training set is larger than ``max_train_rows`` a stratified random sample of
     that many rows (drawn from ``random_state``) is kept. The kernel matrix is
-    computed once in float32 BLAS (several times faster than libsvm's own
-    per-pair kernel on 1,000+ dimensional features) and handed to
+    computed once by :func:`sklearn.metrics.pairwise.rbf_kernel` (BLAS: several
+    times faster than libsvm's own per-pair kernel on 1,000+ dimensional
+    features) and handed to
     ``SVC(kernel="precomputed")``; prediction computes kernels against the
     support vectors only. Set ``max_train_rows=None`` to train on all rows.
 
@@ -357,13 +365,13 @@ class RBFSVMClassifier(_CalibratedSVM):
         variance = float(np.var(X, dtype=np.float64))
         self.gamma_ = float(self.gamma_factor) / (X.shape[1] * variance) if variance > 0 else float(self.gamma_factor)
         self.landmarks_ = np.ascontiguousarray(X, dtype=np.float32)
-        return _rbf_kernel(self.landmarks_, self.landmarks_, self.gamma_), y
+        return rbf_kernel(self.landmarks_, gamma=self.gamma_), y
 
     def _svm_inputs(self, X):
         # Only support vectors have non-zero dual coefficients: the other kernel columns stay 0.
         support = self.svm_.support_
         kernel = np.zeros((X.shape[0], self.landmarks_.shape[0]), dtype=np.float64)
-        kernel[:, support] = _rbf_kernel(np.asarray(X, dtype=np.float32), self.landmarks_[support], self.gamma_)
+        kernel[:, support] = rbf_kernel(np.asarray(X, dtype=np.float32), self.landmarks_[support], gamma=self.gamma_)
         return kernel
 
     def _make_svm(self):
@@ -371,14 +379,6 @@ class RBFSVMClassifier(_CalibratedSVM):
             raise ValueError(f"C must be a positive number; got {self.C!r}")
         return SVC(C=self.C, kernel="precomputed", class_weight=self.class_weight, decision_function_shape="ovr",
                    random_state=self.random_state)
-
-
-def _rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
-    """exp(-gamma * ||a - b||^2) for all row pairs, via one float32 matrix product."""
-    sq_a = np.einsum("ij,ij->i", A, A, dtype=np.float64)
-    sq_b = np.einsum("ij,ij->i", B, B, dtype=np.float64)
-    sq_dist = sq_a[:, None] + sq_b[None, :] - 2.0 * (A @ B.T).astype(np.float64)
-    return np.exp(-gamma * np.maximum(sq_dist, 0.0))
 
 
 # ---------------------------------------------------------------------------
@@ -483,7 +483,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier; got only {self.classes_.tolist()}")
+            raise ValueError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
         y_index = encoder.transform(y)
         seed = self.random_state
         if seed is not None:
@@ -586,21 +586,8 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """The class with the highest probability."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    # -- persistence -----------------------------------------------------
-    def __getstate__(self):
-        state = super().__getstate__()
-        if "model_" in state:
-            state = dict(state)
-            state["model_"] = _model_to_bytes(state["model_"])
-        return state
-
-    def __setstate__(self, state):
-        if isinstance(state.get("model_"), (bytes, bytearray)):
-            state = dict(state)
-            state["model_"] = _model_from_bytes(state["model_"])
-        super().__setstate__(state)
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def make_optimizer(name: str, learning_rate: float):
@@ -621,25 +608,6 @@ def _holdout(X, y_index, fraction: float, seed):
     X_train, X_val, y_train, y_val = train_test_split(X, y_index, test_size=fraction, stratify=stratify,
                                                       random_state=seed)
     return X_train, y_train, X_val, y_val
-
-
-def _model_to_bytes(model) -> bytes:
-    """Serialise a Keras model (architecture, weights, optimizer) through a temporary .keras file."""
-    with tempfile.TemporaryDirectory(prefix="featx-") as folder:
-        path = os.path.join(folder, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            return handle.read()
-
-
-def _model_from_bytes(blob: bytes):
-    import keras
-
-    with tempfile.TemporaryDirectory(prefix="featx-") as folder:
-        path = os.path.join(folder, "model.keras")
-        with open(path, "wb") as handle:
-            handle.write(blob)
-        return keras.models.load_model(path)
 
 
 # ---------------------------------------------------------------------------
@@ -763,10 +731,4 @@ DEFAULT_GRIDS: dict[str, list[dict]] = {
 
 def grid_size(grid: list[dict]) -> int:
     """Number of configurations in a parameter grid (a list of dicts of lists)."""
-    total = 0
-    for block in grid:
-        count = 1
-        for values in block.values():
-            count *= len(values)
-        total += count
-    return total
+    return len(ParameterGrid(grid))

@@ -24,7 +24,6 @@ Outputs (in ``out_dir``, written to a temporary folder and renamed into place)
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import time
@@ -46,12 +45,9 @@ class SweepError(FeatureSetError):
 
 def expand_grid(grid: list[dict]) -> list[dict]:
     """All parameter combinations of a grid (a list of dicts of lists), in a stable order."""
-    configs = []
-    for block in grid:
-        keys = sorted(block)
-        for values in itertools.product(*(block[k] for k in keys)):
-            configs.append(dict(zip(keys, values)))
-    return configs
+    from sklearn.model_selection import ParameterGrid
+
+    return list(ParameterGrid(grid))
 
 
 def _validate(fs: FeatureSet, cv: int) -> bool:
