@@ -11,8 +11,8 @@ The report reads only what earlier stages wrote into ``experiments/<name>/``:
 ``<stage>/history.csv``
     a later stage's per-epoch log (``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
 
-It writes, beside them, ``report.md`` and ``report.html`` (the same content; the HTML has its
-style inline and shows the PNGs by relative path) and these plots:
+It writes, beside them, ``report.md`` and ``report.html`` (rendered from ``report.md`` by
+markdown-it-py, style inline, PNGs by relative path) and these plots:
 
 ``roc.png``, ``pr.png``
     ROC and precision-recall curves of the top configurations on the test split (binary: the
@@ -53,6 +53,7 @@ import numpy as np
 
 from featx.artifacts.results import METRICS, SweepSummary, rank_rows
 from featx.errors import UserError
+from featx.storage import temp_path
 
 __all__ = ["PLOT_FILES", "Experiment", "ReportError", "load_experiment", "write_report"]
 
@@ -337,41 +338,6 @@ def _learning_curve_lines(experiment: Experiment) -> list[str]:
     return lines
 
 
-@dataclass
-class _Section:
-    """A titled block of the report: paragraphs, then an optional figure."""
-
-    title: str
-    paragraphs: list[str]
-    figure: str | None = None
-    caption: str = ""
-
-
-def _sections(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> list[_Section]:
-    summary = experiment.summary
-    sections = []
-    mcnemar_line = _mcnemar_line(experiment)
-    if mcnemar_line:
-        sections.append(_Section("Best two compared", [mcnemar_line]))
-    for key, title in (("roc", "ROC curves (test)"), ("pr", "Precision-recall curves (test)"),
-                       ("confusion", "Confusion matrix (test)")):
-        if key in figures:
-            sections.append(_Section(title, [], figures[key], captions[key]))
-    curve_lines = _learning_curve_lines(experiment)
-    if curve_lines:
-        sections.append(_Section("How many training images?", curve_lines, figures.get("learning_curve"),
-                                 captions.get("learning_curve", "")))
-    if "dense_history" in figures:
-        sections.append(_Section("Training history", [], figures["dense_history"], captions["dense_history"]))
-    labels = {row.get("caches"): row["label"] for row in experiment.rows}
-    feature_lines = [f"{labels.get('+'.join(fs.get('caches', [])), fs['name'])}: "
-                     f"{' + '.join(str(d) for d in fs.get('dims', []))} dims from {', '.join(fs.get('caches', []))}"
-                     for fs in summary.feature_sets]
-    if feature_lines:
-        sections.append(_Section("Feature caches", feature_lines))
-    return sections
-
-
 def _headline(experiment: Experiment) -> list[str]:
     summary = experiment.summary
     best = experiment.rows[0]
@@ -388,58 +354,67 @@ def _headline(experiment: Experiment) -> list[str]:
     return lines
 
 
+def _escape(text: str) -> str:
+    """Text as literal Markdown (a table cell's ``|`` included)."""
+    for char in "\\|*`":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+#: Right-aligned (numeric) columns of the ranked table.
+_NUMERIC = {0, 5, 6, 7, 8, 9, 10}
+
+
 def render_markdown(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
     """The report as Markdown; ``figures`` maps plot keys to file names beside the report."""
+    lines = [f"# featx report: {_escape(experiment.directory.name)}", ""]
+    lines += [f"{_escape(line)}  " for line in _headline(experiment)]
+    lines += ["", "## Ranked configurations", "", "| " + " | ".join(TABLE_HEADER) + " |",
+              "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(TABLE_HEADER))) + "|"]
+    lines += ["| " + " | ".join(_escape(c) for c in table_cells(row)) + " |" for row in experiment.rows]
 
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
+    def section(title: str, paragraphs: list[str], figure: str | None = None) -> None:
+        lines.extend(["", f"## {title}", ""])
+        paragraphs = [_escape(p) for p in paragraphs]
+        lines.extend([f"- {p}" for p in paragraphs] if len(paragraphs) > 1 else paragraphs)
+        if figure in figures:
+            caption = _escape(captions[figure])
+            lines.extend([""] * bool(paragraphs) + [f"![{caption}]({figures[figure]})", "", f"*{caption}*"])
 
-    lines = [f"# featx report: {experiment.directory.name}", ""]
-    lines += [f"{line}  " for line in _headline(experiment)]
-    lines += ["", "## Ranked configurations", "",
-              "| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in table_cells(row)) + " |" for row in experiment.rows]
-    for section in _sections(experiment, figures, captions):
-        lines += ["", f"## {section.title}", ""]
-        lines += [f"- {p}" for p in section.paragraphs] if len(section.paragraphs) > 1 else section.paragraphs
-        if section.figure:
-            lines += [""] if section.paragraphs else []
-            lines += [f"![{section.caption}]({section.figure})", "", f"*{section.caption}*"]
+    mcnemar_line = _mcnemar_line(experiment)
+    if mcnemar_line:
+        section("Best two compared", [mcnemar_line])
+    for key, title in (("roc", "ROC curves (test)"), ("pr", "Precision-recall curves (test)"),
+                       ("confusion", "Confusion matrix (test)")):
+        if key in figures:
+            section(title, [], key)
+    curve_lines = _learning_curve_lines(experiment)
+    if curve_lines:
+        section("How many training images?", curve_lines, "learning_curve")
+    if "dense_history" in figures:
+        section("Training history", [], "dense_history")
+    labels = {row.get("caches"): row["label"] for row in experiment.rows}
+    feature_lines = [f"{labels.get('+'.join(fs.get('caches', [])), fs['name'])}: "
+                     f"{' + '.join(str(d) for d in fs.get('dims', []))} dims from {', '.join(fs.get('caches', []))}"
+                     for fs in experiment.summary.feature_sets]
+    if feature_lines:
+        section("Feature caches", feature_lines)
     return "\n".join(lines) + "\n"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}"""
+th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}td[style]{font-variant-numeric:tabular-nums}
+img{max-width:100%}p>em{color:#555;font-size:0.9em}"""
 
 
-def render_html(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
-    """The report as one HTML page (inline style; PNGs by relative path)."""
-    e = html.escape
-    numeric = {0, 5, 6, 7, 8, 9, 10}
-    title = f"featx report: {experiment.directory.name}"
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    parts += [f"<p>{e(line)}</p>" for line in _headline(experiment)]
-    parts += ["<h2>Ranked configurations</h2>", "<table>",
-              "<tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>"]
-    for row in experiment.rows:
-        cells = table_cells(row)
-        parts.append("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>"
-                                      for i, c in enumerate(cells)) + "</tr>")
-    parts.append("</table>")
-    for section in _sections(experiment, figures, captions):
-        parts.append(f"<h2>{e(section.title)}</h2>")
-        if len(section.paragraphs) > 1:
-            parts.append("<ul>" + "".join(f"<li>{e(p)}</li>" for p in section.paragraphs) + "</ul>")
-        else:
-            parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
-        if section.figure:
-            parts.append(f'<figure><img src="{e(section.figure)}" alt="{e(section.caption)}">'
-                         f"<figcaption>{e(section.caption)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def render_html(markdown: str, title: str) -> str:
+    """``report.md`` as one HTML page (markdown-it-py, CommonMark plus tables; raw HTML off; inline style)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,8 +621,10 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
             final = directory / PLOT_FILES[key]
             figure.savefig(_stage(final, staged), format="png")
             figures[key] = final.name
-        for name, render in (("report.md", render_markdown), ("report.html", render_html)):
-            _stage(directory / name, staged).write_text(render(experiment, figures, captions), encoding="utf-8")
+        markdown = render_markdown(experiment, figures, captions)
+        html_page = render_html(markdown, f"featx report: {directory.name}")
+        for name, text in (("report.md", markdown), ("report.html", html_page)):
+            _stage(directory / name, staged).write_text(text, encoding="utf-8")
         for temporary, final in staged:
             os.replace(temporary, final)
     finally:
@@ -663,6 +640,6 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
 
 def _stage(final: Path, staged: list[tuple[Path, Path]]) -> Path:
     """A temporary name beside ``final``, remembered for the rename (or the clean-up)."""
-    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    temporary = temp_path(final)
     staged.append((temporary, final))
     return temporary

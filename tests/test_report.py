@@ -84,7 +84,7 @@ def markdown_table(text: str) -> list[list[str]]:
 
 
 def html_table(text: str) -> list[list[str]]:
-    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(<td.*?)</tr>", text)]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>\s*(<td.*?)</tr>", text, re.S)]
 
 
 def expected_accuracy_cell(row: dict) -> str:
@@ -117,6 +117,9 @@ def test_markdown_and_html_tables_follow_results_csv_in_rank_order(reported):
     html_rows = html_table(paths["html"].read_text())
 
     assert len(results) == 4 and len(markdown_rows) == len(results) and len(html_rows) == len(results)
+    # report.html is report.md rendered (markdown-it's table rule): numeric columns right-aligned in both
+    assert '<th style="text-align:right">rank</th>' in paths["html"].read_text()
+    assert "|---:|---|---|" in paths["markdown"].read_text()
     accuracies = {row["accuracy"] for row in results}
     assert len(accuracies) > 1, "the tiny data should separate the configurations"
     for rank, (expected, md_cells, html_cells) in enumerate(zip(results, markdown_rows, html_rows), start=1):
