@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from featx.errors import UserError
 
 __all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
            "extract_on_cluster", "build_cache", "DistributedCacheResult", "joblib_on_cluster"]
@@ -51,7 +52,7 @@ DEFAULT_RETRIES = 2
 _CONNECT_TIMEOUT_S = 15
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError, ValueError):
     """The cluster cannot run the job as asked; the message says why and what to do."""
 
 

@@ -55,7 +55,10 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featx.errors import UserError
+
 __all__ = [
+    "HeadError",
     "HEADS",
     "PREPROCESSING",
     "DEFAULT_GRIDS",
@@ -73,6 +76,12 @@ HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
 _STEPS_PER_EXECUTION = 32
 PREPROCESSING = ("standard", "l2", "pca:N", "pca:F", "none")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+class HeadError(UserError, ValueError):
+    """An unknown head, head parameter or preprocessing step (from ``--heads``, ``--preprocessing``,
+    ``--grid``); the message lists the valid choices. An estimator's own parameter checks at ``fit``
+    stay ``ValueError``, as in scikit-learn."""
 
 
 # ---------------------------------------------------------------------------
@@ -646,9 +655,9 @@ def make_preprocessing(spec: str, random_state=None):
             return PCA(n_components=int(amount), random_state=random_state)
         if 0 < amount < 1:
             return PCA(n_components=amount, svd_solver="full", random_state=random_state)
-        raise ValueError(f"PCA size in {spec!r} must be a whole number of components (pca:256) or a variance "
+        raise HeadError(f"PCA size in {spec!r} must be a whole number of components (pca:256) or a variance "
                          f"share between 0 and 1 (pca:0.95); got {raw!r}")
-    raise ValueError(f"unknown preprocessing {spec!r}; expected one of {', '.join(PREPROCESSING)} "
+    raise HeadError(f"unknown preprocessing {spec!r}; expected one of {', '.join(PREPROCESSING)} "
                      "(or a list of them, e.g. ['l2', 'standard'])")
 
 
@@ -692,19 +701,17 @@ def make_head(name: str, preprocessing: str | Sequence[str] = "standard", *, ran
 
 
 def _make_classifier(name: str, random_state, params: dict):
-    if name == "logreg":
-        options = {"C": 1.0, "max_iter": 300}
-        options.update(params)
-        return LogisticRegression(random_state=random_state, **options)
-    factories = {"linsvm": LinearSVMClassifier, "rbfsvm": RBFSVMClassifier, "dense": KerasDenseClassifier}
+    factories = {"logreg": LogisticRegression, "linsvm": LinearSVMClassifier, "rbfsvm": RBFSVMClassifier,
+                 "dense": KerasDenseClassifier}
     if name not in factories:
-        raise ValueError(f"unknown head {name!r}; expected one of {', '.join(HEADS)}")
+        raise HeadError(f"unknown head {name!r}; expected one of {', '.join(HEADS)}")
     cls = factories[name]
     valid = set(cls().get_params())
     unknown = sorted(set(params) - valid)
     if unknown:
-        raise TypeError(f"{name} head has no parameter(s) {unknown}; valid ones are {sorted(valid)}")
-    return cls(random_state=random_state, **params)
+        raise HeadError(f"{name} head has no parameter(s) {unknown}; valid ones are {sorted(valid)}")
+    defaults = {"C": 1.0, "max_iter": 300} if name == "logreg" else {}
+    return cls(random_state=random_state, **{**defaults, **params})
 
 
 # The default sweep: 20 configurations (logreg 4, linsvm 4, rbfsvm 6, dense 6),

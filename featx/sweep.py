@@ -50,6 +50,21 @@ def expand_grid(grid: list[dict]) -> list[dict]:
     return list(ParameterGrid(grid))
 
 
+def _checked_configs(head: str, grid: list[dict], preprocessing) -> list[dict]:
+    """The grid's configurations, each checked against the head's pipeline before any fit."""
+    from featx.heads import make_head
+
+    try:
+        configs = expand_grid(grid)
+        for params in configs:
+            make_head(head, preprocessing).set_params(**params)
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"the {head} grid {json.dumps(_jsonable(grid))} does not fit the head ({exc}); give "
+                         f"--grid as {{\"{head}\": [{{\"head__PARAM\": [values]}}]}} and --preprocessing as "
+                         f"standard, l2, pca:N or none") from None
+    return configs
+
+
 def _validate(fs: FeatureSet, cv: int) -> bool:
     """Check the splits; returns True when selection uses val (else CV on train)."""
     train, val, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_VAL), fs.rows(SPLIT_TEST)
@@ -194,8 +209,8 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     from featx.metrics import mcnemar
 
     started = time.perf_counter()
-    if repeats < 1:
-        raise SweepError(f"--repeats must be at least 1; got {repeats}")
+    if repeats < 1 or n_boot < 1 or cv < 2:
+        raise SweepError(f"--repeats and --n-boot must be at least 1, --cv at least 2; got {repeats}, {n_boot}, {cv}")
     unknown = [h for h in heads if h not in HEADS]
     if unknown:
         raise SweepError(f"unknown head(s) {unknown}; choose from {', '.join(HEADS)}")
@@ -215,12 +230,12 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
             raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
                              f"results would not be comparable: make all caches from one manifest")
 
+    configs = {head: _checked_configs(head, grids[head], preprocessing) for head in heads}
     jobs = []
     for set_index, fs in enumerate(feature_sets):
         select_on_val = _validate(fs, cv)
         for head in heads:
-            for params in expand_grid(grids[head]):
-                jobs.append((set_index, head, params, select_on_val))
+            jobs.extend((set_index, head, params, select_on_val) for params in configs[head])
     if progress is not None:
         progress.start(f"sweep: {len(jobs)} configs x {repeats} seed(s)", len(jobs))
 

@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from featx.heads import (DEFAULT_GRIDS, HEADS, KerasDenseClassifier, LinearSVMClassifier, RBFSVMClassifier,
+from featx.heads import (DEFAULT_GRIDS, HEADS, HeadError, KerasDenseClassifier, LinearSVMClassifier, RBFSVMClassifier,
                          grid_size, make_head)
 
 # Small and quick: the dense head trains with a high learning rate for a few epochs.
@@ -106,13 +106,14 @@ def test_make_head_builds_named_steps():
     ({"name": "logreg", "preprocessing": "pca:-3"}, "whole number of components"),
 ])
 def test_make_head_rejects_bad_names_with_the_choices(bad, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(HeadError, match=message):
         make_head(**bad)
 
 
 def test_make_head_rejects_unknown_head_parameters():
-    with pytest.raises(TypeError, match="dense head has no parameter"):
-        make_head("dense", hidden=128)
+    for name in HEADS:
+        with pytest.raises(HeadError, match=f"{name} head has no parameter\\(s\\) \\['hidden'\\]"):
+            make_head(name, hidden=128)
 
 
 def test_default_grids_cover_every_head_with_at_least_20_configs():
