@@ -67,6 +67,7 @@ __all__ = [
     "RBFSVMClassifier",
     "make_head",
     "make_preprocessing",
+    "class_probabilities",
     "grid_size",
 ]
 
@@ -734,6 +735,20 @@ DEFAULT_GRIDS: dict[str, list[dict]] = {
          "head__batch_size": [256]},
     ],
 }
+
+
+def class_probabilities(model, X, n_classes: int) -> np.ndarray:
+    """``model.predict_proba(X)`` with one column per class index ``0 .. n_classes - 1``.
+
+    A head fitted on a subset of the classes (``classes_`` are indices) gives the others probability 0.
+    """
+    proba = model.predict_proba(X)
+    seen = [int(c) for c in model.classes_]
+    if seen == list(range(n_classes)):
+        return proba
+    full = np.zeros((len(X), n_classes))
+    full[:, seen] = proba
+    return full
 
 
 def grid_size(grid: list[dict]) -> int:

@@ -177,14 +177,9 @@ class SweepModel:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """The head's probabilities with one column per class of ``label_names``."""
-        proba = self.model.predict_proba(X)
-        seen = [int(c) for c in self.model.classes_]
-        if seen == list(range(len(self.label_names))):
-            return proba
-        # A head trained on a subset of the classes gives the others probability 0.
-        full = np.zeros((len(X), len(self.label_names)))
-        full[:, seen] = proba
-        return full
+        from featx.heads import class_probabilities
+
+        return class_probabilities(self.model, X, len(self.label_names))
 
 
 def _read_rows(features, rows: Sequence[int]) -> np.ndarray:

@@ -103,7 +103,7 @@ def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: i
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
-    from featx.heads import make_head
+    from featx.heads import class_probabilities, make_head
     from featx.metrics import classification_metrics
 
     train, val, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_VAL), fs.rows(SPLIT_TEST)
@@ -114,37 +114,26 @@ def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: i
         started = time.perf_counter()
         model.fit(fs.X[train], fs.y[train])
         fit_seconds = time.perf_counter() - started
-        select = classification_metrics(fs.y[val], _proba(model, fs.X[val], classes), classes)
+        select = classification_metrics(fs.y[val], class_probabilities(model, fs.X[val], len(classes)), classes)
     else:
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         scores = []
         for fold_train, fold_test in folds.split(fs.X[train], fs.y[train]):
             fold_model = clone(model).fit(fs.X[train][fold_train], fs.y[train][fold_train])
-            proba = _proba(fold_model, fs.X[train][fold_test], classes)
+            proba = class_probabilities(fold_model, fs.X[train][fold_test], len(classes))
             scores.append(classification_metrics(fs.y[train][fold_test], proba, classes))
         select = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         started = time.perf_counter()
         model.fit(fs.X[train], fs.y[train])
         fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    test_proba = _proba(model, fs.X[test], classes)
+    test_proba = class_probabilities(model, fs.X[test], len(classes))
     predict_seconds = time.perf_counter() - started
     history = getattr(model.steps[-1][1], "history_", None)
     return {"select_accuracy": float(select["accuracy"]), "select_log_loss": float(select["log_loss"]),
             "test_proba": test_proba, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
             "history": {k: [float(v) for v in vals] for k, vals in history.items()} if history else None,
             "model": model}
-
-
-def _proba(model, X, classes) -> np.ndarray:
-    """Probabilities with one column per class index (a head may have seen a subset)."""
-    proba = model.predict_proba(X)
-    seen = list(model.classes_)
-    if len(seen) == len(classes):
-        return proba
-    full = np.zeros((len(X), len(classes)))
-    full[:, seen] = proba
-    return full
 
 
 def _run_config(fs: FeatureSet, head: str, params: dict, preprocessing, seeds: list[int],
@@ -313,7 +302,7 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
 def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed: int,
                     fractions=(0.1, 0.25, 0.5, 1.0)) -> list[dict]:
     """Test accuracy of one configuration against the number of training images."""
-    from featx.heads import make_head
+    from featx.heads import class_probabilities, make_head
 
     train, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_TEST)
     rng = np.random.default_rng(seed)
@@ -328,7 +317,7 @@ def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed
             continue
         model = make_head(head, preprocessing, random_state=seed).set_params(**params)
         model.fit(fs.X[subset], fs.y[subset])
-        proba = _proba(model, fs.X[test], np.arange(len(fs.label_names)))
+        proba = class_probabilities(model, fs.X[test], len(fs.label_names))
         accuracy = float(np.mean(proba.argmax(axis=1) == fs.y[test]))
         curve.append({"n_train": int(n), "fraction": fraction, "test_accuracy": accuracy})
     return curve

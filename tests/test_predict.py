@@ -199,7 +199,7 @@ def test_load_model_finds_the_model_or_says_what_it_expected(hog_experiment, tmp
     with pytest.raises(ArtifactError, match="junk.joblib is not a readable joblib file"):
         load_model(tmp_path / "junk.joblib")
     joblib.dump({"model": None}, tmp_path / "other.joblib")
-    with pytest.raises(ArtifactError, match="not a complete featx sweep_bundle \\(missing dims, extractors, label_names\\)"):
+    with pytest.raises(ArtifactError, match=r"not a complete featx sweep_bundle \(missing dims, extractors, label_names"):
         load_model(tmp_path / "other.joblib")
     bundle = joblib.load(hog_experiment.bundle)
     bundle["dims"] = []
