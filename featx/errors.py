@@ -63,7 +63,10 @@ def unwrap_tf_error(exc: BaseException) -> BaseException:
     names = sorted({c.__name__ for base in user_error_types() for c in (base, *_subclasses(base))}, key=len,
                    reverse=True)
     text = getattr(exc, "message", None) or str(exc)
-    match = re.search(r"(?:^|[\s:.])(?:" + "|".join(map(re.escape, names)) + r"): ([^\n]+)", text)
+    # Only the line before the embedded traceback names the exception that ended the call; a user
+    # error further down (one a featx bug raised while handling it) must not hide the bug.
+    head = text.split("\nTraceback (most recent call last)", 1)[0]
+    match = re.search(r"(?:^|[\s:.])(?:" + "|".join(map(re.escape, names)) + r"): ([^\n]+)", head)
     if match is None:
         return exc
     unwrapped = UserError(match.group(1).strip())

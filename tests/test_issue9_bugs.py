@@ -163,7 +163,7 @@ def test_image_error_inside_tf_py_function_is_one_line_through_the_cli(tmp_path,
     import tensorflow as tf
 
     import featx.sweep
-    from featx.images import load_image
+    from featx.images import ImageError, load_image
 
     broken = tmp_path / "cat.1.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
@@ -178,7 +178,10 @@ def test_image_error_inside_tf_py_function_is_one_line_through_the_cli(tmp_path,
 
     def fail_in_tf_data(*args, **kwargs):
         def decode(index):
-            raise ValueError("a featx bug inside the loader")
+            try:
+                load_image(broken)
+            except ImageError:
+                raise ValueError("a featx bug while handling an unreadable image")  # chained: ImageError in the text
         list(tf.data.Dataset.range(1).map(lambda i: tf.py_function(decode, [i], tf.float32)))
 
     monkeypatch.setattr(featx.sweep, "run_sweep", fail_in_tf_data)
