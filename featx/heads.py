@@ -47,7 +47,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics.pairwise import rbf_kernel
-from sklearn.model_selection import ParameterGrid, StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder, Normalizer, StandardScaler
 from sklearn.svm import SVC
@@ -68,7 +68,6 @@ __all__ = [
     "make_head",
     "make_preprocessing",
     "class_probabilities",
-    "grid_size",
 ]
 
 HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
@@ -718,7 +717,7 @@ def _make_classifier(name: str, random_state, params: dict):
 # The default sweep: 20 configurations (logreg 4, linsvm 4, rbfsvm 6, dense 6),
 # chosen so each fit on 25,000 x 1,280 float32 features stays within seconds for
 # the sklearn heads on 2 CPU cores; the RBF SVM trains on at most 3,000 rows and
-# the dense head stops early. Use :func:`grid_size` to count a grid.
+# the dense head stops early. ``len(sklearn.model_selection.ParameterGrid(grid))`` counts a grid.
 DEFAULT_GRIDS: dict[str, list[dict]] = {
     "logreg": [{"head__C": [0.001, 0.01, 0.1, 1.0]}],
     "linsvm": [{"head__C": [0.0001, 0.001, 0.01, 0.1]}],
@@ -749,8 +748,3 @@ def class_probabilities(model, X, n_classes: int) -> np.ndarray:
     full = np.zeros((len(X), n_classes))
     full[:, seen] = proba
     return full
-
-
-def grid_size(grid: list[dict]) -> int:
-    """Number of configurations in a parameter grid (a list of dicts of lists)."""
-    return len(ParameterGrid(grid))

@@ -37,25 +37,21 @@ from featx import __version__
 from featx.artifacts.results import METRICS, SweepBundle, SweepSummary, rank_rows, write_rows_csv
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
 
-__all__ = ["SweepError", "FeatureSet", "load_feature_set", "expand_grid", "run_sweep", "SweepResult"]
+__all__ = ["SweepError", "run_sweep", "SweepResult"]
 
 class SweepError(FeatureSetError):
     """The caches or options cannot be swept as asked; the message says why and how to fix it."""
 
 
-def expand_grid(grid: list[dict]) -> list[dict]:
-    """All parameter combinations of a grid (a list of dicts of lists), in a stable order."""
+def _checked_configs(head: str, grid: list[dict], preprocessing) -> list[dict]:
+    """The grid's configurations (sklearn's ParameterGrid order), each checked against the head's pipeline
+    before any fit."""
     from sklearn.model_selection import ParameterGrid
 
-    return list(ParameterGrid(grid))
-
-
-def _checked_configs(head: str, grid: list[dict], preprocessing) -> list[dict]:
-    """The grid's configurations, each checked against the head's pipeline before any fit."""
     from featx.heads import make_head
 
     try:
-        configs = expand_grid(grid)
+        configs = list(ParameterGrid(grid))
         for params in configs:
             make_head(head, preprocessing).set_params(**params)
     except (TypeError, ValueError) as exc:
