@@ -79,9 +79,9 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 class HeadError(UserError, ValueError):
-    """An unknown head, head parameter or preprocessing step (from ``--heads``, ``--preprocessing``,
-    ``--grid``); the message lists the valid choices. An estimator's own parameter checks at ``fit``
-    stay ``ValueError``, as in scikit-learn."""
+    """An unknown head, head parameter or preprocessing step, a parameter value out of range, or
+    training rows a head cannot learn from (from ``--heads``, ``--preprocessing``, ``--grid`` or the
+    caches); the message says what was expected. A ``ValueError``, as scikit-learn's checks expect."""
 
 
 # ---------------------------------------------------------------------------
@@ -130,17 +130,17 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         if not isinstance(self.calibration_cv, Integral) or self.calibration_cv < 2:
-            raise ValueError(
+            raise HeadError(
                 f"calibration_cv must be an integer >= 2 (number of folds); got {self.calibration_cv!r}"
             )
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
+            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
         inputs, y_fit = self._fit_inputs(X, y)
         smallest_class = int(np.min(np.unique(y_fit, return_counts=True)[1]))
         n_folds = min(int(self.calibration_cv), smallest_class)
         if n_folds < 2:
-            raise ValueError(
+            raise HeadError(
                 f"every class needs at least 2 training rows for calibration; the smallest has {smallest_class}"
             )
         folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.random_state)
@@ -289,7 +289,7 @@ class LinearSVMClassifier(_CalibratedSVM):
 
     def _make_svm(self):
         if not isinstance(self.C, Real) or self.C <= 0:
-            raise ValueError(f"C must be a positive number; got {self.C!r}")
+            raise HeadError(f"C must be a positive number; got {self.C!r}")
         return _SquaredHingeSVM(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
 
     @property
@@ -364,10 +364,10 @@ class RBFSVMClassifier(_CalibratedSVM):
 
     def _fit_inputs(self, X, y):
         if not isinstance(self.gamma_factor, Real) or self.gamma_factor <= 0:
-            raise ValueError(f"gamma_factor must be a positive number; got {self.gamma_factor!r}")
+            raise HeadError(f"gamma_factor must be a positive number; got {self.gamma_factor!r}")
         if self.max_train_rows is not None:
             if not isinstance(self.max_train_rows, Integral) or self.max_train_rows < 2:
-                raise ValueError(f"max_train_rows must be an integer >= 2 or None; got {self.max_train_rows!r}")
+                raise HeadError(f"max_train_rows must be an integer >= 2 or None; got {self.max_train_rows!r}")
             if X.shape[0] > self.max_train_rows:
                 X, _, y, _ = train_test_split(X, y, train_size=int(self.max_train_rows), stratify=y,
                                               random_state=self.random_state)
@@ -385,7 +385,7 @@ class RBFSVMClassifier(_CalibratedSVM):
 
     def _make_svm(self):
         if not isinstance(self.C, Real) or self.C <= 0:
-            raise ValueError(f"C must be a positive number; got {self.C!r}")
+            raise HeadError(f"C must be a positive number; got {self.C!r}")
         return SVC(C=self.C, kernel="precomputed", class_weight=self.class_weight, decision_function_shape="ovr",
                    random_state=self.random_state)
 
@@ -492,7 +492,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
+            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
         y_index = encoder.transform(y)
         seed = self.random_state
         if seed is not None:
@@ -538,17 +538,17 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+            raise HeadError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+            raise HeadError(f"dropout must be in [0, 1); got {self.dropout!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
+            raise HeadError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
         units = self._hidden_layers()
         if any(int(u) < 1 for u in units):
-            raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units!r}")
+            raise HeadError(f"hidden_units must be positive integers; got {self.hidden_units!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+                raise HeadError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
 
     def _hidden_layers(self) -> tuple[int, ...]:
         units = self.hidden_units
