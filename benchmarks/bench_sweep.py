@@ -17,10 +17,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import ParameterGrid
 
 from featx.cache import CacheBuilder
 from featx.data import Manifest, Record, assign_split
-from featx.heads import DEFAULT_GRIDS, grid_size
+from featx.heads import DEFAULT_GRIDS
 from featx.sweep import run_sweep
 
 
@@ -57,7 +58,7 @@ def main() -> None:
         started = time.perf_counter()
         cache = synthetic_cache(Path(tmp), args.rows, args.dim)
         print(f"cache {args.rows} x {args.dim} written in {time.perf_counter() - started:.1f} s")
-        n_configs = sum(grid_size(DEFAULT_GRIDS[h]) for h in heads)
+        n_configs = sum(len(ParameterGrid(DEFAULT_GRIDS[h])) for h in heads)
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
         result = run_sweep([[cache]], Path(tmp) / "exp", heads=heads, n_jobs=args.n_jobs, learning_curve=False)

@@ -482,13 +482,23 @@ class FeatureCache:
             hint = (" (an interrupted run left a journal beside it: run featx cache again to finish it)"
                     if partial.exists() else "; make it with featx cache DIR --extractor NAME")
             raise CacheError(f"{self.path} does not exist{hint}")
+        # The advice depends on who wrote the file: a file featx did not write is never to be deleted.
+        make = "give a .h5 file written by featx cache (make one with: featx cache DIR --extractor NAME)"
+        if self.path.is_dir() or not _h5py().is_hdf5(self.path):
+            raise CacheError(f"{self.path} is not a featx cache (not a readable HDF5 file); {make}")
         try:
             self.h5 = _h5py().File(self.path, "r")
         except OSError as exc:
-            raise CacheError(f"{self.path} is not a readable HDF5 file ({exc}); delete it and run featx cache again") from None
-        if "features" not in self.h5 or "cache_key" not in self.h5.attrs:
+            raise CacheError(f"{self.path} is an HDF5 file that cannot be opened ({exc}); if featx cache wrote it, "
+                             f"it is damaged: delete it and run featx cache again; otherwise {make}") from None
+        if "cache_key" not in self.h5.attrs:
             self.h5.close()
-            raise CacheError(f"{self.path} is not a featx cache (no features dataset / cache_key attribute)")
+            raise CacheError(f"{self.path} is an HDF5 file but not a featx cache (no cache_key attribute); {make}")
+        missing = [name for name in ("features", "paths", "labels", "split") if name not in self.h5]
+        if missing:
+            self.h5.close()
+            raise CacheError(f"{self.path} is a damaged featx cache (missing {', '.join(missing)}); delete it and "
+                             f"run featx cache again")
 
     def __enter__(self) -> "FeatureCache":
         return self

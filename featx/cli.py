@@ -18,6 +18,8 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from featx.errors import UserError, unwrap_tf_error, user_error_types  # noqa: E402
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="featx: cache CNN and HoG/SIFT features once, then sweep classifiers on them in seconds.",
@@ -29,18 +31,17 @@ out = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
-class UsageProblem(Exception):
+class UsageProblem(UserError):
     """A problem with what the user asked for (printed as one line, exit 2)."""
 
 
 def _user_errors():
-    from featx.errors import user_error_types
     from featx.storage import BusyError
     from featx.weights import WeightsError
 
-    # DataError, CacheError and the extractor/runtime errors are UserErrors. ValueError stays for
-    # modules not yet moved onto featx.errors.UserError (see the README).
-    return (UsageProblem, WeightsError, BusyError, *user_error_types(), ValueError, FileNotFoundError)
+    # Only featx's user-error classes (and a path the user gave that does not exist): any other
+    # exception, a plain ValueError included, is a featx bug and keeps its traceback.
+    return (*user_error_types(), WeightsError, BusyError, FileNotFoundError)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -49,11 +50,14 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _run(fn, *args, **kwargs):
-    """Call the API and turn expected errors into one clear line."""
+    """Call the API and turn user errors (also those TensorFlow wrapped, from tf.py_function) into one line."""
     try:
         return fn(*args, **kwargs)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    except Exception as exc:
+        error = unwrap_tf_error(exc)
+        if not isinstance(error, _user_errors()):
+            raise
+        _fail(str(error))
 
 
 def _seed_everything(seed: int) -> None:
@@ -297,11 +301,11 @@ def sweep(
     caches: List[str] = typer.Argument(..., help="Cache files; join with '+' to concatenate features (a.h5+b.h5). Each argument is swept."),
     heads: str = typer.Option("logreg,linsvm,rbfsvm,dense", help="Comma-separated heads."),
     preprocessing: str = typer.Option("standard", help="Steps before the head, comma-separated: standard, l2, pca:256, none."),
-    cv: int = typer.Option(5, help="Folds for selection when the caches have no val split."),
-    repeats: int = typer.Option(1, help="Seeds per configuration (mean and std in the table)."),
+    cv: int = typer.Option(5, min=2, help="Folds for selection when the caches have no val split."),
+    repeats: int = typer.Option(1, min=1, help="Seeds per configuration (mean and std in the table)."),
     out_dir: Path = typer.Option(Path("experiments/sweep"), "--out", help="Results folder."),
     n_jobs: int = typer.Option(-1, "--n-jobs", help="Parallel configurations (classical heads)."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     grid: Optional[Path] = typer.Option(None, help="JSON file {head: [{param: [values]}]} replacing default grids."),
     learning_curve: bool = typer.Option(True, "--learning-curve/--no-learning-curve", help="Refit the best config on 10..100% of train."),
     seed: int = typer.Option(0, help="Seed."),
@@ -352,7 +356,7 @@ def _test_accuracy(row: dict) -> str:
 @app.command()
 def report(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out."),
-    top: int = typer.Option(3, help="Configurations drawn in the ROC and precision-recall plots."),
+    top: int = typer.Option(3, min=1, help="Configurations drawn in the ROC and precision-recall plots."),
 ) -> None:
     """Write report.md and report.html with the ranked table, McNemar and PNG plots (ROC, PR,
     confusion, learning curve, training history) from a sweep's results folder.
@@ -373,7 +377,7 @@ def imagenet(
     images: List[Path] = typer.Argument(..., help="Image files."),
     extractor: str = typer.Option("efficientnet_lite0", "--extractor", "-e", help="A backbone with its ImageNet classifier."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Extractor option KEY=VALUE (weights=PATH, ...)."),
-    top: int = typer.Option(5, help="Classes per image."),
+    top: int = typer.Option(5, min=1, max=1000, help="Classes per image."),
     runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
     precision: str = typer.Option("fp32", help="fp32 | bf16 (the classifier's compute precision)."),
 ) -> None:
@@ -383,15 +387,10 @@ def imagenet(
     """
     from featx.extractors import parse_opts
     from featx.imagenet import top_k
-    from featx.images import ImageError
 
     options = _run(parse_opts, opt)
-    try:
-        results = top_k(extractor, [str(p) for p in images], k=top, runtime=runtime, precision=precision, **options)
-    except ImageError as exc:
-        _fail(str(exc))
-    except _user_errors() as exc:
-        _fail(str(exc))
+    results = _run(top_k, extractor, [str(p) for p in images], k=top, runtime=runtime, precision=precision,
+                   **options)
     for path, classes in zip(images, results):
         out.print(f"{path}:", highlight=False)
         for name, probability in classes:
@@ -465,7 +464,7 @@ def evaluate(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
     layout: str = typer.Option("auto", help="auto | kaggle | folders."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
@@ -522,7 +521,7 @@ def finetune(
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (float16 on GPU) | on | off."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run's checkpoint and start over."),
     workers: int = typer.Option(4, help="Image decoding threads."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, help="Seed (weights of new layers, shuffling, augmentation)."),
 ) -> None:
     """Fine-tune the backbone with the sweep's best head on top; write EXPERIMENT/finetune/.
@@ -577,7 +576,7 @@ def scratch(
     layout: str = typer.Option("auto", help="When SOURCE is a folder: auto | kaggle | folders."),
     val: float = typer.Option(0.1, help="When SOURCE is a folder: fraction for validation."),
     test: float = typer.Option(0.1, help="When SOURCE is a folder: fraction for test."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     workers: int = typer.Option(4, help="Image decoding threads."),
     seed: int = typer.Option(0, help="Seed (weights, batches, augmentation, tuner)."),
 ) -> None:

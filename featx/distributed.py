@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from featx.errors import UserError
 
 from featx.errors import UserError
 from featx.pipeline import CacheResult, Progress, extract_images, plan_build

@@ -48,31 +48,30 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, *_EXTRA)
 
 
-# "... MapDataset:1 transformation ...: ImageError: a.jpg: cannot decode\nTraceback (most recent call last):"
-_EMBEDDED = re.compile(r"(?:^|[\s:])(?P<cls>[A-Za-z_][A-Za-z0-9_]*): (?P<message>.*?)\n\s*Traceback \(most recent",
-                       re.S)
-
-
 def unwrap_tf_error(exc: BaseException) -> BaseException:
     """The user error hidden in a TensorFlow ``OpError`` raised through ``tf.py_function``.
 
-    Returns a :class:`UserError` carrying the original message when the embedded exception is of a
-    user-error class (by name: the original object does not survive TensorFlow); otherwise ``exc``
-    itself, unchanged, so a real bug keeps its own type and traceback.
+    TensorFlow's message reads ``... Iterator::Root::Map: ImageError: a.jpg: not an image\nTraceback
+    ...``. Returns a :class:`UserError` carrying the original one-line message when the embedded
+    exception is of a user-error class (found by name: the original object does not survive
+    TensorFlow); otherwise ``exc`` itself, unchanged, so a real bug keeps its own type and traceback.
     """
     if isinstance(exc, user_error_types()):
         return exc
     if not any(c.__name__ == "OpError" for c in type(exc).__mro__):
         return exc
-    names = {c.__name__ for base in user_error_types() for c in (base, *_subclasses(base))}
+    names = sorted({c.__name__ for base in user_error_types() for c in (base, *_subclasses(base))}, key=len,
+                   reverse=True)
     text = getattr(exc, "message", None) or str(exc)
-    for match in _EMBEDDED.finditer(text):
-        if match.group("cls") in names:
-            message = match.group("message").strip().splitlines()[0]
-            unwrapped = UserError(message)
-            unwrapped.__cause__ = exc
-            return unwrapped
-    return exc
+    # Only the line before the embedded traceback names the exception that ended the call; a user
+    # error further down (one a featx bug raised while handling it) must not hide the bug.
+    head = text.split("\nTraceback (most recent call last)", 1)[0]
+    match = re.search(r"(?:^|[\s:.])(?:" + "|".join(map(re.escape, names)) + r"): ([^\n]+)", head)
+    if match is None:
+        return exc
+    unwrapped = UserError(match.group(1).strip())
+    unwrapped.__cause__ = exc
+    return unwrapped
 
 
 class RuntimeUnavailable(UserError):

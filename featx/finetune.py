@@ -48,6 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from featx import __version__
+from featx.errors import UserError
 
 __all__ = [
     "FinetuneError",
@@ -91,7 +92,7 @@ UNFREEZE_TOP: dict[str, tuple[str, ...]] = {
 TOP_FALLBACK_SHARE = 0.2
 
 
-class FinetuneError(ValueError):
+class FinetuneError(UserError, ValueError):
     """The experiment cannot be fine-tuned as asked; the message says why and how to fix it."""
 
 

@@ -16,7 +16,8 @@ ROC AUC need probabilities) and seeded from ``random_state``:
 ``dense``
     :class:`KerasDenseClassifier`: the transfer-learning recipes' small Keras top
     (Dropout 0.5 -> Dense 256 ReLU -> sigmoid / softmax, RMSprop lr 2e-5) as a
-    real scikit-learn estimator (``clone``, ``GridSearchCV``, joblib all work).
+    real scikit-learn estimator (``clone``, ``GridSearchCV``, joblib all work;
+    the fitted network pickles through Keras 3's own ``Model.__reduce__``).
 
 :func:`make_head` puts preprocessing steps (``standard``, ``l2``, ``pca:N``)
 in front of a head in a :class:`~sklearn.pipeline.Pipeline` whose steps are
@@ -37,8 +38,6 @@ Examples
 
 from __future__ import annotations
 
-import os
-import tempfile
 from numbers import Integral, Real
 from typing import Any, Sequence
 
@@ -47,6 +46,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder, Normalizer, StandardScaler
@@ -55,7 +55,10 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featx.errors import UserError
+
 __all__ = [
+    "HeadError",
     "HEADS",
     "PREPROCESSING",
     "DEFAULT_GRIDS",
@@ -64,7 +67,7 @@ __all__ = [
     "RBFSVMClassifier",
     "make_head",
     "make_preprocessing",
-    "grid_size",
+    "class_probabilities",
 ]
 
 HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
@@ -73,6 +76,12 @@ HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
 _STEPS_PER_EXECUTION = 32
 PREPROCESSING = ("standard", "l2", "pca:N", "pca:F", "none")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+class HeadError(UserError, ValueError):
+    """An unknown head, head parameter or preprocessing step, a parameter value out of range, or
+    training rows a head cannot learn from (from ``--heads``, ``--preprocessing``, ``--grid`` or the
+    caches); the message says what was expected. A ``ValueError``, as scikit-learn's checks expect."""
 
 
 # ---------------------------------------------------------------------------
@@ -121,17 +130,17 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         if not isinstance(self.calibration_cv, Integral) or self.calibration_cv < 2:
-            raise ValueError(
+            raise HeadError(
                 f"calibration_cv must be an integer >= 2 (number of folds); got {self.calibration_cv!r}"
             )
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier; got only {self.classes_.tolist()}")
+            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
         inputs, y_fit = self._fit_inputs(X, y)
         smallest_class = int(np.min(np.unique(y_fit, return_counts=True)[1]))
         n_folds = min(int(self.calibration_cv), smallest_class)
         if n_folds < 2:
-            raise ValueError(
+            raise HeadError(
                 f"every class needs at least 2 training rows for calibration; the smallest has {smallest_class}"
             )
         folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.random_state)
@@ -156,7 +165,8 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """The class with the highest calibrated probability."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def _in_chunks(function, X, rows_per_chunk: int = 4096):
@@ -279,7 +289,7 @@ class LinearSVMClassifier(_CalibratedSVM):
 
     def _make_svm(self):
         if not isinstance(self.C, Real) or self.C <= 0:
-            raise ValueError(f"C must be a positive number; got {self.C!r}")
+            raise HeadError(f"C must be a positive number; got {self.C!r}")
         return _SquaredHingeSVM(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
 
     @property
@@ -294,6 +304,12 @@ class LinearSVMClassifier(_CalibratedSVM):
         check_is_fitted(self)
         return self.svm_.intercept_
 
+    @property
+    def n_iter_(self):
+        """L-BFGS iterations of the SVM fitted on all rows."""
+        check_is_fitted(self)
+        return self.svm_.n_iter_
+
 
 class RBFSVMClassifier(_CalibratedSVM):
     """Kernel (RBF) SVM on at most ``max_train_rows`` rows, with calibrated probabilities.
@@ -301,8 +317,9 @@ class RBFSVMClassifier(_CalibratedSVM):
     Kernel SVM training grows roughly quadratically with the rows, so when the
     training set is larger than ``max_train_rows`` a stratified random sample of
     that many rows (drawn from ``random_state``) is kept. The kernel matrix is
-    computed once in float32 BLAS (several times faster than libsvm's own
-    per-pair kernel on 1,000+ dimensional features) and handed to
+    computed once by :func:`sklearn.metrics.pairwise.rbf_kernel` (BLAS: several
+    times faster than libsvm's own per-pair kernel on 1,000+ dimensional
+    features) and handed to
     ``SVC(kernel="precomputed")``; prediction computes kernels against the
     support vectors only. Set ``max_train_rows=None`` to train on all rows.
 
@@ -347,38 +364,30 @@ class RBFSVMClassifier(_CalibratedSVM):
 
     def _fit_inputs(self, X, y):
         if not isinstance(self.gamma_factor, Real) or self.gamma_factor <= 0:
-            raise ValueError(f"gamma_factor must be a positive number; got {self.gamma_factor!r}")
+            raise HeadError(f"gamma_factor must be a positive number; got {self.gamma_factor!r}")
         if self.max_train_rows is not None:
             if not isinstance(self.max_train_rows, Integral) or self.max_train_rows < 2:
-                raise ValueError(f"max_train_rows must be an integer >= 2 or None; got {self.max_train_rows!r}")
+                raise HeadError(f"max_train_rows must be an integer >= 2 or None; got {self.max_train_rows!r}")
             if X.shape[0] > self.max_train_rows:
                 X, _, y, _ = train_test_split(X, y, train_size=int(self.max_train_rows), stratify=y,
                                               random_state=self.random_state)
         variance = float(np.var(X, dtype=np.float64))
         self.gamma_ = float(self.gamma_factor) / (X.shape[1] * variance) if variance > 0 else float(self.gamma_factor)
         self.landmarks_ = np.ascontiguousarray(X, dtype=np.float32)
-        return _rbf_kernel(self.landmarks_, self.landmarks_, self.gamma_), y
+        return rbf_kernel(self.landmarks_, gamma=self.gamma_), y
 
     def _svm_inputs(self, X):
         # Only support vectors have non-zero dual coefficients: the other kernel columns stay 0.
         support = self.svm_.support_
         kernel = np.zeros((X.shape[0], self.landmarks_.shape[0]), dtype=np.float64)
-        kernel[:, support] = _rbf_kernel(np.asarray(X, dtype=np.float32), self.landmarks_[support], self.gamma_)
+        kernel[:, support] = rbf_kernel(np.asarray(X, dtype=np.float32), self.landmarks_[support], gamma=self.gamma_)
         return kernel
 
     def _make_svm(self):
         if not isinstance(self.C, Real) or self.C <= 0:
-            raise ValueError(f"C must be a positive number; got {self.C!r}")
+            raise HeadError(f"C must be a positive number; got {self.C!r}")
         return SVC(C=self.C, kernel="precomputed", class_weight=self.class_weight, decision_function_shape="ovr",
                    random_state=self.random_state)
-
-
-def _rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
-    """exp(-gamma * ||a - b||^2) for all row pairs, via one float32 matrix product."""
-    sq_a = np.einsum("ij,ij->i", A, A, dtype=np.float64)
-    sq_b = np.einsum("ij,ij->i", B, B, dtype=np.float64)
-    sq_dist = sq_a[:, None] + sq_b[None, :] - 2.0 * (A @ B.T).astype(np.float64)
-    return np.exp(-gamma * np.maximum(sq_dist, 0.0))
 
 
 # ---------------------------------------------------------------------------
@@ -483,7 +492,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier; got only {self.classes_.tolist()}")
+            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
         y_index = encoder.transform(y)
         seed = self.random_state
         if seed is not None:
@@ -529,17 +538,17 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+            raise HeadError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+            raise HeadError(f"dropout must be in [0, 1); got {self.dropout!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
+            raise HeadError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
         units = self._hidden_layers()
         if any(int(u) < 1 for u in units):
-            raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units!r}")
+            raise HeadError(f"hidden_units must be positive integers; got {self.hidden_units!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+                raise HeadError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
 
     def _hidden_layers(self) -> tuple[int, ...]:
         units = self.hidden_units
@@ -586,21 +595,8 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """The class with the highest probability."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    # -- persistence -----------------------------------------------------
-    def __getstate__(self):
-        state = super().__getstate__()
-        if "model_" in state:
-            state = dict(state)
-            state["model_"] = _model_to_bytes(state["model_"])
-        return state
-
-    def __setstate__(self, state):
-        if isinstance(state.get("model_"), (bytes, bytearray)):
-            state = dict(state)
-            state["model_"] = _model_from_bytes(state["model_"])
-        super().__setstate__(state)
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def make_optimizer(name: str, learning_rate: float):
@@ -621,25 +617,6 @@ def _holdout(X, y_index, fraction: float, seed):
     X_train, X_val, y_train, y_val = train_test_split(X, y_index, test_size=fraction, stratify=stratify,
                                                       random_state=seed)
     return X_train, y_train, X_val, y_val
-
-
-def _model_to_bytes(model) -> bytes:
-    """Serialise a Keras model (architecture, weights, optimizer) through a temporary .keras file."""
-    with tempfile.TemporaryDirectory(prefix="featx-") as folder:
-        path = os.path.join(folder, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            return handle.read()
-
-
-def _model_from_bytes(blob: bytes):
-    import keras
-
-    with tempfile.TemporaryDirectory(prefix="featx-") as folder:
-        path = os.path.join(folder, "model.keras")
-        with open(path, "wb") as handle:
-            handle.write(blob)
-        return keras.models.load_model(path)
 
 
 # ---------------------------------------------------------------------------
@@ -678,9 +655,9 @@ def make_preprocessing(spec: str, random_state=None):
             return PCA(n_components=int(amount), random_state=random_state)
         if 0 < amount < 1:
             return PCA(n_components=amount, svd_solver="full", random_state=random_state)
-        raise ValueError(f"PCA size in {spec!r} must be a whole number of components (pca:256) or a variance "
+        raise HeadError(f"PCA size in {spec!r} must be a whole number of components (pca:256) or a variance "
                          f"share between 0 and 1 (pca:0.95); got {raw!r}")
-    raise ValueError(f"unknown preprocessing {spec!r}; expected one of {', '.join(PREPROCESSING)} "
+    raise HeadError(f"unknown preprocessing {spec!r}; expected one of {', '.join(PREPROCESSING)} "
                      "(or a list of them, e.g. ['l2', 'standard'])")
 
 
@@ -724,25 +701,23 @@ def make_head(name: str, preprocessing: str | Sequence[str] = "standard", *, ran
 
 
 def _make_classifier(name: str, random_state, params: dict):
-    if name == "logreg":
-        options = {"C": 1.0, "max_iter": 300}
-        options.update(params)
-        return LogisticRegression(random_state=random_state, **options)
-    factories = {"linsvm": LinearSVMClassifier, "rbfsvm": RBFSVMClassifier, "dense": KerasDenseClassifier}
+    factories = {"logreg": LogisticRegression, "linsvm": LinearSVMClassifier, "rbfsvm": RBFSVMClassifier,
+                 "dense": KerasDenseClassifier}
     if name not in factories:
-        raise ValueError(f"unknown head {name!r}; expected one of {', '.join(HEADS)}")
+        raise HeadError(f"unknown head {name!r}; expected one of {', '.join(HEADS)}")
     cls = factories[name]
     valid = set(cls().get_params())
     unknown = sorted(set(params) - valid)
     if unknown:
-        raise TypeError(f"{name} head has no parameter(s) {unknown}; valid ones are {sorted(valid)}")
-    return cls(random_state=random_state, **params)
+        raise HeadError(f"{name} head has no parameter(s) {unknown}; valid ones are {sorted(valid)}")
+    defaults = {"C": 1.0, "max_iter": 300} if name == "logreg" else {}
+    return cls(random_state=random_state, **{**defaults, **params})
 
 
 # The default sweep: 20 configurations (logreg 4, linsvm 4, rbfsvm 6, dense 6),
 # chosen so each fit on 25,000 x 1,280 float32 features stays within seconds for
 # the sklearn heads on 2 CPU cores; the RBF SVM trains on at most 3,000 rows and
-# the dense head stops early. Use :func:`grid_size` to count a grid.
+# the dense head stops early. ``len(sklearn.model_selection.ParameterGrid(grid))`` counts a grid.
 DEFAULT_GRIDS: dict[str, list[dict]] = {
     "logreg": [{"head__C": [0.001, 0.01, 0.1, 1.0]}],
     "linsvm": [{"head__C": [0.0001, 0.001, 0.01, 0.1]}],
@@ -761,12 +736,15 @@ DEFAULT_GRIDS: dict[str, list[dict]] = {
 }
 
 
-def grid_size(grid: list[dict]) -> int:
-    """Number of configurations in a parameter grid (a list of dicts of lists)."""
-    total = 0
-    for block in grid:
-        count = 1
-        for values in block.values():
-            count *= len(values)
-        total += count
-    return total
+def class_probabilities(model, X, n_classes: int) -> np.ndarray:
+    """``model.predict_proba(X)`` with one column per class index ``0 .. n_classes - 1``.
+
+    A head fitted on a subset of the classes (``classes_`` are indices) gives the others probability 0.
+    """
+    proba = model.predict_proba(X)
+    seen = [int(c) for c in model.classes_]
+    if seen == list(range(n_classes)):
+        return proba
+    full = np.zeros((len(X), n_classes))
+    full[:, seen] = proba
+    return full

@@ -54,6 +54,8 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from featx.errors import UserError
+
 # Importing a plugin registers its format; doing it here (instead of letting
 # Pillow's lazy ``init()`` import all of them on first use) keeps start-up
 # short and the set of decoders explicit.
@@ -121,8 +123,8 @@ cv2.setNumThreads(1)
 _silence_pillow_bomb_warnings()
 
 
-class ImageError(Exception):
-    """An image file could not be read.
+class ImageError(UserError):
+    """An image file could not be read (the user's data: one line at the command line).
 
     Parameters
     ----------

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from featx.cache import CacheBuilder, Shard, cache_path
-from featx.data import Manifest
+from featx.data import DataError, Manifest
 from featx.extractors.base import Extractor
 from featx.datasets import decode_group, decode_threads, iter_batches, load_options, n_cores  # noqa: F401 (load_options: finetune)
 from featx.progress import Progress
@@ -121,7 +121,7 @@ def _fit_extractor(extractor: Extractor, manifest: Manifest, builder: CacheBuild
         return
     train = [r.path for r in manifest.records if r.split == "train"]
     if not train:
-        raise ValueError(f"{extractor.name} learns from the train split, but {manifest.root} has no "
+        raise DataError(f"{extractor.name} learns from the train split, but {manifest.root} has no "
                          f"train images (all are val/test/unlabeled); index with smaller --val/--test")
     if len(train) > fit_max_images:
         rng = np.random.default_rng(seed)

@@ -38,13 +38,16 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 
+from featx.artifacts.results import SweepBundle
 from featx.data import Manifest, load_dataset
+from featx.errors import UserError
+from featx.storage import atomic_write_text
 from featx.extractors.base import Extractor
 
 __all__ = ["ModelError", "Predictions", "SweepModel", "FineTunedModel", "load_model", "predict", "evaluate",
@@ -60,7 +63,7 @@ FINETUNE_INFO_FILE = "model.json"
 _ROWS_PER_CHUNK = 4096
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A saved model cannot be loaded or used as asked; the message says why and how to fix it."""
 
 
@@ -108,39 +111,25 @@ class SweepModel:
 
     Parameters
     ----------
-    bundle : dict
-        What :func:`featx.sweep.run_sweep` stores in ``best.joblib``: ``model`` (a fitted
-        Pipeline whose classes are indices into ``label_names``), ``label_names``,
-        ``extractors`` (spec, state, cache, dataset of each feature block, in column order)
-        and ``dims``.
+    bundle : SweepBundle
+        What :func:`featx.sweep.run_sweep` stores in ``best.joblib`` (read it with
+        :meth:`featx.artifacts.results.SweepBundle.read`, which checks its schema and shape).
     path : path, optional
         Where the bundle was read from (for messages).
     """
 
     kind = "sweep"
-    _REQUIRED = ("model", "label_names", "extractors", "dims")
 
-    def __init__(self, bundle: dict, path: str | os.PathLike | None = None) -> None:
-        where = path or "the bundle"
-        if not isinstance(bundle, dict):
-            raise ModelError(f"{where} holds a {type(bundle).__name__}, expected the dict that featx sweep "
-                             f"writes to {SWEEP_MODEL_FILE}")
-        missing = [key for key in self._REQUIRED if key not in bundle]
-        if missing:
-            raise ModelError(f"{where} is not a featx sweep bundle (missing {', '.join(missing)}); "
-                             f"give the {SWEEP_MODEL_FILE} written by featx sweep")
-        if len(bundle["extractors"]) != len(bundle["dims"]) or not bundle["extractors"]:
-            raise ModelError(f"{where} lists {len(bundle['extractors'])} extractor(s) but {len(bundle['dims'])} "
-                             f"feature block size(s); the bundle is damaged: run featx sweep again")
+    def __init__(self, bundle: SweepBundle, path: str | os.PathLike | None = None) -> None:
         self.bundle = bundle
         self.path = Path(path) if path is not None else None
-        self.model = bundle["model"]
-        self.label_names = list(bundle["label_names"])
+        self.model = bundle.model
+        self.label_names = list(bundle.label_names)
 
     def describe(self) -> str:
         """One line: the head and its features."""
-        names = "+".join(entry["spec"]["name"] for entry in self.bundle["extractors"])
-        return f"{self.bundle.get('head', 'head')} on {names} features ({sum(self.bundle['dims'])} dims)"
+        names = "+".join(entry["spec"]["name"] for entry in self.bundle.extractors)
+        return f"{self.bundle.head} on {names} features ({sum(self.bundle.dims)} dims)"
 
     def extractors(self) -> list[tuple[Extractor, dict | None]]:
         """Each extractor rebuilt from its spec, checked, with its learned state restored.
@@ -157,7 +146,7 @@ class SweepModel:
             When the weights changed since the sweep, or the extractor now describes itself
             differently (its features would not be the ones the head was trained on).
         """
-        return [_rebuild_extractor(entry) for entry in self.bundle["extractors"]]
+        return [_rebuild_extractor(entry) for entry in self.bundle.extractors]
 
     def predict_manifest(self, manifest: Manifest, cache_dir: str | os.PathLike = "cache",
                          batch_size: int = 32, workers: int | None = None, progress=None,
@@ -169,13 +158,12 @@ class SweepModel:
 
         results = []
         for extractor, spec_extra in self.extractors():
-            target = _cache_path(manifest, extractor, spec_extra, cache_dir)
-            results.append(build_cache(_with_cached_splits(manifest, target), extractor, cache_dir=cache_dir,
-                                       batch_size=batch_size, workers=workers, progress=progress,
-                                       fit=False, spec_extra=spec_extra, runtime=runtime))
+            results.append(build_cache(manifest, extractor, cache_dir=cache_dir, batch_size=batch_size,
+                                       workers=workers, progress=progress, fit=False, spec_extra=spec_extra,
+                                       runtime=runtime))
         with contextlib.ExitStack() as stack:
             caches = [stack.enter_context(open_cache(result.path)) for result in results]
-            for cache, entry, dim in zip(caches, self.bundle["extractors"], self.bundle["dims"]):
+            for cache, entry, dim in zip(caches, self.bundle.extractors, self.bundle.dims):
                 if cache.dim != dim:
                     raise ModelError(f"{cache.path} has {cache.dim} features per image but the head was trained "
                                      f"on {dim} from {entry['spec']['name']}; delete that cache and run again")
@@ -192,14 +180,9 @@ class SweepModel:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """The head's probabilities with one column per class of ``label_names``."""
-        proba = self.model.predict_proba(X)
-        seen = [int(c) for c in self.model.classes_]
-        if seen == list(range(len(self.label_names))):
-            return proba
-        # A head trained on a subset of the classes gives the others probability 0.
-        full = np.zeros((len(X), len(self.label_names)))
-        full[:, seen] = proba
-        return full
+        from featx.heads import class_probabilities
+
+        return class_probabilities(self.model, X, len(self.label_names))
 
 
 def _read_rows(features, rows: Sequence[int]) -> np.ndarray:
@@ -277,38 +260,6 @@ def state_sha256(state: dict[str, np.ndarray]) -> str:
 
 def _short_hash(value: str | None) -> str:
     return "none (random weights)" if value is None else f"{value[:12]}..."
-
-
-def _cache_path(manifest: Manifest, extractor: Extractor, spec_extra: dict | None, cache_dir) -> Path:
-    from featx.cache import cache_path
-
-    return cache_path(cache_dir, manifest, {**extractor.spec(), **(spec_extra or {})})
-
-
-def _with_cached_splits(manifest: Manifest, cache_path: Path) -> Manifest:
-    """The manifest with each image in the split an existing cache of the same name gives it.
-
-    Prediction ignores splits, but a cache is keyed on its manifest, splits included: a folder
-    indexed with other split settings than the sweep's would make ``build_cache`` rewrite the
-    cache the sweep was trained from, with new splits. Taking the cached splits reuses it as it is.
-    """
-    from featx.cache import CacheError, open_cache
-
-    if not cache_path.exists():
-        return manifest
-    try:
-        with open_cache(cache_path) as cache:
-            cached_split = dict(zip(cache.paths, cache.split.tolist()))
-            seed = int(cache.attrs.get("seed", manifest.seed))
-    except (CacheError, OSError, KeyError):
-        return manifest
-    records = []
-    for record in manifest.records:
-        split = cached_split.get(record.path, record.split)
-        if (split == "unlabeled") != (record.label is None):
-            split = record.split  # a label the cache did not have (or the reverse): keep ours
-        records.append(replace(record, split=split))
-    return replace(manifest, records=records, seed=seed)
 
 
 def _aligned_paths(manifest: Manifest, positions: Sequence[dict], failures: Sequence[list]):
@@ -500,16 +451,7 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
 
 
 def _load_sweep_bundle(path: Path) -> SweepModel:
-    import pickle
-
-    import joblib
-
-    try:
-        bundle = joblib.load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable joblib file ({type(exc).__name__}: {exc}); give the "
-                         f"{SWEEP_MODEL_FILE} written by featx sweep") from None
-    return SweepModel(bundle, path)
+    return SweepModel(SweepBundle.read(path), path)
 
 
 def _as_model(model) -> SweepModel | FineTunedModel:
@@ -603,7 +545,7 @@ def write_submission(predictions: Predictions, output: str | os.PathLike = "subm
     writer.writerow(header)
     for i in order:
         writer.writerow([ids[i], *values[i]])
-    return _atomic_write_text(Path(output), buffer.getvalue())
+    return atomic_write_text(output, buffer.getvalue())
 
 
 def check_submission_options(label_names: Sequence[str], hard: bool = False, positive: str | None = None) -> None:
@@ -633,18 +575,6 @@ def _id_sort_key(ids: list[str]):
 
 def _format_probability(value: float) -> str:
     return format(float(value), ".6g")
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",

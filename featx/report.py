@@ -11,8 +11,8 @@ The report reads only what earlier stages wrote into ``experiments/<name>/``:
 ``<stage>/history.csv``
     a later stage's per-epoch log (``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
 
-It writes, beside them, ``report.md`` and ``report.html`` (the same content; the HTML has its
-style inline and shows the PNGs by relative path) and these plots:
+It writes, beside them, ``report.md`` and ``report.html`` (rendered from ``report.md`` by
+markdown-it-py, style inline, PNGs by relative path) and these plots:
 
 ``roc.png``, ``pr.png``
     ROC and precision-recall curves of the top configurations on the test split (binary: the
@@ -51,6 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from featx.artifacts.results import METRICS, SweepSummary, rank_rows
+from featx.errors import UserError
+from featx.storage import temp_path
+
 __all__ = ["PLOT_FILES", "Experiment", "ReportError", "load_experiment", "write_report"]
 
 #: Plot file names, keyed as in the dictionary :func:`write_report` returns.
@@ -59,7 +63,6 @@ PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
 
 SWEEP_SOURCE = "sweep"
 _FLOAT_COLUMNS = ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds")
-_METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
 _INT_COLUMNS = ("rank", "config", "n_train", "n_test", "repeats")
 # Columns a later stage's results.csv must have; the sweep's own also needs rank and config (its predictions' keys).
 _REQUIRED_COLUMNS = ("features", "head", "params", "selected_by", "select_accuracy", "select_log_loss", "accuracy",
@@ -67,7 +70,7 @@ _REQUIRED_COLUMNS = ("features", "head", "params", "selected_by", "select_accura
 _SWEEP_COLUMNS = ("rank", "config", *_REQUIRED_COLUMNS)
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """The experiment folder cannot be reported on; the message names the file and the fix."""
 
 
@@ -88,7 +91,7 @@ class Experiment:
         (``"sweep"`` or the sub-folder name), ``overall_rank`` (1 = best), ``label`` (features,
         disambiguated when two caches share a name), ``proba`` (test probabilities or None)
         and ``history`` (per-epoch dense-head history or None).
-    summary : dict
+    summary : SweepSummary
         ``results.json`` of the sweep.
     label_names : list of str
     y_test : ndarray of int
@@ -100,7 +103,7 @@ class Experiment:
 
     directory: Path
     rows: list[dict]
-    summary: dict
+    summary: SweepSummary
     label_names: list[str]
     y_test: np.ndarray
     stage_histories: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -132,17 +135,14 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
     missing = [name for name in ("results.csv", "results.json", "predictions.npz") if not (directory / name).is_file()]
     if missing:
         raise ReportError(f"{directory}: no sweep results here (missing {', '.join(missing)}); {fix}")
-    try:
-        summary = json.loads((directory / "results.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{directory / 'results.json'} is not readable JSON ({exc}); {fix}") from exc
-    label_names = [str(name) for name in summary.get("label_names") or []]
+    summary = SweepSummary.read(directory / "results.json")
+    label_names = [str(name) for name in summary.label_names]
     y_test, sweep_proba = _read_predictions(directory / "predictions.npz", fix)
     if not label_names:
         raise ReportError(f"{directory / 'results.json'} has no label_names; {fix}")
 
     rows = _read_rows(directory / "results.csv", SWEEP_SOURCE, fix, _SWEEP_COLUMNS)
-    histories = summary.get("histories") or {}
+    histories = summary.histories or {}
     for row in rows:
         row["proba"] = sweep_proba.get(row["config"])
         history = histories.get(str(row["config"]))
@@ -170,7 +170,9 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
         history = _read_history(stage_csv.parent / "history.csv", stage_fix)
         if history:
             stage_histories[stage] = history
-    _rank(rows)
+    rows[:] = rank_rows(rows)  # ties keep the reading order: the sweep first, then later stages
+    for rank, row in enumerate(rows, start=1):
+        row["overall_rank"] = rank
     _label_features(rows)
     return Experiment(directory=directory, rows=rows, summary=summary, label_names=label_names, y_test=y_test,
                       stage_histories=stage_histories, sources=sources)
@@ -207,7 +209,7 @@ def _read_rows(path: Path, source: str, fix: str, required: tuple[str, ...]) -> 
             for column in _INT_COLUMNS:
                 if raw.get(column) not in (None, ""):
                     row[column] = int(float(raw[column]))
-            for column in _FLOAT_COLUMNS + tuple(f"{m}{s}" for m in _METRICS for s in ("", "_low", "_high", "_std")):
+            for column in _FLOAT_COLUMNS + tuple(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_std")):
                 row[column] = _to_float(raw.get(column))
         except ValueError as exc:
             raise ReportError(f"{path}, line {line}: {exc}; {fix}") from exc
@@ -248,21 +250,6 @@ def _read_history(path: Path, fix: str) -> dict[str, list[float]] | None:
         except (TypeError, ValueError):
             continue  # a non-numeric column (a timestamp, say) is not plotted
     return columns
-
-
-def _rank(rows: list[dict]) -> None:
-    """Order rows best first, the sweep's own order: selection accuracy, then selection log loss."""
-
-    def key(item):
-        index, row = item
-        accuracy, loss = row["select_accuracy"], row["select_log_loss"]
-        # Ties keep the reading order: the sweep first (its csv is in its own rank order), then later stages.
-        return (-accuracy if not math.isnan(accuracy) else math.inf, loss if not math.isnan(loss) else math.inf, index)
-
-    ordered = [row for _, row in sorted(enumerate(rows), key=key)]
-    rows[:] = ordered
-    for rank, row in enumerate(rows, start=1):
-        row["overall_rank"] = rank
 
 
 def _label_features(rows: list[dict]) -> None:
@@ -325,7 +312,7 @@ def _row_name(row: dict) -> str:
 
 
 def _mcnemar_line(experiment: Experiment) -> str | None:
-    result = experiment.summary.get("mcnemar")
+    result = experiment.summary.mcnemar
     if not result:
         return None
     by_config = {row["config"]: row for row in experiment.rows if row["source"] == SWEEP_SOURCE}
@@ -340,7 +327,7 @@ def _mcnemar_line(experiment: Experiment) -> str | None:
 
 
 def _learning_curve_lines(experiment: Experiment) -> list[str]:
-    curve = experiment.summary.get("learning_curve") or []
+    curve = experiment.summary.learning_curve or []
     if not curve:
         return []
     lines = [f"{point['n_train']:,} training images: test accuracy {point['test_accuracy']:.4f}" for point in curve]
@@ -351,50 +338,15 @@ def _learning_curve_lines(experiment: Experiment) -> list[str]:
     return lines
 
 
-@dataclass
-class _Section:
-    """A titled block of the report: paragraphs, then an optional figure."""
-
-    title: str
-    paragraphs: list[str]
-    figure: str | None = None
-    caption: str = ""
-
-
-def _sections(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> list[_Section]:
-    summary = experiment.summary
-    sections = []
-    mcnemar_line = _mcnemar_line(experiment)
-    if mcnemar_line:
-        sections.append(_Section("Best two compared", [mcnemar_line]))
-    for key, title in (("roc", "ROC curves (test)"), ("pr", "Precision-recall curves (test)"),
-                       ("confusion", "Confusion matrix (test)")):
-        if key in figures:
-            sections.append(_Section(title, [], figures[key], captions[key]))
-    curve_lines = _learning_curve_lines(experiment)
-    if curve_lines:
-        sections.append(_Section("How many training images?", curve_lines, figures.get("learning_curve"),
-                                 captions.get("learning_curve", "")))
-    if "dense_history" in figures:
-        sections.append(_Section("Training history", [], figures["dense_history"], captions["dense_history"]))
-    labels = {row.get("caches"): row["label"] for row in experiment.rows}
-    feature_lines = [f"{labels.get('+'.join(fs.get('caches', [])), fs['name'])}: "
-                     f"{' + '.join(str(d) for d in fs.get('dims', []))} dims from {', '.join(fs.get('caches', []))}"
-                     for fs in summary.get("feature_sets", [])]
-    if feature_lines:
-        sections.append(_Section("Feature caches", feature_lines))
-    return sections
-
-
 def _headline(experiment: Experiment) -> list[str]:
     summary = experiment.summary
     best = experiment.rows[0]
     sweep_rows = [row for row in experiment.rows if row["source"] == SWEEP_SOURCE]
     lines = [
-        (f"Protocol: {summary.get('protocol', 'see results.json')}; {sweep_rows[0].get('n_train', '?')} train and "
+        (f"Protocol: {summary.protocol or 'see results.json'}; {sweep_rows[0].get('n_train', '?')} train and "
          f"{len(experiment.y_test)} test images; classes: {', '.join(experiment.label_names)}; "
-         f"seed {summary.get('seed', '?')}, {summary.get('repeats', 1)} repeat(s), "
-         f"{summary.get('n_boot', '?')} bootstrap resamples for the 95% intervals."),
+         f"seed {summary.seed}, {summary.repeats} repeat(s), "
+         f"{summary.n_boot} bootstrap resamples for the 95% intervals."),
         f"Best: {_row_name(best)}, test accuracy {format_accuracy(best)}.",
     ]
     if len(experiment.sources) > 1:
@@ -402,58 +354,67 @@ def _headline(experiment: Experiment) -> list[str]:
     return lines
 
 
+def _escape(text: str) -> str:
+    """Text as literal Markdown (a table cell's ``|`` included)."""
+    for char in "\\|*`":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+#: Right-aligned (numeric) columns of the ranked table.
+_NUMERIC = {0, 5, 6, 7, 8, 9, 10}
+
+
 def render_markdown(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
     """The report as Markdown; ``figures`` maps plot keys to file names beside the report."""
+    lines = [f"# featx report: {_escape(experiment.directory.name)}", ""]
+    lines += [f"{_escape(line)}  " for line in _headline(experiment)]
+    lines += ["", "## Ranked configurations", "", "| " + " | ".join(TABLE_HEADER) + " |",
+              "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(TABLE_HEADER))) + "|"]
+    lines += ["| " + " | ".join(_escape(c) for c in table_cells(row)) + " |" for row in experiment.rows]
 
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
+    def section(title: str, paragraphs: list[str], figure: str | None = None) -> None:
+        lines.extend(["", f"## {title}", ""])
+        paragraphs = [_escape(p) for p in paragraphs]
+        lines.extend([f"- {p}" for p in paragraphs] if len(paragraphs) > 1 else paragraphs)
+        if figure in figures:
+            caption = _escape(captions[figure])
+            lines.extend([""] * bool(paragraphs) + [f"![{caption}]({figures[figure]})", "", f"*{caption}*"])
 
-    lines = [f"# featx report: {experiment.directory.name}", ""]
-    lines += [f"{line}  " for line in _headline(experiment)]
-    lines += ["", "## Ranked configurations", "",
-              "| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in table_cells(row)) + " |" for row in experiment.rows]
-    for section in _sections(experiment, figures, captions):
-        lines += ["", f"## {section.title}", ""]
-        lines += [f"- {p}" for p in section.paragraphs] if len(section.paragraphs) > 1 else section.paragraphs
-        if section.figure:
-            lines += [""] if section.paragraphs else []
-            lines += [f"![{section.caption}]({section.figure})", "", f"*{section.caption}*"]
+    mcnemar_line = _mcnemar_line(experiment)
+    if mcnemar_line:
+        section("Best two compared", [mcnemar_line])
+    for key, title in (("roc", "ROC curves (test)"), ("pr", "Precision-recall curves (test)"),
+                       ("confusion", "Confusion matrix (test)")):
+        if key in figures:
+            section(title, [], key)
+    curve_lines = _learning_curve_lines(experiment)
+    if curve_lines:
+        section("How many training images?", curve_lines, "learning_curve")
+    if "dense_history" in figures:
+        section("Training history", [], "dense_history")
+    labels = {row.get("caches"): row["label"] for row in experiment.rows}
+    feature_lines = [f"{labels.get('+'.join(fs.get('caches', [])), fs['name'])}: "
+                     f"{' + '.join(str(d) for d in fs.get('dims', []))} dims from {', '.join(fs.get('caches', []))}"
+                     for fs in experiment.summary.feature_sets]
+    if feature_lines:
+        section("Feature caches", feature_lines)
     return "\n".join(lines) + "\n"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}"""
+th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}td[style]{font-variant-numeric:tabular-nums}
+img{max-width:100%}p>em{color:#555;font-size:0.9em}"""
 
 
-def render_html(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
-    """The report as one HTML page (inline style; PNGs by relative path)."""
-    e = html.escape
-    numeric = {0, 5, 6, 7, 8, 9, 10}
-    title = f"featx report: {experiment.directory.name}"
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    parts += [f"<p>{e(line)}</p>" for line in _headline(experiment)]
-    parts += ["<h2>Ranked configurations</h2>", "<table>",
-              "<tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>"]
-    for row in experiment.rows:
-        cells = table_cells(row)
-        parts.append("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>"
-                                      for i, c in enumerate(cells)) + "</tr>")
-    parts.append("</table>")
-    for section in _sections(experiment, figures, captions):
-        parts.append(f"<h2>{e(section.title)}</h2>")
-        if len(section.paragraphs) > 1:
-            parts.append("<ul>" + "".join(f"<li>{e(p)}</li>" for p in section.paragraphs) + "</ul>")
-        else:
-            parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
-        if section.figure:
-            parts.append(f'<figure><img src="{e(section.figure)}" alt="{e(section.caption)}">'
-                         f"<figcaption>{e(section.caption)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def render_html(markdown: str, title: str) -> str:
+    """``report.md`` as one HTML page (markdown-it-py, CommonMark plus tables; raw HTML off; inline style)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,8 +511,8 @@ def plot_confusion(experiment: Experiment, row: dict):
 
 def plot_learning_curve(experiment: Experiment):
     """Test accuracy of the sweep's best configuration against the number of training images."""
-    curve = experiment.summary.get("learning_curve") or []
-    best_config = (experiment.summary.get("best") or {}).get("config")
+    curve = experiment.summary.learning_curve or []
+    best_config = experiment.summary.best.get("config")
     best = next((row for row in experiment.rows
                  if row["source"] == SWEEP_SOURCE and row["config"] == best_config), None)
     sizes = [point["n_train"] for point in curve]
@@ -647,7 +608,7 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
         plotters["roc"] = lambda: plot_roc(experiment, with_predictions[:top])
         plotters["pr"] = lambda: plot_precision_recall(experiment, with_predictions[:top])
         plotters["confusion"] = lambda: plot_confusion(experiment, experiment.best_with_predictions)
-    if experiment.summary.get("learning_curve"):
+    if experiment.summary.learning_curve:
         plotters["learning_curve"] = lambda: plot_learning_curve(experiment)
     if dense_rows or experiment.stage_histories:
         plotters["dense_history"] = lambda: plot_history(experiment, dense_rows)
@@ -660,8 +621,10 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
             final = directory / PLOT_FILES[key]
             figure.savefig(_stage(final, staged), format="png")
             figures[key] = final.name
-        for name, render in (("report.md", render_markdown), ("report.html", render_html)):
-            _stage(directory / name, staged).write_text(render(experiment, figures, captions), encoding="utf-8")
+        markdown = render_markdown(experiment, figures, captions)
+        html_page = render_html(markdown, f"featx report: {directory.name}")
+        for name, text in (("report.md", markdown), ("report.html", html_page)):
+            _stage(directory / name, staged).write_text(text, encoding="utf-8")
         for temporary, final in staged:
             os.replace(temporary, final)
     finally:
@@ -677,6 +640,6 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
 
 def _stage(final: Path, staged: list[tuple[Path, Path]]) -> Path:
     """A temporary name beside ``final``, remembered for the rename (or the clean-up)."""
-    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    temporary = temp_path(final)
     staged.append((temporary, final))
     return temporary

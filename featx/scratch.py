@@ -78,6 +78,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from featx import __version__
+from featx.errors import UserError
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ImageSplit", "ScratchResult", "build_model",
            "load_splits", "run_scratch", "scratch_command"]
@@ -89,7 +90,7 @@ INTERPOLATION = "area"
 TUNER_PROJECT = "search"
 
 
-class ScratchError(ValueError):
+class ScratchError(UserError, ValueError):
     """The data or options cannot be trained as asked; the message says why and how to fix it."""
 
 

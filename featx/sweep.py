@@ -24,33 +24,40 @@ Outputs (in ``out_dir``, written to a temporary folder and renamed into place)
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from featx import __version__
-from featx.artifacts.results import METRICS, RESULT_COLUMNS, write_rows_csv
+from featx.artifacts.results import METRICS, SweepBundle, SweepSummary, rank_rows, write_rows_csv
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
 
-__all__ = ["SweepError", "FeatureSet", "load_feature_set", "expand_grid", "run_sweep", "SweepResult"]
+__all__ = ["SweepError", "run_sweep", "SweepResult"]
 
 class SweepError(FeatureSetError):
     """The caches or options cannot be swept as asked; the message says why and how to fix it."""
 
 
-def expand_grid(grid: list[dict]) -> list[dict]:
-    """All parameter combinations of a grid (a list of dicts of lists), in a stable order."""
-    configs = []
-    for block in grid:
-        keys = sorted(block)
-        for values in itertools.product(*(block[k] for k in keys)):
-            configs.append(dict(zip(keys, values)))
+def _checked_configs(head: str, grid: list[dict], preprocessing) -> list[dict]:
+    """The grid's configurations (sklearn's ParameterGrid order), each checked against the head's pipeline
+    before any fit."""
+    from sklearn.model_selection import ParameterGrid
+
+    from featx.heads import make_head
+
+    try:
+        configs = list(ParameterGrid(grid))
+        for params in configs:
+            make_head(head, preprocessing).set_params(**params)
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"the {head} grid {json.dumps(_jsonable(grid))} does not fit the head ({exc}); give "
+                         f"--grid as {{\"{head}\": [{{\"head__PARAM\": [values]}}]}} and --preprocessing as "
+                         f"standard, l2, pca:N or none") from None
     return configs
 
 
@@ -92,7 +99,7 @@ def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: i
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
-    from featx.heads import make_head
+    from featx.heads import class_probabilities, make_head
     from featx.metrics import classification_metrics
 
     train, val, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_VAL), fs.rows(SPLIT_TEST)
@@ -103,37 +110,26 @@ def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: i
         started = time.perf_counter()
         model.fit(fs.X[train], fs.y[train])
         fit_seconds = time.perf_counter() - started
-        select = classification_metrics(fs.y[val], _proba(model, fs.X[val], classes), classes)
+        select = classification_metrics(fs.y[val], class_probabilities(model, fs.X[val], len(classes)), classes)
     else:
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         scores = []
         for fold_train, fold_test in folds.split(fs.X[train], fs.y[train]):
             fold_model = clone(model).fit(fs.X[train][fold_train], fs.y[train][fold_train])
-            proba = _proba(fold_model, fs.X[train][fold_test], classes)
+            proba = class_probabilities(fold_model, fs.X[train][fold_test], len(classes))
             scores.append(classification_metrics(fs.y[train][fold_test], proba, classes))
         select = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         started = time.perf_counter()
         model.fit(fs.X[train], fs.y[train])
         fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    test_proba = _proba(model, fs.X[test], classes)
+    test_proba = class_probabilities(model, fs.X[test], len(classes))
     predict_seconds = time.perf_counter() - started
     history = getattr(model.steps[-1][1], "history_", None)
     return {"select_accuracy": float(select["accuracy"]), "select_log_loss": float(select["log_loss"]),
             "test_proba": test_proba, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
             "history": {k: [float(v) for v in vals] for k, vals in history.items()} if history else None,
             "model": model}
-
-
-def _proba(model, X, classes) -> np.ndarray:
-    """Probabilities with one column per class index (a head may have seen a subset)."""
-    proba = model.predict_proba(X)
-    seen = list(model.classes_)
-    if len(seen) == len(classes):
-        return proba
-    full = np.zeros((len(X), len(classes)))
-    full[:, seen] = proba
-    return full
 
 
 def _run_config(fs: FeatureSet, head: str, params: dict, preprocessing, seeds: list[int],
@@ -198,8 +194,8 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     from featx.metrics import mcnemar
 
     started = time.perf_counter()
-    if repeats < 1:
-        raise SweepError(f"--repeats must be at least 1; got {repeats}")
+    if repeats < 1 or n_boot < 1 or cv < 2:
+        raise SweepError(f"--repeats and --n-boot must be at least 1, --cv at least 2; got {repeats}, {n_boot}, {cv}")
     unknown = [h for h in heads if h not in HEADS]
     if unknown:
         raise SweepError(f"unknown head(s) {unknown}; choose from {', '.join(HEADS)}")
@@ -219,12 +215,12 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
             raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
                              f"results would not be comparable: make all caches from one manifest")
 
+    configs = {head: _checked_configs(head, grids[head], preprocessing) for head in heads}
     jobs = []
     for set_index, fs in enumerate(feature_sets):
         select_on_val = _validate(fs, cv)
         for head in heads:
-            for params in expand_grid(grids[head]):
-                jobs.append((set_index, head, params, select_on_val))
+            jobs.extend((set_index, head, params, select_on_val) for params in configs[head])
     if progress is not None:
         progress.start(f"sweep: {len(jobs)} configs x {repeats} seed(s)", len(jobs))
 
@@ -263,7 +259,7 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     rows = [r["row"] for r in results]
     for i, row in enumerate(rows):
         row["config"] = i
-    ranking = sorted(range(len(rows)), key=lambda i: (-rows[i]["select_accuracy"], rows[i]["select_log_loss"], i))
+    ranking = [row["config"] for row in rank_rows(rows)]
     for rank, i in enumerate(ranking, start=1):
         rows[i]["rank"] = rank
     best_index = ranking[0]
@@ -282,32 +278,27 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         curve = _learning_curve(feature_sets[set_index], head, params, preprocessing, seed)
 
     best_fs = feature_sets[jobs[best_index][0]]
-    bundle = {
-        "model": results[best_index]["model"], "label_names": label_names,
-        "extractors": best_fs.extractors, "dims": best_fs.dims, "head": best_row["head"],
-        "params": json.loads(best_row["params"]), "preprocessing": preprocessing,
-        "metrics": {k: best_row[k] for k in METRICS},
-        "featx_version": __version__, "seed": seed,
-    }
+    bundle = SweepBundle(
+        model=results[best_index]["model"], label_names=label_names, extractors=best_fs.extractors,
+        dims=best_fs.dims, head=best_row["head"], params=json.loads(best_row["params"]),
+        preprocessing=preprocessing, metrics={k: best_row[k] for k in METRICS}, featx_version=__version__, seed=seed)
     out_dir = Path(out_dir)
-    summary = {
-        "featx_version": __version__, "seed": seed, "repeats": repeats, "cv": cv, "n_boot": n_boot,
-        "label_names": label_names, "feature_sets": [{"name": fs.name, "caches": fs.cache_paths, "dims": fs.dims}
-                                                     for fs in feature_sets],
-        "protocol": "fit on train; select by " + ("val accuracy" if best_row["selected_by"] == "val"
-                                                  else f"{cv}-fold CV accuracy on train") + "; report on test",
-        "rows": rows, "best": best_row, "mcnemar": mcnemar_result, "learning_curve": curve,
-        "histories": {str(i): r["history"] for i, r in enumerate(results) if r["history"]},
-        "seconds": time.perf_counter() - started,
-    }
+    summary = SweepSummary(
+        featx_version=__version__, seed=seed, repeats=repeats, cv=cv, n_boot=n_boot, label_names=label_names,
+        feature_sets=[{"name": fs.name, "caches": fs.cache_paths, "dims": fs.dims} for fs in feature_sets],
+        protocol="fit on train; select by " + ("val accuracy" if best_row["selected_by"] == "val"
+                                               else f"{cv}-fold CV accuracy on train") + "; report on test",
+        rows=rows, best=best_row, mcnemar=mcnemar_result, learning_curve=curve,
+        histories={str(i): r["history"] for i, r in enumerate(results) if r["history"]},
+        seconds=time.perf_counter() - started)
     _write_outputs(out_dir, rows, summary, bundle, y_test, results, test_paths)
-    return SweepResult(out_dir, rows, best_row, mcnemar_result, summary["seconds"])
+    return SweepResult(out_dir, rows, best_row, mcnemar_result, summary.seconds)
 
 
 def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed: int,
                     fractions=(0.1, 0.25, 0.5, 1.0)) -> list[dict]:
     """Test accuracy of one configuration against the number of training images."""
-    from featx.heads import make_head
+    from featx.heads import class_probabilities, make_head
 
     train, test = fs.rows(SPLIT_TRAIN), fs.rows(SPLIT_TEST)
     rng = np.random.default_rng(seed)
@@ -322,23 +313,22 @@ def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed
             continue
         model = make_head(head, preprocessing, random_state=seed).set_params(**params)
         model.fit(fs.X[subset], fs.y[subset])
-        proba = _proba(model, fs.X[test], np.arange(len(fs.label_names)))
+        proba = class_probabilities(model, fs.X[test], len(fs.label_names))
         accuracy = float(np.mean(proba.argmax(axis=1) == fs.y[test]))
         curve.append({"n_train": int(n), "fraction": fraction, "test_accuracy": accuracy})
     return curve
 
 
-def _write_outputs(out_dir: Path, rows, summary, bundle, y_test, results, test_paths) -> None:
+def _write_outputs(out_dir: Path, rows, summary: SweepSummary, bundle: SweepBundle, y_test, results,
+                   test_paths) -> None:
     """Publish the experiment folder atomically, under its lock; later stages' folders are kept."""
-    import joblib
-
     from featx.storage import stage_folder
 
     # finetune/ and scratch/ never move before the new folder is complete (report files are remade).
     with stage_folder(out_dir, keep=("finetune", "scratch"), what="featx sweep") as tmp:
         write_rows_csv(tmp / "results.csv", sorted(rows, key=lambda r: r["rank"]))
-        (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+        summary.write(tmp / "results.json")
         np.savez_compressed(tmp / "predictions.npz", y_test=y_test, paths=np.array(test_paths),
-                            label_names=np.array(summary["label_names"]),
+                            label_names=np.array(summary.label_names),
                             **{f"config_{i}": r["test_proba"].astype(np.float32) for i, r in enumerate(results)})
-        joblib.dump(bundle, tmp / "best.joblib")
+        bundle.write(tmp / "best.joblib")

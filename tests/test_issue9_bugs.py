@@ -109,3 +109,100 @@ def test_mixed_label_like_and_other_names_say_so(tmp_path):
     result = invoke("index", folder, "-o", tmp_path / "m.csv")
     assert result.exit_code == 0, result.output
     assert "warning" in result.output and "IMG_0001.png" in result.output
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_sweep_of_a_file_featx_did_not_write_never_advises_deleting_it(tmp_path):
+    """Bug 7: `featx sweep /etc/passwd` used to advise "delete it and run featx cache again"."""
+    foreign_h5 = tmp_path / "measurements.h5"
+    with h5py.File(foreign_h5, "w") as h5:
+        h5.create_dataset("features", data=np.zeros((2, 3)))  # even a dataset of that name: no featx attributes
+    for path in ("/etc/passwd", foreign_h5):
+        line = _one_error_line(invoke("sweep", path, "--out", tmp_path / "exp"))
+        assert f"{path} is" in line and "not a featx cache" in line
+        assert "delete" not in line and "featx cache DIR --extractor NAME" in line
+    assert not (tmp_path / "exp").exists()
+
+
+def test_sweep_of_a_damaged_featx_cache_advises_rebuilding_it(tmp_path):
+    """Bug 7: a cache featx wrote that lost a dataset may be deleted and rebuilt."""
+    folder = make_kaggle_images(tmp_path / "photos", 6)
+    _index_and_cache(folder, tmp_path / "m.csv", tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("*.h5")
+    with h5py.File(cache, "a") as h5:
+        del h5["paths"]
+    line = _one_error_line(invoke("sweep", cache, "--out", tmp_path / "exp"))
+    assert "damaged featx cache (missing paths); delete it and run featx cache again" in line
+
+
+def _failing_sweep(error):
+    def run_sweep(*args, **kwargs):
+        raise error
+    return run_sweep
+
+
+def test_a_featx_bug_raising_value_error_keeps_its_traceback(tmp_path, monkeypatch):
+    """Bug 5: every ValueError used to be printed as a user error, hiding real bugs."""
+    import featx.sweep
+
+    monkeypatch.setattr(featx.sweep, "run_sweep", _failing_sweep(ValueError("operands could not be broadcast")))
+    result = invoke("sweep", tmp_path / "any.h5", "--out", tmp_path / "exp")
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "error:" not in result.output
+
+
+def test_image_error_inside_tf_py_function_is_one_line_through_the_cli(tmp_path, monkeypatch):
+    """Bug 5: an unreadable image decoded inside tf.data (tf.py_function) used to end in an OpError traceback;
+    a TensorFlow error that hides no user error stays a traceback."""
+    import tensorflow as tf
+
+    import featx.sweep
+    from featx.images import ImageError, load_image
+
+    broken = tmp_path / "cat.1.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+
+    def decode_in_tf_data(*args, **kwargs):
+        decode = lambda index: np.asarray(load_image(broken, size=(8, 8)), np.float32)  # noqa: E731
+        list(tf.data.Dataset.range(1).map(lambda i: tf.py_function(decode, [i], tf.float32)))
+
+    monkeypatch.setattr(featx.sweep, "run_sweep", decode_in_tf_data)
+    line = _one_error_line(invoke("sweep", tmp_path / "any.h5", "--out", tmp_path / "exp"))
+    assert f"{broken}: " in line and "OpError" not in line and "Iterator" not in line
+
+    def fail_in_tf_data(*args, **kwargs):
+        def decode(index):
+            try:
+                load_image(broken)
+            except ImageError:
+                raise ValueError("a featx bug while handling an unreadable image")  # chained: ImageError in the text
+        list(tf.data.Dataset.range(1).map(lambda i: tf.py_function(decode, [i], tf.float32)))
+
+    monkeypatch.setattr(featx.sweep, "run_sweep", fail_in_tf_data)
+    result = invoke("sweep", tmp_path / "any.h5", "--out", tmp_path / "exp")
+    assert result.exit_code == 1 and isinstance(result.exception, tf.errors.OpError)
+
+
+def test_a_grid_that_does_not_fit_the_head_is_one_line(tmp_path):
+    """Bug 5: a --grid naming a parameter the head lacks used to surface as a bare ValueError."""
+    folder = make_kaggle_images(tmp_path / "photos", 6)
+    _index_and_cache(folder, tmp_path / "m.csv", tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("*.h5")
+    grid = tmp_path / "grid.json"
+    grid.write_text('{"logreg": [{"head__gamma": [1.0]}]}')
+    line = _one_error_line(invoke("sweep", cache, "--heads", "logreg", "--grid", grid, "--out", tmp_path / "exp"))
+    assert "the logreg grid" in line and "gamma" in line
+    line = _one_error_line(invoke("sweep", cache, "--heads", "logreg", "--preprocessing", "zscore",
+                                  "--out", tmp_path / "exp"))
+    assert "unknown preprocessing 'zscore'" in line
+    grid.write_text('{"linsvm": [{"head__C": [-1]}]}')  # a value the head refuses when it fits (in a worker)
+    line = _one_error_line(invoke("sweep", cache, "--heads", "linsvm", "--grid", grid, "--n-jobs", "2",
+                                  "--out", tmp_path / "exp"))
+    assert "C must be a positive number; got -1" in line
+    assert not (tmp_path / "exp").exists()

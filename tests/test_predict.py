@@ -17,6 +17,7 @@ from featx.data import build_manifest
 from featx.extractors import get_extractor
 from featx.images import load_image
 from featx.pipeline import build_cache
+from featx.artifacts import ArtifactError
 from featx.predict import (FineTunedModel, ModelError, SweepModel, evaluate, load_model, predict, state_sha256,
                            write_submission)
 from featx.sweep import run_sweep
@@ -195,11 +196,32 @@ def test_load_model_finds_the_model_or_says_what_it_expected(hog_experiment, tmp
     with pytest.raises(ModelError, match="holds neither best.joblib"):
         load_model(tmp_path)
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
-    with pytest.raises(ModelError, match="not a readable joblib file"):
+    with pytest.raises(ArtifactError, match="junk.joblib is not a readable joblib file"):
         load_model(tmp_path / "junk.joblib")
     joblib.dump({"model": None}, tmp_path / "other.joblib")
-    with pytest.raises(ModelError, match="missing label_names, extractors, dims"):
+    with pytest.raises(ArtifactError, match=r"not a complete featx sweep_bundle \(missing dims, extractors, label_names"):
         load_model(tmp_path / "other.joblib")
+    bundle = joblib.load(hog_experiment.bundle)
+    bundle["dims"] = []
+    joblib.dump(bundle, tmp_path / "damaged.joblib")
+    with pytest.raises(ArtifactError, match="lists 1 extractor\\(s\\) but 0 feature block size\\(s\\)"):
+        load_model(tmp_path / "damaged.joblib")
+
+
+def test_bundle_carries_a_schema_and_old_bundles_still_predict(hog_experiment, tmp_path):
+    """best.joblib is a versioned record; one written before the header existed (version 0) still works."""
+    bundle = joblib.load(hog_experiment.bundle)
+    assert bundle["schema"] == {"kind": "sweep_bundle", "version": 1}
+    folder, _ = make_unlabeled_folder(tmp_path / "test1", 4)
+    expected = predict(hog_experiment.bundle, folder, cache_dir=tmp_path / "cache", workers=1)
+    del bundle["schema"]
+    joblib.dump(bundle, tmp_path / "old.joblib")
+    old = predict(tmp_path / "old.joblib", folder, cache_dir=tmp_path / "cache", workers=1)
+    np.testing.assert_array_equal(old.proba, expected.proba)
+    bundle["schema"] = {"kind": "sweep_bundle", "version": 7}
+    joblib.dump(bundle, tmp_path / "new.joblib")
+    with pytest.raises(ArtifactError, match="new.joblib was written by a newer featx \\(sweep_bundle version 7"):
+        load_model(tmp_path / "new.joblib")
 
 
 def test_concatenated_sift_and_hog_features_with_the_sweeps_vocabulary(tmp_path):

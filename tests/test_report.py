@@ -84,7 +84,7 @@ def markdown_table(text: str) -> list[list[str]]:
 
 
 def html_table(text: str) -> list[list[str]]:
-    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(<td.*?)</tr>", text)]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>\s*(<td.*?)</tr>", text, re.S)]
 
 
 def expected_accuracy_cell(row: dict) -> str:
@@ -117,6 +117,9 @@ def test_markdown_and_html_tables_follow_results_csv_in_rank_order(reported):
     html_rows = html_table(paths["html"].read_text())
 
     assert len(results) == 4 and len(markdown_rows) == len(results) and len(html_rows) == len(results)
+    # report.html is report.md rendered (markdown-it's table rule): numeric columns right-aligned in both
+    assert '<th style="text-align:right">rank</th>' in paths["html"].read_text()
+    assert "|---:|---|---|" in paths["markdown"].read_text()
     accuracies = {row["accuracy"] for row in results}
     assert len(accuracies) > 1, "the tiny data should separate the configurations"
     for rank, (expected, md_cells, html_cells) in enumerate(zip(results, markdown_rows, html_rows), start=1):
@@ -164,7 +167,7 @@ def test_plots_draw_the_numbers_of_the_results(binary_sweep):
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["cat", "dog"]
 
     figure, _ = plot_learning_curve(experiment)
-    curve = experiment.summary["learning_curve"]
+    curve = experiment.summary.learning_curve
     (line,) = figure.axes[0].get_lines()
     assert list(line.get_xdata()) == [p["n_train"] for p in curve]
     assert list(line.get_ydata()) == [p["test_accuracy"] for p in curve]
@@ -259,7 +262,7 @@ def test_folder_without_results_gets_a_clear_error(tmp_path):
         write_report(missing)
     missing.mkdir(parents=True)
     expected = r"no sweep results here \(missing results.csv, results.json, predictions.npz\); run `featx sweep"
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(ReportError, match=expected):
         write_report(missing)
     assert not list(missing.iterdir())
 
@@ -277,8 +280,6 @@ def test_cli_report_prints_the_markdown_path_last(experiment_copy, tmp_path):
 
     from featx.cli import app
 
-    if "report" not in {command.name or command.callback.__name__ for command in app.registered_commands}:
-        pytest.skip("featx.cli has no report command yet (the lead pastes it from the report engineer's note)")
     runner = CliRunner()
     result = runner.invoke(app, ["report", str(experiment_copy)])
     assert result.exit_code == 0, result.output
@@ -287,3 +288,47 @@ def test_cli_report_prints_the_markdown_path_last(experiment_copy, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert "run `featx sweep" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_experiment_written_before_schema_headers_still_reports(experiment_copy, reported):
+    """results.json without its schema header (today's folders) reads as version 0; a newer one is one line."""
+    from typer.testing import CliRunner
+
+    from featx.cli import app
+
+    summary = json.loads((experiment_copy / "results.json").read_text())
+    assert summary.pop("schema") == {"kind": "sweep_results", "version": 1}
+    (experiment_copy / "results.json").write_text(json.dumps(summary))
+    old = write_report(experiment_copy)["markdown"].read_text()
+    assert markdown_table(old) == markdown_table(reported["markdown"].read_text())
+    summary["schema"] = {"kind": "sweep_results", "version": 2}
+    (experiment_copy / "results.json").write_text(json.dumps(summary))
+    result = CliRunner().invoke(app, ["report", str(experiment_copy)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "results.json was written by a newer featx (sweep_results version 2" in lines[0]
+
+
+def test_report_ranks_later_stages_with_the_sweeps_own_ranking(experiment_copy):
+    """One ranking function: the sweep's rank column and the report's order agree, NaN scores last."""
+    from featx.artifacts.results import rank_rows
+
+    sweep_rows = read_csv(experiment_copy / "results.csv")
+    (experiment_copy / "scratch").mkdir()
+    with open(experiment_copy / "scratch" / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(sweep_rows[0]))
+        writer.writeheader()
+        best = dict(sweep_rows[0], head="tied", select_log_loss=float(sweep_rows[0]["select_log_loss"]) + 1)
+        unscored = dict(sweep_rows[0], head="unscored", select_accuracy="", select_log_loss="")
+        writer.writerows([unscored, best])
+    rows = load_experiment(experiment_copy).rows
+    heads = [row["head"] for row in rows]
+    assert heads[-1] == "unscored" and heads.index("tied") >= 1
+    tied = rows[heads.index("tied")]
+    # Same selection accuracy as the best, higher loss: after the best, before any lower accuracy.
+    assert rows[0]["config"] == int(sweep_rows[0]["config"]) and rows[0]["source"] == "sweep"
+    assert all(row["select_accuracy"] == tied["select_accuracy"] for row in rows[:heads.index("tied")])
+    assert all(row["select_accuracy"] < tied["select_accuracy"] or row["select_log_loss"] >= tied["select_log_loss"]
+               for row in rows[heads.index("tied") + 1:-1])
+    assert [row["head"] for row in rank_rows(rows)] == heads
+    assert [int(r["rank"]) for r in sweep_rows] == sorted(int(r["rank"]) for r in sweep_rows)

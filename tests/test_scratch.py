@@ -13,7 +13,7 @@ pytest.importorskip("keras")
 
 from featx.scratch import (PRESETS, Architecture, ScratchError, build_model, run_scratch,  # noqa: E402
                            scratch_command)
-from featx.sweep import RESULT_COLUMNS  # noqa: E402
+from featx.artifacts.results import RESULT_COLUMNS  # noqa: E402
 
 # 40 images of 48 px, split by hash: about 10 val and 10 test images.
 FAST = dict(image_size=32, epochs=1, batch_size=16, val=0.25, test=0.25, n_boot=50, workers=2)

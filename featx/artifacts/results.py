@@ -1,19 +1,26 @@
-"""Result rows: the metric names, the columns of ``results.csv``, and the one CSV writer.
+"""Result rows and the sweep's records: metric names, ``results.csv`` columns, the one ranking,
+the one CSV writer, ``results.json`` (:class:`SweepSummary`) and ``best.joblib`` (:class:`SweepBundle`).
 
 Every stage that scores a model on the test split (``sweep``, ``finetune``, ``scratch``) builds its
 row with :func:`metric_columns` and writes it with :func:`write_rows_csv`, so ``report`` reads one
-shape whatever made it.
+shape whatever made it, and ranks it with :func:`rank_rows` as the sweep does. JSON records are
+written by :meth:`featx.artifacts.Record.write`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ..storage import atomic_write
+from . import ArtifactError, Record
 
-__all__ = ["METRICS", "RESULT_COLUMNS", "metric_columns", "write_rows_csv"]
+__all__ = ["METRICS", "RESULT_COLUMNS", "metric_columns", "write_rows_csv", "rank_rows", "SweepSummary",
+           "SweepBundle"]
 
 #: Test metrics of every result row, each with ``_low``/``_high`` (bootstrap 95% CI) and ``_std``.
 METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
@@ -54,3 +61,106 @@ def write_rows_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
     atomic_write(path, write)
+
+
+def rank_rows(rows: Sequence[Mapping[str, Any]]) -> list:
+    """``rows`` best first, the one ranking of featx: higher ``select_accuracy``, ties broken by lower
+    ``select_log_loss``, then by the order given; NaN (a row never scored) ranks last.
+
+    The sweep ranks its configurations with it, the report ranks the sweep's rows and later stages'
+    rows together with it: the test split never chooses.
+
+    Examples
+    --------
+    >>> rows = [{"select_accuracy": 0.9, "select_log_loss": 0.3}, {"select_accuracy": 0.9, "select_log_loss": 0.2},
+    ...         {"select_accuracy": float("nan"), "select_log_loss": 0.1}]
+    >>> [rows.index(r) for r in rank_rows(rows)]
+    [1, 0, 2]
+    """
+
+    def key(item):
+        index, row = item
+        accuracy, loss = float(row["select_accuracy"]), float(row["select_log_loss"])
+        return (math.inf if math.isnan(accuracy) else -accuracy, math.inf if math.isnan(loss) else loss, index)
+
+    return [row for _, row in sorted(enumerate(rows), key=key)]
+
+
+@dataclasses.dataclass
+class SweepSummary(Record):
+    """``results.json``: the sweep's rows, protocol, McNemar, learning curve and dense-head histories."""
+
+    KIND: ClassVar[str] = "sweep_results"
+    VERSION: ClassVar[int] = 1
+    FIX: ClassVar[str] = "run featx sweep again to write it"
+
+    label_names: list
+    rows: list
+    best: dict
+    featx_version: str = ""
+    seed: int = 0
+    repeats: int = 1
+    cv: int = 5
+    n_boot: int = 0
+    feature_sets: list = dataclasses.field(default_factory=list)
+    protocol: str = ""
+    mcnemar: dict | None = None
+    learning_curve: list | None = None
+    histories: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class SweepBundle(Record):
+    """``best.joblib``: the sweep's fitted head with the extractor spec(s) and learned state that feed it.
+
+    A joblib pickle (the head is a scikit-learn Pipeline) of :meth:`to_dict`, so it carries the same
+    schema header as the JSON records; a bundle written before the header existed reads as version 0.
+    ``model`` is a fitted Pipeline whose classes are indices into ``label_names``; ``extractors``
+    holds one entry (spec, state, cache, dataset) per feature block, in column order, and ``dims``
+    the width of each block. Only load bundles you trust: unpickling runs code.
+    """
+
+    KIND: ClassVar[str] = "sweep_bundle"
+    VERSION: ClassVar[int] = 1
+    FIX: ClassVar[str] = "give the best.joblib written by featx sweep (or run featx sweep again)"
+
+    model: Any
+    label_names: list
+    extractors: list
+    dims: list
+    head: str = "head"
+    params: dict = dataclasses.field(default_factory=dict)
+    preprocessing: Any = "standard"
+    metrics: dict = dataclasses.field(default_factory=dict)
+    featx_version: str = ""
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "the bundle") -> "SweepBundle":
+        bundle = super().from_dict(data, where)
+        if not bundle.extractors or len(bundle.extractors) != len(bundle.dims):
+            raise ArtifactError(f"{where} lists {len(bundle.extractors)} extractor(s) but {len(bundle.dims)} "
+                                f"feature block size(s); the bundle is damaged: run featx sweep again")
+        return bundle
+
+    def write(self, path: str | os.PathLike) -> Path:
+        import joblib
+
+        return atomic_write(path, lambda tmp: joblib.dump(self.to_dict(), tmp))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "SweepBundle":
+        import pickle
+
+        import joblib
+
+        path = Path(path)
+        try:
+            data = joblib.load(path)
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} does not exist; {cls.FIX}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
+            raise ArtifactError(f"{path} is not a readable joblib file ({type(exc).__name__}: {exc}); "
+                                f"{cls.FIX}") from None
+        return cls.from_dict(data, str(path))
