@@ -85,29 +85,33 @@ def test_bad_files_are_skipped_and_recorded(kaggle_dir, tmp_path):
         assert "dog.902.jpg" in cache.paths and "cat.900.png" not in cache.paths
 
 
-def test_second_writer_gets_a_clear_error_and_readers_are_not_blocked(kaggle_dir, tmp_path):
+def test_second_writer_gets_a_clear_error_and_readers_of_the_same_file_are_not_blocked(kaggle_dir, tmp_path):
     manifest = build_manifest(kaggle_dir)
-    done = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1)
-    extractor = get_extractor("hog", size=24)
-    path = tmp_path / "other.h5"
-    with CacheBuilder(path, manifest, extractor.spec()):
+    extractor = get_extractor("hog", size=32)
+    done = build_cache(manifest, extractor, cache_dir=tmp_path, workers=1)
+    with open_cache(done.path) as cache:
+        published = cache.load()[0]
+    # This process holds the writer's lock on the very file another process then reads and writes.
+    with CacheBuilder(done.path, manifest, extractor.spec()):
         script = textwrap.dedent(f"""
-            from featx.cache import CacheBuilder, CacheLockedError
+            import numpy as np
+            from featx.cache import CacheBuilder, CacheLockedError, open_cache
             from featx.data import build_manifest
             from featx.extractors import get_extractor
+            with open_cache({str(done.path)!r}) as cache:  # reading needs no lock
+                print("READ", cache.n_rows, float(np.abs(cache.load()[0]).sum()))
             m = build_manifest({str(kaggle_dir)!r})
             try:
-                with CacheBuilder({str(path)!r}, m, get_extractor("hog", size=24).spec()):
+                with CacheBuilder({str(done.path)!r}, m, get_extractor("hog", size=32).spec()):
                     print("GOT LOCK")
             except CacheLockedError as exc:
                 print("LOCKED:", exc)
         """)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-        assert "LOCKED:" in out.stdout and "another featx process" in out.stdout, out.stderr
+        assert f"READ 40 {float(np.abs(published).sum())}" in out.stdout, out.stderr
+        assert "LOCKED:" in out.stdout and "GOT LOCK" not in out.stdout, out.stderr
         assert str(os.getpid()) in out.stdout
-        with open_cache(done.path) as cache:  # reading a finished cache needs no lock
-            assert cache.n_rows == 40
-    with CacheBuilder(path, manifest, extractor.spec()):  # released on exit
+    with CacheBuilder(done.path, manifest, extractor.spec()):  # released on exit
         pass
 
 
@@ -190,7 +194,7 @@ from featx.extractors import get_extractor
 from featx.pipeline import build_cache
 r = build_cache(build_manifest({root!r}), get_extractor("slow_blocks"), cache_dir={cache_dir!r},
                 batch_size=2, shard_rows=4, workers=2)
-print("DONE", r.rows)
+print("DONE", r.rows, r.computed)
 '''
 
 
@@ -238,3 +242,61 @@ def test_kill_dash_9_at_random_points_then_resume_equals_clean_run(kaggle_dir, t
         np.testing.assert_array_equal(a.load()[0], b.load()[0])
         np.testing.assert_array_equal(a.state["mean"], b.state["mean"])
     assert not journal.exists()
+
+
+def test_kill_at_each_named_step_leaves_no_half_file_and_resume_finishes_only_what_is_left(kaggle_dir, tmp_path):
+    """FEATX_KILL_AT SIGKILLs the build at a named step: inside the fit, after the state is saved,
+    after shard N, inside the publish before and after the rename. After each kill the final file
+    is absent or complete; the run that follows computes only the shards the journal lacks."""
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "slowext.py").write_text(SLOW_EXTRACTOR)
+    sys.path.insert(0, str(plugin_dir))
+    import slowext  # noqa: F401
+
+    clean = build_cache(build_manifest(kaggle_dir), get_extractor("slow_blocks"), cache_dir=tmp_path / "clean",
+                        batch_size=2, shard_rows=4, workers=2)
+    cache_dir = tmp_path / "crashy"
+    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(cache_dir))
+    final = cache_dir / clean.path.name
+    journal = final.with_name(final.name + ".partial")
+
+    def run(step: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "FEATX_KILL_AT"}
+        if step:
+            env["FEATX_KILL_AT"] = step
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+
+    def shards() -> int:
+        return len(list(journal.glob("shard-*.npz"))) if journal.exists() else 0
+
+    died = run("fit")
+    assert died.returncode == -signal.SIGKILL and not final.exists()
+    assert not (journal / "state.npz").exists() and shards() == 0
+    died = run("save_state")
+    assert died.returncode == -signal.SIGKILL and not final.exists()
+    assert (journal / "state.npz").exists() and shards() == 0
+    died = run("shard:3")  # 10 shards of 4 rows in all
+    assert died.returncode == -signal.SIGKILL and not final.exists()
+    stored = shards()
+    assert 1 <= stored < 10
+    died = run("publish:before_rename")  # every shard computed, the final file written, not renamed
+    assert died.returncode == -signal.SIGKILL and not final.exists() and shards() == 10
+    assert "DONE" not in died.stdout
+    finished = run(None)
+    assert finished.returncode == 0, finished.stderr
+    assert "DONE 40 0" in finished.stdout  # nothing left to compute: the journal had every shard
+    assert not journal.exists()
+
+    again = tmp_path / "after_rename"
+    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(again))
+    died = run("publish:after_rename")  # published, killed before the journal was cleaned
+    assert died.returncode == -signal.SIGKILL
+    with open_cache(again / clean.path.name) as cache:
+        assert cache.n_rows == 40
+    assert run(None).stdout.strip().startswith("DONE 40 0")
+    for path in (final, again / clean.path.name):
+        with open_cache(clean.path) as a, open_cache(path) as b:
+            assert a.paths == b.paths
+            np.testing.assert_array_equal(a.load()[0], b.load()[0])
+            np.testing.assert_array_equal(a.state["mean"], b.state["mean"])
