@@ -95,11 +95,11 @@ def test_declared_precisions_and_check_precision():
     with pytest.raises(ExtractorOptionError, match=r"hog computes in fp32 only.*choices: fp32"):
         hog.check_precision("bf16")
     vgg = get_extractor("vgg16", weights=None, precision="bf16")
-    assert vgg.precisions == ("fp32", "bf16", "fp16") and vgg.precision == "bf16"
-    with pytest.raises(ExtractorOptionError, match=r"vgg16 computes in fp32, bf16, fp16; precision 'fp64'"):
+    assert vgg.precisions == ("fp32", "bf16", "fp16", "int8") and vgg.precision == "bf16"
+    with pytest.raises(ExtractorOptionError, match=r"vgg16 computes in fp32, bf16, fp16, int8; precision 'fp64'"):
         get_extractor("vgg16", weights=None, precision="fp64")
-    with pytest.raises(ExtractorOptionError, match="precision 'int8' is not supported"):
-        vgg.precision = "int8"
+    with pytest.raises(ExtractorOptionError, match="precision 'int4' is not supported"):
+        vgg.precision = "int4"
     assert vgg.precision == "bf16"
 
 
