@@ -49,7 +49,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import LabelEncoder, Normalizer, StandardScaler
+from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
@@ -84,10 +84,31 @@ class HeadError(UserError, ValueError):
     caches); the message says what was expected. A ``ValueError``, as scikit-learn's checks expect."""
 
 
+class _Head(ClassifierMixin, BaseEstimator):
+    """What the heads share: the classes found on fitting, and ``predict`` from ``predict_proba``."""
+
+    def _set_classes(self, y):
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
+
+    def predict(self, X):
+        """The class with the highest (for the SVMs: calibrated) probability."""
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+def _class_weights(class_weight, classes, y) -> np.ndarray:
+    """Weights of ``classes`` (in order) from a dict keyed by label, or ``"balanced"``."""
+    if isinstance(class_weight, str):
+        return compute_class_weight(class_weight, classes=classes, y=y)
+    return np.array([float(class_weight.get(label, 1.0)) for label in classes])
+
+
 # ---------------------------------------------------------------------------
 # SVMs with calibrated probabilities
 # ---------------------------------------------------------------------------
-class _CalibratedSVM(ClassifierMixin, BaseEstimator):
+class _CalibratedSVM(_Head):
     """Shared fit/predict for SVMs whose probabilities come from Platt scaling.
 
     The SVM is fitted once on all (kept) rows; that fit gives
@@ -133,9 +154,9 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
             raise HeadError(
                 f"calibration_cv must be an integer >= 2 (number of folds); got {self.calibration_cv!r}"
             )
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
+        if not isinstance(self.C, Real) or self.C <= 0:
+            raise HeadError(f"C must be a positive number; got {self.C!r}")
+        self._set_classes(y)
         inputs, y_fit = self._fit_inputs(X, y)
         smallest_class = int(np.min(np.unique(y_fit, return_counts=True)[1]))
         n_folds = min(int(self.calibration_cv), smallest_class)
@@ -162,11 +183,6 @@ class _CalibratedSVM(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         return _in_chunks(lambda rows: self.calibrated_.predict_proba(self._svm_inputs(rows)), X)
-
-    def predict(self, X):
-        """The class with the highest calibrated probability."""
-        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
-        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def _in_chunks(function, X, rows_per_chunk: int = 4096):
@@ -205,10 +221,7 @@ class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
                  else np.where(y_index[:, None] == np.arange(n_problems), 1.0, -1.0))
         row_cost = np.full(n_samples, float(self.C))
         if self.class_weight is not None:
-            weights = (compute_class_weight(self.class_weight, classes=self.classes_, y=y)
-                       if isinstance(self.class_weight, str)
-                       else np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_]))
-            row_cost = row_cost * weights[y_index]
+            row_cost = row_cost * _class_weights(self.class_weight, self.classes_, y)[y_index]
         row_cost = row_cost[:, None]
 
         def objective(params):
@@ -288,8 +301,6 @@ class LinearSVMClassifier(_CalibratedSVM):
         self.random_state = random_state
 
     def _make_svm(self):
-        if not isinstance(self.C, Real) or self.C <= 0:
-            raise HeadError(f"C must be a positive number; got {self.C!r}")
         return _SquaredHingeSVM(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
 
     @property
@@ -384,8 +395,6 @@ class RBFSVMClassifier(_CalibratedSVM):
         return kernel
 
     def _make_svm(self):
-        if not isinstance(self.C, Real) or self.C <= 0:
-            raise HeadError(f"C must be a positive number; got {self.C!r}")
         return SVC(C=self.C, kernel="precomputed", class_weight=self.class_weight, decision_function_shape="ovr",
                    random_state=self.random_state)
 
@@ -393,7 +402,7 @@ class RBFSVMClassifier(_CalibratedSVM):
 # ---------------------------------------------------------------------------
 # Keras dense head
 # ---------------------------------------------------------------------------
-class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
+class KerasDenseClassifier(_Head):
     """The transfer-learning recipes' dense top as a scikit-learn classifier.
 
     ``Dropout(dropout) -> Dense(units, relu)`` for each entry of
@@ -466,34 +475,19 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
 
     # -- fitting ---------------------------------------------------------
     def fit(self, X, y, validation_data=None):
-        """Train the network.
+        """Train the network on ``X``, ``y`` as :meth:`LinearSVMClassifier.fit` does; returns ``self``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training features.
-        y : array-like of shape (n_samples,)
-            Class labels (any labels, strings included).
-        validation_data : tuple (X_val, y_val), optional
-            Rows for early stopping and ``val_*`` history; when None and
-            ``patience`` is set, a stratified ``validation_fraction`` of ``X``
-            is held out instead.
-
-        Returns
-        -------
-        self : object
-            The fitted head.
+        ``validation_data`` (``(X_val, y_val)``, optional) drives early stopping and the ``val_*``
+        history; when None and ``patience`` is set, a stratified ``validation_fraction`` of ``X``
+        is held out instead.
         """
         import keras
 
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self._check_params()
-        encoder = LabelEncoder().fit(y)
-        self.classes_ = encoder.classes_
-        if len(self.classes_) < 2:
-            raise HeadError(f"need at least 2 classes to train a classifier; got one class: {self.classes_.tolist()}")
-        y_index = encoder.transform(y)
+        self._set_classes(y)
+        y_index = np.searchsorted(self.classes_, y)
         seed = self.random_state
         if seed is not None:
             keras.utils.set_random_seed(int(seed))
@@ -509,7 +503,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
             if unknown:
                 raise ValueError(f"validation_data has labels not seen in y: {sorted(unknown)}; "
                                  f"known classes are {self.classes_.tolist()}")
-            y_val = encoder.transform(np.asarray(validation_data[1]))
+            y_val = np.searchsorted(self.classes_, np.asarray(validation_data[1]))
         elif self.patience is not None and self.validation_fraction > 0:
             X_train, y_train, X_val, y_val = _holdout(X, y_index, self.validation_fraction, seed)
 
@@ -520,10 +514,7 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
                                                            restore_best_weights=True))
         sample_weight = None
         if self.class_weight is not None:
-            weights = compute_class_weight(self.class_weight, classes=self.classes_, y=y) \
-                if isinstance(self.class_weight, str) else \
-                np.array([float(self.class_weight.get(label, 1.0)) for label in self.classes_])
-            sample_weight = weights[y_train].astype(np.float32)
+            sample_weight = _class_weights(self.class_weight, self.classes_, y)[y_train].astype(np.float32)
         fitted = self.model_.fit(
             X_train, self._targets(y_train), sample_weight=sample_weight,
             validation_data=None if X_val is None else (X_val, self._targets(y_val)),
@@ -592,11 +583,6 @@ class KerasDenseClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) == 2:
             out = np.hstack([1.0 - out, out])
         return out
-
-    def predict(self, X):
-        """The class with the highest probability."""
-        proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ exists
-        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def make_optimizer(name: str, learning_rate: float):

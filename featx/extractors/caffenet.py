@@ -36,26 +36,13 @@ __all__ = ["CaffeNet", "CaffeNetExtractor"]
 def CaffeNet(weights: str | os.PathLike | None = None,
              input_shape: tuple[int, int, int] = INPUT_SHAPE,
              classes: int | None = None, name: str = "caffenet"):
-    """BVLC reference CaffeNet as a Keras functional model.
+    """:func:`featx.backbones.caffenet.caffenet_model` with its weights.
 
-    Parameters
-    ----------
-    weights : None, "imagenet", or path
-        None for random initialisation; a ``.caffemodel`` (converted once by
-        :func:`featx.weights.caffe.import_caffemodel`); or a Keras ``.weights.h5``
-        / ``.h5`` file. ``"imagenet"`` raises :class:`~featx.weights.WeightsError`
-        explaining where to get the BVLC file.
-    input_shape : tuple of int, default (227, 227, 3)
-        Height, width, channels (BGR, mean subtracted: :func:`featx.backbones.caffenet.preprocess_input`).
-    classes : int, optional
-        Outputs of ``fc8``; by default taken from the weights file, else 1000.
-    name : str
-        Model name.
-
-    Returns
-    -------
-    keras.Model
-        Outputs class probabilities (``prob``); cut at any layer by name.
+    ``weights``: None for random initialisation; a ``.caffemodel`` (converted once by
+    :func:`featx.weights.caffe.import_caffemodel`); or a Keras ``.weights.h5`` / ``.h5``
+    file. ``"imagenet"`` raises :class:`~featx.weights.WeightsError` explaining where to
+    get the BVLC file. ``classes`` defaults to the weights file's, else 1000; the other
+    arguments are the builder's.
     """
     weights_path = resolve_caffenet_weights(weights)
     if weights_path is not None and weights_path.suffix == ".caffemodel":

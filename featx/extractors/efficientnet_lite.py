@@ -32,30 +32,15 @@ __all__ = [
 ]
 
 
-def EfficientNetLite(
-    variant: str | LiteVariant,
-    include_top: bool = True,
-    weights: str | os.PathLike | None = "imagenet",
-    input_tensor=None,
-    input_shape: tuple | None = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-    name: str | None = None,
-):
-    """Build an EfficientNet-Lite Keras model with its weights (see :func:`EfficientNetLite0`).
+def EfficientNetLite(variant: str | LiteVariant, include_top: bool = True,
+                     weights: str | os.PathLike | None = "imagenet", **kwargs):
+    """:func:`featx.backbones.efficientnet_lite.efficientnet_lite_model` with its weights.
 
-    Parameters
-    ----------
-    variant : str or LiteVariant
-        ``"efficientnet_lite0"`` (or ``"lite0"``), ``lite1`` or ``lite2``.
-
-    Other parameters are those of :func:`EfficientNetLite0`.
+    ``weights`` is as in :func:`EfficientNetLite0`; the other arguments are the builder's.
     """
     variant = get_variant(variant)
-    weights = _check_weights_argument(weights, include_top, classes)
-    model = efficientnet_lite_model(variant, include_top, input_tensor, input_shape, pooling, classes,
-                                    classifier_activation, name)
+    weights = _check_weights_argument(weights, include_top, kwargs.get("classes", 1000))
+    model = efficientnet_lite_model(variant, include_top, **kwargs)
     if weights == "imagenet":
         weights = import_lite_weights(variant.name)
     if weights is not None:
@@ -103,22 +88,25 @@ def EfficientNetLite0(include_top=True, weights="imagenet", input_tensor=None, i
     >>> model.output_shape
     (None, 1280)
     """
-    return EfficientNetLite("efficientnet_lite0", include_top, weights, input_tensor, input_shape,
-                            pooling, classes, classifier_activation, name)
+    return EfficientNetLite("efficientnet_lite0", include_top, weights, input_tensor=input_tensor,
+                            input_shape=input_shape, pooling=pooling, classes=classes,
+                            classifier_activation=classifier_activation, name=name)
 
 
 def EfficientNetLite1(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
                       pooling=None, classes=1000, classifier_activation="softmax", name=None):
     """EfficientNet-Lite1 (240 px, 5.4 M parameters); arguments as :func:`EfficientNetLite0`."""
-    return EfficientNetLite("efficientnet_lite1", include_top, weights, input_tensor, input_shape,
-                            pooling, classes, classifier_activation, name)
+    return EfficientNetLite("efficientnet_lite1", include_top, weights, input_tensor=input_tensor,
+                            input_shape=input_shape, pooling=pooling, classes=classes,
+                            classifier_activation=classifier_activation, name=name)
 
 
 def EfficientNetLite2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
                       pooling=None, classes=1000, classifier_activation="softmax", name=None):
     """EfficientNet-Lite2 (260 px, 6.1 M parameters); arguments as :func:`EfficientNetLite0`."""
-    return EfficientNetLite("efficientnet_lite2", include_top, weights, input_tensor, input_shape,
-                            pooling, classes, classifier_activation, name)
+    return EfficientNetLite("efficientnet_lite2", include_top, weights, input_tensor=input_tensor,
+                            input_shape=input_shape, pooling=pooling, classes=classes,
+                            classifier_activation=classifier_activation, name=name)
 
 
 def _check_weights_argument(weights, include_top: bool, classes: int):

@@ -185,6 +185,10 @@ def _unpacked_run(buf: bytes, pos: int, end: int, tag: int, width: int, dtype: s
     return values, pos + run * record
 
 
+# Blob value fields: their fixed-width wire type, byte width, NumPy dtype, and name in messages.
+_FLOAT_FIELDS = {_BLOB_DATA: (_FIXED32, 4, "<f4", "float"), _BLOB_DOUBLE_DATA: (_FIXED64, 8, "<f8", "double")}
+
+
 def _parse_blob(buf: bytes, start: int, end: int, where: str) -> np.ndarray:
     chunks: list[np.ndarray] = []
     double_chunks: list[np.ndarray] = []
@@ -194,22 +198,16 @@ def _parse_blob(buf: bytes, start: int, end: int, where: str) -> np.ndarray:
     pos = start
     while pos < end:
         number, wire, value, next_pos = _read_field(buf, pos, end)
-        if number == _BLOB_DATA and wire == _LENGTH:
-            a, b = value
-            if (b - a) % 4:
-                raise _Truncated(f"{where}: packed float data of {b - a} bytes is not a multiple of 4")
-            chunks.append(np.frombuffer(buf, dtype="<f4", count=(b - a) // 4, offset=a))
-        elif number == _BLOB_DATA and wire == _FIXED32:
-            values, next_pos = _unpacked_run(buf, pos, end, buf[pos], 4, "<f4")
-            chunks.append(values)
-        elif number == _BLOB_DOUBLE_DATA and wire == _LENGTH:
-            a, b = value
-            if (b - a) % 8:
-                raise _Truncated(f"{where}: packed double data of {b - a} bytes is not a multiple of 8")
-            double_chunks.append(np.frombuffer(buf, dtype="<f8", count=(b - a) // 8, offset=a))
-        elif number == _BLOB_DOUBLE_DATA and wire == _FIXED64:
-            values, next_pos = _unpacked_run(buf, pos, end, buf[pos], 8, "<f8")
-            double_chunks.append(values)
+        if number in _FLOAT_FIELDS and wire in (_LENGTH, _FLOAT_FIELDS[number][0]):
+            fixed_wire, width, dtype, kind = _FLOAT_FIELDS[number]
+            if wire == _LENGTH:
+                a, b = value
+                if (b - a) % width:
+                    raise _Truncated(f"{where}: packed {kind} data of {b - a} bytes is not a multiple of {width}")
+                values = np.frombuffer(buf, dtype=dtype, count=(b - a) // width, offset=a)
+            else:
+                values, next_pos = _unpacked_run(buf, pos, end, buf[pos], width, dtype)
+            (chunks if number == _BLOB_DATA else double_chunks).append(values)
         elif number == _BLOB_SHAPE and wire == _LENGTH:
             shape = []
             for dim_number, dim_wire, dim_value in _iter_fields(buf, *value):
