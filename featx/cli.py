@@ -519,7 +519,11 @@ def finetune(
     patience: int = typer.Option(3, help="Early stopping patience in epochs (0: train every epoch)."),
     monitor: str = typer.Option("val_loss", help="val_loss | val_accuracy: picks the best checkpoint."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (float16 on GPU) | on | off."),
-    restart: bool = typer.Option(False, "--restart", help="Discard an earlier run's checkpoint and start over."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an earlier run's checkpoint and start over "
+                                                          "(needed when the sweep's head or cache changed)."),
+    allow_warm_start_gap: bool = typer.Option(False, "--allow-warm-start-gap",
+                                              help="Train even if the model does not reproduce the head before "
+                                                   "training (the gap is recorded)."),
     workers: int = typer.Option(4, help="Image decoding threads."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, help="Seed (weights of new layers, shuffling, augmentation)."),
@@ -541,7 +545,7 @@ def finetune(
                   learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size, config=config,
                   patience=patience or None, seed=seed, monitor=monitor, restart=restart,
                   mixed_precision=mixed_precision, workers=workers, n_boot=n_boot,
-                  verbose=1 if sys.stderr.isatty() else 2)
+                  verbose=1 if sys.stderr.isatty() else 2, allow_warm_start_gap=allow_warm_start_gap)
     row = result.row
     err.print(f"warm start: fine-tune model vs head max |p difference| {result.warm_start_difference:.2e}; "
               f"val accuracy {result.val_before['val_accuracy']:.4f} -> {result.val_after['val_accuracy']:.4f}, "

@@ -66,6 +66,9 @@ __all__ = [
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 BACKBONE_LAYER = "backbone"
 MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+#: Largest max |p_model - p_head| the warm start may show before training is refused (bug 3):
+#: fp32 reproduces the head to ~1e-6; float16 mixed precision to ~1e-3.
+WARM_START_TOLERANCE = {"fp32": 1e-3, "mixed": 5e-2}
 
 #: Layer-name prefixes of the "top block" that ``unfreeze="top"`` trains, per extractor.
 #: Only the prefixes present in the cut backbone count; a backbone with none of them
@@ -824,9 +827,35 @@ def _make_callbacks(out_dir: Path, history: _HistoryWriter, monitor: str, best_v
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    from featx.storage import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def built_from(base: BaseHead) -> dict:
+    """What a fine-tune folder is built from: the sweep configuration (head, params, preprocessing)
+    and the cache (its file name holds the extractor-spec and manifest hashes). A resume with
+    any of these changed would continue another model (bug 2)."""
+    return {"config": int(base.row["config"]), "head": base.row["head"], "params": base.row["params"],
+            "preprocessing": base.row["preprocessing"], "cache": Path(base.cache_path).name}
+
+
+def _describe(origin: dict) -> str:
+    return f"config {origin['config']} ({origin['head']} {origin['params']}) on {origin['cache']}"
+
+
+def _check_resumable(out_dir: Path, state: dict, origin: dict) -> None:
+    earlier = state.get("built_from")
+    if earlier is None:
+        raise FinetuneError(f"{out_dir} was written by an older featx that did not record which head and cache "
+                            f"it was fine-tuned from, so it cannot be resumed safely; pass --restart to start "
+                            f"over from {_describe(origin)}")
+    if earlier != origin:
+        changed = ", ".join(k for k in origin if earlier.get(k) != origin[k])
+        raise FinetuneError(f"{out_dir} was fine-tuned from {_describe(earlier)}, but the sweep now gives "
+                            f"{_describe(origin)} ({changed} changed); pass --restart to fine-tune the new one "
+                            f"(replaces {out_dir}), or --config {earlier['config']} if that sweep config is the "
+                            f"one to continue")
 
 
 def _evaluate(model, dataset) -> dict:
@@ -838,7 +867,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                  augment: bool = True, learning_rate: float = 1e-4, optimizer: str = "adam",
                  batch_size: int = 32, config: int | None = None, patience: int | None = 3, seed: int = 0,
                  monitor: str = "val_loss", restart: bool = False, mixed_precision: str = "auto",
-                 workers: int = 4, n_boot: int = 1000, verbose: int = 0) -> FinetuneResult:
+                 workers: int = 4, n_boot: int = 1000, verbose: int = 0,
+                 allow_warm_start_gap: bool = False) -> FinetuneResult:
     """Fine-tune the backbone with the sweep's head on top; write ``experiment_dir/finetune/``.
 
     Parameters
@@ -865,11 +895,15 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     monitor : {"val_loss", "val_accuracy"}
         Validation metric that picks the best weights.
     restart : bool
-        Discard an earlier run's checkpoint and start from the sweep's head again.
+        Discard an earlier run's checkpoint and start from the sweep's head again. Without it, an
+        earlier run built from another head, params or cache is refused, never continued.
     mixed_precision : {"auto", "on", "off"}
         ``auto``: mixed float16 when a GPU is visible.
     workers : int
         Image decoding threads per batch.
+    allow_warm_start_gap : bool
+        Train even when the model does not reproduce the head's probabilities before training
+        (the gap exceeds :data:`WARM_START_TOLERANCE`); the gap is recorded either way.
 
     Returns
     -------
@@ -905,11 +939,15 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     if restart:
         shutil.rmtree(out_dir, ignore_errors=True)
     state = json.loads(state_path.read_text()) if state_path.exists() else None
+    origin = built_from(base)
+    if state is not None:
+        _check_resumable(out_dir, state, origin)
     if state is not None and _settings_key(state["settings"]) != _settings_key(settings):
         changed = {k: (state["settings"][k], settings[k]) for k in _settings_key(settings)
                    if state["settings"][k] != settings[k]}
         raise FinetuneError(f"{out_dir} holds a fine-tune with other settings ({changed}, earlier -> now); "
                             "pass --restart to start over, or the same settings to continue it")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(int(seed))
@@ -938,10 +976,20 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     if state is None:
         # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
         difference = check_warm_start(model, base)
+        tolerance = WARM_START_TOLERANCE["mixed" if use_mixed else "fp32"]
+        if not difference <= tolerance and not allow_warm_start_gap:
+            if created:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise FinetuneError(f"the fine-tune model does not reproduce the sweep's head before training: max "
+                                f"|p_model - p_head| = {difference:.3g} on cached {SPLIT_VAL} images (tolerance "
+                                f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
+                                f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
+                                f"or pass --allow-warm-start-gap to train anyway")
         val_before = _evaluate(model, val_data)
         history.put(0, dict(val_before, learning_rate=float(learning_rate), seconds=0.0))
         model.save_weights(str(out_dir / "best.weights.h5"))
-        state = {"settings": settings, "warm_start_difference": difference, "val_before": val_before,
+        state = {"settings": settings, "built_from": origin, "warm_start_difference": difference,
+                 "warm_start_tolerance": tolerance, "val_before": val_before,
                  "best_value": val_before[monitor], "best_epoch": 0, "epochs_done": 0,
                  "trainable_layers": trainable, "featx_version": __version__}
         _write_json(state_path, state)

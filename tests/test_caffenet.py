@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from featx.extractors import get_extractor  # noqa: E402
 from featx.backbones.caffenet import BGR_MEAN, preprocess_input  # noqa: E402

@@ -63,7 +63,6 @@ def test_draft_decode_keeps_cnn_features_close(tmp_path):
 
     Tolerance: cosine similarity of the features >= 0.995 per image, pixels within 3 grey levels on average.
     """
-    pytest.importorskip("tensorflow")
     from featx.extractors import get_extractor
     from featx.images import load_image
 

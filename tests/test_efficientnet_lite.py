@@ -226,7 +226,6 @@ def test_decode_predictions_orders_best_first():
 
 
 def test_top_k_from_image_files(lite0_weights, tmp_path):
-    pytest.importorskip("featx.images")
     paths = [make_image(tmp_path / f"img{i}.png", kind, i, size=96)
              for i, kind in enumerate(["cat", "dog", "other"])]
     results = top_k("efficientnet_lite0", paths, k=4, batch_size=2)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import make_image, make_kaggle_images
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from featx.data import build_manifest  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
@@ -202,7 +202,15 @@ def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binar
         history = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in history] == [0, 1, 2]
     assert history[0]["loss"] == "" and float(history[1]["loss"]) > 0 and float(history[2]["loss"]) > 0
-    assert float(history[0]["val_accuracy"]) == pytest.approx(result.val_before["val_accuracy"])
+    # Epoch 0 is the warm start, which reproduces the head: its val accuracy is the head's on cached features.
+    base = load_base_head(binary_experiment)
+    from featx.cache import open_cache
+
+    splits = read_image_splits(base.cache_path)
+    val_rows = splits.rows("val")
+    with open_cache(base.cache_path) as cache:
+        head_val = base.model.predict_proba(cache.features[:].astype(np.float32)[val_rows]).argmax(axis=1)
+    assert float(history[0]["val_accuracy"]) == pytest.approx(float(np.mean(head_val == splits.labels[val_rows])))
     assert float(history[2]["learning_rate"]) < float(history[1]["learning_rate"]) < 1e-3  # cosine decay
 
     with open(out / "results.csv", newline="") as handle:
@@ -210,7 +218,6 @@ def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binar
         rows = list(reader)
     assert reader.fieldnames == RESULT_COLUMNS and len(rows) == 1
     assert rows[0]["head"] == "finetune" and rows[0]["features"] == f"{BACKBONE}+finetune"
-    assert float(rows[0]["select_accuracy"]) == pytest.approx(result.val_after["val_accuracy"], abs=1e-5)
 
     info = json.loads((out / "model.json").read_text())
     assert info["input_size"] == [32, 32] and info["label_names"] == ["cat", "dog"]
@@ -226,6 +233,10 @@ def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binar
     np.testing.assert_allclose(proba, np.load(out / "predictions.npz")["config_0"], atol=1e-5)
     accuracy = float(np.mean(proba.argmax(axis=1) == splits.labels[test_rows]))
     assert float(rows[0]["accuracy"]) == pytest.approx(accuracy, abs=1e-5)
+    # select_accuracy is the kept weights' val accuracy, recomputed here from the images.
+    val_proba = reloaded.predict(load_images([splits.paths[i] for i in val_rows], info["preprocessing"]), verbose=0)
+    assert float(rows[0]["select_accuracy"]) == pytest.approx(
+        float(np.mean(val_proba.argmax(axis=1) == splits.labels[val_rows])), abs=1e-5)
 
     # After 2 epochs (the checkpoint's last weights) the unfrozen layers moved and batch norm did not:
     # it stays in inference mode, so its moving statistics are those of the weights file.
@@ -245,7 +256,8 @@ def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binar
             np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
 
     # featx predict / evaluate read the folder as it is.
-    predict = pytest.importorskip("featx.predict")
+    import featx.predict as predict
+
     assert predict.load_model(out).label_names == ["cat", "dog"]
 
     # Other settings are refused without --restart, before any work.
@@ -284,3 +296,51 @@ def test_cli_finetune_then_report_and_predict(binary_experiment, tmp_path):
 
     bad = runner.invoke(app, ["finetune", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "nowhere" in bad.output
+
+
+# -- bug 2: a kept finetune/ built from another head is refused, or restarted when asked ------------
+
+def _own_experiment(tmp_path, extractor, heads) -> Path:
+    root = make_kaggle_images(tmp_path / "train", 8)
+    cache = _cache(root, extractor, tmp_path)
+    out = tmp_path / "experiments" / "own"
+    run_sweep([[cache]], out, heads=heads, grids=GRIDS, n_boot=20, learning_curve=False, seed=0)
+    return out
+
+
+def test_finetune_refuses_to_resume_a_folder_built_from_another_head(tmp_path, extractor):
+    options = dict(unfreeze="none", epochs=1, learning_rate=1e-3, batch_size=8, patience=None, n_boot=20, seed=0)
+    experiment = _own_experiment(tmp_path, extractor, ["logreg"])
+    first = run_finetune(experiment, **options)
+    assert json.loads(first.row["params"])["base_head"] == "logreg"
+    run_sweep([[load_base_head(experiment).cache_path]], experiment, heads=["linsvm"], grids=GRIDS, n_boot=20,
+              learning_curve=False, seed=0)  # the re-sweep keeps finetune/ but picks another head
+    state_before = (experiment / "finetune" / "state.json").read_text()
+    with pytest.raises(FinetuneError, match=r"fine-tuned from config 0 \(logreg .*but the sweep now gives "
+                                            r"config 0 \(linsvm.*head, params changed.*--restart"):
+        run_finetune(experiment, **{**options, "epochs": 2})
+    assert (experiment / "finetune" / "state.json").read_text() == state_before  # nothing touched
+    again = run_finetune(experiment, restart=True, **options)
+    assert json.loads(again.row["params"])["base_head"] == "linsvm"
+    state = json.loads((experiment / "finetune" / "state.json").read_text())
+    assert state["built_from"]["head"] == "linsvm" and state["epochs_done"] == 1
+
+
+# -- bug 3: a model that does not reproduce the head is refused unless the user overrides -----------
+
+def test_finetune_refuses_a_warm_start_gap_unless_overridden(tmp_path, extractor):
+    import h5py
+
+    options = dict(unfreeze="none", epochs=1, learning_rate=1e-3, batch_size=8, patience=None, n_boot=20, seed=0)
+    experiment = _own_experiment(tmp_path, extractor, ["logreg"])
+    cache = load_base_head(experiment).cache_path
+    with h5py.File(cache, "r+") as h5:  # the cache no longer matches what the backbone computes
+        h5["features"][...] = h5["features"][...] * 3.0 + 1.0
+    with pytest.raises(FinetuneError, match=r"does not reproduce the sweep's head.*= \d.*tolerance 0\.001.*"
+                                            r"--allow-warm-start-gap"):
+        run_finetune(experiment, **options)
+    assert not (experiment / "finetune").exists()  # no half-written folder
+    result = run_finetune(experiment, allow_warm_start_gap=True, **options)
+    assert result.warm_start_difference > 1e-3
+    state = json.loads((experiment / "finetune" / "state.json").read_text())
+    assert state["warm_start_difference"] == pytest.approx(result.warm_start_difference)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_kaggle_images
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from featx.data import build_manifest  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_image
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from featx.cache import open_cache  # noqa: E402
 from featx.data import build_manifest  # noqa: E402

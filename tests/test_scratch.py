@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("keras")
 
 from featx.scratch import (PRESETS, Architecture, ScratchError, build_model, run_scratch,  # noqa: E402
                            scratch_command)
@@ -100,7 +99,8 @@ def test_saved_model_reloads_and_predicts_the_same_probabilities(two_runs):
 
 
 def test_featx_predict_reads_the_scratch_folder(two_runs):
-    predict = pytest.importorskip("featx.predict")
+    import featx.predict as predict
+
     root, result, _ = two_runs
     model = predict.load_model(result.out_dir)
     predictions = predict.predict(model, root)

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-h5py = pytest.importorskip("h5py")
+import h5py  # noqa: E402
+import keras  # noqa: E402
 
 from featx.extractors import get_extractor  # noqa: E402
 from featx.extractors.keras_apps import KERAS_APPLICATIONS, KerasApplicationExtractor  # noqa: E402
