@@ -47,7 +47,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from featx import __version__
+from featx import __version__, training
 from featx.errors import UserError
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "set_trainable",
     "check_warm_start",
     "run_finetune",
-    "custom_objects",
     "UNFREEZE_TOP",
 ]
 
@@ -99,106 +98,6 @@ class FinetuneError(UserError, ValueError):
     """The experiment cannot be fine-tuned as asked; the message says why and how to fix it."""
 
 
-# ---------------------------------------------------------------------------
-# Serializable layers (registered so model.keras reloads without featx code paths)
-# ---------------------------------------------------------------------------
-_LAYER_NAMES = ("ChannelAffine", "TwoColumnProbabilities", "NormalizeRows", "L2Normalize")
-# Defined by _define_layers() on first use, so importing this module does not import Keras.
-ChannelAffine = TwoColumnProbabilities = NormalizeRows = L2Normalize = None
-
-
-def custom_objects() -> dict:
-    """featx's Keras layers by name, registered; call before ``keras.models.load_model("model.keras")``.
-
-    Defining them here (not at import) keeps ``import featx.finetune`` free of Keras.
-    CaffeNet's own layers are registered too, so a CaffeNet fine-tune reloads.
-
-    Examples
-    --------
-    >>> sorted(custom_objects())  # doctest: +SKIP
-    ['ChannelAffine', 'L2Normalize', 'NormalizeRows', 'TwoColumnProbabilities']
-    """
-    if ChannelAffine is None:
-        _define_layers()
-    try:
-        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
-    except ImportError:  # pragma: no cover - caffenet needs only keras
-        pass
-    return {name: globals()[name] for name in _LAYER_NAMES}
-
-
-def _define_layers() -> None:
-    import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class ChannelAffine(keras.layers.Layer):
-        """Per-pixel affine map of the colour channels: ``x @ matrix + offset``.
-
-        Reproduces every featx backbone's numpy ``preprocess`` (BGR reordering,
-        mean subtraction, scaling) inside the model, so it takes raw RGB in [0, 255].
-        Always computes in float32.
-        """
-
-        def __init__(self, matrix, offset, **kwargs):
-            kwargs.setdefault("dtype", "float32")
-            super().__init__(**kwargs)
-            self.matrix = [[float(v) for v in row] for row in np.asarray(matrix, dtype=np.float64)]
-            self.offset = [float(v) for v in np.asarray(offset, dtype=np.float64)]
-
-        def call(self, inputs):
-            x = ops.cast(inputs, "float32")
-            return ops.matmul(x, ops.convert_to_tensor(self.matrix, "float32")) + ops.convert_to_tensor(
-                self.offset, "float32")
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self):
-            return {**super().get_config(), "matrix": self.matrix, "offset": self.offset}
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class TwoColumnProbabilities(keras.layers.Layer):
-        """``p`` (N, 1) -> ``[1 - p, p]`` (N, 2), as scikit-learn's binary ``predict_proba``."""
-
-        def call(self, inputs):
-            return ops.concatenate([1.0 - inputs, inputs], axis=-1)
-
-        def compute_output_shape(self, input_shape):
-            return (*input_shape[:-1], 2)
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class NormalizeRows(keras.layers.Layer):
-        """Divide each row by its sum (one-vs-rest calibrated probabilities; uniform when all are 0)."""
-
-        def call(self, inputs):
-            total = ops.sum(inputs, axis=-1, keepdims=True)
-            n_classes = ops.cast(ops.shape(inputs)[-1], inputs.dtype)
-            uniform = ops.ones_like(inputs) / n_classes
-            return ops.where(total > 0, inputs / ops.where(total > 0, total, 1.0), uniform)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class L2Normalize(keras.layers.Layer):
-        """Row-wise L2 normalisation as scikit-learn's ``Normalizer`` (zero rows stay zero)."""
-
-        def call(self, inputs):
-            norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
-            return inputs / ops.where(norm > 0, norm, 1.0)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    globals().update(ChannelAffine=ChannelAffine, TwoColumnProbabilities=TwoColumnProbabilities,
-                     NormalizeRows=NormalizeRows, L2Normalize=L2Normalize)
-
-
-def _layers() -> None:
-    custom_objects()
-
-
 def preprocessing_layer(extractor, name: str = "preprocess"):
     """A :class:`ChannelAffine` layer equal to ``extractor.preprocess``, measured from the extractor itself.
 
@@ -211,7 +110,7 @@ def preprocessing_layer(extractor, name: str = "preprocess"):
     FinetuneError
         When the extractor's preprocessing is not such a map.
     """
-    _layers()
+    training.custom_objects()
     height, width = extractor.preprocessing["size"]
     probes = np.zeros((4, height, width, 3), dtype=np.float32)
     for channel in range(3):
@@ -226,7 +125,7 @@ def preprocessing_layer(extractor, name: str = "preprocess"):
     if not np.allclose(got, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
         raise FinetuneError(f"{extractor.name}'s preprocess is not a per-channel affine map of the pixels; "
                             "it cannot be expressed as featx's ChannelAffine layer")
-    return ChannelAffine(matrix, offset, name=name)
+    return training.ChannelAffine(matrix, offset, name=name)
 
 
 # ---------------------------------------------------------------------------
@@ -446,7 +345,7 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
 
     from featx.heads import KerasDenseClassifier
 
-    _layers()
+    training.custom_objects()
     steps = [step for name, step in pipeline.steps[:-1] if step is not None and step != "passthrough"]
     head = pipeline.steps[-1][1]
     if not np.array_equal(np.asarray(head.classes_), np.arange(len(head.classes_))):
@@ -466,7 +365,7 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
                 W, b = _fold_affine(pending, np.eye(width), np.zeros(width))
                 layers.append(_dense(W, b, None, "head_preprocess", dtype_policy))
                 pending = []
-            layers.append(L2Normalize(name="head_l2", dtype=dtype_policy))
+            layers.append(training.L2Normalize(name="head_l2", dtype=dtype_policy))
         else:
             raise FinetuneError(f"preprocessing step {type(step).__name__} ({step}) cannot be written as Keras "
                                 "layers; fine-tune a config whose preprocessing is standard, l2 or pca:N")
@@ -484,7 +383,7 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
                 activation = source.get_config()["activation"]
                 layers.append(_dense(W, b, activation, f"head_{source.name}", "float32" if last else dtype_policy))
         if len(head.classes_) == 2:
-            layers.append(TwoColumnProbabilities(name="head_probabilities", dtype="float32"))
+            layers.append(training.TwoColumnProbabilities(name="head_probabilities", dtype="float32"))
         return layers
 
     W, b, kind = _linear_head_weights(head)
@@ -493,8 +392,8 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
         layers.append(_dense(W, b, "softmax", "head_output", "float32"))
     else:
         layers.append(_dense(W, b, "sigmoid", "head_output", "float32"))
-        layers.append(TwoColumnProbabilities(name="head_probabilities", dtype="float32") if kind == "sigmoid2"
-                      else NormalizeRows(name="head_probabilities", dtype="float32"))
+        layers.append(training.TwoColumnProbabilities(name="head_probabilities", dtype="float32") if kind == "sigmoid2"
+                      else training.NormalizeRows(name="head_probabilities", dtype="float32"))
     return layers
 
 
@@ -1063,36 +962,8 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
                         paths=np.array([os.path.relpath(splits.paths[i], splits.root) for i in test]),
                         label_names=np.array(base.label_names), config_0=proba.astype(np.float32))
     rows = history.as_list()
-    plot_curves(rows, out_dir / "curves.png", title=f"{base.extractor_spec['name']} fine-tune")
+    training.plot_curves(rows, out_dir / "curves.png", title=f"{base.extractor_spec['name']} fine-tune")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(state["warm_start_difference"]),
                           val_before=state["val_before"], val_after=val_after,
                           seconds=time.perf_counter() - started, trainable_layers=state["trainable_layers"])
-
-
-def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> Path:
-    """Loss and accuracy per epoch (train and val) as a PNG; epoch 0 is the warm start."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for axis, metric in zip(axes, ("loss", "accuracy")):
-        for prefix, style in (("", "o-"), ("val_", "s--")):
-            points = [(row["epoch"], row.get(prefix + metric)) for row in history
-                      if row.get(prefix + metric) is not None]
-            if points:
-                axis.plot(*zip(*points), style, label=(prefix + metric).replace("_", " "))
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(metric)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path

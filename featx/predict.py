@@ -320,8 +320,6 @@ class FineTunedModel:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "FineTunedModel":
         """Read ``model.keras`` and ``model.json`` from a fine-tune folder."""
-        import importlib
-
         import keras
 
         folder = Path(folder)
@@ -329,12 +327,9 @@ class FineTunedModel:
             info = json.loads((folder / FINETUNE_INFO_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read {folder / FINETUNE_INFO_FILE}: {exc}") from None
-        try:  # featx's own layers (preprocessing, probability columns) that model.keras refers to by name
-            custom_objects = importlib.import_module("featx.finetune").custom_objects()
-        except ModuleNotFoundError as exc:
-            if exc.name != "featx.finetune":
-                raise
-            custom_objects = {}
+        from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
+
+        custom_objects = custom_objects()
         try:
             model = keras.saving.load_model(folder / FINETUNE_MODEL_FILE, compile=False,
                                             custom_objects=custom_objects)

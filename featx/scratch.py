@@ -1028,7 +1028,7 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
         trial_columns = ["trial", "status", "val_accuracy", *SEARCH_SPACE]
         write_rows_csv(work_dir / "trials.csv", trials, trial_columns)
     try:
-        from featx.finetune import plot_curves
+        from featx.training import plot_curves
 
         plot_curves(history, work_dir / "curves.png", title=f"{stage} {settings['preset']} @ {image_size}px")
     except ImportError:  # pragma: no cover - finetune ships with featx

@@ -20,9 +20,10 @@ import keras  # noqa: E402
 
 from featx.data import build_manifest  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
-from featx.finetune import (FinetuneError, build_finetune_model, check_warm_start, custom_objects,  # noqa: E402
+from featx.finetune import (FinetuneError, build_finetune_model, check_warm_start,  # noqa: E402
                             load_base_head, load_images, read_image_splits, run_finetune, set_trainable)
 from featx.pipeline import build_cache  # noqa: E402
+from featx.training import custom_objects  # noqa: E402
 from featx.artifacts.results import RESULT_COLUMNS  # noqa: E402
 from featx.sweep import run_sweep  # noqa: E402
 

@@ -133,3 +133,15 @@ def test_find_cycles_reports_a_cycle_it_is_given():
 def test_featx_has_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles in featx/:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+STAGES = {f"featx.{name}" for name in ("sweep", "finetune", "scratch", "predict", "report", "imagenet")}
+# The CLI and the demo run the whole chain: they are the only modules allowed to import stages.
+DRIVERS = {"featx.cli", "featx.demo", "featx.__main__"}
+
+
+def test_no_stage_imports_another_stage_and_no_layer_imports_a_stage():
+    graph = import_graph()
+    offenders = sorted(f"{module} -> {target}" for module, targets in graph.items() if module not in DRIVERS
+                       for target in targets & STAGES)
+    assert not offenders, "stage imports outside featx.cli/featx.demo:\n" + "\n".join(offenders)
