@@ -81,7 +81,7 @@ def make_extractor(name: str, weights: str, precision: str):
     try:
         if options["weights"]:
             extractor.weights_fingerprint()  # resolves the weights now
-            extractor.model  # noqa: B018
+            extractor.fp32_model() if precision == "int8" else extractor.model  # noqa: B018
             return extractor, ""
     except (WeightsError, FileNotFoundError) as error:
         note = (f"{name}: ImageNet weights not available offline ({str(error).splitlines()[0][:120]}...); "
@@ -90,7 +90,7 @@ def make_extractor(name: str, weights: str, precision: str):
         note = ""
     extractor = get_extractor(name, **{**options, "weights": None})
     keras.utils.set_random_seed(0)
-    extractor.model  # noqa: B018
+    extractor.fp32_model() if precision == "int8" else extractor.model  # noqa: B018
     return extractor, note
 
 
