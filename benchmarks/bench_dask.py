@@ -23,7 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from bench_runtime import cpu_line
+from bench_extract import cpu_line
 
 from featx import distributed
 from featx.data import build_manifest
@@ -55,8 +55,9 @@ def same_features(a: Path, b: Path) -> bool:
 
 def compare_caches(rows, label, make_extractor, manifest, tmp: Path, workers: int, **options):
     scheduler = f"local:{workers}"
+    # Dask workers run Keras: the plain run does too, so the two files can be compared byte for byte.
     plain_s, plain = timed(build_cache, manifest, make_extractor(), cache_dir=tmp / f"{label}-plain",
-                           workers=workers, **options)
+                           workers=workers, runtime="keras", **options)
     dask_s, on_dask = timed(distributed.build_cache, manifest, make_extractor(), scheduler,
                             cache_dir=tmp / f"{label}-dask", report=print, **options)
     equal = same_features(plain.path, on_dask.path)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     share = -(-args.limit // len(by_label))  # as many of each label, so every split has both
     keep = {r.path for records in by_label.values() for r in records[:share]}
     manifest = dataclasses.replace(manifest, records=[r for r in manifest.records if r.path in keep][:args.limit])
-    print(f"CPU: {cpu_line()}")
+    print(cpu_line())
     print(f"{len(manifest.records)} images from {manifest.root}; local:{args.workers} vs plain; "
           f"load average before: {load_average()}", flush=True)
 
