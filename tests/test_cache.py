@@ -198,7 +198,9 @@ print("DONE", r.rows, r.computed)
 '''
 
 
-def test_kill_dash_9_at_random_points_then_resume_equals_clean_run(kaggle_dir, tmp_path):
+def _crash_setup(kaggle_dir, tmp_path):
+    """The slow extractor registered here and in child processes, a clean cache to compare with,
+    and the script, final file and journal of the build that gets killed."""
     plugin_dir = tmp_path / "plugin"
     plugin_dir.mkdir()
     (plugin_dir / "slowext.py").write_text(SLOW_EXTRACTOR)
@@ -211,6 +213,11 @@ def test_kill_dash_9_at_random_points_then_resume_equals_clean_run(kaggle_dir, t
     script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(cache_dir))
     final = cache_dir / clean.path.name
     journal = final.with_name(final.name + ".partial")
+    return clean, plugin_dir, cache_dir, script, final, journal
+
+
+def test_kill_dash_9_at_random_points_then_resume_equals_clean_run(kaggle_dir, tmp_path):
+    clean, plugin_dir, cache_dir, script, final, journal = _crash_setup(kaggle_dir, tmp_path)
     rng = random.Random(1234)
     kills = 0
     for attempt in range(8):
@@ -248,18 +255,7 @@ def test_kill_at_each_named_step_leaves_no_half_file_and_resume_finishes_only_wh
     """FEATX_KILL_AT SIGKILLs the build at a named step: inside the fit, after the state is saved,
     after shard N, inside the publish before and after the rename. After each kill the final file
     is absent or complete; the run that follows computes only the shards the journal lacks."""
-    plugin_dir = tmp_path / "plugin"
-    plugin_dir.mkdir()
-    (plugin_dir / "slowext.py").write_text(SLOW_EXTRACTOR)
-    sys.path.insert(0, str(plugin_dir))
-    import slowext  # noqa: F401
-
-    clean = build_cache(build_manifest(kaggle_dir), get_extractor("slow_blocks"), cache_dir=tmp_path / "clean",
-                        batch_size=2, shard_rows=4, workers=2)
-    cache_dir = tmp_path / "crashy"
-    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(cache_dir))
-    final = cache_dir / clean.path.name
-    journal = final.with_name(final.name + ".partial")
+    clean, plugin_dir, cache_dir, script, final, journal = _crash_setup(kaggle_dir, tmp_path)
 
     def run(step: str | None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "FEATX_KILL_AT"}
