@@ -84,6 +84,13 @@ class HeadError(UserError, ValueError):
     caches); the message says what was expected. A ``ValueError``, as scikit-learn's checks expect."""
 
 
+def _store_params(estimator, arguments: dict) -> None:
+    """``__init__`` of a head: each argument stored under its own name, nothing else (sklearn's contract)."""
+    for name, value in arguments.items():
+        if name != "self":
+            setattr(estimator, name, value)
+
+
 class _Head(ClassifierMixin, BaseEstimator):
     """What the heads share: the classes found on fitting, and ``predict`` from ``predict_proba``."""
 
@@ -205,10 +212,7 @@ class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C=1.0, class_weight=None, max_iter=1000, tol=1e-5):
-        self.C = C
-        self.class_weight = class_weight
-        self.max_iter = max_iter
-        self.tol = tol
+        _store_params(self, locals())
 
     def fit(self, X, y):
         from scipy.optimize import minimize
@@ -293,12 +297,7 @@ class LinearSVMClassifier(_CalibratedSVM):
 
     def __init__(self, C=0.01, *, class_weight=None, calibration_cv=3, max_iter=1000, tol=1e-5,
                  random_state=None):
-        self.C = C
-        self.class_weight = class_weight
-        self.calibration_cv = calibration_cv
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
+        _store_params(self, locals())
 
     def _make_svm(self):
         return _SquaredHingeSVM(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
@@ -366,12 +365,7 @@ class RBFSVMClassifier(_CalibratedSVM):
 
     def __init__(self, C=10.0, *, gamma_factor=1.0, max_train_rows=3000, class_weight=None,
                  calibration_cv=3, random_state=None):
-        self.C = C
-        self.gamma_factor = gamma_factor
-        self.max_train_rows = max_train_rows
-        self.class_weight = class_weight
-        self.calibration_cv = calibration_cv
-        self.random_state = random_state
+        _store_params(self, locals())
 
     def _fit_inputs(self, X, y):
         if not isinstance(self.gamma_factor, Real) or self.gamma_factor <= 0:
@@ -461,17 +455,7 @@ class KerasDenseClassifier(_Head):
     def __init__(self, hidden_units=256, dropout=0.5, optimizer="rmsprop", learning_rate=2e-5, epochs=20,
                  batch_size=128, patience=4, validation_fraction=0.1, class_weight=None, random_state=None,
                  verbose=0):
-        self.hidden_units = hidden_units
-        self.dropout = dropout
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.class_weight = class_weight
-        self.random_state = random_state
-        self.verbose = verbose
+        _store_params(self, locals())
 
     # -- fitting ---------------------------------------------------------
     def fit(self, X, y, validation_data=None):
@@ -574,15 +558,26 @@ class KerasDenseClassifier(_Head):
     # -- prediction ------------------------------------------------------
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
+        from scipy.special import expit, softmax
+
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float32)
-        # Direct calls in chunks: model.predict would trace a new tf.function for every fitted head.
-        chunks = [np.asarray(self.model_(X[start:start + 8192], training=False))
-                  for start in range(0, len(X), 8192)] or [np.zeros((0, self.model_.output_shape[-1]))]
-        out = np.concatenate(chunks).astype(np.float64)
+        # The forward pass in float64 NumPy from the trained weights (dropout is off at inference):
+        # float32 kernels round a row differently depending on the rows batched with it, so a
+        # row's probabilities would change with the order of the others (sklearn checks they do not).
+        import keras
+
+        dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
+        out = X.astype(np.float64)
+        for layer in dense[:-1]:
+            kernel, bias = layer.get_weights()
+            out = np.maximum(out @ kernel.astype(np.float64) + bias, 0.0)
+        kernel, bias = dense[-1].get_weights()
+        logits = out @ kernel.astype(np.float64) + bias
         if len(self.classes_) == 2:
-            out = np.hstack([1.0 - out, out])
-        return out
+            positive = expit(logits[:, 0])
+            return np.column_stack([1.0 - positive, positive])
+        return softmax(logits, axis=1)
 
 
 def make_optimizer(name: str, learning_rate: float):
