@@ -27,6 +27,7 @@ missing runs with random weights of the same architecture (same speed), and the 
 
     .venv/bin/python benchmarks/bench_extract.py [--data DIR] [--limit 256] [--many 25000]
         [--models efficientnet_lite0,vgg16] [--batch-size 32] [--weights imagenet|random]
+        [--precisions auto|fp32,bf16,int8]   (auto: bf16 rows only on a CPU with avx512_bf16/AMX)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from featx.datasets import decode_threads, iter_batches  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
 from featx.pipeline import build_cache  # noqa: E402
 from featx.runtime import make_runner  # noqa: E402
+from featx.runtime.hardware import cpu_has_bf16  # noqa: E402
 from featx.weights import WeightsError  # noqa: E402
 
 ROWS = (("keras", "fp32"), ("keras", "bf16"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
@@ -162,7 +164,7 @@ def bench_model(name, args, manifest, notes):
     rows["recipes fp32"] = (seconds, None)
     print(f"  {name} recipes fp32: {len(paths) / seconds:.1f} img/s", flush=True)
     calibration = calibration_set(manifest, seed=manifest.seed)
-    for runtime, precision in ROWS:
+    for runtime, precision in [row for row in ROWS if row[1] in args.precisions]:
         extractor = reference if precision == "fp32" and runtime == "keras" else \
             make_extractor(name, weights, precision)[0]
         runner = make_runner(extractor, runtime, precision, calibration=calibration)  # converts/quantizes once
@@ -258,7 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--weights", choices=("imagenet", "random"), default="imagenet")
     parser.add_argument("--many", type=int, default=0, help="also time `featx cache` on this many generated images")
+    parser.add_argument("--precisions", default="auto",
+                        help="comma-separated of fp32,bf16,int8; auto: all three on a CPU with avx512_bf16/AMX, "
+                             "fp32,int8 elsewhere (OpenVINO has no bf16 there, Keras only emulates it)")
     args = parser.parse_args(argv)
+    args.precisions = (("fp32", "bf16", "int8") if cpu_has_bf16() else ("fp32", "int8")) \
+        if args.precisions == "auto" else tuple(args.precisions.split(","))
     args.data = args.data.resolve()
     print(cpu_line())
     manifest = list_manifest(args.data, args.limit)

@@ -239,21 +239,12 @@ def _select_device(device: str) -> str:
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         return "cpu"
-    has_gpu = _has_gpu()
-    if device == "gpu" and not has_gpu:
+    from featx.runtime.hardware import has_gpu
+
+    gpu_seen = has_gpu()
+    if device == "gpu" and not gpu_seen:
         raise UsageProblem("--device gpu, but TensorFlow sees no GPU (install featx[gpu] and check nvidia-smi)")
-    return "gpu" if has_gpu else "cpu"
-
-
-def _has_gpu() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
-        return False
-    try:
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    except ImportError:
-        return False
+    return "gpu" if gpu_seen else "cpu"
 
 
 def _resolve_precision(precision: str, device: str) -> str:

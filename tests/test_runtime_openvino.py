@@ -91,3 +91,23 @@ def test_unsupported_precision_is_refused(home):
         make_runner(_Fake(), "openvino", "int8")  # int8 without calibration images
     with pytest.raises(RuntimeUnavailable, match="openvino"):
         make_runner(_Fake(), "keras", "int8")
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_runs_only_where_the_cpu_has_it(home, monkeypatch, has_bf16):
+    """Without avx512_bf16/AMX OpenVINO ignores the bf16 hint and computes fp32: an explicit
+    ``--runtime openvino --precision bf16`` is refused in one line, ``auto`` takes Keras (which
+    emulates bf16, with a warning). With bf16 hardware, ``auto`` takes OpenVINO."""
+    from featx.runtime import hardware, resolve_runtime
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    assert resolve_runtime("auto", _Fake(), "bf16") == ("openvino" if has_bf16 else "keras")
+    assert resolve_runtime("auto", _Fake(), "fp32") == "openvino"
+    if has_bf16:
+        return
+    with pytest.raises(RuntimeUnavailable, match=r"no avx512_bf16 or AMX.*--precision fp32"):
+        make_runner(_Fake(), "openvino", "bf16")
+    with pytest.warns(UserWarning, match="emulates bf16"):
+        runner = make_runner(_Fake(), "auto", "bf16")
+    assert runner.runtime == "keras"

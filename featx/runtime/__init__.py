@@ -2,28 +2,18 @@
 
 ``make_runner(extractor, runtime="auto", precision="fp32")`` returns a callable
 ``runner(images) -> features`` (float32, one row per image). ``auto`` = OpenVINO on a CPU,
-Keras on a GPU (and Keras for fp16, which OpenVINO's CPU plugin does not run). Training always
+Keras on a GPU (and Keras for fp16, which OpenVINO's CPU plugin does not run, and for bf16 on a
+CPU without avx512_bf16/AMX, where OpenVINO computes fp32). Training always
 stays in Keras; only inference changes.
 """
 from __future__ import annotations
 
 from featx.errors import RuntimeUnavailable
+from featx.runtime import hardware
 
 __all__ = ["RUNTIMES", "RuntimeUnavailable", "make_runner", "resolve_runtime"]
 
 RUNTIMES = ("auto", "keras", "openvino")
-
-
-def _has_gpu() -> bool:
-    import os
-
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
-        return False
-    try:
-        import tensorflow as tf
-        return bool(tf.config.list_physical_devices("GPU"))
-    except Exception:  # pragma: no cover - no TF
-        return False
 
 
 def _convertible(extractor) -> bool:
@@ -51,8 +41,10 @@ def resolve_runtime(runtime: str, extractor=None, precision: str = "fp32") -> st
         return runtime
     if extractor is not None and not _convertible(extractor):
         return "keras"
-    if precision == "fp16" or (precision != "int8" and _has_gpu()):
+    if precision == "fp16" or (precision != "int8" and hardware.has_gpu()):
         return "keras"
+    if precision == "bf16" and not hardware.cpu_has_bf16():
+        return "keras"  # OpenVINO would compute fp32 here; Keras emulates bf16
     try:
         import openvino  # noqa: F401
     except ImportError:

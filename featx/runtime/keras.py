@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from featx.errors import RuntimeUnavailable
+from featx.runtime import hardware
 
 
 class KerasRunner:
@@ -14,6 +15,10 @@ class KerasRunner:
         if precision == "int8":
             raise RuntimeUnavailable("--precision int8 runs on the openvino runtime (NNCF quantization); "
                                      "use --runtime openvino (or auto on a CPU)")
+        if precision == "bf16" and not hardware.cpu_has_bf16() and not hardware.has_gpu():
+            import warnings
+            warnings.warn("--precision bf16: this CPU has no avx512_bf16 or AMX; TensorFlow emulates bf16 "
+                          "(features rounded to bf16, slower than fp32)", stacklevel=2)
         self.extractor = extractor
 
     def __call__(self, images) -> np.ndarray:

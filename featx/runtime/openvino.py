@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import RuntimeUnavailable
+from featx.runtime import hardware
 
-__all__ = ["OpenVinoRunner", "Calibration", "calibration_set", "cpu_has_bf16", "ir_folder", "ir_key",
+__all__ = ["OpenVinoRunner", "Calibration", "calibration_set", "ir_folder", "ir_key",
            "PRECISIONS", "CONVERSIONS"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -51,14 +52,6 @@ def _core(ov):
     if _CORE is None:
         _CORE = ov.Core()
     return _CORE
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _fp32_spec(extractor) -> dict:
@@ -156,9 +149,12 @@ class OpenVinoRunner:
         if precision not in PRECISIONS:
             raise RuntimeUnavailable(f"--precision {precision!r}: the openvino runtime runs "
                                      f"{', '.join(PRECISIONS)} (use --runtime keras for {precision})")
-        if precision == "bf16" and not cpu_has_bf16():
-            import warnings
-            warnings.warn("this CPU has no avx512_bf16/AMX: OpenVINO bf16 runs emulated (slow)")
+        if precision == "bf16" and not hardware.cpu_has_bf16():
+            # OpenVINO's CPU plugin ignores the bf16 hint there and computes fp32: a "bf16" cache
+            # would hold fp32 features under another spec.
+            raise RuntimeUnavailable("--precision bf16: this CPU has no avx512_bf16 or AMX, where OpenVINO "
+                                     "computes fp32 anyway; use --precision fp32 (or int8), or --runtime "
+                                     "keras to emulate bf16 (slower than fp32)")
         if precision == "int8" and calibration is None:
             raise RuntimeUnavailable("--precision int8 needs calibration images (featx cache draws them "
                                      "from the train split)")
