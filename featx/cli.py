@@ -208,6 +208,9 @@ def cache(
         if runtime == "openvino":
             _fail(f"--runtime {runtime} is not available with --scheduler: Dask workers run the Keras model; "
                   f"drop --runtime or run without --scheduler")
+        if "int8" in (precision, options.get("precision")):
+            _fail("--precision int8 is not available with --scheduler: int8 runs on OpenVINO and Dask workers "
+                  "run the Keras model; use fp32/bf16/fp16 there, or build the int8 cache without --scheduler")
         cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
         if ext.parallel == "model" and "precision" not in options:
             ext.precision = _run(_resolve_precision, precision, "gpu" if device == "gpu" else "cpu")

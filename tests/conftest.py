@@ -12,6 +12,19 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _weights_home_of_the_session(tmp_path_factory):
+    """Converted weights and OpenVINO IRs go to a folder of this test session, never to the user's
+    ``~/.featx/weights`` (set in ``os.environ`` so CLI subprocesses and Dask workers see it too)."""
+    before = os.environ.get("FEATX_WEIGHTS")
+    os.environ["FEATX_WEIGHTS"] = str(tmp_path_factory.mktemp("featx-weights"))
+    yield
+    if before is None:
+        os.environ.pop("FEATX_WEIGHTS", None)
+    else:
+        os.environ["FEATX_WEIGHTS"] = before
+
+
 def make_image(path: Path, kind: str, index: int, size: int = 48) -> Path:
     """A small RGB image whose texture depends on ``kind`` (so classes are learnable)."""
     rng = np.random.default_rng(index)

@@ -41,11 +41,14 @@ def test_local_cluster_cache_equals_plain_cache(tmp_path):
     assert any("dashboard" in line for line in lines)
 
 
-@pytest.mark.parametrize("options, named", [(["--scheduler", "local:zero"], "local:zero"),
-                                             (["--scheduler", "local:2", "--runtime", "openvino"], "--runtime")])
-def test_bad_scheduler_is_one_line(tmp_path, options, named):
+@pytest.mark.parametrize("extractor, options, named", [
+    ("hog", ["--scheduler", "local:zero"], "local:zero"),
+    ("hog", ["--scheduler", "local:2", "--runtime", "openvino"], "--runtime"),
+    ("efficientnet_lite0", ["--scheduler", "local:2", "--precision", "int8"], "--precision int8"),
+])
+def test_bad_scheduler_is_one_line(tmp_path, extractor, options, named):
     folder = make_kaggle_images(tmp_path / "photos", 2)
-    result = CliRunner().invoke(app, ["cache", str(folder), "--extractor", "hog", *options,
+    result = CliRunner().invoke(app, ["cache", str(folder), "--extractor", extractor, *options,
                                       "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 2, result.output
     assert named in result.output and "Traceback" not in result.output
