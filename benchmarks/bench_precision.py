@@ -9,7 +9,7 @@ int8 is never a default (``--precision auto`` is fp32 on a CPU): a FAIL here kee
 for that backbone.
 
     .venv/bin/python benchmarks/bench_precision.py [--data DIR] [--limit N] [--extractor efficientnet_lite0]
-        [--opt KEY=VALUE ...] [--precisions fp32,bf16,int8] [--runtime openvino] [--cache-dir DIR]
+        [--opt KEY=VALUE ...] [--precisions auto|fp32,bf16,int8] [--runtime openvino] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from bench_extract import cpu_line, list_manifest  # noqa: E402
 from featx.cache import open_cache  # noqa: E402
 from featx.extractors import get_extractor, parse_opts  # noqa: E402
 from featx.pipeline import build_cache  # noqa: E402
+from featx.runtime.hardware import cpu_has_bf16  # noqa: E402
 
 
 def cv_accuracy(features: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> float:
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="N images, labels in turn (default: all)")
     parser.add_argument("--extractor", default="efficientnet_lite0")
     parser.add_argument("--opt", action="append", default=[], help="extractor option KEY=VALUE")
-    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--precisions", default="auto",
+                        help="comma-separated of fp32,bf16,int8; auto: all three on a CPU with avx512_bf16/AMX, "
+                             "fp32,int8 elsewhere (OpenVINO has no bf16 there)")
     parser.add_argument("--runtime", default="openvino", help="runtime of the fp32/bf16 caches (int8: openvino)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep caches here (default: a temp folder)")
     parser.add_argument("--cv", type=int, default=5)
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             by_label.setdefault(record.label, []).append(record)
         order = sorted(manifest.records, key=lambda r: (by_label[r.label].index(r), str(r.label)))
         manifest.records = order[: args.limit]
+    if args.precisions == "auto":
+        args.precisions = "fp32,bf16,int8" if cpu_has_bf16() else "fp32,int8"
     precisions = [p for p in args.precisions.split(",") if p]
     if precisions[0] != "fp32":
         precisions = ["fp32", *[p for p in precisions if p != "fp32"]]

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from featx.errors import UserError
 
 from featx.errors import UserError
-from featx.pipeline import CacheResult, Progress, extract_images, plan_build
+from featx.pipeline import CacheResult, extract_images, plan_build
+from featx.progress import Progress
 
 __all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
            "extract_on_cluster", "build_cache", "DistributedCacheResult", "joblib_on_cluster"]
@@ -126,10 +126,17 @@ def connect(scheduler: str, report: Callable[[str], None] | None = None, wait_s:
         finally:
             if _scheduler_lost(client):  # its reconnect attempts, cancelled by close, are not news
                 logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+            elif cluster is not None:  # featx stops its own workers: a heartbeat cut short is no error
+                with contextlib.suppress(Exception):
+                    client.run(_quiet_worker_logs)
             client.close()
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _quiet_worker_logs() -> None:
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
 
 
 def _workers(client) -> dict:

@@ -26,6 +26,7 @@ def _cache(folder, cache_dir, *args):
 
 @pytest.mark.parametrize("extractor, opts", [
     ("vgg16", ["--opt", "weights=none", "--opt", "layer=block2_pool", "--opt", "pool=avg"]),
+    ("vgg16", ["--opt", "weights=none"]),  # the recipes' cut: block5_pool + flatten, 25,088-d
     ("keras:mobilenet_v2", ["--opt", "weights=none", "--opt", "input_size=96"]),
     ("caffenet", ["--opt", "weights=none", "--opt", "layer=pool5"]),  # LRN and grouped convolutions
     ("efficientnet_lite0", ["--opt", "weights=none"]),

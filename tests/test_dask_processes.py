@@ -291,7 +291,10 @@ def test_worker_killed_mid_shard_costs_only_that_shard(fresh_cluster, tmp_path):
     assert victim not in [pid for n, pid in tickets.items() if n > 3]
 
 
-def test_scheduler_gone_leaves_a_journal_a_local_run_finishes(fresh_cluster, tmp_path):
+@pytest.mark.parametrize("later", ["local", "new-cluster"])
+def test_scheduler_gone_leaves_a_journal_a_later_run_finishes(fresh_cluster, tmp_path, later):
+    """The scheduler is SIGKILLed with 3 shards journaled: the command stops with one line, and a later
+    run, plain or on another cluster (reached by its tcp:// address), computes only the 3 missing shards."""
     photos = make_kaggle_images(tmp_path / "photos", 12)
     _cli("cache", str(photos), "--extractor", "gated_hog", "--opt", "size=32", "--shard-rows", "4", "--workers", "1",
          "--cache-dir", str(tmp_path / "plain"))
@@ -305,12 +308,24 @@ def test_scheduler_gone_leaves_a_journal_a_local_run_finishes(fresh_cluster, tmp
     assert "scheduler went away" in output and "Traceback" not in output
     assert not list((tmp_path / "dask").glob("*.h5")) and len(_journal_shards(tmp_path / "dask")) == 3
 
-    gate = tmp_path / "local-gate"  # count the shards the local run computes
-    local = subprocess.run([*STANDIN_CLI, "cache", str(photos), "--extractor", "gated_hog", "--opt", "size=32",
-                            "--workers", "1", "--cache-dir", str(tmp_path / "dask")],
-                           env={**fresh_cluster.env, dask_standin.GATE_ENV: str(gate)}, capture_output=True,
-                           text=True, timeout=RUN_LIMIT_S)
-    assert local.returncode == 0, local.stdout + local.stderr
-    assert "24 rows (12 computed" in local.stdout
-    assert len(list((gate / "tickets").iterdir())) == 3  # only the 3 unfinished shards
+    command = [*STANDIN_CLI, "cache", str(photos), "--extractor", "gated_hog", "--opt", "size=32",
+               "--cache-dir", str(tmp_path / "dask")]
+    if later == "local":
+        gate = tmp_path / "local-gate"  # count the shards the local run computes
+        finished = subprocess.run([*command, "--workers", "1"], env={**fresh_cluster.env, dask_standin.GATE_ENV: str(gate)},
+                                  capture_output=True, text=True, timeout=RUN_LIMIT_S)
+        computed = len(list((gate / "tickets").iterdir()))
+    else:
+        second = _start(tmp_path / "dask-again", [[], []])
+        try:
+            address = second.client.scheduler.address
+            assert address.startswith("tcp://127.0.0.1:")
+            finished = subprocess.run([*command, "--scheduler", address, "--shard-rows", "4"], env=second.env,
+                                      capture_output=True, text=True, timeout=RUN_LIMIT_S)
+            computed = len(second.tickets())
+        finally:
+            second.close()
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "24 rows (12 computed" in finished.stdout
+    assert computed == 3  # only the 3 unfinished shards
     _assert_same_cache(_cache_file(tmp_path / "plain"), _cache_file(tmp_path / "dask"))

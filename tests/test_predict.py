@@ -293,6 +293,12 @@ def test_a_cnn_model_checks_its_weights_file(tmp_path):
     expected = joblib.load(bundle_path)["model"].predict_proba(sweep_features)
     assert expected[:, 1].min() < 0.5 < expected[:, 1].max()  # a comparison of real, differing answers
     np.testing.assert_allclose(predictions.proba[order], expected, rtol=1e-4, atol=1e-5)
+    # auto ran OpenVINO on this CPU; --runtime keras computes the same probabilities in TensorFlow
+    by_keras = predict(bundle_path, again, cache_dir=tmp_path / "keras-cache", batch_size=2, workers=1,
+                       runtime="keras")
+    assert predictions.caches[0].runtime == "openvino" and by_keras.caches[0].runtime == "keras"
+    assert by_keras.paths == predictions.paths
+    np.testing.assert_allclose(by_keras.proba, predictions.proba, rtol=1e-4, atol=1e-5)
 
     with h5py.File(weights, "r+") as h5:  # same file name, one weight changed
         arrays = []
@@ -358,6 +364,8 @@ def test_a_fine_tuned_model_folder_predicts_in_batches(tmp_path):
     model = load_model(tmp_path / "experiments" / "x" / "finetune")
     assert isinstance(model, FineTunedModel) and model.label_names == ["a", "b", "c"]
     assert isinstance(load_model(tmp_path / "experiments" / "x" / "finetune" / "model.keras"), FineTunedModel)
+    with pytest.raises(ModelError, match="a fine-tuned model runs in Keras"):
+        predict(model, folder, runtime="openvino")  # refused, never silently run in Keras
     predictions = predict(model, folder, batch_size=4, workers=2)
     assert [path for path, _ in predictions.failed] == ["10.png"]
     assert predictions.paths == [f"{i}.png" for i in range(1, 10)]

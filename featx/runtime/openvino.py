@@ -133,7 +133,7 @@ class OpenVinoRunner:
     extractor : KerasExtractor
         Its ``fp32_model()`` (or ``model``) is converted; ``preprocess`` prepares batches.
     precision : {"fp32", "bf16", "int8"}
-        fp32: the Keras features (max relative difference 1e-4, tested). bf16: the same IR compiled
+        fp32: the Keras features (within 1e-4·|f| + 1e-4·max|f|, tested). bf16: the same IR compiled
         with a bf16 inference hint. int8: NNCF post-training quantization, needs ``calibration``.
     calibration : Calibration, optional
         From :func:`calibration_set` (``build_cache`` passes the manifest's train split).
