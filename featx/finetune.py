@@ -48,6 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from featx import __version__, training
+from featx.artifacts import runs
 from featx.errors import UserError
 
 __all__ = [
@@ -829,7 +830,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     if len(train) == 0 or len(val) == 0:
         raise FinetuneError(f"{base.cache_path} has {len(train)} train and {len(val)} val images; fine-tuning "
                             "needs both (val picks the best epoch): index with --val 0.1 and rebuild the cache")
-    out_dir = Path(experiment_dir) / "finetune"
+    out_dir = Path(experiment_dir) / runs.FINETUNE
     state_path = out_dir / "state.json"
     settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
                 "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),

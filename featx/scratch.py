@@ -78,6 +78,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from featx import __version__
+from featx.artifacts import runs
 from featx.errors import UserError
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ImageSplit", "ScratchResult", "build_model",
@@ -879,7 +880,7 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     splits = load_splits(manifest, image_size, workers, memory_limit_mb, progress)
     _check_splits(splits, label_names, source)
 
-    stage = "scratch-tuned" if tune else "scratch"
+    stage = runs.SCRATCH_TUNED if tune else runs.SCRATCH
     stage_dir = Path(out_dir) / stage
     if restart:
         shutil.rmtree(stage_dir, ignore_errors=True)
