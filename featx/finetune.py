@@ -33,13 +33,11 @@ Outputs (``experiments/<name>/finetune/``)
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import shutil
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +63,6 @@ __all__ = [
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 BACKBONE_LAYER = "backbone"
-MONITORS = {"val_loss": "min", "val_accuracy": "max"}
 #: Largest max |p_model - p_head| the warm start may show before training is refused (bug 3):
 #: fp32 reproduces the head to ~1e-6; float16 mixed precision to ~1e-3.
 WARM_START_TOLERANCE = {"fp32": 1e-3, "mixed": 5e-2}
@@ -652,84 +649,8 @@ def _strategy():
     return tf.distribute.get_strategy(), len(gpus)
 
 
-def _settings_key(settings: dict) -> dict:
-    """The settings that must match for a checkpoint to be resumed."""
-    return {k: settings[k] for k in ("config", "unfreeze", "augment", "optimizer", "learning_rate",
-                                     "batch_size", "monitor", "backbone")}
-
-
-class _HistoryWriter:
-    """Writes history.csv after every epoch (one row per epoch; a resumed epoch replaces its row)."""
-
-    COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[int, dict] = {}
-        if path.exists():
-            with open(path, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    self.rows[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None)
-                                                    for k, v in row.items() if k != "epoch"}
-
-    def put(self, epoch: int, values: dict) -> None:
-        self.rows[epoch] = {k: values.get(k) for k in self.COLUMNS[1:]}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(self.COLUMNS)
-            for index in sorted(self.rows):
-                row = self.rows[index]
-                writer.writerow([index] + ["" if row.get(k) is None else f"{row[k]:.6g}" for k in self.COLUMNS[1:]])
-        os.replace(tmp, self.path)
-
-    def as_list(self) -> list[dict]:
-        return [{"epoch": epoch, **self.rows[epoch]} for epoch in sorted(self.rows)]
-
-
-def _make_callbacks(out_dir: Path, history: _HistoryWriter, monitor: str, best_value: float | None,
-                    patience: int | None, state_path: Path, state: dict):
-    import keras
-
-    class EpochRecorder(keras.callbacks.Callback):
-        """history.csv and the best value so far (in state.json) after each epoch."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            learning_rate = self.model.optimizer.learning_rate
-            logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(learning_rate)))
-            logs["seconds"] = time.perf_counter() - self.started
-            history.put(epoch + 1, logs)
-            value = logs.get(monitor)
-            if value is not None:
-                better = (state["best_value"] is None
-                          or (value < state["best_value"] if MONITORS[monitor] == "min" else value > state["best_value"]))
-                if better:
-                    state["best_value"], state["best_epoch"] = float(value), epoch + 1
-            state["epochs_done"] = epoch + 1
-            _write_json(state_path, state)
-
-    callbacks = [
-        # Saves weights (not the whole model), which works under MirroredStrategy as well.
-        keras.callbacks.ModelCheckpoint(str(out_dir / "best.weights.h5"), monitor=monitor, mode=MONITORS[monitor],
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_value),
-        EpochRecorder(),
-        # Last finished epoch + optimizer state: an interrupted run resumes from here.
-        keras.callbacks.BackupAndRestore(str(out_dir / "checkpoint"), save_freq="epoch", delete_checkpoint=False),
-    ]
-    if patience is not None and patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=MONITORS[monitor], patience=int(patience)))
-    return callbacks
-
-
-def _write_json(path: Path, data: dict) -> None:
-    from featx.storage import atomic_write_json
-
-    atomic_write_json(path, data)
+#: The settings that must match for a fine-tune folder to be resumed.
+RESUME_KEYS = ("config", "unfreeze", "augment", "optimizer", "learning_rate", "batch_size", "monitor", "backbone")
 
 
 def built_from(base: BaseHead) -> dict:
@@ -742,20 +663,6 @@ def built_from(base: BaseHead) -> dict:
 
 def _describe(origin: dict) -> str:
     return f"config {origin['config']} ({origin['head']} {origin['params']}) on {origin['cache']}"
-
-
-def _check_resumable(out_dir: Path, state: dict, origin: dict) -> None:
-    earlier = state.get("built_from")
-    if earlier is None:
-        raise FinetuneError(f"{out_dir} was written by an older featx that did not record which head and cache "
-                            f"it was fine-tuned from, so it cannot be resumed safely; pass --restart to start "
-                            f"over from {_describe(origin)}")
-    if earlier != origin:
-        changed = ", ".join(k for k in origin if earlier.get(k) != origin[k])
-        raise FinetuneError(f"{out_dir} was fine-tuned from {_describe(earlier)}, but the sweep now gives "
-                            f"{_describe(origin)} ({changed} changed); pass --restart to fine-tune the new one "
-                            f"(replaces {out_dir}), or --config {earlier['config']} if that sweep config is the "
-                            f"one to continue")
 
 
 def _evaluate(model, dataset) -> dict:
@@ -816,8 +723,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     started = time.perf_counter()
     if optimizer not in OPTIMIZERS:
         raise FinetuneError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    if monitor not in MONITORS:
-        raise FinetuneError(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
+    if monitor not in training.MONITORS:
+        raise FinetuneError(f"monitor must be one of {', '.join(training.MONITORS)}; got {monitor!r}")
     if int(epochs) < 0 or int(batch_size) < 1 or not float(learning_rate) > 0:
         raise FinetuneError(f"epochs must be >= 0, batch size >= 1 and learning rate > 0; got epochs={epochs}, "
                             f"batch_size={batch_size}, learning_rate={learning_rate}")
@@ -831,24 +738,13 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         raise FinetuneError(f"{base.cache_path} has {len(train)} train and {len(val)} val images; fine-tuning "
                             "needs both (val picks the best epoch): index with --val 0.1 and rebuild the cache")
     out_dir = Path(experiment_dir) / runs.FINETUNE
-    state_path = out_dir / "state.json"
     settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
                 "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),
                 "monitor": monitor, "backbone": base.extractor_spec["name"], "epochs": int(epochs),
                 "patience": patience, "seed": int(seed)}
-    if restart:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    state = json.loads(state_path.read_text()) if state_path.exists() else None
-    origin = built_from(base)
-    if state is not None:
-        _check_resumable(out_dir, state, origin)
-    if state is not None and _settings_key(state["settings"]) != _settings_key(settings):
-        changed = {k: (state["settings"][k], settings[k]) for k in _settings_key(settings)
-                   if state["settings"][k] != settings[k]}
-        raise FinetuneError(f"{out_dir} holds a fine-tune with other settings ({changed}, earlier -> now); "
-                            "pass --restart to start over, or the same settings to continue it")
+    run = training.TrainingRun(out_dir, monitor, built_from(base), settings, RESUME_KEYS, _describe, FinetuneError)
+    state = run.open(restart=restart)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(int(seed))
     strategy, n_gpus = _strategy()
@@ -872,7 +768,6 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                             int(batch_size), shuffle, seed, workers)
 
     train_data, val_data = dataset(train, True), dataset(val, False)
-    history = _HistoryWriter(out_dir / "history.csv")
     if state is None:
         # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
         difference = check_warm_start(model, base)
@@ -886,44 +781,27 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                                 f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
                                 f"or pass --allow-warm-start-gap to train anyway")
         val_before = _evaluate(model, val_data)
-        history.put(0, dict(val_before, learning_rate=float(learning_rate), seconds=0.0))
-        model.save_weights(str(out_dir / "best.weights.h5"))
-        state = {"settings": settings, "built_from": origin, "warm_start_difference": difference,
-                 "warm_start_tolerance": tolerance, "val_before": val_before,
-                 "best_value": val_before[monitor], "best_epoch": 0, "epochs_done": 0,
-                 "trainable_layers": trainable, "featx_version": __version__}
-        _write_json(state_path, state)
+        state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
+                          warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
+                          trainable_layers=trainable)
     state["settings"] = settings
-    epochs_before = int(state["epochs_done"])
-    callbacks = _make_callbacks(out_dir, history, monitor, state["best_value"], patience, state_path, state)
     train_started = time.perf_counter()
-    # A run that stopped early resumes only when asked for more epochs than it was given.
-    stopped = state.get("stopped_early_at_epochs")
-    if int(epochs) > epochs_before and (stopped is None or int(epochs) > stopped):
-        model.fit(train_data, validation_data=val_data, epochs=int(epochs), callbacks=callbacks,
-                  shuffle=False, verbose=verbose)  # the dataset shuffles itself, seeded
-        early = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
-        if early and early[0].stopped_epoch > 0:
-            state["stopped_early_at_epochs"] = int(epochs)
-            _write_json(state_path, state)
+    epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
     train_seconds = time.perf_counter() - train_started
-    epochs_run = int(state["epochs_done"]) - epochs_before
-
-    with warnings.catch_warnings():  # the epoch-0 file has no optimizer state; only the model's weights matter
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(str(out_dir / "best.weights.h5"))
+    run.restore_best(model)
     val_after = _evaluate(model, val_data)
-    return _write_outputs(model, base, splits, preprocessing, state, history, out_dir, test, val_after,
+    return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, test, val_after,
                           train_seconds, epochs_run, n_boot, started, workers)
 
 
 def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: dict,
-                   history: _HistoryWriter, out_dir: Path, test: np.ndarray, val_after: dict,
+                   history: training.History, out_dir: Path, test: np.ndarray, val_after: dict,
                    train_seconds: float, epochs_run: int, n_boot: int, started: float,
                    workers: int) -> FinetuneResult:
     """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
     from featx.metrics import metrics_with_ci
-    from featx.artifacts.results import metric_columns, write_rows_csv
+    from featx.artifacts.results import metric_columns
+    from featx.storage import atomic_write_json
 
     classes = np.arange(len(base.label_names))
     predict_started = time.perf_counter()
@@ -950,20 +828,17 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
            "caches": base.cache_path}
     row.update(metric_columns([metrics]))
 
-    model.save(str(out_dir / "model.keras"))
     height, width = preprocessing["size"]
-    _write_json(out_dir / "model.json", {
+    atomic_write_json(out_dir / "model.json", {
         "label_names": base.label_names, "input_size": [int(height), int(width)],
         "preprocessing": preprocessing, "backbone": base.extractor_spec, "base_config": base.row,
         "finetune": settings, "best_epoch": state["best_epoch"],
         "warm_start_difference": state["warm_start_difference"], "featx_version": __version__,
     })
-    write_rows_csv(out_dir / "results.csv", [row])
-    np.savez_compressed(out_dir / "predictions.npz", y_test=splits.labels[test],
-                        paths=np.array([os.path.relpath(splits.paths[i], splits.root) for i in test]),
-                        label_names=np.array(base.label_names), config_0=proba.astype(np.float32))
     rows = history.as_list()
-    training.plot_curves(rows, out_dir / "curves.png", title=f"{base.extractor_spec['name']} fine-tune")
+    training.write_outputs(out_dir, model, row, rows, splits.labels[test],
+                           [os.path.relpath(splits.paths[i], splits.root) for i in test], base.label_names, proba,
+                           title=f"{base.extractor_spec['name']} fine-tune")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(state["warm_start_difference"]),
                           val_before=state["val_before"], val_after=val_after,

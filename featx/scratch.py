@@ -49,6 +49,10 @@ Outputs (``<out>/scratch/``; ``<out>/scratch-tuned/`` with ``--tune``)
 ``results.csv``      one row in the sweep's columns (head ``scratch`` or ``scratch-tuned``)
 ``predictions.npz``  test labels, paths and probabilities, in the sweep's format (``config_0``)
 ``failed.csv``       images that could not be read (only when there are some)
+``state.json``       what the folder was built from (manifest, architecture), settings, best epoch so far
+``best.weights.h5``  best weights by val accuracy; ``checkpoint/``: the last finished epoch
+                     (``featx.training.TrainingRun``): a killed run started again continues, asking for more
+                     epochs extends it, another preset or manifest is refused without ``--restart``
 ``tuner/``           the Keras Tuner project (``--tune``; resumable)
 ``trials.csv``       one row per tuning trial: hyperparameters, val accuracy, status (``--tune``)
 
@@ -79,6 +83,7 @@ import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
+from featx.training import History, TrainingRun, write_outputs
 from featx.errors import UserError
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ImageSplit", "ScratchResult", "build_model",
@@ -419,7 +424,11 @@ def _batches_class():
             self.reset()
 
         def reset(self) -> None:
-            self.epoch = 0
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            """Draw the batches of ``epoch`` next (a resumed run continues the uninterrupted order)."""
+            self.epoch = int(epoch)
             self._order()
 
         def _order(self) -> None:
@@ -524,33 +533,37 @@ def _progress_callback(progress, n_train: int, batch_size: int, epochs: int, des
     return ImagesSeen()
 
 
-def _epoch_timer(train_minutes: float | None = None):
+def _time_limit(train_minutes: float):
     import keras
 
-    class EpochSeconds(keras.callbacks.Callback):
-        """Adds ``seconds`` (wall time of the epoch, validation included) to the logs; stops the
-        training after the epoch that ends past ``train_minutes``."""
+    class TimeLimit(keras.callbacks.Callback):
+        """Stops the training after the epoch that ends past ``train_minutes``."""
 
         def on_train_begin(self, logs=None):
             self.train_started = time.perf_counter()
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
         def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
-            if logs is not None:
-                logs["seconds"] = now - self.started
-            if train_minutes is not None and now - self.train_started >= 60.0 * float(train_minutes):
+            if time.perf_counter() - self.train_started >= 60.0 * float(train_minutes):
                 self.model.stop_training = True
 
-    return EpochSeconds()
+    return TimeLimit()
+
+
+#: Settings that must match for a scratch folder's training to be resumed.
+RESUME_KEYS = ("preset", "image_size", "batch_size", "augment", "seed")
+
+
+def _describe(origin: dict) -> str:
+    layers = origin["architecture"]
+    return (f"{len(layers['filters'])} blocks {layers['filters']} (lr {layers['learning_rate']:g}) on manifest "
+            f"{origin['manifest_sha256'][:12]}")
 
 
 def _train(architecture: Architecture, splits: dict, n_classes: int, image_size: int, epochs: int,
-           batch_size: int, augment: bool, patience: int | None, seed: int, work_dir: Path, progress,
+           batch_size: int, augment: bool, patience: int | None, seed: int, run: TrainingRun, progress,
            verbose: int, description: str, train_minutes: float | None = None):
-    """Fit one model, keep the best epoch by val accuracy; returns (model, history rows, best epoch, seconds)."""
+    """Fit (or resume) one model, keep the best epoch by val accuracy; returns (model, history rows, best
+    epoch, seconds)."""
     import keras
 
     ImageBatches = _batches_class()
@@ -558,24 +571,16 @@ def _train(architecture: Architecture, splits: dict, n_classes: int, image_size:
     model = build_model(architecture, n_classes, image_size, augment, seed)
     train = ImageBatches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
     val = ImageBatches(splits[SPLIT_VAL], batch_size, shuffle=False, seed=seed)
-    checkpoint = work_dir / "best.weights.h5"
-    callbacks = [_epoch_timer(train_minutes),
-                 keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=MONITOR, mode="max",
-                                                 save_best_only=True, save_weights_only=True)]
-    if patience is not None and int(patience) > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience)))
+    if run.state is None:
+        run.begin()
+    callbacks = [] if train_minutes is None else [_time_limit(train_minutes)]
     if progress is not None:
         callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), batch_size, epochs, description))
     started = time.perf_counter()
-    fitted = model.fit(train, validation_data=val, epochs=int(epochs), callbacks=callbacks, verbose=verbose)
+    run.fit(model, train, val, epochs, patience, callbacks, verbose)
     seconds = time.perf_counter() - started
-    logs = fitted.history
-    history = [{"epoch": epoch + 1, **{k: float(v[epoch]) for k, v in logs.items() if epoch < len(v)}}
-               for epoch in range(len(logs.get("loss", [])))]
-    scores = [row.get(MONITOR, -math.inf) for row in history]
-    best_epoch = int(np.argmax(scores)) + 1  # first epoch reaching the best value, as ModelCheckpoint keeps
-    model.load_weights(str(checkpoint))
-    return model, history, best_epoch, seconds
+    run.restore_best(model)
+    return model, run.history.as_list(), int(run.state["best_epoch"]), seconds
 
 
 # ---------------------------------------------------------------------------
@@ -885,65 +890,44 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     if restart:
         shutil.rmtree(stage_dir, ignore_errors=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_work(stage_dir)
-    work_dir = stage_dir / f".work-{os.getpid()}"
-    work_dir.mkdir()
-    try:
-        _seed(seed, deterministic)
-        trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
-        architecture = base
-        if tune:
-            settings = {"preset": preset, "image_size": int(image_size), "augment": bool(augment),
-                        "batch_size": int(batch_size), "trial_epochs": trial_epochs, "tuner": tuner,
-                        "seed": int(seed), "patience": patience, "manifest_sha256": manifest.sha256(),
-                        "search_space": SEARCH_SPACE}
-            architecture, trials, new_trials, search_seconds, best_trial = _search(
-                base, splits, len(label_names), image_size, augment, seed, tuner, max_trials, max_minutes,
-                trial_epochs, batch_size, patience, stage_dir, settings, progress, verbose)
-            tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": tuner,
-                      "max_trials": int(max_trials), "max_minutes": max_minutes,
-                      "trial_epochs": trial_epochs, "trials": len(trials), "new_trials": new_trials,
-                      "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
-                      "best_trial_val_accuracy": best_trial.score,
-                      "best_hyperparameters": dict(best_trial.hyperparameters.values)}
-            _seed(seed, False)
-            saved = _saved_tuned_run(stage_dir, tuning, epochs)
-            if saved is not None:
-                return replace(saved, trials=trials, new_trials=new_trials,
-                               seconds=time.perf_counter() - started)
-        model, history, best_epoch, train_seconds = _train(
-            architecture, splits, len(label_names), image_size, epochs, batch_size, augment, patience, seed,
-            work_dir, progress, verbose, "retrain best" if tune else f"train {preset}", train_minutes)
-        settings_out = {"preset": preset, "image_size": int(image_size), "epochs": int(epochs),
-                        "train_minutes": train_minutes,
-                        "batch_size": int(batch_size), "augment": bool(augment), "patience": patience,
-                        "seed": int(seed), "deterministic": bool(deterministic)}
-        row = _write_outputs(model, splits, label_names, architecture, settings_out, history, best_epoch,
-                             train_seconds + search_seconds, tuning, trials, stage, work_dir, stage_dir, n_boot,
-                             seed, manifest, batch_size)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    _seed(seed, deterministic)
+    trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
+    architecture = base
+    if tune:
+        settings = {"preset": preset, "image_size": int(image_size), "augment": bool(augment),
+                    "batch_size": int(batch_size), "trial_epochs": trial_epochs, "tuner": tuner,
+                    "seed": int(seed), "patience": patience, "manifest_sha256": manifest.sha256(),
+                    "search_space": SEARCH_SPACE}
+        architecture, trials, new_trials, search_seconds, best_trial = _search(
+            base, splits, len(label_names), image_size, augment, seed, tuner, max_trials, max_minutes,
+            trial_epochs, batch_size, patience, stage_dir, settings, progress, verbose)
+        tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": tuner,
+                  "max_trials": int(max_trials), "max_minutes": max_minutes,
+                  "trial_epochs": trial_epochs, "trials": len(trials), "new_trials": new_trials,
+                  "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
+                  "best_trial_val_accuracy": best_trial.score,
+                  "best_hyperparameters": dict(best_trial.hyperparameters.values)}
+        _seed(seed, False)
+        saved = _saved_tuned_run(stage_dir, tuning, epochs)
+        if saved is not None:
+            return replace(saved, trials=trials, new_trials=new_trials, seconds=time.perf_counter() - started)
+    settings_out = {"preset": preset, "image_size": int(image_size), "epochs": int(epochs),
+                    "train_minutes": train_minutes, "batch_size": int(batch_size), "augment": bool(augment),
+                    "patience": patience, "seed": int(seed), "deterministic": bool(deterministic)}
+    origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}
+    run = TrainingRun(stage_dir, MONITOR, origin, settings_out, RESUME_KEYS, _describe, ScratchError)
+    # A search that found another best trial retrains it from the start; other changes are refused.
+    run.open(replace_stale=tune)
+    model, history, best_epoch, train_seconds = _train(
+        architecture, splits, len(label_names), image_size, epochs, batch_size, augment, patience, seed, run,
+        progress, verbose, "retrain best" if tune else f"train {preset}", train_minutes)
+    row = _write_outputs(model, splits, label_names, architecture, settings_out, history, best_epoch,
+                         train_seconds + search_seconds, tuning, trials, stage, stage_dir, n_boot, seed, manifest,
+                         batch_size)
     failed = [entry for split in splits.values() for entry in split.failed]
     return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
                          architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
                          seconds=time.perf_counter() - started)
-
-
-def _remove_abandoned_work(stage_dir: Path) -> None:
-    """Delete the work folders of runs that were killed (their process is gone)."""
-    for work in stage_dir.glob(".work-*"):
-        pid = work.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            alive = int(pid) != os.getpid()
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # another user's live process
-            alive = True
-        if not alive:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResult | None:
@@ -960,8 +944,7 @@ def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResul
         return None
     with open(stage_dir / "results.csv", newline="") as handle:
         row = next(csv.DictReader(handle))
-    with open(stage_dir / "history.csv", newline="") as handle:
-        history = [{k: float(v) for k, v in entry.items() if v != ""} for entry in csv.DictReader(handle)]
+    history = History(stage_dir / "history.csv").as_list()
     for key, value in row.items():
         try:
             row[key] = float(value) if key not in ("features", "head", "params", "preprocessing", "selected_by",
@@ -975,10 +958,11 @@ def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResul
 
 def _write_outputs(model, splits, label_names, architecture: Architecture, settings: dict, history: list,
                    best_epoch: int, fit_seconds: float, tuning: dict | None, trials: list, stage: str,
-                   work_dir: Path, stage_dir: Path, n_boot: int, seed: int, manifest, batch_size: int) -> dict:
-    """Evaluate the kept weights and write every output into ``work_dir``, then move them into ``stage_dir``."""
+                   stage_dir: Path, n_boot: int, seed: int, manifest, batch_size: int) -> dict:
+    """Evaluate the kept weights and write every output into ``stage_dir``, each file atomically."""
     from featx.metrics import classification_metrics, metrics_with_ci
     from featx.artifacts.results import metric_columns, write_rows_csv
+    from featx.storage import atomic_write_json
 
     classes = np.arange(len(label_names))
     val_proba, val_rows = _predict(model, splits[SPLIT_VAL], batch_size)
@@ -1006,7 +990,6 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
         "n_train": len(splits[SPLIT_TRAIN]), "n_test": int(len(y_test)), "repeats": 1, "caches": ""}
     row.update(metric_columns([metrics]))
 
-    model.save(str(work_dir / "model.keras"))
     info = {"label_names": list(label_names), "input_size": [image_size, image_size],
             "preprocessing": {"size": [image_size, image_size], "interpolation": INTERPOLATION},
             "model": stage, "architecture": architecture.to_dict(), "settings": settings, "best_epoch": best_epoch,
@@ -1014,30 +997,16 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
             "manifest_sha256": manifest.sha256(), "featx_version": __version__}
     if tuning:
         info["tuning"] = tuning
-    (work_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
-    write_rows_csv(work_dir / "results.csv", [row])
-    columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
-    write_rows_csv(work_dir / "history.csv", history, columns)
-    np.savez_compressed(work_dir / "predictions.npz", y_test=y_test,
-                        paths=np.array([test_split.paths[i] for i in test_rows]),
-                        label_names=np.array(label_names), config_0=test_proba.astype(np.float32))
+    atomic_write_json(stage_dir / "model.json", info)
+    write_outputs(stage_dir, model, row, history, y_test, [test_split.paths[i] for i in test_rows], label_names,
+                  test_proba, title=f"{stage} {settings['preset']} @ {image_size}px")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
+    (stage_dir / "failed.csv").unlink(missing_ok=True)
     if failed:
-        write_rows_csv(work_dir / "failed.csv", [dict(zip(("split", "path", "reason"), entry)) for entry in failed],
+        write_rows_csv(stage_dir / "failed.csv", [dict(zip(("split", "path", "reason"), entry)) for entry in failed],
                        ["split", "path", "reason"])
     if trials:
-        trial_columns = ["trial", "status", "val_accuracy", *SEARCH_SPACE]
-        write_rows_csv(work_dir / "trials.csv", trials, trial_columns)
-    try:
-        from featx.training import plot_curves
-
-        plot_curves(history, work_dir / "curves.png", title=f"{stage} {settings['preset']} @ {image_size}px")
-    except ImportError:  # pragma: no cover - finetune ships with featx
-        pass
-    (stage_dir / "failed.csv").unlink(missing_ok=True)
-    for produced in sorted(work_dir.iterdir()):
-        if produced.name != "best.weights.h5":
-            os.replace(produced, stage_dir / produced.name)
+        write_rows_csv(stage_dir / "trials.csv", trials, ["trial", "status", "val_accuracy", *SEARCH_SPACE])
     return row
 
 

@@ -163,7 +163,7 @@ def test_unfreeze_modes_choose_layers_and_keep_batch_norm_frozen(binary_experime
 
 
 def _crash_in_second_epoch(original):
-    """Wrap finetune._make_callbacks so that training dies at the first batch of epoch 2."""
+    """Wrap TrainingRun.callbacks so that training dies at the first batch of epoch 2."""
 
     def make_callbacks(*args, **kwargs):
         class CrashInSecondEpoch(keras.callbacks.Callback):
@@ -180,14 +180,14 @@ def _crash_in_second_epoch(original):
 
 
 def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binary_experiment, monkeypatch):
-    import featx.finetune as finetune
+    from featx.training import TrainingRun
 
     options = dict(unfreeze=4, epochs=2, learning_rate=1e-3, batch_size=8, patience=None, n_boot=20, seed=0)
-    original = finetune._make_callbacks
-    monkeypatch.setattr(finetune, "_make_callbacks", _crash_in_second_epoch(original))
+    original = TrainingRun.callbacks
+    monkeypatch.setattr(TrainingRun, "callbacks", _crash_in_second_epoch(original))
     with pytest.raises(KeyboardInterrupt):
         run_finetune(binary_experiment, **options)
-    monkeypatch.setattr(finetune, "_make_callbacks", original)
+    monkeypatch.setattr(TrainingRun, "callbacks", original)
     out = binary_experiment / "finetune"
     state = json.loads((out / "state.json").read_text())
     assert state["epochs_done"] == 1 and state["warm_start_difference"] < 1e-4
@@ -317,7 +317,7 @@ def test_finetune_refuses_to_resume_a_folder_built_from_another_head(tmp_path, e
     run_sweep([[load_base_head(experiment).cache_path]], experiment, heads=["linsvm"], grids=GRIDS, n_boot=20,
               learning_curve=False, seed=0)  # the re-sweep keeps finetune/ but picks another head
     state_before = (experiment / "finetune" / "state.json").read_text()
-    with pytest.raises(FinetuneError, match=r"fine-tuned from config 0 \(logreg .*but the sweep now gives "
+    with pytest.raises(FinetuneError, match=r"built from config 0 \(logreg .*but now from "
                                             r"config 0 \(linsvm.*head, params changed.*--restart"):
         run_finetune(experiment, **{**options, "epochs": 2})
     assert (experiment / "finetune" / "state.json").read_text() == state_before  # nothing touched

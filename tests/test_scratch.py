@@ -135,13 +135,9 @@ def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
     _, rows = _read_rows(result.out_dir / "results.csv")
     assert rows[0]["head"] == "scratch-tuned"
 
-    # max_trials reached: the second call runs no trial and keeps the retrained model; it also
-    # removes what a killed run left (a work folder whose process is gone)
+    # max_trials reached: the second call runs no trial and keeps the retrained model
     model_time = (result.out_dir / "model.keras").stat().st_mtime_ns
-    abandoned = result.out_dir / ".work-999999999"
-    abandoned.mkdir()
     again = run_scratch(kaggle_dir, tmp_path / "exp", **options)
-    assert not abandoned.exists()
     assert again.new_trials == 0 and len(again.trials) == 2
     assert again.row["accuracy"] == pytest.approx(result.row["accuracy"], abs=1e-5)
     assert (result.out_dir / "model.keras").stat().st_mtime_ns == model_time
@@ -153,6 +149,58 @@ def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
     # another search in the same folder is refused, with the way out
     with pytest.raises(ScratchError, match="--restart"):
         run_scratch(kaggle_dir, tmp_path / "exp", **dict(options, trial_epochs=2))
+
+
+def _crash_in_second_epoch(original):
+    """Wrap TrainingRun.callbacks so that training dies at the first batch of epoch 2."""
+    import keras
+
+    def callbacks(*args, **kwargs):
+        class CrashInSecondEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_begin(self, batch, logs=None):
+                if self.epoch == 1:
+                    raise KeyboardInterrupt("simulated interruption")
+
+        return original(*args, **kwargs) + [CrashInSecondEpoch()]
+
+    return callbacks
+
+
+def test_interrupted_training_resumes_where_it_stopped(kaggle_dir, tmp_path, monkeypatch):
+    from featx.training import TrainingRun
+
+    options = dict(FAST, epochs=2, patience=0, seed=1)
+    whole = run_scratch(kaggle_dir, tmp_path / "whole", **options)
+    original = TrainingRun.callbacks
+    monkeypatch.setattr(TrainingRun, "callbacks", _crash_in_second_epoch(original))
+    with pytest.raises(KeyboardInterrupt):
+        run_scratch(kaggle_dir, tmp_path / "cut", **options)
+    monkeypatch.setattr(TrainingRun, "callbacks", original)
+    out = tmp_path / "cut" / "scratch"
+    state = json.loads((out / "state.json").read_text())
+    assert state["epochs_done"] == 1 and (out / "checkpoint").is_dir() and (out / "best.weights.h5").is_file()
+    assert state["built_from"]["architecture"]["filters"] == [32, 32, 64]
+    _, before = _read_rows(out / "history.csv")
+    assert [int(r["epoch"]) for r in before] == [1]
+
+    # Started again, it continues with epoch 2: epoch 1 is the interrupted run's, epoch 2 the uninterrupted one's.
+    resumed = run_scratch(kaggle_dir, tmp_path / "cut", **options)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[0]["loss"] == pytest.approx(float(before[0]["loss"]), rel=1e-5)
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in whole.history], rel=1e-4), key
+    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.row["accuracy"] == pytest.approx(whole.row["accuracy"], abs=1e-6)
+
+    # Asked again with another preset, the folder is refused (one line naming what changed), or restarted.
+    with pytest.raises(ScratchError, match=r"built from 3 blocks \[32, 32, 64\].*architecture changed.*--restart"):
+        run_scratch(kaggle_dir, tmp_path / "cut", **dict(options, preset="bn-gap"))
+    again = run_scratch(kaggle_dir, tmp_path / "cut", **dict(options, preset="bn-gap", restart=True))
+    assert json.loads((out / "state.json").read_text())["built_from"]["architecture"]["filters"] == [32, 64, 128, 256]
+    assert [h["epoch"] for h in again.history] == [1, 2]
 
 
 def test_bayesian_search_proposes_after_its_random_start(kaggle_dir, tmp_path):
