@@ -38,15 +38,15 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from featx import __version__, training
 from featx.artifacts import runs
+from featx.datasets import ImageSet, predict_proba, training_batches
 from featx.errors import UserError
 
 __all__ = [
@@ -535,6 +535,10 @@ class ImageSplits:
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
 
+    def image_set(self, rows: np.ndarray, preprocessing: dict, workers: int = 4) -> ImageSet:
+        """The images of ``rows``, decoded as the extractor did (:mod:`featx.datasets`)."""
+        return ImageSet("", [self.paths[i] for i in rows], self.labels[rows], preprocessing, workers)
+
 
 def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
     """Where the cached images are, with their labels and splits (from the cache's own records)."""
@@ -552,45 +556,6 @@ def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
                             "the images again: restore them or rebuild the cache from where they are now")
     return ImageSplits(root, [str(root / p) for p in paths], np.asarray(labels), np.asarray(split),
                        np.arange(len(paths)))
-
-
-def load_images(paths: Sequence[str], preprocessing: dict, workers: int = 4) -> np.ndarray:
-    """Decode images as the extractor did, as float32 RGB in [0, 255], shape (N, H, W, 3)."""
-    from featx.images import load_image
-    from featx.pipeline import load_options
-
-    options = load_options(preprocessing)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        images = list(pool.map(lambda p: load_image(p, **options), paths))
-    return np.stack(images).astype(np.float32)
-
-
-def make_dataset(paths: Sequence[str], labels: np.ndarray, preprocessing: dict, batch_size: int,
-                 shuffle: bool, seed: int, workers: int = 4):
-    """A tf.data pipeline of (images float32 [0, 255], labels int32): decode in threads, batch, prefetch."""
-    import tensorflow as tf
-
-    height, width = preprocessing["size"]
-    paths = np.asarray(list(paths))
-    labels = np.asarray(labels, dtype=np.int32)
-
-    def decode(indices):
-        chosen = indices.numpy()
-        return load_images(paths[chosen].tolist(), preprocessing, workers), labels[chosen]
-
-    def tf_decode(indices):
-        images, batch_labels = tf.py_function(decode, [indices], [tf.float32, tf.int32])
-        images.set_shape((None, height, width, 3))
-        batch_labels.set_shape((None,))
-        return images, batch_labels
-
-    dataset = tf.data.Dataset.from_tensor_slices(np.arange(len(paths), dtype=np.int64))
-    if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(tf_decode, num_parallel_calls=2)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPLIT_VAL) -> float:
@@ -616,9 +581,9 @@ def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPL
     with open_cache(base.cache_path) as cache:
         features = cache.features[rows].astype(np.float32)
     expected = base.model.predict_proba(features)
-    images = load_images([splits.paths[i] for i in rows], base.extractor_spec["preprocessing"])
-    got = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float64)
-    return float(np.max(np.abs(got - expected)))
+    images, kept = splits.image_set(rows, base.extractor_spec["preprocessing"]).pixels(np.arange(len(rows)))
+    got = np.asarray(model.predict(images.astype(np.float32), batch_size=16, verbose=0), dtype=np.float64)
+    return float(np.max(np.abs(got - expected[kept])))
 
 
 # ---------------------------------------------------------------------------
@@ -763,11 +728,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
-    def dataset(rows, shuffle):
-        return make_dataset([splits.paths[i] for i in rows], splits.labels[rows], preprocessing,
-                            int(batch_size), shuffle, seed, workers)
-
-    train_data, val_data = dataset(train, True), dataset(val, False)
+    train_data = training_batches(splits.image_set(train, preprocessing, workers), batch_size, True, seed)
+    val_data = training_batches(splits.image_set(val, preprocessing, workers), batch_size)
     if state is None:
         # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
         difference = check_warm_start(model, base)
@@ -805,13 +767,9 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
 
     classes = np.arange(len(base.label_names))
     predict_started = time.perf_counter()
-    if len(test):
-        test_data = make_dataset([splits.paths[i] for i in test], splits.labels[test], preprocessing,
-                                 64, False, 0, workers)
-        proba = np.asarray(model.predict(test_data.map(lambda x, y: x), verbose=0), dtype=np.float64)
-        metrics = metrics_with_ci(splits.labels[test], proba, classes, n_boot=n_boot, seed=base.seed)
-    else:
-        proba, metrics = np.zeros((0, len(classes))), {}
+    proba, kept = predict_proba(model, splits.image_set(test, preprocessing, workers))
+    test = test[kept]
+    metrics = metrics_with_ci(splits.labels[test], proba, classes, n_boot=n_boot, seed=base.seed) if len(test) else {}
     predict_seconds = time.perf_counter() - predict_started
 
     settings = state["settings"]

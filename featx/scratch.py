@@ -24,7 +24,7 @@ gives). ``model.keras`` therefore needs nothing but Keras to reload.
 
 Data
 ----
-Images are decoded once, in a pool of threads, into memory (2,000 images at 128 px are
+Images are decoded (``featx.datasets``) once, in a pool of threads, into memory (2,000 images at 128 px are
 98 MB of uint8) when they fit under ``memory_limit_mb``; above it they are decoded batch
 by batch (a ``keras.utils.PyDataset``). Unreadable images are skipped and listed in
 ``failed.csv``.
@@ -70,23 +70,22 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
+from featx.datasets import ImageSet, predict_proba, training_batches
 from featx.training import History, TrainingRun, write_outputs
 from featx.errors import UserError
 
-__all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ImageSplit", "ScratchResult", "build_model",
+__all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
            "load_splits", "run_scratch", "scratch_command"]
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
@@ -297,65 +296,8 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
 # ---------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------
-@dataclass
-class ImageSplit:
-    """The images of one split: relative paths, integer labels, and the pixels when in memory.
-
-    ``images`` holds uint8 pixels (N, H, W, 3) when the dataset was decoded up front; when it is
-    None, :meth:`pixels` decodes the asked rows on each call (and skips unreadable files).
-    """
-
-    name: str
-    root: Path
-    paths: list
-    labels: np.ndarray
-    image_size: int
-    images: np.ndarray | None = None
-    workers: int = 4
-    failed: list = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def pixels(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 pixels of ``rows`` and the positions (into ``rows``) that could be read."""
-        rows = np.asarray(rows)
-        if self.images is not None:
-            return self.images[rows], np.arange(len(rows))
-        images, kept, failed = _decode([str(self.root / self.paths[i]) for i in rows], self.image_size,
-                                       self.workers)
-        for position, reason in failed:
-            entry = (self.paths[rows[position]], reason)
-            if entry not in self.failed:
-                self.failed.append(entry)
-        return images, kept
-
-
-def _decode(paths: Sequence[str], image_size: int, workers: int, progress=None):
-    """Decode images in threads: (uint8 array of the readable ones, their positions, [(position, reason)])."""
-    from featx.images import try_load_image
-
-    size = (int(image_size), int(image_size))
-
-    def one(path):
-        return try_load_image(path, size=size, interpolation=INTERPOLATION)
-
-    images, kept, failed = [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        for position, (image, reason) in enumerate(pool.map(one, paths)):
-            if image is None:
-                failed.append((position, reason))
-            else:
-                images.append(image)
-                kept.append(position)
-            if progress is not None:
-                progress.advance(1)
-    pixels = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
-    return pixels, np.asarray(kept, dtype=np.int64), failed
-
-
 def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_mb: float = 4096,
-                progress=None) -> dict[str, ImageSplit]:
+                progress=None) -> dict[str, ImageSet]:
     """The train, val and test images of a manifest, decoded into memory when they fit.
 
     Parameters
@@ -369,100 +311,36 @@ def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_
     memory_limit_mb : float
         Decode everything up front only when the uint8 pixels take at most this many MB;
         otherwise images are decoded batch by batch at every epoch.
-    progress : featx.pipeline.Progress, optional
+    progress : featx.progress.Progress, optional
         Advanced once per decoded image.
 
     Returns
     -------
-    dict of str to ImageSplit
+    dict of str to featx.datasets.ImageSet
         Keys ``train``, ``val``, ``test``. In memory, unreadable images are dropped and listed
         in each split's ``failed``.
     """
-    from featx.pipeline import Progress
+    from featx.progress import Progress
 
     progress = progress or Progress()
-    label_names = manifest.label_names
-    index = {name: i for i, name in enumerate(label_names)}
+    index = {name: i for i, name in enumerate(manifest.label_names)}
+    preprocessing = {"size": [int(image_size), int(image_size)], "interpolation": INTERPOLATION}
     splits = {}
     for name in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST):
         records = [r for r in manifest.records if r.split == name and r.label is not None]
-        splits[name] = ImageSplit(name, Path(manifest.root), [r.path for r in records],
-                                  np.array([index[r.label] for r in records], dtype=np.int64),
-                                  int(image_size), workers=workers)
+        splits[name] = ImageSet(str(manifest.root), [r.path for r in records],
+                                np.array([index[r.label] for r in records], dtype=np.int64), preprocessing,
+                                workers, name=name)
     n_images = sum(len(s) for s in splits.values())
-    megabytes = n_images * int(image_size) ** 2 * 3 / 2**20
-    if megabytes > float(memory_limit_mb):
-        return splits  # streamed: ImageSplit.pixels decodes per batch
+    if n_images * int(image_size) ** 2 * 3 / 2**20 > float(memory_limit_mb):
+        return splits  # streamed: ImageSet.pixels decodes per batch
     progress.start(f"decode {image_size}px", n_images)
     try:
         for split in splits.values():
-            images, kept, failed = _decode([str(split.root / p) for p in split.paths], image_size, workers,
-                                           progress)
-            split.failed = [(split.paths[position], reason) for position, reason in failed]
-            split.paths = [split.paths[i] for i in kept]
-            split.labels = split.labels[kept]
-            split.images = images
+            split.load(progress)
     finally:
         progress.stop()
     return splits
-
-
-def _batches_class():
-    """A keras.utils.PyDataset of (float32 pixels, labels) batches over an ImageSplit (defined lazily)."""
-    import keras
-
-    class ImageBatches(keras.utils.PyDataset):
-        """Batches of an :class:`ImageSplit`, reshuffled each epoch from ``(seed, epoch)``.
-
-        One worker thread keeps the batch order fixed (decoding is threaded inside
-        :meth:`ImageSplit.pixels`), so a seed gives the same batches on every run.
-        """
-
-        def __init__(self, split: ImageSplit, batch_size: int, shuffle: bool, seed: int):
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), shuffle, int(seed)
-            self.reset()
-
-        def reset(self) -> None:
-            self.set_epoch(0)
-
-        def set_epoch(self, epoch: int) -> None:
-            """Draw the batches of ``epoch`` next (a resumed run continues the uninterrupted order)."""
-            self.epoch = int(epoch)
-            self._order()
-
-        def _order(self) -> None:
-            n = len(self.split)
-            self.order = (np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
-                          else np.arange(n))
-
-        def __len__(self) -> int:
-            return math.ceil(len(self.split) / self.batch_size)
-
-        def __getitem__(self, index):
-            rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-            images, kept = self.split.pixels(rows)
-            return images.astype(np.float32), self.split.labels[rows[kept]].astype(np.int32)
-
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-            self._order()
-
-    return ImageBatches
-
-
-def _predict(model, split: ImageSplit, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of the readable images of ``split`` and their row numbers."""
-    parts, rows_kept = [], []
-    for start in range(0, len(split), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(split)))
-        images, kept = split.pixels(rows)
-        if len(kept):
-            parts.append(np.asarray(model.predict_on_batch(images.astype(np.float32)), dtype=np.float64))
-            rows_kept.append(rows[kept])
-    n_classes = int(model.output_shape[-1])
-    proba = np.concatenate(parts) if parts else np.zeros((0, n_classes))
-    return proba, np.concatenate(rows_kept) if rows_kept else np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -566,11 +444,10 @@ def _train(architecture: Architecture, splits: dict, n_classes: int, image_size:
     epoch, seconds)."""
     import keras
 
-    ImageBatches = _batches_class()
     keras.utils.set_random_seed(int(seed))
     model = build_model(architecture, n_classes, image_size, augment, seed)
-    train = ImageBatches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
-    val = ImageBatches(splits[SPLIT_VAL], batch_size, shuffle=False, seed=seed)
+    train = training_batches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
+    val = training_batches(splits[SPLIT_VAL], batch_size)
     if run.state is None:
         run.begin()
     callbacks = [] if train_minutes is None else [_time_limit(train_minutes)]
@@ -708,9 +585,8 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
     tuner_dir.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
-    ImageBatches = _batches_class()
-    train = ImageBatches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
-    val = ImageBatches(splits[SPLIT_VAL], batch_size, shuffle=False, seed=seed)
+    train = training_batches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
+    val = training_batches(splits[SPLIT_VAL], batch_size)
     deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
     with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
         # Keras Tuner prints "Reloading Tuner from ..." when it resumes; the summary says it instead.
@@ -846,7 +722,7 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
         Above this many MB of decoded pixels, images are decoded per batch instead of once.
     n_boot : int
         Bootstrap resamples of the test metrics' intervals.
-    progress : featx.pipeline.Progress, optional
+    progress : featx.progress.Progress, optional
         Decoding, trial and training bars.
     verbose : int
         Keras' own logging (0: silent).
@@ -965,11 +841,11 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
     from featx.storage import atomic_write_json
 
     classes = np.arange(len(label_names))
-    val_proba, val_rows = _predict(model, splits[SPLIT_VAL], batch_size)
+    val_proba, val_rows = predict_proba(model, splits[SPLIT_VAL], batch_size)
     select = classification_metrics(splits[SPLIT_VAL].labels[val_rows], val_proba, classes)
     predict_started = time.perf_counter()
     test_split = splits[SPLIT_TEST]
-    test_proba, test_rows = _predict(model, test_split, batch_size)
+    test_proba, test_rows = predict_proba(model, test_split, batch_size)
     predict_seconds = time.perf_counter() - predict_started
     y_test = test_split.labels[test_rows]
     metrics = metrics_with_ci(y_test, test_proba, classes, n_boot=n_boot, seed=seed)

@@ -19,9 +19,10 @@ from conftest import make_image, make_kaggle_images
 import keras  # noqa: E402
 
 from featx.data import build_manifest  # noqa: E402
+from featx.datasets import decode_group  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
 from featx.finetune import (FinetuneError, build_finetune_model, check_warm_start,  # noqa: E402
-                            load_base_head, load_images, read_image_splits, run_finetune, set_trainable)
+                            load_base_head, read_image_splits, run_finetune, set_trainable)
 from featx.pipeline import build_cache  # noqa: E402
 from featx.training import custom_objects  # noqa: E402
 from featx.artifacts.results import RESULT_COLUMNS  # noqa: E402
@@ -82,6 +83,13 @@ def binary_experiment(tmp_path_factory, extractor) -> Path:
     run_sweep([[cache]], out, heads=["logreg", "linsvm", "rbfsvm", "dense"], grids=GRIDS, n_boot=20,
               learning_curve=False, seed=0)
     return out
+
+
+def load_images(paths, preprocessing) -> np.ndarray:
+    """float32 pixels of absolute ``paths``, decoded as featx.datasets decodes them for the model."""
+    images, ok, _ = decode_group("", paths, preprocessing)
+    assert ok.all()
+    return images.astype(np.float32)
 
 
 def _config_of(experiment: Path, head: str) -> int:
