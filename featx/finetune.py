@@ -46,6 +46,7 @@ import numpy as np
 
 from featx import __version__, training
 from featx.artifacts import runs
+from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, predict_proba, training_batches
 from featx.errors import UserError
 
@@ -746,7 +747,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
                           warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
                           trainable_layers=trainable)
-    state["settings"] = settings
+    state.settings = settings
     train_started = time.perf_counter()
     epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
     train_seconds = time.perf_counter() - train_started
@@ -756,14 +757,13 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                           train_seconds, epochs_run, n_boot, started, workers)
 
 
-def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: dict,
+def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: runs.RunState,
                    history: training.History, out_dir: Path, test: np.ndarray, val_after: dict,
                    train_seconds: float, epochs_run: int, n_boot: int, started: float,
                    workers: int) -> FinetuneResult:
     """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
     from featx.metrics import metrics_with_ci
     from featx.artifacts.results import metric_columns
-    from featx.storage import atomic_write_json
 
     classes = np.arange(len(base.label_names))
     predict_started = time.perf_counter()
@@ -772,13 +772,13 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
     metrics = metrics_with_ci(splits.labels[test], proba, classes, n_boot=n_boot, seed=base.seed) if len(test) else {}
     predict_seconds = time.perf_counter() - predict_started
 
-    settings = state["settings"]
+    settings, details = state.settings, state.details
     row = {"rank": 1, "config": int(base.row["config"]),
            "features": f"{base.extractor_spec['name']}+finetune", "head": "finetune",
            "params": json.dumps({"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
                                  **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate",
                                                              "batch_size", "epochs", "monitor")},
-                                 "best_epoch": state["best_epoch"]}, sort_keys=True),
+                                 "best_epoch": state.best_epoch}, sort_keys=True),
            "preprocessing": base.row["preprocessing"], "selected_by": "val",
            "select_accuracy": val_after["val_accuracy"], "select_log_loss": val_after["val_loss"],
            "fit_seconds": train_seconds, "predict_seconds": predict_seconds,
@@ -787,17 +787,15 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
     row.update(metric_columns([metrics]))
 
     height, width = preprocessing["size"]
-    atomic_write_json(out_dir / "model.json", {
-        "label_names": base.label_names, "input_size": [int(height), int(width)],
-        "preprocessing": preprocessing, "backbone": base.extractor_spec, "base_config": base.row,
-        "finetune": settings, "best_epoch": state["best_epoch"],
-        "warm_start_difference": state["warm_start_difference"], "featx_version": __version__,
-    })
+    ModelCard(label_names=base.label_names, input_size=[int(height), int(width)], preprocessing=preprocessing,
+              best_epoch=state.best_epoch, featx_version=__version__,
+              details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
+                       "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
     rows = history.as_list()
     training.write_outputs(out_dir, model, row, rows, splits.labels[test],
                            [os.path.relpath(splits.paths[i], splits.root) for i in test], base.label_names, proba,
                            title=f"{base.extractor_spec['name']} fine-tune")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
-                          warm_start_difference=float(state["warm_start_difference"]),
-                          val_before=state["val_before"], val_after=val_after,
-                          seconds=time.perf_counter() - started, trainable_layers=state["trainable_layers"])
+                          warm_start_difference=float(details["warm_start_difference"]),
+                          val_before=details["val_before"], val_after=val_after,
+                          seconds=time.perf_counter() - started, trainable_layers=details["trainable_layers"])

@@ -322,11 +322,10 @@ class FineTunedModel:
         """Read ``model.keras`` and ``model.json`` from a fine-tune folder."""
         import keras
 
+        from featx.artifacts.runs import ModelCard
+
         folder = Path(folder)
-        try:
-            info = json.loads((folder / FINETUNE_INFO_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read {folder / FINETUNE_INFO_FILE}: {exc}") from None
+        info = ModelCard.read(folder / FINETUNE_INFO_FILE).to_dict()
         from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
 
         custom_objects = custom_objects()

@@ -81,9 +81,11 @@ import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
+from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, predict_proba, training_batches
 from featx.training import History, TrainingRun, write_outputs
 from featx.errors import UserError
+from featx.storage import atomic_write_json
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
            "load_splits", "run_scratch", "scratch_command"]
@@ -457,7 +459,7 @@ def _train(architecture: Architecture, splits: dict, n_classes: int, image_size:
     run.fit(model, train, val, epochs, patience, callbacks, verbose)
     seconds = time.perf_counter() - started
     run.restore_best(model)
-    return model, run.history.as_list(), int(run.state["best_epoch"]), seconds
+    return model, run.history.as_list(), int(run.state.best_epoch), seconds
 
 
 # ---------------------------------------------------------------------------
@@ -583,7 +585,7 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
             raise ScratchError(f"{tuner_dir} holds a search with other settings ({changed}, earlier -> now); "
                                "pass --restart to start a new search, or the same settings to resume it")
     tuner_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    atomic_write_json(settings_path, settings)
 
     train = training_batches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
     val = training_batches(splits[SPLIT_VAL], batch_size)
@@ -811,7 +813,7 @@ def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResul
     info_path = stage_dir / "model.json"
     if not (info_path.is_file() and (stage_dir / "model.keras").is_file() and (stage_dir / "results.csv").is_file()):
         return None
-    info = json.loads(info_path.read_text())
+    info = ModelCard.read(info_path).details
     earlier = info.get("tuning") or {}
     same = (earlier.get("best_trial") == tuning["best_trial"] and earlier.get("trials") == tuning["trials"]
             and info.get("settings", {}).get("epochs") == int(epochs)
@@ -828,8 +830,8 @@ def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResul
         except ValueError:
             pass
     architecture = Architecture(**{**info["architecture"], "filters": tuple(info["architecture"]["filters"])})
-    return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=int(info["best_epoch"]),
-                         architecture=architecture)
+    return ScratchResult(out_dir=stage_dir, row=row, history=history,
+                         best_epoch=int(ModelCard.read(info_path).best_epoch), architecture=architecture)
 
 
 def _write_outputs(model, splits, label_names, architecture: Architecture, settings: dict, history: list,
@@ -838,7 +840,6 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
     """Evaluate the kept weights and write every output into ``stage_dir``, each file atomically."""
     from featx.metrics import classification_metrics, metrics_with_ci
     from featx.artifacts.results import metric_columns, write_rows_csv
-    from featx.storage import atomic_write_json
 
     classes = np.arange(len(label_names))
     val_proba, val_rows = predict_proba(model, splits[SPLIT_VAL], batch_size)
@@ -866,14 +867,12 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
         "n_train": len(splits[SPLIT_TRAIN]), "n_test": int(len(y_test)), "repeats": 1, "caches": ""}
     row.update(metric_columns([metrics]))
 
-    info = {"label_names": list(label_names), "input_size": [image_size, image_size],
-            "preprocessing": {"size": [image_size, image_size], "interpolation": INTERPOLATION},
-            "model": stage, "architecture": architecture.to_dict(), "settings": settings, "best_epoch": best_epoch,
-            "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
-            "manifest_sha256": manifest.sha256(), "featx_version": __version__}
-    if tuning:
-        info["tuning"] = tuning
-    atomic_write_json(stage_dir / "model.json", info)
+    details = {"model": stage, "architecture": architecture.to_dict(), "settings": settings,
+               "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
+               "manifest_sha256": manifest.sha256(), **({"tuning": tuning} if tuning else {})}
+    ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
+              preprocessing=test_split.preprocessing, best_epoch=best_epoch, featx_version=__version__,
+              details=details).write(stage_dir / "model.json")
     write_outputs(stage_dir, model, row, history, y_test, [test_split.paths[i] for i in test_rows], label_names,
                   test_proba, title=f"{stage} {settings['preset']} @ {image_size}px")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]

@@ -26,7 +26,8 @@ import numpy as np
 
 from featx import __version__
 from featx.errors import UserError
-from featx.storage import atomic_write, atomic_write_json, clean_stale_temps
+from featx.artifacts.runs import RunState
+from featx.storage import atomic_write, clean_stale_temps
 
 __all__ = ["MONITORS", "HISTORY_COLUMNS", "History", "TrainingRun", "write_outputs", "custom_objects",
            "plot_curves"]
@@ -63,12 +64,6 @@ class History:
         return [{"epoch": epoch, **self.rows[epoch]} for epoch in sorted(self.rows)]
 
 
-def _read_state(path: Path) -> dict | None:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 class TrainingRun:
     """One resumable Keras training in ``folder``, keyed by what it is built from and its settings.
 
@@ -95,7 +90,7 @@ class TrainingRun:
             raise error(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
         self.folder, self.monitor, self.built_from, self.settings = Path(folder), monitor, built_from, settings
         self.resume_keys, self.describe, self.error = tuple(resume_keys), describe, error
-        self.state: dict | None = None
+        self.state: RunState | None = None
         self.history = History(self.folder / HISTORY_FILE)
 
     @property
@@ -106,7 +101,7 @@ class TrainingRun:
     def best_weights(self) -> Path:
         return self.folder / BEST_WEIGHTS
 
-    def open(self, restart: bool = False, replace_stale: bool = False) -> dict | None:
+    def open(self, restart: bool = False, replace_stale: bool = False) -> RunState | None:
         """Read an earlier run's state (None: none) after checking it may be continued.
 
         ``restart`` removes the whole folder first; ``replace_stale`` discards an earlier training
@@ -116,8 +111,8 @@ class TrainingRun:
             shutil.rmtree(self.folder, ignore_errors=True)
         for name in FILES:  # what a killed run was writing
             clean_stale_temps(self.folder / name)
-        state = _read_state(self.state_path)
-        if state is not None and replace_stale and state.get("built_from") != self.built_from:
+        state = RunState.read(self.state_path) if self.state_path.exists() else None
+        if state is not None and replace_stale and state.built_from != self.built_from:
             self.discard()
             state = None
         if state is not None:
@@ -132,8 +127,8 @@ class TrainingRun:
             (self.folder / name).unlink(missing_ok=True)
         shutil.rmtree(self.folder / CHECKPOINT, ignore_errors=True)
 
-    def _check(self, state: dict) -> None:
-        earlier, now = state.get("built_from"), self.built_from
+    def _check(self, state: RunState) -> None:
+        earlier, now = state.built_from, self.built_from
         if earlier is None:
             raise self.error(f"{self.folder} was written by an older featx that did not record what it was built "
                              f"from, so it cannot be resumed safely; pass --restart to start over from "
@@ -143,14 +138,14 @@ class TrainingRun:
             raise self.error(f"{self.folder} was built from {self.describe(earlier)}, but now from "
                              f"{self.describe(now)} ({changed} changed); pass --restart to start over (replaces "
                              f"{self.folder}), or the earlier inputs to continue it")
-        settings = state.get("settings", {})
+        settings = state.settings
         changed = {k: (settings.get(k), self.settings[k]) for k in self.resume_keys
                    if settings.get(k) != self.settings[k]}
         if changed:
             raise self.error(f"{self.folder} holds a run with other settings ({changed}, earlier -> now); pass "
                              f"--restart to start over, or the same settings to continue it")
 
-    def begin(self, model=None, initial: dict | None = None, **details) -> dict:
+    def begin(self, model=None, initial: dict | None = None, **details) -> RunState:
         """Record a new run; ``initial`` (validation values before training) becomes epoch 0 and the
         value to beat, with ``model``'s weights as the first best."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -159,13 +154,13 @@ class TrainingRun:
             self.history.put(0, dict(initial, seconds=0.0))
             model.save_weights(str(self.best_weights))
             best = initial[self.monitor]
-        self.state = {"settings": self.settings, "built_from": self.built_from, "best_value": best,
-                      "best_epoch": 0, "epochs_done": 0, "featx_version": __version__, **details}
+        self.state = RunState(settings=self.settings, built_from=self.built_from, best_value=best,
+                              featx_version=__version__, details=details)
         self._save()
         return self.state
 
     def _save(self) -> None:
-        atomic_write_json(self.state_path, self.state)
+        self.state.write(self.state_path)
 
     def callbacks(self, patience: int | None) -> list:
         """The Keras callbacks of one :meth:`fit` (tests wrap this to interrupt a run)."""
@@ -191,17 +186,17 @@ class TrainingRun:
                 logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(rate)))
                 logs["seconds"] = time.perf_counter() - self.started
                 run.history.put(epoch + 1, logs)
-                value, best = logs.get(run.monitor), run.state["best_value"]
+                value, best = logs.get(run.monitor), run.state.best_value
                 if value is not None and (best is None or (value < best if mode == "min" else value > best)):
-                    run.state["best_value"], run.state["best_epoch"] = float(value), epoch + 1
-                run.state["epochs_done"] = epoch + 1
+                    run.state.best_value, run.state.best_epoch = float(value), epoch + 1
+                run.state.epochs_done = epoch + 1
                 run._save()
 
         callbacks = [
             # Weights only (not the whole model), which works under MirroredStrategy as well.
             keras.callbacks.ModelCheckpoint(str(self.best_weights), monitor=self.monitor, mode=mode,
                                             save_best_only=True, save_weights_only=True,
-                                            initial_value_threshold=self.state["best_value"]),
+                                            initial_value_threshold=self.state.best_value),
             EpochRecorder(),
             # Last finished epoch + optimizer state: an interrupted run resumes from here.
             keras.callbacks.BackupAndRestore(str(self.folder / CHECKPOINT), save_freq="epoch",
@@ -220,8 +215,7 @@ class TrainingRun:
         """
         import keras
 
-        done = int(self.state["epochs_done"])
-        stopped = self.state.get("stopped_early_at_epochs")
+        done, stopped = int(self.state.epochs_done), self.state.stopped_early_at_epochs
         if int(epochs) <= done or (stopped is not None and int(epochs) <= stopped):
             return 0
         if hasattr(train, "set_epoch"):
@@ -231,9 +225,9 @@ class TrainingRun:
                   verbose=verbose)  # the data shuffle themselves, seeded
         early = [c for c in own if isinstance(c, keras.callbacks.EarlyStopping)]
         if early and early[0].stopped_epoch > 0:
-            self.state["stopped_early_at_epochs"] = int(epochs)
+            self.state.stopped_early_at_epochs = int(epochs)
             self._save()
-        return int(self.state["epochs_done"]) - done
+        return int(self.state.epochs_done) - done
 
     def restore_best(self, model) -> None:
         """Load the best epoch's weights into ``model``."""

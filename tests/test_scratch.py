@@ -110,6 +110,39 @@ def test_featx_predict_reads_the_scratch_folder(two_runs):
     np.testing.assert_allclose(np.stack([by_path[p] for p in paths]), expected, atol=1e-5)
 
 
+def test_model_card_and_run_state_are_versioned_and_old_files_still_read(two_runs, tmp_path):
+    import re
+    import shutil
+
+    import featx.predict as predict
+    from featx.artifacts import ArtifactError
+
+    root, result, _ = two_runs
+    folder = tmp_path / "exp" / "scratch"
+    shutil.copytree(result.out_dir, folder)
+    card = json.loads((folder / "model.json").read_text())
+    assert card.pop("schema") == {"kind": "model_card", "version": 1}
+    # model.json as featx wrote it before records: the same keys, no header.
+    (folder / "model.json").write_text(json.dumps(card, indent=1))
+    model = predict.load_model(folder)
+    assert model.preprocessing == {"size": [32, 32], "interpolation": "area"}
+    assert model.info["architecture"]["filters"] == [32, 32, 64] and model.info["best_epoch"] == 1
+    with np.load(folder / "predictions.npz") as saved:
+        paths, expected = list(saved["paths"]), saved["config_0"]
+    predictions = predict.predict(model, root)
+    by_path = dict(zip(predictions.paths, predictions.proba))
+    np.testing.assert_allclose(np.stack([by_path[p] for p in paths]), expected, atol=1e-5)
+
+    # A newer schema is refused with one line naming the file.
+    (folder / "model.json").write_text(json.dumps({**card, "schema": {"kind": "model_card", "version": 2}}))
+    with pytest.raises(ArtifactError, match=re.escape(f"{folder / 'model.json'} was written by a newer featx")):
+        predict.load_model(folder)
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "schema": {"kind": "run_state", "version": 2}}))
+    with pytest.raises(ArtifactError, match=re.escape(f"{folder / 'state.json'} was written by a newer featx")):
+        run_scratch(root, tmp_path / "exp", seed=3, **FAST)
+
+
 def test_same_seed_gives_the_same_weights_and_val_accuracy(two_runs):
     _, first, second = two_runs
     assert first.row["select_accuracy"] == second.row["select_accuracy"]
@@ -185,6 +218,9 @@ def test_interrupted_training_resumes_where_it_stopped(kaggle_dir, tmp_path, mon
     assert state["built_from"]["architecture"]["filters"] == [32, 32, 64]
     _, before = _read_rows(out / "history.csv")
     assert [int(r["epoch"]) for r in before] == [1]
+    # state.json as featx wrote it before it carried a schema header still resumes.
+    assert state.pop("schema") == {"kind": "run_state", "version": 1}
+    (out / "state.json").write_text(json.dumps(state, indent=2))
 
     # Started again, it continues with epoch 2: epoch 1 is the interrupted run's, epoch 2 the uninterrupted one's.
     resumed = run_scratch(kaggle_dir, tmp_path / "cut", **options)
