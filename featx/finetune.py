@@ -49,6 +49,7 @@ from featx.artifacts import runs
 from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, predict_proba, training_batches
 from featx.errors import UserError
+from featx.storage import locked
 
 __all__ = [
     "FinetuneError",
@@ -704,57 +705,58 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         raise FinetuneError(f"{base.cache_path} has {len(train)} train and {len(val)} val images; fine-tuning "
                             "needs both (val picks the best epoch): index with --val 0.1 and rebuild the cache")
     out_dir = Path(experiment_dir) / runs.FINETUNE
-    settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
-                "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),
-                "monitor": monitor, "backbone": base.extractor_spec["name"], "epochs": int(epochs),
-                "patience": patience, "seed": int(seed)}
-    run = training.TrainingRun(out_dir, monitor, built_from(base), settings, RESUME_KEYS, _describe, FinetuneError)
-    state = run.open(restart=restart)
-    created = not out_dir.exists()
+    with locked(out_dir, what=f"{out_dir} (featx finetune)"):
+        settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
+                    "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),
+                    "monitor": monitor, "backbone": base.extractor_spec["name"], "epochs": int(epochs),
+                    "patience": patience, "seed": int(seed)}
+        run = training.TrainingRun(out_dir, monitor, built_from(base), settings, RESUME_KEYS, _describe, FinetuneError)
+        state = run.open(restart=restart)
+        created = not out_dir.exists()
 
-    keras.utils.set_random_seed(int(seed))
-    strategy, n_gpus = _strategy()
-    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
-    extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
-    preprocessing = extractor.preprocessing
-    steps_per_epoch = math.ceil(len(train) / int(batch_size))
-    with strategy.scope():
-        model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
-        trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
-        schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
-                                                          decay_steps=max(1, int(epochs) * steps_per_epoch))
-        training_optimizer = make_optimizer(optimizer, schedule)
-        if use_mixed:  # float16 gradients need loss scaling
-            training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
-        model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        keras.utils.set_random_seed(int(seed))
+        strategy, n_gpus = _strategy()
+        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
+        extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
+        preprocessing = extractor.preprocessing
+        steps_per_epoch = math.ceil(len(train) / int(batch_size))
+        with strategy.scope():
+            model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
+            trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
+            schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
+                                                              decay_steps=max(1, int(epochs) * steps_per_epoch))
+            training_optimizer = make_optimizer(optimizer, schedule)
+            if use_mixed:  # float16 gradients need loss scaling
+                training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
+            model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
+                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
-    train_data = training_batches(splits.image_set(train, preprocessing, workers), batch_size, True, seed)
-    val_data = training_batches(splits.image_set(val, preprocessing, workers), batch_size)
-    if state is None:
-        # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
-        difference = check_warm_start(model, base)
-        tolerance = WARM_START_TOLERANCE["mixed" if use_mixed else "fp32"]
-        if not difference <= tolerance and not allow_warm_start_gap:
-            if created:
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise FinetuneError(f"the fine-tune model does not reproduce the sweep's head before training: max "
-                                f"|p_model - p_head| = {difference:.3g} on cached {SPLIT_VAL} images (tolerance "
-                                f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
-                                f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
-                                f"or pass --allow-warm-start-gap to train anyway")
-        val_before = _evaluate(model, val_data)
-        state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
-                          warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
-                          trainable_layers=trainable)
-    state.settings = settings
-    train_started = time.perf_counter()
-    epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
-    train_seconds = time.perf_counter() - train_started
-    run.restore_best(model)
-    val_after = _evaluate(model, val_data)
-    return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, test, val_after,
-                          train_seconds, epochs_run, n_boot, started, workers)
+        train_data = training_batches(splits.image_set(train, preprocessing, workers), batch_size, True, seed)
+        val_data = training_batches(splits.image_set(val, preprocessing, workers), batch_size)
+        if state is None:
+            # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
+            difference = check_warm_start(model, base)
+            tolerance = WARM_START_TOLERANCE["mixed" if use_mixed else "fp32"]
+            if not difference <= tolerance and not allow_warm_start_gap:
+                if created:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                raise FinetuneError(f"the fine-tune model does not reproduce the sweep's head before training: max "
+                                    f"|p_model - p_head| = {difference:.3g} on cached {SPLIT_VAL} images (tolerance "
+                                    f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
+                                    f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
+                                    f"or pass --allow-warm-start-gap to train anyway")
+            val_before = _evaluate(model, val_data)
+            state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
+                              warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
+                              trainable_layers=trainable)
+        state.settings = settings
+        train_started = time.perf_counter()
+        epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
+        train_seconds = time.perf_counter() - train_started
+        run.restore_best(model)
+        val_after = _evaluate(model, val_data)
+        return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, test, val_after,
+                              train_seconds, epochs_run, n_boot, started, workers)
 
 
 def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: runs.RunState,

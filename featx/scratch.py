@@ -85,7 +85,7 @@ from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, predict_proba, training_batches
 from featx.training import History, TrainingRun, write_outputs
 from featx.errors import UserError
-from featx.storage import atomic_write_json
+from featx.storage import atomic_write_json, locked
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
            "load_splits", "run_scratch", "scratch_command"]
@@ -763,49 +763,50 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     splits = load_splits(manifest, image_size, workers, memory_limit_mb, progress)
     _check_splits(splits, label_names, source)
 
-    stage = runs.SCRATCH_TUNED if tune else runs.SCRATCH
-    stage_dir = Path(out_dir) / stage
-    if restart:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    _seed(seed, deterministic)
-    trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
-    architecture = base
-    if tune:
-        settings = {"preset": preset, "image_size": int(image_size), "augment": bool(augment),
-                    "batch_size": int(batch_size), "trial_epochs": trial_epochs, "tuner": tuner,
-                    "seed": int(seed), "patience": patience, "manifest_sha256": manifest.sha256(),
-                    "search_space": SEARCH_SPACE}
-        architecture, trials, new_trials, search_seconds, best_trial = _search(
-            base, splits, len(label_names), image_size, augment, seed, tuner, max_trials, max_minutes,
-            trial_epochs, batch_size, patience, stage_dir, settings, progress, verbose)
-        tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": tuner,
-                  "max_trials": int(max_trials), "max_minutes": max_minutes,
-                  "trial_epochs": trial_epochs, "trials": len(trials), "new_trials": new_trials,
-                  "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
-                  "best_trial_val_accuracy": best_trial.score,
-                  "best_hyperparameters": dict(best_trial.hyperparameters.values)}
-        _seed(seed, False)
-        saved = _saved_tuned_run(stage_dir, tuning, epochs)
-        if saved is not None:
-            return replace(saved, trials=trials, new_trials=new_trials, seconds=time.perf_counter() - started)
-    settings_out = {"preset": preset, "image_size": int(image_size), "epochs": int(epochs),
-                    "train_minutes": train_minutes, "batch_size": int(batch_size), "augment": bool(augment),
-                    "patience": patience, "seed": int(seed), "deterministic": bool(deterministic)}
-    origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}
-    run = TrainingRun(stage_dir, MONITOR, origin, settings_out, RESUME_KEYS, _describe, ScratchError)
-    # A search that found another best trial retrains it from the start; other changes are refused.
-    run.open(replace_stale=tune)
-    model, history, best_epoch, train_seconds = _train(
-        architecture, splits, len(label_names), image_size, epochs, batch_size, augment, patience, seed, run,
-        progress, verbose, "retrain best" if tune else f"train {preset}", train_minutes)
-    row = _write_outputs(model, splits, label_names, architecture, settings_out, history, best_epoch,
-                         train_seconds + search_seconds, tuning, trials, stage, stage_dir, n_boot, seed, manifest,
-                         batch_size)
-    failed = [entry for split in splits.values() for entry in split.failed]
-    return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
-                         architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
-                         seconds=time.perf_counter() - started)
+    stage_dir = Path(out_dir) / (runs.SCRATCH_TUNED if tune else runs.SCRATCH)
+    with locked(stage_dir, what=f"{stage_dir} (featx scratch)"):
+        stage = stage_dir.name
+        if restart:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _seed(seed, deterministic)
+        trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
+        architecture = base
+        if tune:
+            settings = {"preset": preset, "image_size": int(image_size), "augment": bool(augment),
+                        "batch_size": int(batch_size), "trial_epochs": trial_epochs, "tuner": tuner,
+                        "seed": int(seed), "patience": patience, "manifest_sha256": manifest.sha256(),
+                        "search_space": SEARCH_SPACE}
+            architecture, trials, new_trials, search_seconds, best_trial = _search(
+                base, splits, len(label_names), image_size, augment, seed, tuner, max_trials, max_minutes,
+                trial_epochs, batch_size, patience, stage_dir, settings, progress, verbose)
+            tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": tuner,
+                      "max_trials": int(max_trials), "max_minutes": max_minutes,
+                      "trial_epochs": trial_epochs, "trials": len(trials), "new_trials": new_trials,
+                      "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
+                      "best_trial_val_accuracy": best_trial.score,
+                      "best_hyperparameters": dict(best_trial.hyperparameters.values)}
+            _seed(seed, False)
+            saved = _saved_tuned_run(stage_dir, tuning, epochs)
+            if saved is not None:
+                return replace(saved, trials=trials, new_trials=new_trials, seconds=time.perf_counter() - started)
+        settings_out = {"preset": preset, "image_size": int(image_size), "epochs": int(epochs),
+                        "train_minutes": train_minutes, "batch_size": int(batch_size), "augment": bool(augment),
+                        "patience": patience, "seed": int(seed), "deterministic": bool(deterministic)}
+        origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}
+        run = TrainingRun(stage_dir, MONITOR, origin, settings_out, RESUME_KEYS, _describe, ScratchError)
+        # A search that found another best trial retrains it from the start; other changes are refused.
+        run.open(replace_stale=tune)
+        model, history, best_epoch, train_seconds = _train(
+            architecture, splits, len(label_names), image_size, epochs, batch_size, augment, patience, seed, run,
+            progress, verbose, "retrain best" if tune else f"train {preset}", train_minutes)
+        row = _write_outputs(model, splits, label_names, architecture, settings_out, history, best_epoch,
+                             train_seconds + search_seconds, tuning, trials, stage, stage_dir, n_boot, seed, manifest,
+                             batch_size)
+        failed = [entry for split in splits.values() for entry in split.failed]
+        return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
+                             architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
+                             seconds=time.perf_counter() - started)
 
 
 def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResult | None:

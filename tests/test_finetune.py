@@ -307,6 +307,28 @@ def test_cli_finetune_then_report_and_predict(binary_experiment, tmp_path):
     assert bad.exit_code == 2 and "nowhere" in bad.output
 
 
+def test_second_finetune_of_one_experiment_gets_one_line_naming_the_holder(binary_experiment):
+    import os
+
+    from typer.testing import CliRunner
+
+    from featx.cli import app
+    from featx.storage import locked
+
+    folder = binary_experiment / "finetune"
+
+    def listing():
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+
+    before = listing()
+    with locked(folder):
+        result = CliRunner().invoke(app, ["finetune", str(binary_experiment), "--restart", "--epochs", "1"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"finetune (featx finetune) is being written by pid {os.getpid()} " in lines[0]
+    assert listing() == before  # --restart waited for the lock: nothing removed
+
+
 # -- bug 2: a kept finetune/ built from another head is refused, or restarted when asked ------------
 
 def _own_experiment(tmp_path, extractor, heads) -> Path:

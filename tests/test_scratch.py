@@ -239,6 +239,20 @@ def test_interrupted_training_resumes_where_it_stopped(kaggle_dir, tmp_path, mon
     assert [h["epoch"] for h in again.history] == [1, 2]
 
 
+def test_second_writer_of_one_stage_folder_gets_one_line_naming_the_holder(kaggle_dir, tmp_path):
+    import os
+
+    from featx.storage import BusyError, locked
+
+    with locked(tmp_path / "exp" / "scratch"):
+        with pytest.raises(BusyError, match=rf"scratch \(featx scratch\) is being written by pid {os.getpid()} "):
+            run_scratch(kaggle_dir, tmp_path / "exp", **FAST)
+    assert not (tmp_path / "exp" / "scratch").exists()
+    with locked(tmp_path / "exp" / "scratch-tuned"):  # the tuned folder has its own lock
+        with pytest.raises(BusyError, match=r"scratch-tuned \(featx scratch\) is being written by pid"):
+            run_scratch(kaggle_dir, tmp_path / "exp", **dict(FAST, tune=True, tuner="random", max_trials=1))
+
+
 def test_bayesian_search_proposes_after_its_random_start(kaggle_dir, tmp_path):
     # 3 trials: 2 random initial points, then one proposed by the Gaussian process
     result = run_scratch(kaggle_dir, tmp_path / "exp", **dict(FAST, tune=True, tuner="bayesian", max_trials=3,
