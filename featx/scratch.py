@@ -88,7 +88,7 @@ from featx.errors import UserError
 from featx.storage import atomic_write_json, locked
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
-           "load_splits", "run_scratch", "scratch_command"]
+           "load_splits", "run_scratch", "ScratchOptions"]
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 TUNERS = ("bayesian", "random")
@@ -384,6 +384,17 @@ class ScratchResult:
     failed: list = field(default_factory=list)
     seconds: float = 0.0
 
+    def summary(self) -> str:
+        """The line ``featx scratch`` prints last: test accuracy with its interval, val, epochs, seconds."""
+        row = self.row
+        tuned = f", {len(self.trials)} trials ({self.new_trials} new)" if self.trials else ""
+        line = (f"{self.out_dir}: {row['features']} test accuracy {row['accuracy']:.3f} "
+                f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}], val {row['select_accuracy']:.3f} "
+                f"(epoch {self.best_epoch}/{len(self.history)}{tuned}), {self.seconds:.0f} s")
+        if self.failed:
+            line += f"; {len(self.failed)} unreadable image(s) skipped (failed.csv)"
+        return line
+
 
 def _seed(seed: int, deterministic: bool) -> None:
     import keras
@@ -439,24 +450,24 @@ def _describe(origin: dict) -> str:
             f"{origin['manifest_sha256'][:12]}")
 
 
-def _train(architecture: Architecture, splits: dict, n_classes: int, image_size: int, epochs: int,
-           batch_size: int, augment: bool, patience: int | None, seed: int, run: TrainingRun, progress,
-           verbose: int, description: str, train_minutes: float | None = None):
+def _train(o: ScratchOptions, architecture: Architecture, splits: dict, n_classes: int, run: TrainingRun, progress,
+           description: str):
     """Fit (or resume) one model, keep the best epoch by val accuracy; returns (model, history rows, best
     epoch, seconds)."""
     import keras
 
-    keras.utils.set_random_seed(int(seed))
-    model = build_model(architecture, n_classes, image_size, augment, seed)
-    train = training_batches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
-    val = training_batches(splits[SPLIT_VAL], batch_size)
+    keras.utils.set_random_seed(int(o.seed))
+    model = build_model(architecture, n_classes, o.image_size, o.augment, o.seed)
+    train = training_batches(splits[SPLIT_TRAIN], o.batch_size, shuffle=True, seed=o.seed)
+    val = training_batches(splits[SPLIT_VAL], o.batch_size)
     if run.state is None:
         run.begin()
-    callbacks = [] if train_minutes is None else [_time_limit(train_minutes)]
+    callbacks = [] if o.train_minutes is None else [_time_limit(o.train_minutes)]
     if progress is not None:
-        callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), batch_size, epochs, description))
+        callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.epochs,
+                                            description))
     started = time.perf_counter()
-    run.fit(model, train, val, epochs, patience, callbacks, verbose)
+    run.fit(model, train, val, o.epochs, o.patience, callbacks, o.verbose)
     seconds = time.perf_counter() - started
     run.restore_best(model)
     return model, run.history.as_list(), int(run.state.best_epoch), seconds
@@ -570,9 +581,8 @@ def _trial_rows(tuner) -> list[dict]:
     return rows
 
 
-def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, augment: bool, seed: int,
-            tuner: str, max_trials: int, max_minutes: float | None, trial_epochs: int, batch_size: int,
-            patience: int | None, stage_dir: Path, settings: dict, progress, verbose: int):
+def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int, stage_dir: Path, settings: dict,
+            progress):
     """Run (or resume) the Keras Tuner search; returns (best Architecture, trial rows, new trials, seconds)."""
     import keras
 
@@ -587,17 +597,17 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
     tuner_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(settings_path, settings)
 
-    train = training_batches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
-    val = training_batches(splits[SPLIT_VAL], batch_size)
-    deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
-    with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
+    train = training_batches(splits[SPLIT_TRAIN], o.batch_size, shuffle=True, seed=o.seed)
+    val = training_batches(splits[SPLIT_VAL], o.batch_size)
+    deadline = time.monotonic() + 60.0 * float(o.max_minutes) if o.max_minutes else None
+    with contextlib.redirect_stdout(io.StringIO()) if not o.verbose else contextlib.nullcontext():
         # Keras Tuner prints "Reloading Tuner from ..." when it resumes; the summary says it instead.
-        search = _make_tuner(tuner, base, n_classes, image_size, augment, seed, max_trials, tuner_dir, deadline,
-                             progress, len(splits[SPLIT_TRAIN]), batch_size, trial_epochs)
+        search = _make_tuner(o.tuner, base, n_classes, o.image_size, o.augment, o.seed, o.max_trials, tuner_dir,
+                             deadline, progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.trial_epochs)
     done_before = len([t for t in search.oracle.trials.values() if t.status == "COMPLETED"])
     callbacks = []
-    if patience is not None and int(patience) > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience)))
+    if o.patience is not None and int(o.patience) > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(o.patience)))
     started = time.perf_counter()
     import warnings
 
@@ -608,8 +618,8 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
             # The Bayesian oracle's Gaussian process warns about length scales at their bounds with few
             # trials; it is expected at this budget and drowns the output.
             warnings.filterwarnings("ignore", category=ConvergenceWarning)
-            search.search(train, validation_data=val, epochs=int(trial_epochs), callbacks=callbacks,
-                          verbose=verbose)
+            search.search(train, validation_data=val, epochs=int(o.trial_epochs), callbacks=callbacks,
+                          verbose=o.verbose)
     except _TimeBudgetSpent:
         search.on_search_end()
     seconds = time.perf_counter() - started
@@ -620,7 +630,7 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
         if errors:
             last_line = errors[-1].strip().splitlines()[-1]
             raise ScratchError(f"every tuning trial failed ({len(errors)}); the last one with: {last_line}")
-        raise ScratchError(f"no tuning trial finished within --max-minutes {max_minutes}; give the search more "
+        raise ScratchError(f"no tuning trial finished within --max-minutes {o.max_minutes}; give the search more "
                            "minutes or fewer --trial-epochs")
     best = search.oracle.get_best_trials(1)[0]
     return _architecture_from_hp(base, best.hyperparameters.values), trials, len(completed) - done_before, seconds, best
@@ -629,61 +639,12 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
-def _check_options(image_size, epochs, batch_size, tune, tuner, max_trials, max_minutes, trial_epochs,
-                   patience, memory_limit_mb):
-    problems = []
-    if int(image_size) < 8:
-        problems.append(f"--image-size must be at least 8 px; got {image_size}")
-    if int(epochs) < 1 or int(batch_size) < 1:
-        problems.append(f"--epochs and --batch-size must be >= 1; got {epochs} and {batch_size}")
-    if tune:
-        if tuner not in TUNERS:
-            problems.append(f"--tuner must be one of {', '.join(TUNERS)}; got {tuner!r}")
-        if int(max_trials) < 1:
-            problems.append(f"--max-trials must be >= 1; got {max_trials}")
-        if max_minutes is not None and not float(max_minutes) > 0:
-            problems.append(f"--max-minutes must be > 0; got {max_minutes}")
-        if trial_epochs is not None and int(trial_epochs) < 1:
-            problems.append(f"--trial-epochs must be >= 1; got {trial_epochs}")
-    if patience is not None and int(patience) < 0:
-        problems.append(f"--patience must be >= 0 (0: no early stopping); got {patience}")
-    if not float(memory_limit_mb) >= 0:
-        problems.append(f"memory_limit_mb must be >= 0; got {memory_limit_mb}")
-    if problems:
-        raise ScratchError("; ".join(problems))
+@dataclass(frozen=True)
+class ScratchOptions:
+    """What ``featx scratch`` trains and how; :func:`run_scratch` takes one (the CLI builds it from its flags).
 
-
-def _check_splits(splits: dict, label_names: list, source) -> None:
-    train, val, test = (splits[s] for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
-    if len(train) == 0 or len(val) == 0 or len(test) == 0:
-        raise ScratchError(f"{source} has {len(train)} train, {len(val)} val and {len(test)} test images (after "
-                           "dropping unreadable ones); training from scratch needs all three (val picks the best "
-                           "epoch, test is reported): index with --val 0.1 --test 0.1")
-    present = np.unique(train.labels)
-    if len(label_names) < 2 or len(present) < 2:
-        raise ScratchError(f"{source}: the train split holds {len(present)} class(es) "
-                           f"({', '.join(label_names[i] for i in present)}); a classifier needs at least two")
-
-
-def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experiments/scratch",
-                preset: str = "keras-blog", image_size: int = 128, epochs: int = 30, batch_size: int = 32,
-                augment: bool = True, learning_rate: float | None = None, patience: int | None = 10,
-                seed: int = 0, deterministic: bool = False, tune: bool = False, tuner: str = "bayesian",
-                max_trials: int = 10, max_minutes: float | None = None, trial_epochs: int | None = None,
-                train_minutes: float | None = None, restart: bool = False, layout: str = "auto",
-                val: float = 0.1, test: float = 0.1,
-                workers: int = 4, memory_limit_mb: float = 4096, n_boot: int = 1000, progress=None,
-                verbose: int = 0) -> ScratchResult:
-    """Train a small CNN from scratch (optionally after a hyperparameter search); write its folder.
-
-    Parameters
+    Attributes
     ----------
-    source : path
-        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a
-        manifest CSV from ``featx index``.
-    out_dir : path
-        The experiment folder; outputs go to ``out_dir/scratch`` (``out_dir/scratch-tuned`` with
-        ``tune``), beside a sweep's results so that ``featx report out_dir`` ranks them together.
     preset : str
         One of :data:`PRESETS` (``keras-blog``, ``vgg-mini``, ``bn-gap``); with ``tune``, the
         starting point whose blocks the search varies.
@@ -724,10 +685,92 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
         Above this many MB of decoded pixels, images are decoded per batch instead of once.
     n_boot : int
         Bootstrap resamples of the test metrics' intervals.
-    progress : featx.progress.Progress, optional
-        Decoding, trial and training bars.
     verbose : int
         Keras' own logging (0: silent).
+    """
+
+    preset: str = "keras-blog"
+    image_size: int = 128
+    epochs: int = 30
+    batch_size: int = 32
+    augment: bool = True
+    learning_rate: float | None = None
+    patience: int | None = 10
+    seed: int = 0
+    deterministic: bool = False
+    tune: bool = False
+    tuner: str = "bayesian"
+    max_trials: int = 10
+    max_minutes: float | None = None
+    trial_epochs: int | None = None
+    train_minutes: float | None = None
+    restart: bool = False
+    layout: str = "auto"
+    val: float = 0.1
+    test: float = 0.1
+    workers: int = 4
+    memory_limit_mb: float = 4096
+    n_boot: int = 1000
+    verbose: int = 0
+
+    def checked(self) -> "ScratchOptions":
+        """The options with ``trial_epochs`` filled in; bad values are one :class:`ScratchError`."""
+        problems = []
+        if int(self.image_size) < 8:
+            problems.append(f"--image-size must be at least 8 px; got {self.image_size}")
+        if int(self.epochs) < 1 or int(self.batch_size) < 1:
+            problems.append(f"--epochs and --batch-size must be >= 1; got {self.epochs} and {self.batch_size}")
+        if self.tune:
+            if self.tuner not in TUNERS:
+                problems.append(f"--tuner must be one of {', '.join(TUNERS)}; got {self.tuner!r}")
+            if int(self.max_trials) < 1:
+                problems.append(f"--max-trials must be >= 1; got {self.max_trials}")
+            if self.max_minutes is not None and not float(self.max_minutes) > 0:
+                problems.append(f"--max-minutes must be > 0; got {self.max_minutes}")
+            if self.trial_epochs is not None and int(self.trial_epochs) < 1:
+                problems.append(f"--trial-epochs must be >= 1; got {self.trial_epochs}")
+        if self.patience is not None and int(self.patience) < 0:
+            problems.append(f"--patience must be >= 0 (0: no early stopping); got {self.patience}")
+        if self.train_minutes is not None and not float(self.train_minutes) > 0:
+            problems.append(f"--train-minutes must be > 0; got {self.train_minutes}")
+        if not float(self.memory_limit_mb) >= 0:
+            problems.append(f"memory_limit_mb must be >= 0; got {self.memory_limit_mb}")
+        if problems:
+            raise ScratchError("; ".join(problems))
+        trial_epochs = self.trial_epochs if self.trial_epochs is not None else max(1, int(self.epochs) // 3)
+        return replace(self, trial_epochs=int(trial_epochs))
+
+
+def _check_splits(splits: dict, label_names: list, source) -> None:
+    train, val, test = (splits[s] for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
+    if len(train) == 0 or len(val) == 0 or len(test) == 0:
+        raise ScratchError(f"{source} has {len(train)} train, {len(val)} val and {len(test)} test images (after "
+                           "dropping unreadable ones); training from scratch needs all three (val picks the best "
+                           "epoch, test is reported): index with --val 0.1 --test 0.1")
+    present = np.unique(train.labels)
+    if len(label_names) < 2 or len(present) < 2:
+        raise ScratchError(f"{source}: the train split holds {len(present)} class(es) "
+                           f"({', '.join(label_names[i] for i in present)}); a classifier needs at least two")
+
+
+def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experiments/scratch",
+                options: ScratchOptions | None = None, progress=None, **changes) -> ScratchResult:
+    """Train a small CNN from scratch (optionally after a hyperparameter search); write its folder.
+
+    Parameters
+    ----------
+    source : path
+        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a
+        manifest CSV from ``featx index``.
+    out_dir : path
+        The experiment folder; outputs go to ``out_dir/scratch`` (``out_dir/scratch-tuned`` with
+        ``tune``), beside a sweep's results so that ``featx report out_dir`` ranks them together.
+    options : ScratchOptions, optional
+        What to train and how (defaults: ``ScratchOptions()``).
+    progress : featx.progress.Progress, optional
+        Decoding, trial and training bars.
+    **changes
+        Fields of :class:`ScratchOptions` to change (``run_scratch(src, out, epochs=5)``).
 
     Returns
     -------
@@ -743,66 +786,56 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     from featx.data import load_dataset
 
     started = time.perf_counter()
-    _check_options(image_size, epochs, batch_size, tune, tuner, max_trials, max_minutes, trial_epochs, patience,
-                   memory_limit_mb)
-    if train_minutes is not None and not float(train_minutes) > 0:
-        raise ScratchError(f"--train-minutes must be > 0; got {train_minutes}")
-    base = _preset(preset)
-    if learning_rate is not None and not tune:
-        base = replace(base, learning_rate=float(learning_rate))
+    o = replace(options or ScratchOptions(), **changes).checked()
+    base = _preset(o.preset)
+    if o.learning_rate is not None and not o.tune:
+        base = replace(base, learning_rate=float(o.learning_rate))
     base.validate()
-    if not tune and base.feature_map_size(image_size) < 1:
-        raise ScratchError(f"preset {preset} needs images of at least {base.min_image_size()} px; got "
-                           f"--image-size {image_size}")
-    trial_epochs = int(trial_epochs) if trial_epochs is not None else max(1, int(epochs) // 3)
-
-    manifest = load_dataset(source, layout=layout, val=val, test=test, seed=seed)
+    if not o.tune and base.feature_map_size(o.image_size) < 1:
+        raise ScratchError(f"preset {o.preset} needs images of at least {base.min_image_size()} px; got "
+                           f"--image-size {o.image_size}")
+    manifest = load_dataset(source, layout=o.layout, val=o.val, test=o.test, seed=o.seed)
     label_names = manifest.label_names
     if not label_names:
         raise ScratchError(f"{source} has no labelled images; training needs labels (layout kaggle or folders)")
-    splits = load_splits(manifest, image_size, workers, memory_limit_mb, progress)
+    splits = load_splits(manifest, o.image_size, o.workers, o.memory_limit_mb, progress)
     _check_splits(splits, label_names, source)
 
-    stage_dir = Path(out_dir) / (runs.SCRATCH_TUNED if tune else runs.SCRATCH)
+    stage_dir = Path(out_dir) / (runs.SCRATCH_TUNED if o.tune else runs.SCRATCH)
     with locked(stage_dir, what=f"{stage_dir} (featx scratch)"):
-        stage = stage_dir.name
-        if restart:
+        if o.restart:
             shutil.rmtree(stage_dir, ignore_errors=True)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        _seed(seed, deterministic)
+        _seed(o.seed, o.deterministic)
         trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
         architecture = base
-        if tune:
-            settings = {"preset": preset, "image_size": int(image_size), "augment": bool(augment),
-                        "batch_size": int(batch_size), "trial_epochs": trial_epochs, "tuner": tuner,
-                        "seed": int(seed), "patience": patience, "manifest_sha256": manifest.sha256(),
+        if o.tune:
+            settings = {"preset": o.preset, "image_size": int(o.image_size), "augment": bool(o.augment),
+                        "batch_size": int(o.batch_size), "trial_epochs": o.trial_epochs, "tuner": o.tuner,
+                        "seed": int(o.seed), "patience": o.patience, "manifest_sha256": manifest.sha256(),
                         "search_space": SEARCH_SPACE}
             architecture, trials, new_trials, search_seconds, best_trial = _search(
-                base, splits, len(label_names), image_size, augment, seed, tuner, max_trials, max_minutes,
-                trial_epochs, batch_size, patience, stage_dir, settings, progress, verbose)
-            tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": tuner,
-                      "max_trials": int(max_trials), "max_minutes": max_minutes,
-                      "trial_epochs": trial_epochs, "trials": len(trials), "new_trials": new_trials,
+                o, base, splits, len(label_names), stage_dir, settings, progress)
+            tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": o.tuner,
+                      "max_trials": int(o.max_trials), "max_minutes": o.max_minutes,
+                      "trial_epochs": o.trial_epochs, "trials": len(trials), "new_trials": new_trials,
                       "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
                       "best_trial_val_accuracy": best_trial.score,
                       "best_hyperparameters": dict(best_trial.hyperparameters.values)}
-            _seed(seed, False)
-            saved = _saved_tuned_run(stage_dir, tuning, epochs)
+            _seed(o.seed, False)
+            saved = _saved_tuned_run(stage_dir, tuning, o.epochs)
             if saved is not None:
                 return replace(saved, trials=trials, new_trials=new_trials, seconds=time.perf_counter() - started)
-        settings_out = {"preset": preset, "image_size": int(image_size), "epochs": int(epochs),
-                        "train_minutes": train_minutes, "batch_size": int(batch_size), "augment": bool(augment),
-                        "patience": patience, "seed": int(seed), "deterministic": bool(deterministic)}
+        settings_out = {key: getattr(o, key) for key in ("preset", "image_size", "epochs", "train_minutes",
+                                                         "batch_size", "augment", "patience", "seed", "deterministic")}
         origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}
         run = TrainingRun(stage_dir, MONITOR, origin, settings_out, RESUME_KEYS, _describe, ScratchError)
         # A search that found another best trial retrains it from the start; other changes are refused.
-        run.open(replace_stale=tune)
+        run.open(replace_stale=o.tune)
         model, history, best_epoch, train_seconds = _train(
-            architecture, splits, len(label_names), image_size, epochs, batch_size, augment, patience, seed, run,
-            progress, verbose, "retrain best" if tune else f"train {preset}", train_minutes)
-        row = _write_outputs(model, splits, label_names, architecture, settings_out, history, best_epoch,
-                             train_seconds + search_seconds, tuning, trials, stage, stage_dir, n_boot, seed, manifest,
-                             batch_size)
+            o, architecture, splits, len(label_names), run, progress, "retrain best" if o.tune else f"train {o.preset}")
+        row = _write_outputs(o, model, splits, label_names, architecture, settings_out, history, best_epoch,
+                             train_seconds + search_seconds, tuning, trials, stage_dir, manifest)
         failed = [entry for split in splits.values() for entry in split.failed]
         return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
                              architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
@@ -835,22 +868,23 @@ def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResul
                          best_epoch=int(ModelCard.read(info_path).best_epoch), architecture=architecture)
 
 
-def _write_outputs(model, splits, label_names, architecture: Architecture, settings: dict, history: list,
-                   best_epoch: int, fit_seconds: float, tuning: dict | None, trials: list, stage: str,
-                   stage_dir: Path, n_boot: int, seed: int, manifest, batch_size: int) -> dict:
+def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: Architecture, settings: dict,
+                   history: list, best_epoch: int, fit_seconds: float, tuning: dict | None, trials: list,
+                   stage_dir: Path, manifest) -> dict:
     """Evaluate the kept weights and write every output into ``stage_dir``, each file atomically."""
     from featx.metrics import classification_metrics, metrics_with_ci
     from featx.artifacts.results import metric_columns, write_rows_csv
 
     classes = np.arange(len(label_names))
-    val_proba, val_rows = predict_proba(model, splits[SPLIT_VAL], batch_size)
+    stage = stage_dir.name
+    val_proba, val_rows = predict_proba(model, splits[SPLIT_VAL], o.batch_size)
     select = classification_metrics(splits[SPLIT_VAL].labels[val_rows], val_proba, classes)
     predict_started = time.perf_counter()
     test_split = splits[SPLIT_TEST]
-    test_proba, test_rows = predict_proba(model, test_split, batch_size)
+    test_proba, test_rows = predict_proba(model, test_split, o.batch_size)
     predict_seconds = time.perf_counter() - predict_started
     y_test = test_split.labels[test_rows]
-    metrics = metrics_with_ci(y_test, test_proba, classes, n_boot=n_boot, seed=seed)
+    metrics = metrics_with_ci(y_test, test_proba, classes, n_boot=o.n_boot, seed=o.seed)
 
     image_size = settings["image_size"]
     params = {**architecture.to_dict(), "image_size": image_size, "epochs": settings["epochs"],
@@ -884,32 +918,3 @@ def _write_outputs(model, splits, label_names, architecture: Architecture, setti
     if trials:
         write_rows_csv(stage_dir / "trials.csv", trials, ["trial", "status", "val_accuracy", *SEARCH_SPACE])
     return row
-
-
-def scratch_command(source, out_dir="experiments/scratch", preset="keras-blog", image_size=128, epochs=30,
-                    batch_size=32, augment=True, learning_rate=None, patience=10, tune=False, tuner="bayesian",
-                    max_trials=10, max_minutes=None, trial_epochs=None, train_minutes=None, restart=False, seed=0,
-                    deterministic=False, workers=4, memory_limit_mb=4096, layout="auto", val=0.1, test=0.1,
-                    n_boot=1000, progress=None) -> tuple[ScratchResult, str]:
-    """``featx scratch``: run :func:`run_scratch` and return it with the one-line summary to print last.
-
-    Examples
-    --------
-    >>> result, line = scratch_command("data/train", "experiments/catsdogs", epochs=1)  # doctest: +SKIP
-    >>> line  # doctest: +SKIP
-    'experiments/catsdogs/scratch: scratch:keras-blog@128px test accuracy 0.712 [0.667, 0.757] ...'
-    """
-    result = run_scratch(source, out_dir, preset=preset, image_size=image_size, epochs=epochs,
-                         batch_size=batch_size, augment=augment, learning_rate=learning_rate, patience=patience,
-                         seed=seed, deterministic=deterministic, tune=tune, tuner=tuner, max_trials=max_trials,
-                         max_minutes=max_minutes, trial_epochs=trial_epochs, train_minutes=train_minutes,
-                         restart=restart, workers=workers, layout=layout, val=val, test=test, n_boot=n_boot,
-                         memory_limit_mb=memory_limit_mb, progress=progress)
-    row = result.row
-    tuned = (f", {len(result.trials)} trials ({result.new_trials} new)" if tune else "")
-    line = (f"{result.out_dir}: {row['features']} test accuracy {row['accuracy']:.3f} "
-            f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}], val {row['select_accuracy']:.3f} "
-            f"(epoch {result.best_epoch}/{len(result.history)}{tuned}), {result.seconds:.0f} s")
-    if result.failed:
-        line += f"; {len(result.failed)} unreadable image(s) skipped (failed.csv)"
-    return result, line

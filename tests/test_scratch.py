@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 
-from featx.scratch import (PRESETS, Architecture, ScratchError, build_model, run_scratch,  # noqa: E402
-                           scratch_command)
+from featx.scratch import PRESETS, Architecture, ScratchError, ScratchOptions, build_model, run_scratch
 from featx.artifacts.results import RESULT_COLUMNS  # noqa: E402
 
 # 40 images of 48 px, split by hash: about 10 val and 10 test images.
@@ -270,8 +269,10 @@ def test_multiclass_streamed_from_disk_with_an_unreadable_image(folders_dir, tmp
     root = folders_dir
     (root / "a" / "img999.png").write_bytes(b"not a png")
     # memory_limit_mb=0: decoded batch by batch (the large-dataset path)
-    result, line = scratch_command(root, tmp_path / "exp", preset="bn-gap", image_size=32, epochs=2,
-                                   batch_size=8, patience=0, workers=2, memory_limit_mb=0)
+    options = ScratchOptions(preset="bn-gap", image_size=32, epochs=2, batch_size=8, patience=0, workers=2,
+                             memory_limit_mb=0)
+    result = run_scratch(root, tmp_path / "exp", options)
+    line = result.summary()
     assert result.row["n_test"] > 0
     with np.load(result.out_dir / "predictions.npz") as saved:
         assert saved["config_0"].shape == (result.row["n_test"], 3)
