@@ -47,7 +47,7 @@ import numpy as np
 from featx import __version__, training
 from featx.artifacts import runs
 from featx.artifacts.runs import ModelCard
-from featx.datasets import ImageSet, predict_proba, training_batches
+from featx.datasets import ImageSet, training_batches
 from featx.errors import UserError
 from featx.storage import locked
 
@@ -532,14 +532,14 @@ class ImageSplits:
     paths: list
     labels: np.ndarray
     split: np.ndarray
-    rows_in_cache: np.ndarray
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
 
     def image_set(self, rows: np.ndarray, preprocessing: dict, workers: int = 4) -> ImageSet:
         """The images of ``rows``, decoded as the extractor did (:mod:`featx.datasets`)."""
-        return ImageSet("", [self.paths[i] for i in rows], self.labels[rows], preprocessing, workers)
+        return ImageSet(str(self.root), [os.path.relpath(self.paths[i], self.root) for i in rows], self.labels[rows],
+                        preprocessing, workers)
 
 
 def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
@@ -556,8 +556,7 @@ def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
     if missing:
         raise FinetuneError(f"{root / missing[0]} (an image of {cache_path}) does not exist; fine-tuning reads "
                             "the images again: restore them or rebuild the cache from where they are now")
-    return ImageSplits(root, [str(root / p) for p in paths], np.asarray(labels), np.asarray(split),
-                       np.arange(len(paths)))
+    return ImageSplits(root, [str(root / p) for p in paths], np.asarray(labels), np.asarray(split))
 
 
 def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPLIT_VAL) -> float:
@@ -700,7 +699,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
 
     base = load_base_head(experiment_dir, config)
     splits = read_image_splits(base.cache_path)
-    train, val, test = splits.rows(SPLIT_TRAIN), splits.rows(SPLIT_VAL), splits.rows(SPLIT_TEST)
+    train, val = splits.rows(SPLIT_TRAIN), splits.rows(SPLIT_VAL)
     if len(train) == 0 or len(val) == 0:
         raise FinetuneError(f"{base.cache_path} has {len(train)} train and {len(val)} val images; fine-tuning "
                             "needs both (val picks the best epoch): index with --val 0.1 and rebuild the cache")
@@ -754,50 +753,32 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
         train_seconds = time.perf_counter() - train_started
         run.restore_best(model)
-        val_after = _evaluate(model, val_data)
-        return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, test, val_after,
-                              train_seconds, epochs_run, n_boot, started, workers)
+        return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, train_seconds,
+                              epochs_run, n_boot, started, workers)
 
 
 def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: runs.RunState,
-                   history: training.History, out_dir: Path, test: np.ndarray, val_after: dict,
-                   train_seconds: float, epochs_run: int, n_boot: int, started: float,
-                   workers: int) -> FinetuneResult:
+                   history: training.History, out_dir: Path, train_seconds: float, epochs_run: int, n_boot: int,
+                   started: float, workers: int) -> FinetuneResult:
     """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
-    from featx.metrics import metrics_with_ci
-    from featx.artifacts.results import metric_columns
-
-    classes = np.arange(len(base.label_names))
-    predict_started = time.perf_counter()
-    proba, kept = predict_proba(model, splits.image_set(test, preprocessing, workers))
-    test = test[kept]
-    metrics = metrics_with_ci(splits.labels[test], proba, classes, n_boot=n_boot, seed=base.seed) if len(test) else {}
-    predict_seconds = time.perf_counter() - predict_started
-
     settings, details = state.settings, state.details
-    row = {"rank": 1, "config": int(base.row["config"]),
-           "features": f"{base.extractor_spec['name']}+finetune", "head": "finetune",
-           "params": json.dumps({"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
-                                 **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate",
-                                                             "batch_size", "epochs", "monitor")},
-                                 "best_epoch": state.best_epoch}, sort_keys=True),
-           "preprocessing": base.row["preprocessing"], "selected_by": "val",
-           "select_accuracy": val_after["val_accuracy"], "select_log_loss": val_after["val_loss"],
-           "fit_seconds": train_seconds, "predict_seconds": predict_seconds,
-           "n_train": int(np.sum(splits.split == SPLIT_TRAIN)), "n_test": int(len(test)), "repeats": 1,
-           "caches": base.cache_path}
-    row.update(metric_columns([metrics]))
-
+    params = {"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
+              **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate", "batch_size", "epochs",
+                                          "monitor")}, "best_epoch": state.best_epoch}
+    rows = history.as_list()
+    row = training.score_and_write(
+        out_dir, model, *(splits.image_set(splits.rows(s), preprocessing, workers) for s in (SPLIT_VAL, SPLIT_TEST)),
+        base.label_names, rows, n_boot, base.seed, f"{base.extractor_spec['name']} fine-tune",
+        config=int(base.row["config"]), features=f"{base.extractor_spec['name']}+finetune", head="finetune",
+        params=json.dumps(params, sort_keys=True), preprocessing=base.row["preprocessing"],
+        fit_seconds=train_seconds, n_train=len(splits.rows(SPLIT_TRAIN)), caches=base.cache_path)
     height, width = preprocessing["size"]
     ModelCard(label_names=base.label_names, input_size=[int(height), int(width)], preprocessing=preprocessing,
               best_epoch=state.best_epoch, featx_version=__version__,
               details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
                        "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
-    rows = history.as_list()
-    training.write_outputs(out_dir, model, row, rows, splits.labels[test],
-                           [os.path.relpath(splits.paths[i], splits.root) for i in test], base.label_names, proba,
-                           title=f"{base.extractor_spec['name']} fine-tune")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(details["warm_start_difference"]),
-                          val_before=details["val_before"], val_after=val_after,
+                          val_before=details["val_before"],
+                          val_after={"val_loss": row["select_log_loss"], "val_accuracy": row["select_accuracy"]},
                           seconds=time.perf_counter() - started, trainable_layers=details["trainable_layers"])

@@ -75,15 +75,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
 from featx.artifacts.runs import ModelCard
-from featx.datasets import ImageSet, predict_proba, training_batches
-from featx.training import History, TrainingRun, write_outputs
+from featx.datasets import ImageSet, training_batches
+from featx.training import History, TrainingRun, score_and_write
 from featx.errors import UserError
 from featx.storage import atomic_write_json, locked
 
@@ -872,44 +871,23 @@ def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: 
                    history: list, best_epoch: int, fit_seconds: float, tuning: dict | None, trials: list,
                    stage_dir: Path, manifest) -> dict:
     """Evaluate the kept weights and write every output into ``stage_dir``, each file atomically."""
-    from featx.metrics import classification_metrics, metrics_with_ci
-    from featx.artifacts.results import metric_columns, write_rows_csv
+    from featx.artifacts.results import write_rows_csv
 
-    classes = np.arange(len(label_names))
-    stage = stage_dir.name
-    val_proba, val_rows = predict_proba(model, splits[SPLIT_VAL], o.batch_size)
-    select = classification_metrics(splits[SPLIT_VAL].labels[val_rows], val_proba, classes)
-    predict_started = time.perf_counter()
-    test_split = splits[SPLIT_TEST]
-    test_proba, test_rows = predict_proba(model, test_split, o.batch_size)
-    predict_seconds = time.perf_counter() - predict_started
-    y_test = test_split.labels[test_rows]
-    metrics = metrics_with_ci(y_test, test_proba, classes, n_boot=o.n_boot, seed=o.seed)
-
-    image_size = settings["image_size"]
-    params = {**architecture.to_dict(), "image_size": image_size, "epochs": settings["epochs"],
-              "batch_size": settings["batch_size"], "augment": settings["augment"], "best_epoch": best_epoch}
-    if tuning:
-        params["tuner"] = tuning["tuner"]
-        params["trials"] = tuning["trials"]
-    row: dict[str, Any] = {
-        "rank": 0, "config": 0, "features": f"scratch:{settings['preset']}{'+tuned' if tuning else ''}@{image_size}px",
-        "head": stage,
-        "params": json.dumps(params, sort_keys=True), "preprocessing": "rescale",
-        "selected_by": "val", "select_accuracy": float(select["accuracy"]),
-        "select_log_loss": float(select["log_loss"]),
-        "fit_seconds": float(fit_seconds), "predict_seconds": float(predict_seconds),
-        "n_train": len(splits[SPLIT_TRAIN]), "n_test": int(len(y_test)), "repeats": 1, "caches": ""}
-    row.update(metric_columns([metrics]))
-
+    stage, image_size = stage_dir.name, o.image_size
+    params = {**architecture.to_dict(), "image_size": image_size, "epochs": o.epochs, "batch_size": o.batch_size,
+              "augment": o.augment, "best_epoch": best_epoch,
+              **({"tuner": tuning["tuner"], "trials": tuning["trials"]} if tuning else {})}
+    row = score_and_write(stage_dir, model, splits[SPLIT_VAL], splits[SPLIT_TEST], label_names, history, o.n_boot,
+                          o.seed, f"{stage} {o.preset} @ {image_size}px", o.batch_size, rank=0,
+                          features=f"scratch:{o.preset}{'+tuned' if tuning else ''}@{image_size}px", head=stage,
+                          params=json.dumps(params, sort_keys=True), preprocessing="rescale",
+                          fit_seconds=float(fit_seconds), n_train=len(splits[SPLIT_TRAIN]))
     details = {"model": stage, "architecture": architecture.to_dict(), "settings": settings,
                "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
                "manifest_sha256": manifest.sha256(), **({"tuning": tuning} if tuning else {})}
     ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
-              preprocessing=test_split.preprocessing, best_epoch=best_epoch, featx_version=__version__,
+              preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
               details=details).write(stage_dir / "model.json")
-    write_outputs(stage_dir, model, row, history, y_test, [test_split.paths[i] for i in test_rows], label_names,
-                  test_proba, title=f"{stage} {settings['preset']} @ {image_size}px")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
     (stage_dir / "failed.csv").unlink(missing_ok=True)
     if failed:

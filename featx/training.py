@@ -7,8 +7,9 @@
   every epoch, and ``state.json`` with the resume key: what the folder was built from and the
   settings that must match. A changed key is refused with one line naming what changed, or
   started over when asked (``--restart``).
-* :func:`write_outputs`: ``model.keras``, ``results.csv``, ``predictions.npz`` and ``curves.png``
-  of a trained model, each written atomically.
+* :func:`score_and_write`: the kept weights scored on val (selection) and test (bootstrap
+  intervals) as one results row, and ``model.keras``, ``results.csv``, ``predictions.npz``,
+  ``curves.png``, each written atomically.
 * featx's own Keras layers (registered by name, so a saved ``model.keras`` reloads in ``featx
   predict`` without importing a stage) and the training-curve plot.
 """
@@ -29,7 +30,7 @@ from featx.errors import UserError
 from featx.artifacts.runs import RunState
 from featx.storage import atomic_write, clean_stale_temps
 
-__all__ = ["MONITORS", "HISTORY_COLUMNS", "History", "TrainingRun", "write_outputs", "custom_objects",
+__all__ = ["MONITORS", "HISTORY_COLUMNS", "History", "TrainingRun", "score_and_write", "custom_objects",
            "plot_curves"]
 
 #: Validation metrics a run may keep its best weights by, and which way is better.
@@ -90,16 +91,9 @@ class TrainingRun:
             raise error(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
         self.folder, self.monitor, self.built_from, self.settings = Path(folder), monitor, built_from, settings
         self.resume_keys, self.describe, self.error = tuple(resume_keys), describe, error
+        self.state_path, self.best_weights = self.folder / STATE_FILE, self.folder / BEST_WEIGHTS
         self.state: RunState | None = None
         self.history = History(self.folder / HISTORY_FILE)
-
-    @property
-    def state_path(self) -> Path:
-        return self.folder / STATE_FILE
-
-    @property
-    def best_weights(self) -> Path:
-        return self.folder / BEST_WEIGHTS
 
     def open(self, restart: bool = False, replace_stale: bool = False) -> RunState | None:
         """Read an earlier run's state (None: none) after checking it may be continued.
@@ -238,18 +232,36 @@ class TrainingRun:
             model.load_weights(str(self.best_weights))
 
 
-def write_outputs(folder: str | os.PathLike, model, row: dict, history: list[dict], y_test, paths,
-                  label_names: Sequence[str], proba, title: str) -> None:
-    """``model.keras``, ``results.csv``, ``predictions.npz`` (the sweep's format) and ``curves.png``, atomically."""
-    from featx.artifacts.results import write_rows_csv
+def score_and_write(folder: str | os.PathLike, model, val, test, label_names: Sequence[str], history: list[dict],
+                    n_boot: int, seed: int, title: str, batch_size: int = 64, **columns) -> dict:
+    """Score the kept weights and write ``model.keras``, ``results.csv``, ``predictions.npz`` and ``curves.png``.
 
+    ``val`` and ``test`` are :class:`featx.datasets.ImageSet`: val accuracy and log loss select (the
+    sweep's ``select_*`` columns), test gets the metrics with bootstrap intervals. The one results row
+    is ``columns`` (features, head, params...) with those scores; every file is written atomically.
+    """
+    from featx.artifacts.results import metric_columns, write_rows_csv
+    from featx.datasets import predict_proba
+    from featx.metrics import classification_metrics, metrics_with_ci
+
+    classes = np.arange(len(label_names))
+    val_proba, val_rows = predict_proba(model, val, batch_size)
+    select = classification_metrics(val.labels[val_rows], val_proba, classes)
+    started = time.perf_counter()
+    proba, rows = predict_proba(model, test, batch_size)
+    row = {"rank": 1, "config": 0, "selected_by": "val", "repeats": 1, "caches": "", **columns,
+           "select_accuracy": float(select["accuracy"]), "select_log_loss": float(select["log_loss"]),
+           "predict_seconds": time.perf_counter() - started, "n_test": len(rows)}
+    y_test = test.labels[rows]
+    row.update(metric_columns([metrics_with_ci(y_test, proba, classes, n_boot=n_boot, seed=seed) if len(rows) else {}]))
     folder = Path(folder)
     atomic_write(folder / "model.keras", lambda tmp: model.save(str(tmp)), suffix=".keras")
     write_rows_csv(folder / "results.csv", [row])
     atomic_write(folder / "predictions.npz", lambda tmp: np.savez_compressed(
-        tmp, y_test=np.asarray(y_test), paths=np.array(list(paths)), label_names=np.array(list(label_names)),
+        tmp, y_test=y_test, paths=np.array([test.paths[i] for i in rows]), label_names=np.array(list(label_names)),
         config_0=np.asarray(proba, dtype=np.float32)), suffix=".npz")
     atomic_write(folder / "curves.png", lambda tmp: plot_curves(history, tmp, title), suffix=".png")
+    return row
 
 
 # ---------------------------------------------------------------------------
