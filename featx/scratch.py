@@ -44,7 +44,7 @@ Outputs (``<out>/scratch/``; ``<out>/scratch-tuned/`` with ``--tune``)
 ``model.keras``      raw RGB [0, 255] float input -> K class probabilities (best epoch by val accuracy)
 ``model.json``       label names, input size, load_image options, architecture, settings (what
                      ``featx predict`` / ``featx evaluate`` read, as for ``finetune/``)
-``history.csv``      one row per epoch: loss, accuracy, val_loss, val_accuracy, seconds
+``history.csv``      one row per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate, seconds
 ``curves.png``       the same, drawn
 ``results.csv``      one row in the sweep's columns (head ``scratch`` or ``scratch-tuned``)
 ``predictions.npz``  test labels, paths and probabilities, in the sweep's format (``config_0``)
@@ -67,7 +67,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import os
@@ -82,7 +81,7 @@ from featx import __version__
 from featx.artifacts import runs
 from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, training_batches
-from featx.training import History, TrainingRun, score_and_write
+from featx.training import TrainingRun, score_and_write
 from featx.errors import UserError
 from featx.storage import atomic_write_json, locked
 
@@ -822,14 +821,12 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
                       "best_trial_val_accuracy": best_trial.score,
                       "best_hyperparameters": dict(best_trial.hyperparameters.values)}
             _seed(o.seed, False)
-            saved = _saved_tuned_run(stage_dir, tuning, o.epochs)
-            if saved is not None:
-                return replace(saved, trials=trials, new_trials=new_trials, seconds=time.perf_counter() - started)
         settings_out = {key: getattr(o, key) for key in ("preset", "image_size", "epochs", "train_minutes",
                                                          "batch_size", "augment", "patience", "seed", "deterministic")}
         origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}
         run = TrainingRun(stage_dir, MONITOR, origin, settings_out, RESUME_KEYS, _describe, ScratchError)
-        # A search that found another best trial retrains it from the start; other changes are refused.
+        # A search that found another best trial retrains it from the start (the same best continues, or is
+        # kept when it has its epochs); other changes are refused.
         run.open(replace_stale=o.tune)
         model, history, best_epoch, train_seconds = _train(
             o, architecture, splits, len(label_names), run, progress, "retrain best" if o.tune else f"train {o.preset}")
@@ -839,32 +836,6 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
         return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
                              architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
                              seconds=time.perf_counter() - started)
-
-
-def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResult | None:
-    """The stage folder's result when it already holds the retrained best trial of this very search."""
-    info_path = stage_dir / "model.json"
-    if not (info_path.is_file() and (stage_dir / "model.keras").is_file() and (stage_dir / "results.csv").is_file()):
-        return None
-    info = ModelCard.read(info_path).details
-    earlier = info.get("tuning") or {}
-    same = (earlier.get("best_trial") == tuning["best_trial"] and earlier.get("trials") == tuning["trials"]
-            and info.get("settings", {}).get("epochs") == int(epochs)
-            and earlier.get("settings") == tuning["settings"])
-    if not same:
-        return None
-    with open(stage_dir / "results.csv", newline="") as handle:
-        row = next(csv.DictReader(handle))
-    history = History(stage_dir / "history.csv").as_list()
-    for key, value in row.items():
-        try:
-            row[key] = float(value) if key not in ("features", "head", "params", "preprocessing", "selected_by",
-                                                   "caches") else value
-        except ValueError:
-            pass
-    architecture = Architecture(**{**info["architecture"], "filters": tuple(info["architecture"]["filters"])})
-    return ScratchResult(out_dir=stage_dir, row=row, history=history,
-                         best_epoch=int(ModelCard.read(info_path).best_epoch), architecture=architecture)
 
 
 def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: Architecture, settings: dict,

@@ -167,12 +167,15 @@ def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
     _, rows = _read_rows(result.out_dir / "results.csv")
     assert rows[0]["head"] == "scratch-tuned"
 
-    # max_trials reached: the second call runs no trial and keeps the retrained model
-    model_time = (result.out_dir / "model.keras").stat().st_mtime_ns
+    # max_trials reached: the second call runs no trial and no epoch: it keeps the retrained weights
+    weights = _weights(result.out_dir / "model.keras")
     again = run_scratch(kaggle_dir, tmp_path / "exp", **options)
     assert again.new_trials == 0 and len(again.trials) == 2
     assert again.row["accuracy"] == pytest.approx(result.row["accuracy"], abs=1e-5)
-    assert (result.out_dir / "model.keras").stat().st_mtime_ns == model_time
+    assert again.best_epoch == result.best_epoch
+    assert [h["val_accuracy"] for h in again.history] == pytest.approx([h["val_accuracy"] for h in result.history])
+    for before, after in zip(weights, _weights(result.out_dir / "model.keras")):
+        np.testing.assert_array_equal(before, after)
 
     # more trials allowed but the minutes are spent: no trial starts, the earlier best is retrained
     spent = run_scratch(kaggle_dir, tmp_path / "exp", **dict(options, max_trials=5, max_minutes=1e-6))
