@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,28 +175,25 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
 
     Raises
     ------
+    featx.artifacts.ArtifactError
+        ``best.joblib`` or ``results.json`` missing, damaged or from a newer featx.
     FinetuneError
-        Missing files, an unknown config, a head that is not a single-backbone
-        Keras CNN or is not expressible as Dense layers (rbfsvm).
+        An unknown config, a head that is not a single-backbone Keras CNN or is not
+        expressible as Dense layers (rbfsvm).
     """
-    import joblib
+    from featx.artifacts.results import SweepBundle, SweepSummary
 
     experiment_dir = Path(experiment_dir)
-    bundle_path, summary_path = experiment_dir / "best.joblib", experiment_dir / "results.json"
-    for path in (bundle_path, summary_path):
-        if not path.is_file():
-            raise FinetuneError(f"{path} not found; {experiment_dir} must be a folder written by "
-                                f"featx sweep (run: featx sweep CACHE.h5 --out {experiment_dir})")
-    bundle = joblib.load(bundle_path)
-    summary = json.loads(summary_path.read_text())
-    rows = {int(row["config"]): row for row in summary["rows"]}
-    best_config = int(summary["best"]["config"])
+    summary_path = experiment_dir / "results.json"
+    summary, bundle = SweepSummary.read(summary_path), SweepBundle.read(experiment_dir / "best.joblib")
+    rows = {int(row["config"]): row for row in summary.rows}
+    best_config = int(summary.best["config"])
     chosen = best_config if config is None else int(config)
     if chosen not in rows:
         raise FinetuneError(f"--config {config} is not a configuration of {summary_path}; expected one of "
                             f"{sorted(rows)} (the config column of results.csv)")
     row = rows[chosen]
-    seed = int(summary.get("seed", bundle.get("seed", 0)))
+    seed = int(summary.seed)
     if row["head"] == "rbfsvm":
         usable = sorted((r for r in rows.values() if r["head"] != "rbfsvm"), key=lambda r: r["rank"])
         hint = (f"; the best linear/dense one is config {usable[0]['config']} ({usable[0]['head']} "
@@ -206,7 +202,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
         raise FinetuneError(f"config {chosen} is an RBF-kernel SVM, which cannot be written as Dense layers "
                             f"on the backbone{hint}")
     if chosen == best_config:
-        model, extractors = bundle["model"], bundle["extractors"]
+        model, extractors = bundle.model, bundle.extractors
     else:
         model, extractors = _refit_config(row, seed, experiment_dir)
     if len(extractors) != 1:
@@ -224,7 +220,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
                             "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
                             "pick such a config with --config N")
     return BaseHead(model=model, extractor_spec=spec, cache_path=_find_cache(extractors[0]["cache"], experiment_dir),
-                    label_names=list(bundle["label_names"]), row=row, experiment_dir=experiment_dir, seed=seed)
+                    label_names=list(bundle.label_names), row=row, experiment_dir=experiment_dir, seed=seed)
 
 
 def _find_cache(cache_path: str, experiment_dir: Path) -> str:
@@ -711,7 +707,6 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                     "patience": patience, "seed": int(seed)}
         run = training.TrainingRun(out_dir, monitor, built_from(base), settings, RESUME_KEYS, _describe, FinetuneError)
         state = run.open(restart=restart)
-        created = not out_dir.exists()
 
         keras.utils.set_random_seed(int(seed))
         strategy, n_gpus = _strategy()
@@ -737,8 +732,6 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
             difference = check_warm_start(model, base)
             tolerance = WARM_START_TOLERANCE["mixed" if use_mixed else "fp32"]
             if not difference <= tolerance and not allow_warm_start_gap:
-                if created:
-                    shutil.rmtree(out_dir, ignore_errors=True)
                 raise FinetuneError(f"the fine-tune model does not reproduce the sweep's head before training: max "
                                     f"|p_model - p_head| = {difference:.3g} on cached {SPLIT_VAL} images (tolerance "
                                     f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "

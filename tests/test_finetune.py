@@ -139,7 +139,9 @@ def test_heads_that_cannot_be_fine_tuned_get_a_clear_error(binary_experiment, tm
         load_base_head(binary_experiment, config=_config_of(binary_experiment, "rbfsvm"))
     with pytest.raises(FinetuneError, match="not a configuration"):
         load_base_head(binary_experiment, config=99)
-    with pytest.raises(FinetuneError, match="written by featx sweep"):
+    from featx.artifacts import ArtifactError
+
+    with pytest.raises(ArtifactError, match="results.json does not exist; run featx sweep"):
         load_base_head(tmp_path)
 
 
