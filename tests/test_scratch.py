@@ -186,25 +186,9 @@ def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
         run_scratch(kaggle_dir, tmp_path / "exp", **dict(options, trial_epochs=2))
 
 
-def _crash_in_second_epoch(original):
-    """Wrap TrainingRun.callbacks so that training dies at the first batch of epoch 2."""
-    import keras
-
-    def callbacks(*args, **kwargs):
-        class CrashInSecondEpoch(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch = epoch
-
-            def on_train_batch_begin(self, batch, logs=None):
-                if self.epoch == 1:
-                    raise KeyboardInterrupt("simulated interruption")
-
-        return original(*args, **kwargs) + [CrashInSecondEpoch()]
-
-    return callbacks
-
-
 def test_interrupted_training_resumes_where_it_stopped(kaggle_dir, tmp_path, monkeypatch):
+    from test_finetune import _crash_in_second_epoch  # wraps TrainingRun.callbacks: dies in epoch 2
+
     from featx.training import TrainingRun
 
     options = dict(FAST, epochs=2, patience=0, seed=1)
