@@ -583,17 +583,16 @@ def scratch(
 
     Example: [bold]featx scratch cache/train.csv --out experiments/catsdogs --epochs 30 --tune --max-trials 4[/]
     """
-    from featx.progress import RichBar
-    from featx.scratch import scratch_command
+    from dataclasses import fields
 
+    from featx.progress import RichBar
+    from featx.scratch import ScratchOptions, run_scratch
+
+    flags = locals()  # the options are the flags: spelled once, in ScratchOptions
+    options = ScratchOptions(**{f.name: flags[f.name] for f in fields(ScratchOptions) if f.name in flags})
     _seed_everything(seed)
-    _, line = _run(scratch_command, source, out_dir, preset=preset, image_size=image_size, epochs=epochs,
-                   batch_size=batch_size, augment=augment, learning_rate=learning_rate, patience=patience,
-                   tune=tune, tuner=tuner, max_trials=max_trials, max_minutes=max_minutes,
-                   trial_epochs=trial_epochs, train_minutes=train_minutes, restart=restart, seed=seed,
-                   deterministic=deterministic, workers=workers, layout=layout, val=val, test=test,
-                   n_boot=n_boot, progress=RichBar())
-    out.print(line, highlight=False)
+    result = _run(run_scratch, source, out_dir, options, progress=RichBar())
+    out.print(result.summary(), highlight=False)
 
 
 def _print_skipped(failed: list) -> None:

@@ -1,7 +1,8 @@
-"""The one decode-and-batch path for inference: image files -> uint8 batches for a model.
+"""The one decode-and-batch path: image files -> uint8 batches for a model, to infer or to train.
 
-``pipeline`` (feature caches), ``imagenet`` (top-k) and the OpenVINO int8 calibration all read
-images through here, so the pixels a model sees never depend on which command asked.
+``pipeline`` (feature caches), ``imagenet`` (top-k), the OpenVINO int8 calibration and the two
+training stages (``finetune``, ``scratch``) all read images through here, so the pixels a model
+sees never depend on which command asked.
 
 * :func:`load_options` turns an extractor's ``preprocessing`` dict into the keyword arguments of
   :func:`featx.images.load_image` (JPEGs much larger than the target decode at reduced DCT scale,
@@ -11,19 +12,26 @@ images through here, so the pixels a model sees never depend on which command as
 * :func:`iter_batches` keeps ``prefetch`` batches decoding in a thread pool while the caller
   runs the model on the previous one (PIL's decoder and OpenCV's resize release the GIL).
 * :func:`decode_threads` sizes that pool against the threads the model itself uses.
+* :class:`ImageSet` holds the labelled images of one split for training, decoded once into
+  memory (:meth:`ImageSet.load`) or batch by batch when they do not fit; :func:`training_batches`
+  makes it a ``keras.utils.PyDataset`` reshuffled from ``(seed, epoch)``, and
+  :func:`predict_proba` runs a model over it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from featx.images import try_load_image
 
-__all__ = ["load_options", "decode_into", "decode_group", "iter_batches", "decode_threads", "n_cores"]
+__all__ = ["load_options", "decode_into", "decode_group", "iter_batches", "decode_threads", "n_cores", "ImageSet",
+           "training_batches", "predict_proba"]
 
 _LOAD_KEYS = ("size", "interpolation", "equalize", "keep_aspect", "draft")
 
@@ -128,3 +136,113 @@ def iter_batches(root: str, groups: Sequence[Sequence[str]], preprocessing: dict
             future = pending.pop(0)
             fill()  # ``prefetch`` groups decode while the caller works on this one
             yield future.result()
+
+
+@dataclass
+class ImageSet:
+    """The labelled images of one split: paths (relative to ``root``), integer labels, and the pixels
+    when they were decoded into memory.
+
+    When ``images`` is None, :meth:`pixels` decodes the asked rows on each call. Unreadable files
+    are skipped and listed in ``failed`` as ``(path, reason)``.
+    """
+
+    root: str
+    paths: list
+    labels: np.ndarray
+    preprocessing: dict
+    workers: int = 4
+    images: np.ndarray | None = None
+    failed: list = field(default_factory=list)
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _decode(self, rows: np.ndarray, group_size: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        groups = [rows[start:start + group_size] for start in range(0, len(rows), max(1, group_size))]
+        parts, kept, done = [], [], 0
+        for group, (images, ok, reasons) in zip(groups, iter_batches(
+                str(self.root), [[self.paths[i] for i in group] for group in groups], self.preprocessing,
+                self.workers)):
+            parts.append(images)
+            kept.append(done + np.flatnonzero(ok))
+            for row, reason in zip(group[~ok], reasons):
+                if (self.paths[row], reason) not in self.failed:
+                    self.failed.append((self.paths[row], reason))
+            done += len(group)
+            if progress is not None:
+                progress.advance(len(group))
+        if not parts:
+            return _batch_array(0, self.preprocessing), np.zeros(0, np.int64)
+        return np.concatenate(parts), np.concatenate(kept)
+
+    def pixels(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 pixels of ``rows`` and the positions (into ``rows``) that could be read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.images is not None:
+            return self.images[rows], np.arange(len(rows))
+        return self._decode(rows, math.ceil(len(rows) / max(1, self.workers)))
+
+    def load(self, progress=None) -> "ImageSet":
+        """Decode every image into memory once, dropping (and listing) the unreadable ones."""
+        images, kept = self._decode(np.arange(len(self)), 32, progress)
+        self.paths, self.labels, self.images = [self.paths[i] for i in kept], self.labels[kept], images
+        return self
+
+
+_Batches = None
+
+
+def training_batches(images: ImageSet, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """A ``keras.utils.PyDataset`` of ``(float32 pixels in [0, 255], int32 labels)`` batches of ``images``.
+
+    With ``shuffle`` the order is drawn from ``(seed, epoch)``: a seed gives the same batches on every
+    run, and ``set_epoch(n)`` (a resumed run) continues the order an uninterrupted run would draw.
+    One worker thread keeps the order fixed; decoding is threaded inside :meth:`ImageSet.pixels`.
+    """
+    global _Batches
+    if _Batches is None:
+        import keras
+
+        class ImageBatches(keras.utils.PyDataset):
+            def __init__(self, images, batch_size, shuffle, seed):
+                super().__init__(workers=1, use_multiprocessing=False)
+                self.images, self.batch_size, self.shuffle, self.seed = images, int(batch_size), shuffle, int(seed)
+                self.set_epoch(0)
+
+            def reset(self) -> None:
+                self.set_epoch(0)
+
+            def set_epoch(self, epoch: int) -> None:
+                self.epoch = int(epoch)
+                n = len(self.images)
+                self.order = (np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
+                              else np.arange(n))
+
+            def __len__(self) -> int:
+                return math.ceil(len(self.images) / self.batch_size)
+
+            def __getitem__(self, index):
+                rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+                pixels, kept = self.images.pixels(rows)
+                return pixels.astype(np.float32), self.images.labels[rows[kept]].astype(np.int32)
+
+            def on_epoch_end(self) -> None:
+                self.set_epoch(self.epoch + 1)
+
+        _Batches = ImageBatches
+    return _Batches(images, batch_size, shuffle, seed)
+
+
+def predict_proba(model, images: ImageSet, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A Keras model's probabilities for the readable images of ``images``, and their row numbers."""
+    parts, rows_kept = [], []
+    for start in range(0, len(images), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(images)))
+        pixels, kept = images.pixels(rows)
+        if len(kept):
+            parts.append(np.asarray(model.predict_on_batch(pixels.astype(np.float32)), dtype=np.float64))
+            rows_kept.append(rows[kept])
+    proba = np.concatenate(parts) if parts else np.zeros((0, int(model.output_shape[-1])))
+    return proba, np.concatenate(rows_kept) if rows_kept else np.zeros(0, np.int64)

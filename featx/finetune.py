@@ -33,22 +33,22 @@ Outputs (``experiments/<name>/finetune/``)
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import shutil
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from featx import __version__, training
+from featx.artifacts import runs
+from featx.artifacts.runs import ModelCard
+from featx.datasets import ImageSet, training_batches
 from featx.errors import UserError
+from featx.storage import locked
 
 __all__ = [
     "FinetuneError",
@@ -64,7 +64,6 @@ __all__ = [
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 BACKBONE_LAYER = "backbone"
-MONITORS = {"val_loss": "min", "val_accuracy": "max"}
 #: Largest max |p_model - p_head| the warm start may show before training is refused (bug 3):
 #: fp32 reproduces the head to ~1e-6; float16 mixed precision to ~1e-3.
 WARM_START_TOLERANCE = {"fp32": 1e-3, "mixed": 5e-2}
@@ -176,28 +175,25 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
 
     Raises
     ------
+    featx.artifacts.ArtifactError
+        ``best.joblib`` or ``results.json`` missing, damaged or from a newer featx.
     FinetuneError
-        Missing files, an unknown config, a head that is not a single-backbone
-        Keras CNN or is not expressible as Dense layers (rbfsvm).
+        An unknown config, a head that is not a single-backbone Keras CNN or is not
+        expressible as Dense layers (rbfsvm).
     """
-    import joblib
+    from featx.artifacts.results import SweepBundle, SweepSummary
 
     experiment_dir = Path(experiment_dir)
-    bundle_path, summary_path = experiment_dir / "best.joblib", experiment_dir / "results.json"
-    for path in (bundle_path, summary_path):
-        if not path.is_file():
-            raise FinetuneError(f"{path} not found; {experiment_dir} must be a folder written by "
-                                f"featx sweep (run: featx sweep CACHE.h5 --out {experiment_dir})")
-    bundle = joblib.load(bundle_path)
-    summary = json.loads(summary_path.read_text())
-    rows = {int(row["config"]): row for row in summary["rows"]}
-    best_config = int(summary["best"]["config"])
+    summary_path = experiment_dir / "results.json"
+    summary, bundle = SweepSummary.read(summary_path), SweepBundle.read(experiment_dir / "best.joblib")
+    rows = {int(row["config"]): row for row in summary.rows}
+    best_config = int(summary.best["config"])
     chosen = best_config if config is None else int(config)
     if chosen not in rows:
         raise FinetuneError(f"--config {config} is not a configuration of {summary_path}; expected one of "
                             f"{sorted(rows)} (the config column of results.csv)")
     row = rows[chosen]
-    seed = int(summary.get("seed", bundle.get("seed", 0)))
+    seed = int(summary.seed)
     if row["head"] == "rbfsvm":
         usable = sorted((r for r in rows.values() if r["head"] != "rbfsvm"), key=lambda r: r["rank"])
         hint = (f"; the best linear/dense one is config {usable[0]['config']} ({usable[0]['head']} "
@@ -206,7 +202,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
         raise FinetuneError(f"config {chosen} is an RBF-kernel SVM, which cannot be written as Dense layers "
                             f"on the backbone{hint}")
     if chosen == best_config:
-        model, extractors = bundle["model"], bundle["extractors"]
+        model, extractors = bundle.model, bundle.extractors
     else:
         model, extractors = _refit_config(row, seed, experiment_dir)
     if len(extractors) != 1:
@@ -224,7 +220,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
                             "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
                             "pick such a config with --config N")
     return BaseHead(model=model, extractor_spec=spec, cache_path=_find_cache(extractors[0]["cache"], experiment_dir),
-                    label_names=list(bundle["label_names"]), row=row, experiment_dir=experiment_dir, seed=seed)
+                    label_names=list(bundle.label_names), row=row, experiment_dir=experiment_dir, seed=seed)
 
 
 def _find_cache(cache_path: str, experiment_dir: Path) -> str:
@@ -532,10 +528,14 @@ class ImageSplits:
     paths: list
     labels: np.ndarray
     split: np.ndarray
-    rows_in_cache: np.ndarray
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
+
+    def image_set(self, rows: np.ndarray, preprocessing: dict, workers: int = 4) -> ImageSet:
+        """The images of ``rows``, decoded as the extractor did (:mod:`featx.datasets`)."""
+        return ImageSet(str(self.root), [os.path.relpath(self.paths[i], self.root) for i in rows], self.labels[rows],
+                        preprocessing, workers)
 
 
 def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
@@ -552,47 +552,7 @@ def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
     if missing:
         raise FinetuneError(f"{root / missing[0]} (an image of {cache_path}) does not exist; fine-tuning reads "
                             "the images again: restore them or rebuild the cache from where they are now")
-    return ImageSplits(root, [str(root / p) for p in paths], np.asarray(labels), np.asarray(split),
-                       np.arange(len(paths)))
-
-
-def load_images(paths: Sequence[str], preprocessing: dict, workers: int = 4) -> np.ndarray:
-    """Decode images as the extractor did, as float32 RGB in [0, 255], shape (N, H, W, 3)."""
-    from featx.images import load_image
-    from featx.pipeline import load_options
-
-    options = load_options(preprocessing)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        images = list(pool.map(lambda p: load_image(p, **options), paths))
-    return np.stack(images).astype(np.float32)
-
-
-def make_dataset(paths: Sequence[str], labels: np.ndarray, preprocessing: dict, batch_size: int,
-                 shuffle: bool, seed: int, workers: int = 4):
-    """A tf.data pipeline of (images float32 [0, 255], labels int32): decode in threads, batch, prefetch."""
-    import tensorflow as tf
-
-    height, width = preprocessing["size"]
-    paths = np.asarray(list(paths))
-    labels = np.asarray(labels, dtype=np.int32)
-
-    def decode(indices):
-        chosen = indices.numpy()
-        return load_images(paths[chosen].tolist(), preprocessing, workers), labels[chosen]
-
-    def tf_decode(indices):
-        images, batch_labels = tf.py_function(decode, [indices], [tf.float32, tf.int32])
-        images.set_shape((None, height, width, 3))
-        batch_labels.set_shape((None,))
-        return images, batch_labels
-
-    dataset = tf.data.Dataset.from_tensor_slices(np.arange(len(paths), dtype=np.int64))
-    if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(tf_decode, num_parallel_calls=2)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ImageSplits(root, [str(root / p) for p in paths], np.asarray(labels), np.asarray(split))
 
 
 def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPLIT_VAL) -> float:
@@ -618,9 +578,9 @@ def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPL
     with open_cache(base.cache_path) as cache:
         features = cache.features[rows].astype(np.float32)
     expected = base.model.predict_proba(features)
-    images = load_images([splits.paths[i] for i in rows], base.extractor_spec["preprocessing"])
-    got = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float64)
-    return float(np.max(np.abs(got - expected)))
+    images, kept = splits.image_set(rows, base.extractor_spec["preprocessing"]).pixels(np.arange(len(rows)))
+    got = np.asarray(model.predict(images.astype(np.float32), batch_size=16, verbose=0), dtype=np.float64)
+    return float(np.max(np.abs(got - expected[kept])))
 
 
 # ---------------------------------------------------------------------------
@@ -651,84 +611,8 @@ def _strategy():
     return tf.distribute.get_strategy(), len(gpus)
 
 
-def _settings_key(settings: dict) -> dict:
-    """The settings that must match for a checkpoint to be resumed."""
-    return {k: settings[k] for k in ("config", "unfreeze", "augment", "optimizer", "learning_rate",
-                                     "batch_size", "monitor", "backbone")}
-
-
-class _HistoryWriter:
-    """Writes history.csv after every epoch (one row per epoch; a resumed epoch replaces its row)."""
-
-    COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[int, dict] = {}
-        if path.exists():
-            with open(path, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    self.rows[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None)
-                                                    for k, v in row.items() if k != "epoch"}
-
-    def put(self, epoch: int, values: dict) -> None:
-        self.rows[epoch] = {k: values.get(k) for k in self.COLUMNS[1:]}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(self.COLUMNS)
-            for index in sorted(self.rows):
-                row = self.rows[index]
-                writer.writerow([index] + ["" if row.get(k) is None else f"{row[k]:.6g}" for k in self.COLUMNS[1:]])
-        os.replace(tmp, self.path)
-
-    def as_list(self) -> list[dict]:
-        return [{"epoch": epoch, **self.rows[epoch]} for epoch in sorted(self.rows)]
-
-
-def _make_callbacks(out_dir: Path, history: _HistoryWriter, monitor: str, best_value: float | None,
-                    patience: int | None, state_path: Path, state: dict):
-    import keras
-
-    class EpochRecorder(keras.callbacks.Callback):
-        """history.csv and the best value so far (in state.json) after each epoch."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            learning_rate = self.model.optimizer.learning_rate
-            logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(learning_rate)))
-            logs["seconds"] = time.perf_counter() - self.started
-            history.put(epoch + 1, logs)
-            value = logs.get(monitor)
-            if value is not None:
-                better = (state["best_value"] is None
-                          or (value < state["best_value"] if MONITORS[monitor] == "min" else value > state["best_value"]))
-                if better:
-                    state["best_value"], state["best_epoch"] = float(value), epoch + 1
-            state["epochs_done"] = epoch + 1
-            _write_json(state_path, state)
-
-    callbacks = [
-        # Saves weights (not the whole model), which works under MirroredStrategy as well.
-        keras.callbacks.ModelCheckpoint(str(out_dir / "best.weights.h5"), monitor=monitor, mode=MONITORS[monitor],
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_value),
-        EpochRecorder(),
-        # Last finished epoch + optimizer state: an interrupted run resumes from here.
-        keras.callbacks.BackupAndRestore(str(out_dir / "checkpoint"), save_freq="epoch", delete_checkpoint=False),
-    ]
-    if patience is not None and patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=MONITORS[monitor], patience=int(patience)))
-    return callbacks
-
-
-def _write_json(path: Path, data: dict) -> None:
-    from featx.storage import atomic_write_json
-
-    atomic_write_json(path, data)
+#: The settings that must match for a fine-tune folder to be resumed.
+RESUME_KEYS = ("config", "unfreeze", "augment", "optimizer", "learning_rate", "batch_size", "monitor", "backbone")
 
 
 def built_from(base: BaseHead) -> dict:
@@ -741,20 +625,6 @@ def built_from(base: BaseHead) -> dict:
 
 def _describe(origin: dict) -> str:
     return f"config {origin['config']} ({origin['head']} {origin['params']}) on {origin['cache']}"
-
-
-def _check_resumable(out_dir: Path, state: dict, origin: dict) -> None:
-    earlier = state.get("built_from")
-    if earlier is None:
-        raise FinetuneError(f"{out_dir} was written by an older featx that did not record which head and cache "
-                            f"it was fine-tuned from, so it cannot be resumed safely; pass --restart to start "
-                            f"over from {_describe(origin)}")
-    if earlier != origin:
-        changed = ", ".join(k for k in origin if earlier.get(k) != origin[k])
-        raise FinetuneError(f"{out_dir} was fine-tuned from {_describe(earlier)}, but the sweep now gives "
-                            f"{_describe(origin)} ({changed} changed); pass --restart to fine-tune the new one "
-                            f"(replaces {out_dir}), or --config {earlier['config']} if that sweep config is the "
-                            f"one to continue")
 
 
 def _evaluate(model, dataset) -> dict:
@@ -815,8 +685,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     started = time.perf_counter()
     if optimizer not in OPTIMIZERS:
         raise FinetuneError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    if monitor not in MONITORS:
-        raise FinetuneError(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
+    if monitor not in training.MONITORS:
+        raise FinetuneError(f"monitor must be one of {', '.join(training.MONITORS)}; got {monitor!r}")
     if int(epochs) < 0 or int(batch_size) < 1 or not float(learning_rate) > 0:
         raise FinetuneError(f"epochs must be >= 0, batch size >= 1 and learning rate > 0; got epochs={epochs}, "
                             f"batch_size={batch_size}, learning_rate={learning_rate}")
@@ -825,145 +695,83 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
 
     base = load_base_head(experiment_dir, config)
     splits = read_image_splits(base.cache_path)
-    train, val, test = splits.rows(SPLIT_TRAIN), splits.rows(SPLIT_VAL), splits.rows(SPLIT_TEST)
+    train, val = splits.rows(SPLIT_TRAIN), splits.rows(SPLIT_VAL)
     if len(train) == 0 or len(val) == 0:
         raise FinetuneError(f"{base.cache_path} has {len(train)} train and {len(val)} val images; fine-tuning "
                             "needs both (val picks the best epoch): index with --val 0.1 and rebuild the cache")
-    out_dir = Path(experiment_dir) / "finetune"
-    state_path = out_dir / "state.json"
-    settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
-                "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),
-                "monitor": monitor, "backbone": base.extractor_spec["name"], "epochs": int(epochs),
-                "patience": patience, "seed": int(seed)}
-    if restart:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    state = json.loads(state_path.read_text()) if state_path.exists() else None
-    origin = built_from(base)
-    if state is not None:
-        _check_resumable(out_dir, state, origin)
-    if state is not None and _settings_key(state["settings"]) != _settings_key(settings):
-        changed = {k: (state["settings"][k], settings[k]) for k in _settings_key(settings)
-                   if state["settings"][k] != settings[k]}
-        raise FinetuneError(f"{out_dir} holds a fine-tune with other settings ({changed}, earlier -> now); "
-                            "pass --restart to start over, or the same settings to continue it")
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(experiment_dir) / runs.FINETUNE
+    with locked(out_dir, what=f"{out_dir} (featx finetune)"):
+        settings = {"config": int(base.row["config"]), "unfreeze": str(unfreeze), "augment": bool(augment),
+                    "optimizer": optimizer, "learning_rate": float(learning_rate), "batch_size": int(batch_size),
+                    "monitor": monitor, "backbone": base.extractor_spec["name"], "epochs": int(epochs),
+                    "patience": patience, "seed": int(seed)}
+        run = training.TrainingRun(out_dir, monitor, built_from(base), settings, RESUME_KEYS, _describe, FinetuneError)
+        state = run.open(restart=restart)
 
-    keras.utils.set_random_seed(int(seed))
-    strategy, n_gpus = _strategy()
-    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
-    extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
-    preprocessing = extractor.preprocessing
-    steps_per_epoch = math.ceil(len(train) / int(batch_size))
-    with strategy.scope():
-        model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
-        trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
-        schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
-                                                          decay_steps=max(1, int(epochs) * steps_per_epoch))
-        training_optimizer = make_optimizer(optimizer, schedule)
-        if use_mixed:  # float16 gradients need loss scaling
-            training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
-        model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        keras.utils.set_random_seed(int(seed))
+        strategy, n_gpus = _strategy()
+        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
+        extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
+        preprocessing = extractor.preprocessing
+        steps_per_epoch = math.ceil(len(train) / int(batch_size))
+        with strategy.scope():
+            model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
+            trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
+            schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
+                                                              decay_steps=max(1, int(epochs) * steps_per_epoch))
+            training_optimizer = make_optimizer(optimizer, schedule)
+            if use_mixed:  # float16 gradients need loss scaling
+                training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
+            model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
+                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
-    def dataset(rows, shuffle):
-        return make_dataset([splits.paths[i] for i in rows], splits.labels[rows], preprocessing,
-                            int(batch_size), shuffle, seed, workers)
-
-    train_data, val_data = dataset(train, True), dataset(val, False)
-    history = _HistoryWriter(out_dir / "history.csv")
-    if state is None:
-        # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
-        difference = check_warm_start(model, base)
-        tolerance = WARM_START_TOLERANCE["mixed" if use_mixed else "fp32"]
-        if not difference <= tolerance and not allow_warm_start_gap:
-            if created:
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise FinetuneError(f"the fine-tune model does not reproduce the sweep's head before training: max "
-                                f"|p_model - p_head| = {difference:.3g} on cached {SPLIT_VAL} images (tolerance "
-                                f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
-                                f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
-                                f"or pass --allow-warm-start-gap to train anyway")
-        val_before = _evaluate(model, val_data)
-        history.put(0, dict(val_before, learning_rate=float(learning_rate), seconds=0.0))
-        model.save_weights(str(out_dir / "best.weights.h5"))
-        state = {"settings": settings, "built_from": origin, "warm_start_difference": difference,
-                 "warm_start_tolerance": tolerance, "val_before": val_before,
-                 "best_value": val_before[monitor], "best_epoch": 0, "epochs_done": 0,
-                 "trainable_layers": trainable, "featx_version": __version__}
-        _write_json(state_path, state)
-    state["settings"] = settings
-    epochs_before = int(state["epochs_done"])
-    callbacks = _make_callbacks(out_dir, history, monitor, state["best_value"], patience, state_path, state)
-    train_started = time.perf_counter()
-    # A run that stopped early resumes only when asked for more epochs than it was given.
-    stopped = state.get("stopped_early_at_epochs")
-    if int(epochs) > epochs_before and (stopped is None or int(epochs) > stopped):
-        model.fit(train_data, validation_data=val_data, epochs=int(epochs), callbacks=callbacks,
-                  shuffle=False, verbose=verbose)  # the dataset shuffles itself, seeded
-        early = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
-        if early and early[0].stopped_epoch > 0:
-            state["stopped_early_at_epochs"] = int(epochs)
-            _write_json(state_path, state)
-    train_seconds = time.perf_counter() - train_started
-    epochs_run = int(state["epochs_done"]) - epochs_before
-
-    with warnings.catch_warnings():  # the epoch-0 file has no optimizer state; only the model's weights matter
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(str(out_dir / "best.weights.h5"))
-    val_after = _evaluate(model, val_data)
-    return _write_outputs(model, base, splits, preprocessing, state, history, out_dir, test, val_after,
-                          train_seconds, epochs_run, n_boot, started, workers)
+        train_data = training_batches(splits.image_set(train, preprocessing, workers), batch_size, True, seed)
+        val_data = training_batches(splits.image_set(val, preprocessing, workers), batch_size)
+        if state is None:
+            # Epoch 0: the warm start, before any training step (the value to beat, and the first best weights).
+            difference = check_warm_start(model, base)
+            tolerance = WARM_START_TOLERANCE["mixed" if use_mixed else "fp32"]
+            if not difference <= tolerance and not allow_warm_start_gap:
+                raise FinetuneError(f"the fine-tune model does not reproduce the sweep's head before training: max "
+                                    f"|p_model - p_head| = {difference:.3g} on cached {SPLIT_VAL} images (tolerance "
+                                    f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
+                                    f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
+                                    f"or pass --allow-warm-start-gap to train anyway")
+            val_before = _evaluate(model, val_data)
+            state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
+                              warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
+                              trainable_layers=trainable)
+        state.settings = settings
+        train_started = time.perf_counter()
+        epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
+        train_seconds = time.perf_counter() - train_started
+        run.restore_best(model)
+        return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, train_seconds,
+                              epochs_run, n_boot, started, workers)
 
 
-def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: dict,
-                   history: _HistoryWriter, out_dir: Path, test: np.ndarray, val_after: dict,
-                   train_seconds: float, epochs_run: int, n_boot: int, started: float,
-                   workers: int) -> FinetuneResult:
+def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: runs.RunState,
+                   history: training.History, out_dir: Path, train_seconds: float, epochs_run: int, n_boot: int,
+                   started: float, workers: int) -> FinetuneResult:
     """model.keras, model.json, results.csv, predictions.npz and curves.png from the best weights."""
-    from featx.metrics import metrics_with_ci
-    from featx.artifacts.results import metric_columns, write_rows_csv
-
-    classes = np.arange(len(base.label_names))
-    predict_started = time.perf_counter()
-    if len(test):
-        test_data = make_dataset([splits.paths[i] for i in test], splits.labels[test], preprocessing,
-                                 64, False, 0, workers)
-        proba = np.asarray(model.predict(test_data.map(lambda x, y: x), verbose=0), dtype=np.float64)
-        metrics = metrics_with_ci(splits.labels[test], proba, classes, n_boot=n_boot, seed=base.seed)
-    else:
-        proba, metrics = np.zeros((0, len(classes))), {}
-    predict_seconds = time.perf_counter() - predict_started
-
-    settings = state["settings"]
-    row = {"rank": 1, "config": int(base.row["config"]),
-           "features": f"{base.extractor_spec['name']}+finetune", "head": "finetune",
-           "params": json.dumps({"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
-                                 **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate",
-                                                             "batch_size", "epochs", "monitor")},
-                                 "best_epoch": state["best_epoch"]}, sort_keys=True),
-           "preprocessing": base.row["preprocessing"], "selected_by": "val",
-           "select_accuracy": val_after["val_accuracy"], "select_log_loss": val_after["val_loss"],
-           "fit_seconds": train_seconds, "predict_seconds": predict_seconds,
-           "n_train": int(np.sum(splits.split == SPLIT_TRAIN)), "n_test": int(len(test)), "repeats": 1,
-           "caches": base.cache_path}
-    row.update(metric_columns([metrics]))
-
-    model.save(str(out_dir / "model.keras"))
-    height, width = preprocessing["size"]
-    _write_json(out_dir / "model.json", {
-        "label_names": base.label_names, "input_size": [int(height), int(width)],
-        "preprocessing": preprocessing, "backbone": base.extractor_spec, "base_config": base.row,
-        "finetune": settings, "best_epoch": state["best_epoch"],
-        "warm_start_difference": state["warm_start_difference"], "featx_version": __version__,
-    })
-    write_rows_csv(out_dir / "results.csv", [row])
-    np.savez_compressed(out_dir / "predictions.npz", y_test=splits.labels[test],
-                        paths=np.array([os.path.relpath(splits.paths[i], splits.root) for i in test]),
-                        label_names=np.array(base.label_names), config_0=proba.astype(np.float32))
+    settings, details = state.settings, state.details
+    params = {"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
+              **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate", "batch_size", "epochs",
+                                          "monitor")}, "best_epoch": state.best_epoch}
     rows = history.as_list()
-    training.plot_curves(rows, out_dir / "curves.png", title=f"{base.extractor_spec['name']} fine-tune")
+    row = training.score_and_write(
+        out_dir, model, *(splits.image_set(splits.rows(s), preprocessing, workers) for s in (SPLIT_VAL, SPLIT_TEST)),
+        base.label_names, rows, n_boot, base.seed, f"{base.extractor_spec['name']} fine-tune",
+        config=int(base.row["config"]), features=f"{base.extractor_spec['name']}+finetune", head="finetune",
+        params=json.dumps(params, sort_keys=True), preprocessing=base.row["preprocessing"],
+        fit_seconds=train_seconds, n_train=len(splits.rows(SPLIT_TRAIN)), caches=base.cache_path)
+    height, width = preprocessing["size"]
+    ModelCard(label_names=base.label_names, input_size=[int(height), int(width)], preprocessing=preprocessing,
+              best_epoch=state.best_epoch, featx_version=__version__,
+              details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
+                       "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
-                          warm_start_difference=float(state["warm_start_difference"]),
-                          val_before=state["val_before"], val_after=val_after,
-                          seconds=time.perf_counter() - started, trainable_layers=state["trainable_layers"])
+                          warm_start_difference=float(details["warm_start_difference"]),
+                          val_before=details["val_before"],
+                          val_after={"val_loss": row["select_log_loss"], "val_accuracy": row["select_accuracy"]},
+                          seconds=time.perf_counter() - started, trainable_layers=details["trainable_layers"])

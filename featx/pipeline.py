@@ -30,7 +30,7 @@ import numpy as np
 from featx.cache import CacheBuilder, Shard, cache_path
 from featx.data import DataError, Manifest
 from featx.extractors.base import Extractor
-from featx.datasets import decode_group, decode_threads, iter_batches, load_options, n_cores  # noqa: F401 (load_options: finetune)
+from featx.datasets import decode_group, decode_threads, iter_batches, n_cores
 from featx.progress import Progress
 
 __all__ = ["CacheResult", "build_cache", "extract_images", "Progress"]

@@ -322,11 +322,10 @@ class FineTunedModel:
         """Read ``model.keras`` and ``model.json`` from a fine-tune folder."""
         import keras
 
+        from featx.artifacts.runs import ModelCard
+
         folder = Path(folder)
-        try:
-            info = json.loads((folder / FINETUNE_INFO_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read {folder / FINETUNE_INFO_FILE}: {exc}") from None
+        info = ModelCard.read(folder / FINETUNE_INFO_FILE).to_dict()
         from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
 
         custom_objects = custom_objects()
@@ -348,7 +347,8 @@ class FineTunedModel:
         a fine-tuned model runs in Keras, so ``runtime`` may be ``auto`` or ``keras`` only)."""
         if runtime not in ("auto", "keras"):
             raise ModelError(f"--runtime {runtime}: a fine-tuned model runs in Keras; use --runtime auto or keras")
-        from featx.pipeline import Progress, extract_images
+        from featx.pipeline import extract_images
+        from featx.progress import Progress
 
         progress = progress or Progress()
         adapter = _ProbabilityExtractor(self.keras_model, self.preprocessing)
@@ -472,7 +472,7 @@ def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir
         Images per model call (CNN extractors, fine-tuned models).
     workers : int, optional
         Decoding threads / worker processes; default: all cores.
-    progress : featx.pipeline.Progress, optional
+    progress : featx.progress.Progress, optional
         Progress bar hooks.
     runtime : {"auto", "keras", "openvino"}
         What runs the CNN extractors (``featx.runtime``; auto: OpenVINO on a CPU).

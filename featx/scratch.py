@@ -24,7 +24,7 @@ gives). ``model.keras`` therefore needs nothing but Keras to reload.
 
 Data
 ----
-Images are decoded once, in a pool of threads, into memory (2,000 images at 128 px are
+Images are decoded (``featx.datasets``) once, in a pool of threads, into memory (2,000 images at 128 px are
 98 MB of uint8) when they fit under ``memory_limit_mb``; above it they are decoded batch
 by batch (a ``keras.utils.PyDataset``). Unreadable images are skipped and listed in
 ``failed.csv``.
@@ -44,11 +44,15 @@ Outputs (``<out>/scratch/``; ``<out>/scratch-tuned/`` with ``--tune``)
 ``model.keras``      raw RGB [0, 255] float input -> K class probabilities (best epoch by val accuracy)
 ``model.json``       label names, input size, load_image options, architecture, settings (what
                      ``featx predict`` / ``featx evaluate`` read, as for ``finetune/``)
-``history.csv``      one row per epoch: loss, accuracy, val_loss, val_accuracy, seconds
+``history.csv``      one row per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate, seconds
 ``curves.png``       the same, drawn
 ``results.csv``      one row in the sweep's columns (head ``scratch`` or ``scratch-tuned``)
 ``predictions.npz``  test labels, paths and probabilities, in the sweep's format (``config_0``)
 ``failed.csv``       images that could not be read (only when there are some)
+``state.json``       what the folder was built from (manifest, architecture), settings, best epoch so far
+``best.weights.h5``  best weights by val accuracy; ``checkpoint/``: the last finished epoch
+                     (``featx.training.TrainingRun``): a killed run started again continues, asking for more
+                     epochs extends it, another preset or manifest is refused without ``--restart``
 ``tuner/``           the Keras Tuner project (``--tune``; resumable)
 ``trials.csv``       one row per tuning trial: hyperparameters, val accuracy, status (``--tune``)
 
@@ -63,25 +67,26 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
-import math
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
 from featx import __version__
+from featx.artifacts import runs
+from featx.artifacts.runs import ModelCard
+from featx.datasets import ImageSet, training_batches
+from featx.training import TrainingRun, score_and_write
 from featx.errors import UserError
+from featx.storage import atomic_write_json, locked
 
-__all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ImageSplit", "ScratchResult", "build_model",
-           "load_splits", "run_scratch", "scratch_command"]
+__all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
+           "load_splits", "run_scratch", "ScratchOptions"]
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 TUNERS = ("bayesian", "random")
@@ -291,65 +296,8 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
 # ---------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------
-@dataclass
-class ImageSplit:
-    """The images of one split: relative paths, integer labels, and the pixels when in memory.
-
-    ``images`` holds uint8 pixels (N, H, W, 3) when the dataset was decoded up front; when it is
-    None, :meth:`pixels` decodes the asked rows on each call (and skips unreadable files).
-    """
-
-    name: str
-    root: Path
-    paths: list
-    labels: np.ndarray
-    image_size: int
-    images: np.ndarray | None = None
-    workers: int = 4
-    failed: list = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def pixels(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 pixels of ``rows`` and the positions (into ``rows``) that could be read."""
-        rows = np.asarray(rows)
-        if self.images is not None:
-            return self.images[rows], np.arange(len(rows))
-        images, kept, failed = _decode([str(self.root / self.paths[i]) for i in rows], self.image_size,
-                                       self.workers)
-        for position, reason in failed:
-            entry = (self.paths[rows[position]], reason)
-            if entry not in self.failed:
-                self.failed.append(entry)
-        return images, kept
-
-
-def _decode(paths: Sequence[str], image_size: int, workers: int, progress=None):
-    """Decode images in threads: (uint8 array of the readable ones, their positions, [(position, reason)])."""
-    from featx.images import try_load_image
-
-    size = (int(image_size), int(image_size))
-
-    def one(path):
-        return try_load_image(path, size=size, interpolation=INTERPOLATION)
-
-    images, kept, failed = [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        for position, (image, reason) in enumerate(pool.map(one, paths)):
-            if image is None:
-                failed.append((position, reason))
-            else:
-                images.append(image)
-                kept.append(position)
-            if progress is not None:
-                progress.advance(1)
-    pixels = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
-    return pixels, np.asarray(kept, dtype=np.int64), failed
-
-
 def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_mb: float = 4096,
-                progress=None) -> dict[str, ImageSplit]:
+                progress=None) -> dict[str, ImageSet]:
     """The train, val and test images of a manifest, decoded into memory when they fit.
 
     Parameters
@@ -363,96 +311,36 @@ def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_
     memory_limit_mb : float
         Decode everything up front only when the uint8 pixels take at most this many MB;
         otherwise images are decoded batch by batch at every epoch.
-    progress : featx.pipeline.Progress, optional
+    progress : featx.progress.Progress, optional
         Advanced once per decoded image.
 
     Returns
     -------
-    dict of str to ImageSplit
+    dict of str to featx.datasets.ImageSet
         Keys ``train``, ``val``, ``test``. In memory, unreadable images are dropped and listed
         in each split's ``failed``.
     """
-    from featx.pipeline import Progress
+    from featx.progress import Progress
 
     progress = progress or Progress()
-    label_names = manifest.label_names
-    index = {name: i for i, name in enumerate(label_names)}
+    index = {name: i for i, name in enumerate(manifest.label_names)}
+    preprocessing = {"size": [int(image_size), int(image_size)], "interpolation": INTERPOLATION}
     splits = {}
     for name in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST):
         records = [r for r in manifest.records if r.split == name and r.label is not None]
-        splits[name] = ImageSplit(name, Path(manifest.root), [r.path for r in records],
-                                  np.array([index[r.label] for r in records], dtype=np.int64),
-                                  int(image_size), workers=workers)
+        splits[name] = ImageSet(str(manifest.root), [r.path for r in records],
+                                np.array([index[r.label] for r in records], dtype=np.int64), preprocessing,
+                                workers, name=name)
     n_images = sum(len(s) for s in splits.values())
-    megabytes = n_images * int(image_size) ** 2 * 3 / 2**20
-    if megabytes > float(memory_limit_mb):
-        return splits  # streamed: ImageSplit.pixels decodes per batch
+    if n_images * int(image_size) ** 2 * 3 / 2**20 > float(memory_limit_mb):
+        return splits  # streamed: ImageSet.pixels decodes per batch
     progress.start(f"decode {image_size}px", n_images)
     try:
         for split in splits.values():
-            images, kept, failed = _decode([str(split.root / p) for p in split.paths], image_size, workers,
-                                           progress)
-            split.failed = [(split.paths[position], reason) for position, reason in failed]
-            split.paths = [split.paths[i] for i in kept]
-            split.labels = split.labels[kept]
-            split.images = images
+            split.load(progress)
     finally:
         progress.stop()
     return splits
-
-
-def _batches_class():
-    """A keras.utils.PyDataset of (float32 pixels, labels) batches over an ImageSplit (defined lazily)."""
-    import keras
-
-    class ImageBatches(keras.utils.PyDataset):
-        """Batches of an :class:`ImageSplit`, reshuffled each epoch from ``(seed, epoch)``.
-
-        One worker thread keeps the batch order fixed (decoding is threaded inside
-        :meth:`ImageSplit.pixels`), so a seed gives the same batches on every run.
-        """
-
-        def __init__(self, split: ImageSplit, batch_size: int, shuffle: bool, seed: int):
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), shuffle, int(seed)
-            self.reset()
-
-        def reset(self) -> None:
-            self.epoch = 0
-            self._order()
-
-        def _order(self) -> None:
-            n = len(self.split)
-            self.order = (np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
-                          else np.arange(n))
-
-        def __len__(self) -> int:
-            return math.ceil(len(self.split) / self.batch_size)
-
-        def __getitem__(self, index):
-            rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-            images, kept = self.split.pixels(rows)
-            return images.astype(np.float32), self.split.labels[rows[kept]].astype(np.int32)
-
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-            self._order()
-
-    return ImageBatches
-
-
-def _predict(model, split: ImageSplit, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of the readable images of ``split`` and their row numbers."""
-    parts, rows_kept = [], []
-    for start in range(0, len(split), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(split)))
-        images, kept = split.pixels(rows)
-        if len(kept):
-            parts.append(np.asarray(model.predict_on_batch(images.astype(np.float32)), dtype=np.float64))
-            rows_kept.append(rows[kept])
-    n_classes = int(model.output_shape[-1])
-    proba = np.concatenate(parts) if parts else np.zeros((0, n_classes))
-    return proba, np.concatenate(rows_kept) if rows_kept else np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -494,6 +382,17 @@ class ScratchResult:
     failed: list = field(default_factory=list)
     seconds: float = 0.0
 
+    def summary(self) -> str:
+        """The line ``featx scratch`` prints last: test accuracy with its interval, val, epochs, seconds."""
+        row = self.row
+        tuned = f", {len(self.trials)} trials ({self.new_trials} new)" if self.trials else ""
+        line = (f"{self.out_dir}: {row['features']} test accuracy {row['accuracy']:.3f} "
+                f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}], val {row['select_accuracy']:.3f} "
+                f"(epoch {self.best_epoch}/{len(self.history)}{tuned}), {self.seconds:.0f} s")
+        if self.failed:
+            line += f"; {len(self.failed)} unreadable image(s) skipped (failed.csv)"
+        return line
+
 
 def _seed(seed: int, deterministic: bool) -> None:
     import keras
@@ -523,58 +422,53 @@ def _progress_callback(progress, n_train: int, batch_size: int, epochs: int, des
     return ImagesSeen()
 
 
-def _epoch_timer(train_minutes: float | None = None):
+def _time_limit(train_minutes: float):
     import keras
 
-    class EpochSeconds(keras.callbacks.Callback):
-        """Adds ``seconds`` (wall time of the epoch, validation included) to the logs; stops the
-        training after the epoch that ends past ``train_minutes``."""
+    class TimeLimit(keras.callbacks.Callback):
+        """Stops the training after the epoch that ends past ``train_minutes``."""
 
         def on_train_begin(self, logs=None):
             self.train_started = time.perf_counter()
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
         def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
-            if logs is not None:
-                logs["seconds"] = now - self.started
-            if train_minutes is not None and now - self.train_started >= 60.0 * float(train_minutes):
+            if time.perf_counter() - self.train_started >= 60.0 * float(train_minutes):
                 self.model.stop_training = True
 
-    return EpochSeconds()
+    return TimeLimit()
 
 
-def _train(architecture: Architecture, splits: dict, n_classes: int, image_size: int, epochs: int,
-           batch_size: int, augment: bool, patience: int | None, seed: int, work_dir: Path, progress,
-           verbose: int, description: str, train_minutes: float | None = None):
-    """Fit one model, keep the best epoch by val accuracy; returns (model, history rows, best epoch, seconds)."""
+#: Settings that must match for a scratch folder's training to be resumed.
+RESUME_KEYS = ("preset", "image_size", "batch_size", "augment", "seed")
+
+
+def _describe(origin: dict) -> str:
+    layers = origin["architecture"]
+    return (f"{len(layers['filters'])} blocks {layers['filters']} (lr {layers['learning_rate']:g}) on manifest "
+            f"{origin['manifest_sha256'][:12]}")
+
+
+def _train(o: ScratchOptions, architecture: Architecture, splits: dict, n_classes: int, run: TrainingRun, progress,
+           description: str):
+    """Fit (or resume) one model, keep the best epoch by val accuracy; returns (model, history rows, best
+    epoch, seconds)."""
     import keras
 
-    ImageBatches = _batches_class()
-    keras.utils.set_random_seed(int(seed))
-    model = build_model(architecture, n_classes, image_size, augment, seed)
-    train = ImageBatches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
-    val = ImageBatches(splits[SPLIT_VAL], batch_size, shuffle=False, seed=seed)
-    checkpoint = work_dir / "best.weights.h5"
-    callbacks = [_epoch_timer(train_minutes),
-                 keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=MONITOR, mode="max",
-                                                 save_best_only=True, save_weights_only=True)]
-    if patience is not None and int(patience) > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience)))
+    keras.utils.set_random_seed(int(o.seed))
+    model = build_model(architecture, n_classes, o.image_size, o.augment, o.seed)
+    train = training_batches(splits[SPLIT_TRAIN], o.batch_size, shuffle=True, seed=o.seed)
+    val = training_batches(splits[SPLIT_VAL], o.batch_size)
+    if run.state is None:
+        run.begin()
+    callbacks = [] if o.train_minutes is None else [_time_limit(o.train_minutes)]
     if progress is not None:
-        callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), batch_size, epochs, description))
+        callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.epochs,
+                                            description))
     started = time.perf_counter()
-    fitted = model.fit(train, validation_data=val, epochs=int(epochs), callbacks=callbacks, verbose=verbose)
+    run.fit(model, train, val, o.epochs, o.patience, callbacks, o.verbose)
     seconds = time.perf_counter() - started
-    logs = fitted.history
-    history = [{"epoch": epoch + 1, **{k: float(v[epoch]) for k, v in logs.items() if epoch < len(v)}}
-               for epoch in range(len(logs.get("loss", [])))]
-    scores = [row.get(MONITOR, -math.inf) for row in history]
-    best_epoch = int(np.argmax(scores)) + 1  # first epoch reaching the best value, as ModelCheckpoint keeps
-    model.load_weights(str(checkpoint))
-    return model, history, best_epoch, seconds
+    run.restore_best(model)
+    return model, run.history.as_list(), int(run.state.best_epoch), seconds
 
 
 # ---------------------------------------------------------------------------
@@ -685,9 +579,8 @@ def _trial_rows(tuner) -> list[dict]:
     return rows
 
 
-def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, augment: bool, seed: int,
-            tuner: str, max_trials: int, max_minutes: float | None, trial_epochs: int, batch_size: int,
-            patience: int | None, stage_dir: Path, settings: dict, progress, verbose: int):
+def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int, stage_dir: Path, settings: dict,
+            progress):
     """Run (or resume) the Keras Tuner search; returns (best Architecture, trial rows, new trials, seconds)."""
     import keras
 
@@ -700,20 +593,19 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
             raise ScratchError(f"{tuner_dir} holds a search with other settings ({changed}, earlier -> now); "
                                "pass --restart to start a new search, or the same settings to resume it")
     tuner_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    atomic_write_json(settings_path, settings)
 
-    ImageBatches = _batches_class()
-    train = ImageBatches(splits[SPLIT_TRAIN], batch_size, shuffle=True, seed=seed)
-    val = ImageBatches(splits[SPLIT_VAL], batch_size, shuffle=False, seed=seed)
-    deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
-    with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
+    train = training_batches(splits[SPLIT_TRAIN], o.batch_size, shuffle=True, seed=o.seed)
+    val = training_batches(splits[SPLIT_VAL], o.batch_size)
+    deadline = time.monotonic() + 60.0 * float(o.max_minutes) if o.max_minutes else None
+    with contextlib.redirect_stdout(io.StringIO()) if not o.verbose else contextlib.nullcontext():
         # Keras Tuner prints "Reloading Tuner from ..." when it resumes; the summary says it instead.
-        search = _make_tuner(tuner, base, n_classes, image_size, augment, seed, max_trials, tuner_dir, deadline,
-                             progress, len(splits[SPLIT_TRAIN]), batch_size, trial_epochs)
+        search = _make_tuner(o.tuner, base, n_classes, o.image_size, o.augment, o.seed, o.max_trials, tuner_dir,
+                             deadline, progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.trial_epochs)
     done_before = len([t for t in search.oracle.trials.values() if t.status == "COMPLETED"])
     callbacks = []
-    if patience is not None and int(patience) > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience)))
+    if o.patience is not None and int(o.patience) > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(o.patience)))
     started = time.perf_counter()
     import warnings
 
@@ -724,8 +616,8 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
             # The Bayesian oracle's Gaussian process warns about length scales at their bounds with few
             # trials; it is expected at this budget and drowns the output.
             warnings.filterwarnings("ignore", category=ConvergenceWarning)
-            search.search(train, validation_data=val, epochs=int(trial_epochs), callbacks=callbacks,
-                          verbose=verbose)
+            search.search(train, validation_data=val, epochs=int(o.trial_epochs), callbacks=callbacks,
+                          verbose=o.verbose)
     except _TimeBudgetSpent:
         search.on_search_end()
     seconds = time.perf_counter() - started
@@ -736,7 +628,7 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
         if errors:
             last_line = errors[-1].strip().splitlines()[-1]
             raise ScratchError(f"every tuning trial failed ({len(errors)}); the last one with: {last_line}")
-        raise ScratchError(f"no tuning trial finished within --max-minutes {max_minutes}; give the search more "
+        raise ScratchError(f"no tuning trial finished within --max-minutes {o.max_minutes}; give the search more "
                            "minutes or fewer --trial-epochs")
     best = search.oracle.get_best_trials(1)[0]
     return _architecture_from_hp(base, best.hyperparameters.values), trials, len(completed) - done_before, seconds, best
@@ -745,61 +637,12 @@ def _search(base: Architecture, splits: dict, n_classes: int, image_size: int, a
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
-def _check_options(image_size, epochs, batch_size, tune, tuner, max_trials, max_minutes, trial_epochs,
-                   patience, memory_limit_mb):
-    problems = []
-    if int(image_size) < 8:
-        problems.append(f"--image-size must be at least 8 px; got {image_size}")
-    if int(epochs) < 1 or int(batch_size) < 1:
-        problems.append(f"--epochs and --batch-size must be >= 1; got {epochs} and {batch_size}")
-    if tune:
-        if tuner not in TUNERS:
-            problems.append(f"--tuner must be one of {', '.join(TUNERS)}; got {tuner!r}")
-        if int(max_trials) < 1:
-            problems.append(f"--max-trials must be >= 1; got {max_trials}")
-        if max_minutes is not None and not float(max_minutes) > 0:
-            problems.append(f"--max-minutes must be > 0; got {max_minutes}")
-        if trial_epochs is not None and int(trial_epochs) < 1:
-            problems.append(f"--trial-epochs must be >= 1; got {trial_epochs}")
-    if patience is not None and int(patience) < 0:
-        problems.append(f"--patience must be >= 0 (0: no early stopping); got {patience}")
-    if not float(memory_limit_mb) >= 0:
-        problems.append(f"memory_limit_mb must be >= 0; got {memory_limit_mb}")
-    if problems:
-        raise ScratchError("; ".join(problems))
+@dataclass(frozen=True)
+class ScratchOptions:
+    """What ``featx scratch`` trains and how; :func:`run_scratch` takes one (the CLI builds it from its flags).
 
-
-def _check_splits(splits: dict, label_names: list, source) -> None:
-    train, val, test = (splits[s] for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
-    if len(train) == 0 or len(val) == 0 or len(test) == 0:
-        raise ScratchError(f"{source} has {len(train)} train, {len(val)} val and {len(test)} test images (after "
-                           "dropping unreadable ones); training from scratch needs all three (val picks the best "
-                           "epoch, test is reported): index with --val 0.1 --test 0.1")
-    present = np.unique(train.labels)
-    if len(label_names) < 2 or len(present) < 2:
-        raise ScratchError(f"{source}: the train split holds {len(present)} class(es) "
-                           f"({', '.join(label_names[i] for i in present)}); a classifier needs at least two")
-
-
-def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experiments/scratch",
-                preset: str = "keras-blog", image_size: int = 128, epochs: int = 30, batch_size: int = 32,
-                augment: bool = True, learning_rate: float | None = None, patience: int | None = 10,
-                seed: int = 0, deterministic: bool = False, tune: bool = False, tuner: str = "bayesian",
-                max_trials: int = 10, max_minutes: float | None = None, trial_epochs: int | None = None,
-                train_minutes: float | None = None, restart: bool = False, layout: str = "auto",
-                val: float = 0.1, test: float = 0.1,
-                workers: int = 4, memory_limit_mb: float = 4096, n_boot: int = 1000, progress=None,
-                verbose: int = 0) -> ScratchResult:
-    """Train a small CNN from scratch (optionally after a hyperparameter search); write its folder.
-
-    Parameters
+    Attributes
     ----------
-    source : path
-        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a
-        manifest CSV from ``featx index``.
-    out_dir : path
-        The experiment folder; outputs go to ``out_dir/scratch`` (``out_dir/scratch-tuned`` with
-        ``tune``), beside a sweep's results so that ``featx report out_dir`` ranks them together.
     preset : str
         One of :data:`PRESETS` (``keras-blog``, ``vgg-mini``, ``bn-gap``); with ``tune``, the
         starting point whose blocks the search varies.
@@ -840,10 +683,92 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
         Above this many MB of decoded pixels, images are decoded per batch instead of once.
     n_boot : int
         Bootstrap resamples of the test metrics' intervals.
-    progress : featx.pipeline.Progress, optional
-        Decoding, trial and training bars.
     verbose : int
         Keras' own logging (0: silent).
+    """
+
+    preset: str = "keras-blog"
+    image_size: int = 128
+    epochs: int = 30
+    batch_size: int = 32
+    augment: bool = True
+    learning_rate: float | None = None
+    patience: int | None = 10
+    seed: int = 0
+    deterministic: bool = False
+    tune: bool = False
+    tuner: str = "bayesian"
+    max_trials: int = 10
+    max_minutes: float | None = None
+    trial_epochs: int | None = None
+    train_minutes: float | None = None
+    restart: bool = False
+    layout: str = "auto"
+    val: float = 0.1
+    test: float = 0.1
+    workers: int = 4
+    memory_limit_mb: float = 4096
+    n_boot: int = 1000
+    verbose: int = 0
+
+    def checked(self) -> "ScratchOptions":
+        """The options with ``trial_epochs`` filled in; bad values are one :class:`ScratchError`."""
+        problems = []
+        if int(self.image_size) < 8:
+            problems.append(f"--image-size must be at least 8 px; got {self.image_size}")
+        if int(self.epochs) < 1 or int(self.batch_size) < 1:
+            problems.append(f"--epochs and --batch-size must be >= 1; got {self.epochs} and {self.batch_size}")
+        if self.tune:
+            if self.tuner not in TUNERS:
+                problems.append(f"--tuner must be one of {', '.join(TUNERS)}; got {self.tuner!r}")
+            if int(self.max_trials) < 1:
+                problems.append(f"--max-trials must be >= 1; got {self.max_trials}")
+            if self.max_minutes is not None and not float(self.max_minutes) > 0:
+                problems.append(f"--max-minutes must be > 0; got {self.max_minutes}")
+            if self.trial_epochs is not None and int(self.trial_epochs) < 1:
+                problems.append(f"--trial-epochs must be >= 1; got {self.trial_epochs}")
+        if self.patience is not None and int(self.patience) < 0:
+            problems.append(f"--patience must be >= 0 (0: no early stopping); got {self.patience}")
+        if self.train_minutes is not None and not float(self.train_minutes) > 0:
+            problems.append(f"--train-minutes must be > 0; got {self.train_minutes}")
+        if not float(self.memory_limit_mb) >= 0:
+            problems.append(f"memory_limit_mb must be >= 0; got {self.memory_limit_mb}")
+        if problems:
+            raise ScratchError("; ".join(problems))
+        trial_epochs = self.trial_epochs if self.trial_epochs is not None else max(1, int(self.epochs) // 3)
+        return replace(self, trial_epochs=int(trial_epochs))
+
+
+def _check_splits(splits: dict, label_names: list, source) -> None:
+    train, val, test = (splits[s] for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
+    if len(train) == 0 or len(val) == 0 or len(test) == 0:
+        raise ScratchError(f"{source} has {len(train)} train, {len(val)} val and {len(test)} test images (after "
+                           "dropping unreadable ones); training from scratch needs all three (val picks the best "
+                           "epoch, test is reported): index with --val 0.1 --test 0.1")
+    present = np.unique(train.labels)
+    if len(label_names) < 2 or len(present) < 2:
+        raise ScratchError(f"{source}: the train split holds {len(present)} class(es) "
+                           f"({', '.join(label_names[i] for i in present)}); a classifier needs at least two")
+
+
+def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experiments/scratch",
+                options: ScratchOptions | None = None, progress=None, **changes) -> ScratchResult:
+    """Train a small CNN from scratch (optionally after a hyperparameter search); write its folder.
+
+    Parameters
+    ----------
+    source : path
+        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a
+        manifest CSV from ``featx index``.
+    out_dir : path
+        The experiment folder; outputs go to ``out_dir/scratch`` (``out_dir/scratch-tuned`` with
+        ``tune``), beside a sweep's results so that ``featx report out_dir`` ranks them together.
+    options : ScratchOptions, optional
+        What to train and how (defaults: ``ScratchOptions()``).
+    progress : featx.progress.Progress, optional
+        Decoding, trial and training bars.
+    **changes
+        Fields of :class:`ScratchOptions` to change (``run_scratch(src, out, epochs=5)``).
 
     Returns
     -------
@@ -859,211 +784,86 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     from featx.data import load_dataset
 
     started = time.perf_counter()
-    _check_options(image_size, epochs, batch_size, tune, tuner, max_trials, max_minutes, trial_epochs, patience,
-                   memory_limit_mb)
-    if train_minutes is not None and not float(train_minutes) > 0:
-        raise ScratchError(f"--train-minutes must be > 0; got {train_minutes}")
-    base = _preset(preset)
-    if learning_rate is not None and not tune:
-        base = replace(base, learning_rate=float(learning_rate))
+    o = replace(options or ScratchOptions(), **changes).checked()
+    base = _preset(o.preset)
+    if o.learning_rate is not None and not o.tune:
+        base = replace(base, learning_rate=float(o.learning_rate))
     base.validate()
-    if not tune and base.feature_map_size(image_size) < 1:
-        raise ScratchError(f"preset {preset} needs images of at least {base.min_image_size()} px; got "
-                           f"--image-size {image_size}")
-    trial_epochs = int(trial_epochs) if trial_epochs is not None else max(1, int(epochs) // 3)
-
-    manifest = load_dataset(source, layout=layout, val=val, test=test, seed=seed)
+    if not o.tune and base.feature_map_size(o.image_size) < 1:
+        raise ScratchError(f"preset {o.preset} needs images of at least {base.min_image_size()} px; got "
+                           f"--image-size {o.image_size}")
+    manifest = load_dataset(source, layout=o.layout, val=o.val, test=o.test, seed=o.seed)
     label_names = manifest.label_names
     if not label_names:
         raise ScratchError(f"{source} has no labelled images; training needs labels (layout kaggle or folders)")
-    splits = load_splits(manifest, image_size, workers, memory_limit_mb, progress)
+    splits = load_splits(manifest, o.image_size, o.workers, o.memory_limit_mb, progress)
     _check_splits(splits, label_names, source)
 
-    stage = "scratch-tuned" if tune else "scratch"
-    stage_dir = Path(out_dir) / stage
-    if restart:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_work(stage_dir)
-    work_dir = stage_dir / f".work-{os.getpid()}"
-    work_dir.mkdir()
-    try:
-        _seed(seed, deterministic)
+    stage_dir = Path(out_dir) / (runs.SCRATCH_TUNED if o.tune else runs.SCRATCH)
+    with locked(stage_dir, what=f"{stage_dir} (featx scratch)"):
+        if o.restart:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _seed(o.seed, o.deterministic)
         trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
         architecture = base
-        if tune:
-            settings = {"preset": preset, "image_size": int(image_size), "augment": bool(augment),
-                        "batch_size": int(batch_size), "trial_epochs": trial_epochs, "tuner": tuner,
-                        "seed": int(seed), "patience": patience, "manifest_sha256": manifest.sha256(),
+        if o.tune:
+            settings = {"preset": o.preset, "image_size": int(o.image_size), "augment": bool(o.augment),
+                        "batch_size": int(o.batch_size), "trial_epochs": o.trial_epochs, "tuner": o.tuner,
+                        "seed": int(o.seed), "patience": o.patience, "manifest_sha256": manifest.sha256(),
                         "search_space": SEARCH_SPACE}
             architecture, trials, new_trials, search_seconds, best_trial = _search(
-                base, splits, len(label_names), image_size, augment, seed, tuner, max_trials, max_minutes,
-                trial_epochs, batch_size, patience, stage_dir, settings, progress, verbose)
-            tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": tuner,
-                      "max_trials": int(max_trials), "max_minutes": max_minutes,
-                      "trial_epochs": trial_epochs, "trials": len(trials), "new_trials": new_trials,
+                o, base, splits, len(label_names), stage_dir, settings, progress)
+            tuning = {"settings": json.loads(json.dumps(settings, default=str)), "tuner": o.tuner,
+                      "max_trials": int(o.max_trials), "max_minutes": o.max_minutes,
+                      "trial_epochs": o.trial_epochs, "trials": len(trials), "new_trials": new_trials,
                       "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
                       "best_trial_val_accuracy": best_trial.score,
                       "best_hyperparameters": dict(best_trial.hyperparameters.values)}
-            _seed(seed, False)
-            saved = _saved_tuned_run(stage_dir, tuning, epochs)
-            if saved is not None:
-                return replace(saved, trials=trials, new_trials=new_trials,
-                               seconds=time.perf_counter() - started)
+            _seed(o.seed, False)
+        settings_out = {key: getattr(o, key) for key in ("preset", "image_size", "epochs", "train_minutes",
+                                                         "batch_size", "augment", "patience", "seed", "deterministic")}
+        origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}
+        run = TrainingRun(stage_dir, MONITOR, origin, settings_out, RESUME_KEYS, _describe, ScratchError)
+        # A search that found another best trial retrains it from the start (the same best continues, or is
+        # kept when it has its epochs); other changes are refused.
+        run.open(replace_stale=o.tune)
         model, history, best_epoch, train_seconds = _train(
-            architecture, splits, len(label_names), image_size, epochs, batch_size, augment, patience, seed,
-            work_dir, progress, verbose, "retrain best" if tune else f"train {preset}", train_minutes)
-        settings_out = {"preset": preset, "image_size": int(image_size), "epochs": int(epochs),
-                        "train_minutes": train_minutes,
-                        "batch_size": int(batch_size), "augment": bool(augment), "patience": patience,
-                        "seed": int(seed), "deterministic": bool(deterministic)}
-        row = _write_outputs(model, splits, label_names, architecture, settings_out, history, best_epoch,
-                             train_seconds + search_seconds, tuning, trials, stage, work_dir, stage_dir, n_boot,
-                             seed, manifest, batch_size)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    failed = [entry for split in splits.values() for entry in split.failed]
-    return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
-                         architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
-                         seconds=time.perf_counter() - started)
+            o, architecture, splits, len(label_names), run, progress, "retrain best" if o.tune else f"train {o.preset}")
+        row = _write_outputs(o, model, splits, label_names, architecture, settings_out, history, best_epoch,
+                             train_seconds + search_seconds, tuning, trials, stage_dir, manifest)
+        failed = [entry for split in splits.values() for entry in split.failed]
+        return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
+                             architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
+                             seconds=time.perf_counter() - started)
 
 
-def _remove_abandoned_work(stage_dir: Path) -> None:
-    """Delete the work folders of runs that were killed (their process is gone)."""
-    for work in stage_dir.glob(".work-*"):
-        pid = work.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            alive = int(pid) != os.getpid()
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # another user's live process
-            alive = True
-        if not alive:
-            shutil.rmtree(work, ignore_errors=True)
+def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: Architecture, settings: dict,
+                   history: list, best_epoch: int, fit_seconds: float, tuning: dict | None, trials: list,
+                   stage_dir: Path, manifest) -> dict:
+    """Evaluate the kept weights and write every output into ``stage_dir``, each file atomically."""
+    from featx.artifacts.results import write_rows_csv
 
-
-def _saved_tuned_run(stage_dir: Path, tuning: dict, epochs: int) -> ScratchResult | None:
-    """The stage folder's result when it already holds the retrained best trial of this very search."""
-    info_path = stage_dir / "model.json"
-    if not (info_path.is_file() and (stage_dir / "model.keras").is_file() and (stage_dir / "results.csv").is_file()):
-        return None
-    info = json.loads(info_path.read_text())
-    earlier = info.get("tuning") or {}
-    same = (earlier.get("best_trial") == tuning["best_trial"] and earlier.get("trials") == tuning["trials"]
-            and info.get("settings", {}).get("epochs") == int(epochs)
-            and earlier.get("settings") == tuning["settings"])
-    if not same:
-        return None
-    with open(stage_dir / "results.csv", newline="") as handle:
-        row = next(csv.DictReader(handle))
-    with open(stage_dir / "history.csv", newline="") as handle:
-        history = [{k: float(v) for k, v in entry.items() if v != ""} for entry in csv.DictReader(handle)]
-    for key, value in row.items():
-        try:
-            row[key] = float(value) if key not in ("features", "head", "params", "preprocessing", "selected_by",
-                                                   "caches") else value
-        except ValueError:
-            pass
-    architecture = Architecture(**{**info["architecture"], "filters": tuple(info["architecture"]["filters"])})
-    return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=int(info["best_epoch"]),
-                         architecture=architecture)
-
-
-def _write_outputs(model, splits, label_names, architecture: Architecture, settings: dict, history: list,
-                   best_epoch: int, fit_seconds: float, tuning: dict | None, trials: list, stage: str,
-                   work_dir: Path, stage_dir: Path, n_boot: int, seed: int, manifest, batch_size: int) -> dict:
-    """Evaluate the kept weights and write every output into ``work_dir``, then move them into ``stage_dir``."""
-    from featx.metrics import classification_metrics, metrics_with_ci
-    from featx.artifacts.results import metric_columns, write_rows_csv
-
-    classes = np.arange(len(label_names))
-    val_proba, val_rows = _predict(model, splits[SPLIT_VAL], batch_size)
-    select = classification_metrics(splits[SPLIT_VAL].labels[val_rows], val_proba, classes)
-    predict_started = time.perf_counter()
-    test_split = splits[SPLIT_TEST]
-    test_proba, test_rows = _predict(model, test_split, batch_size)
-    predict_seconds = time.perf_counter() - predict_started
-    y_test = test_split.labels[test_rows]
-    metrics = metrics_with_ci(y_test, test_proba, classes, n_boot=n_boot, seed=seed)
-
-    image_size = settings["image_size"]
-    params = {**architecture.to_dict(), "image_size": image_size, "epochs": settings["epochs"],
-              "batch_size": settings["batch_size"], "augment": settings["augment"], "best_epoch": best_epoch}
-    if tuning:
-        params["tuner"] = tuning["tuner"]
-        params["trials"] = tuning["trials"]
-    row: dict[str, Any] = {
-        "rank": 0, "config": 0, "features": f"scratch:{settings['preset']}{'+tuned' if tuning else ''}@{image_size}px",
-        "head": stage,
-        "params": json.dumps(params, sort_keys=True), "preprocessing": "rescale",
-        "selected_by": "val", "select_accuracy": float(select["accuracy"]),
-        "select_log_loss": float(select["log_loss"]),
-        "fit_seconds": float(fit_seconds), "predict_seconds": float(predict_seconds),
-        "n_train": len(splits[SPLIT_TRAIN]), "n_test": int(len(y_test)), "repeats": 1, "caches": ""}
-    row.update(metric_columns([metrics]))
-
-    model.save(str(work_dir / "model.keras"))
-    info = {"label_names": list(label_names), "input_size": [image_size, image_size],
-            "preprocessing": {"size": [image_size, image_size], "interpolation": INTERPOLATION},
-            "model": stage, "architecture": architecture.to_dict(), "settings": settings, "best_epoch": best_epoch,
-            "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
-            "manifest_sha256": manifest.sha256(), "featx_version": __version__}
-    if tuning:
-        info["tuning"] = tuning
-    (work_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
-    write_rows_csv(work_dir / "results.csv", [row])
-    columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
-    write_rows_csv(work_dir / "history.csv", history, columns)
-    np.savez_compressed(work_dir / "predictions.npz", y_test=y_test,
-                        paths=np.array([test_split.paths[i] for i in test_rows]),
-                        label_names=np.array(label_names), config_0=test_proba.astype(np.float32))
+    stage, image_size = stage_dir.name, o.image_size
+    params = {**architecture.to_dict(), "image_size": image_size, "epochs": o.epochs, "batch_size": o.batch_size,
+              "augment": o.augment, "best_epoch": best_epoch,
+              **({"tuner": tuning["tuner"], "trials": tuning["trials"]} if tuning else {})}
+    row = score_and_write(stage_dir, model, splits[SPLIT_VAL], splits[SPLIT_TEST], label_names, history, o.n_boot,
+                          o.seed, f"{stage} {o.preset} @ {image_size}px", o.batch_size, rank=0,
+                          features=f"scratch:{o.preset}{'+tuned' if tuning else ''}@{image_size}px", head=stage,
+                          params=json.dumps(params, sort_keys=True), preprocessing="rescale",
+                          fit_seconds=float(fit_seconds), n_train=len(splits[SPLIT_TRAIN]))
+    details = {"model": stage, "architecture": architecture.to_dict(), "settings": settings,
+               "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
+               "manifest_sha256": manifest.sha256(), **({"tuning": tuning} if tuning else {})}
+    ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
+              preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
+              details=details).write(stage_dir / "model.json")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
+    (stage_dir / "failed.csv").unlink(missing_ok=True)
     if failed:
-        write_rows_csv(work_dir / "failed.csv", [dict(zip(("split", "path", "reason"), entry)) for entry in failed],
+        write_rows_csv(stage_dir / "failed.csv", [dict(zip(("split", "path", "reason"), entry)) for entry in failed],
                        ["split", "path", "reason"])
     if trials:
-        trial_columns = ["trial", "status", "val_accuracy", *SEARCH_SPACE]
-        write_rows_csv(work_dir / "trials.csv", trials, trial_columns)
-    try:
-        from featx.training import plot_curves
-
-        plot_curves(history, work_dir / "curves.png", title=f"{stage} {settings['preset']} @ {image_size}px")
-    except ImportError:  # pragma: no cover - finetune ships with featx
-        pass
-    (stage_dir / "failed.csv").unlink(missing_ok=True)
-    for produced in sorted(work_dir.iterdir()):
-        if produced.name != "best.weights.h5":
-            os.replace(produced, stage_dir / produced.name)
+        write_rows_csv(stage_dir / "trials.csv", trials, ["trial", "status", "val_accuracy", *SEARCH_SPACE])
     return row
-
-
-def scratch_command(source, out_dir="experiments/scratch", preset="keras-blog", image_size=128, epochs=30,
-                    batch_size=32, augment=True, learning_rate=None, patience=10, tune=False, tuner="bayesian",
-                    max_trials=10, max_minutes=None, trial_epochs=None, train_minutes=None, restart=False, seed=0,
-                    deterministic=False, workers=4, memory_limit_mb=4096, layout="auto", val=0.1, test=0.1,
-                    n_boot=1000, progress=None) -> tuple[ScratchResult, str]:
-    """``featx scratch``: run :func:`run_scratch` and return it with the one-line summary to print last.
-
-    Examples
-    --------
-    >>> result, line = scratch_command("data/train", "experiments/catsdogs", epochs=1)  # doctest: +SKIP
-    >>> line  # doctest: +SKIP
-    'experiments/catsdogs/scratch: scratch:keras-blog@128px test accuracy 0.712 [0.667, 0.757] ...'
-    """
-    result = run_scratch(source, out_dir, preset=preset, image_size=image_size, epochs=epochs,
-                         batch_size=batch_size, augment=augment, learning_rate=learning_rate, patience=patience,
-                         seed=seed, deterministic=deterministic, tune=tune, tuner=tuner, max_trials=max_trials,
-                         max_minutes=max_minutes, trial_epochs=trial_epochs, train_minutes=train_minutes,
-                         restart=restart, workers=workers, layout=layout, val=val, test=test, n_boot=n_boot,
-                         memory_limit_mb=memory_limit_mb, progress=progress)
-    row = result.row
-    tuned = (f", {len(result.trials)} trials ({result.new_trials} new)" if tune else "")
-    line = (f"{result.out_dir}: {row['features']} test accuracy {row['accuracy']:.3f} "
-            f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}], val {row['select_accuracy']:.3f} "
-            f"(epoch {result.best_epoch}/{len(result.history)}{tuned}), {result.seconds:.0f} s")
-    if result.failed:
-        line += f"; {len(result.failed)} unreadable image(s) skipped (failed.csv)"
-    return result, line

@@ -322,10 +322,11 @@ def _learning_curve(fs: FeatureSet, head: str, params: dict, preprocessing, seed
 def _write_outputs(out_dir: Path, rows, summary: SweepSummary, bundle: SweepBundle, y_test, results,
                    test_paths) -> None:
     """Publish the experiment folder atomically, under its lock; later stages' folders are kept."""
+    from featx.artifacts.runs import STAGE_FOLDERS
     from featx.storage import stage_folder
 
-    # finetune/ and scratch/ never move before the new folder is complete (report files are remade).
-    with stage_folder(out_dir, keep=("finetune", "scratch"), what="featx sweep") as tmp:
+    # Later stages' folders never move before the new folder is complete (report files are remade).
+    with stage_folder(out_dir, keep=STAGE_FOLDERS, what="featx sweep") as tmp:
         write_rows_csv(tmp / "results.csv", sorted(rows, key=lambda r: r["rank"]))
         summary.write(tmp / "results.json")
         np.savez_compressed(tmp / "predictions.npz", y_test=y_test, paths=np.array(test_paths),

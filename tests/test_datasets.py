@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import make_kaggle_images
 from featx.cli import app
-from featx.datasets import decode_group, decode_into, iter_batches, load_options
+from featx.datasets import ImageSet, decode_group, decode_into, iter_batches, load_options, training_batches
 
 cli = CliRunner()
 
@@ -27,6 +27,42 @@ def test_decode_into_fills_the_model_batch_in_place(tmp_path):
     np.testing.assert_array_equal(images[1], load_image(folder / "dog.1.png", size=(24, 24)))
     hog_like, _, _ = decode_group(str(folder), paths[:1], {"size": None})
     assert isinstance(hog_like, list) and hog_like[0].shape == (48, 48, 3)  # native size: a list
+
+
+def test_training_batches_are_seeded_per_epoch_and_skip_unreadable_images(tmp_path):
+    folder = make_kaggle_images(tmp_path / "p", 5)
+    (folder / "cat.9.png").write_bytes(b"not an image")
+    paths = sorted(p.name for p in folder.iterdir())
+    labels = np.array([int(p.startswith("dog")) for p in paths])
+    preprocessing = {"size": [16, 16], "interpolation": "area"}
+    streamed = ImageSet(str(folder), paths, labels, preprocessing, workers=2)
+    in_memory = ImageSet(str(folder), paths, labels, preprocessing, workers=2).load()
+    assert [p for p, _ in in_memory.failed] == ["cat.9.png"] and len(in_memory) == 10
+
+    def epoch_batches(images, epoch):
+        batches = training_batches(images, 4, shuffle=True, seed=7)
+        for _ in range(epoch):
+            batches.on_epoch_end()
+        return [batches[i] for i in range(len(batches))]
+
+    first, second = epoch_batches(in_memory, 0), epoch_batches(in_memory, 1)
+    resumed = training_batches(in_memory, 4, shuffle=True, seed=7)
+    resumed.set_epoch(1)  # a resumed run draws what the uninterrupted one drew in that epoch
+    for (x, y), (x2, y2) in zip(second, [resumed[i] for i in range(len(resumed))]):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+
+    def order(batches):
+        return np.concatenate([x.reshape(len(x), -1).sum(1) for x, _ in batches])
+
+    assert not np.array_equal(order(first), order(second))  # reshuffled each epoch
+    x, y = first[0]
+    assert x.dtype == np.float32 and x.shape == (4, 16, 16, 3) and y.dtype == np.int32
+    # One epoch sees every readable image once; the streamed set decodes the same pixels and skips the bad file.
+    assert sorted(order(first)) == sorted(in_memory.images.reshape(10, -1).sum(1).astype(np.float32))
+    pixels, kept = streamed.pixels(np.arange(len(paths)))
+    assert [paths[i] for i in kept] == in_memory.paths
+    np.testing.assert_array_equal(pixels, in_memory.images)
 
 
 def test_iter_batches_keeps_order_with_threads(tmp_path):

@@ -19,9 +19,10 @@ from conftest import make_image, make_kaggle_images
 import keras  # noqa: E402
 
 from featx.data import build_manifest  # noqa: E402
+from featx.datasets import decode_group  # noqa: E402
 from featx.extractors import get_extractor  # noqa: E402
 from featx.finetune import (FinetuneError, build_finetune_model, check_warm_start,  # noqa: E402
-                            load_base_head, load_images, read_image_splits, run_finetune, set_trainable)
+                            load_base_head, read_image_splits, run_finetune, set_trainable)
 from featx.pipeline import build_cache  # noqa: E402
 from featx.training import custom_objects  # noqa: E402
 from featx.artifacts.results import RESULT_COLUMNS  # noqa: E402
@@ -84,6 +85,13 @@ def binary_experiment(tmp_path_factory, extractor) -> Path:
     return out
 
 
+def load_images(paths, preprocessing) -> np.ndarray:
+    """float32 pixels of absolute ``paths``, decoded as featx.datasets decodes them for the model."""
+    images, ok, _ = decode_group("", paths, preprocessing)
+    assert ok.all()
+    return images.astype(np.float32)
+
+
 def _config_of(experiment: Path, head: str) -> int:
     rows = json.loads((experiment / "results.json").read_text())["rows"]
     return next(int(row["config"]) for row in rows if row["head"] == head)
@@ -131,7 +139,9 @@ def test_heads_that_cannot_be_fine_tuned_get_a_clear_error(binary_experiment, tm
         load_base_head(binary_experiment, config=_config_of(binary_experiment, "rbfsvm"))
     with pytest.raises(FinetuneError, match="not a configuration"):
         load_base_head(binary_experiment, config=99)
-    with pytest.raises(FinetuneError, match="written by featx sweep"):
+    from featx.artifacts import ArtifactError
+
+    with pytest.raises(ArtifactError, match="results.json does not exist; run featx sweep"):
         load_base_head(tmp_path)
 
 
@@ -163,7 +173,7 @@ def test_unfreeze_modes_choose_layers_and_keep_batch_norm_frozen(binary_experime
 
 
 def _crash_in_second_epoch(original):
-    """Wrap finetune._make_callbacks so that training dies at the first batch of epoch 2."""
+    """Wrap TrainingRun.callbacks so that training dies at the first batch of epoch 2."""
 
     def make_callbacks(*args, **kwargs):
         class CrashInSecondEpoch(keras.callbacks.Callback):
@@ -180,14 +190,14 @@ def _crash_in_second_epoch(original):
 
 
 def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binary_experiment, monkeypatch):
-    import featx.finetune as finetune
+    from featx.training import TrainingRun
 
     options = dict(unfreeze=4, epochs=2, learning_rate=1e-3, batch_size=8, patience=None, n_boot=20, seed=0)
-    original = finetune._make_callbacks
-    monkeypatch.setattr(finetune, "_make_callbacks", _crash_in_second_epoch(original))
+    original = TrainingRun.callbacks
+    monkeypatch.setattr(TrainingRun, "callbacks", _crash_in_second_epoch(original))
     with pytest.raises(KeyboardInterrupt):
         run_finetune(binary_experiment, **options)
-    monkeypatch.setattr(finetune, "_make_callbacks", original)
+    monkeypatch.setattr(TrainingRun, "callbacks", original)
     out = binary_experiment / "finetune"
     state = json.loads((out / "state.json").read_text())
     assert state["epochs_done"] == 1 and state["warm_start_difference"] < 1e-4
@@ -299,6 +309,28 @@ def test_cli_finetune_then_report_and_predict(binary_experiment, tmp_path):
     assert bad.exit_code == 2 and "nowhere" in bad.output
 
 
+def test_second_finetune_of_one_experiment_gets_one_line_naming_the_holder(binary_experiment):
+    import os
+
+    from typer.testing import CliRunner
+
+    from featx.cli import app
+    from featx.storage import locked
+
+    folder = binary_experiment / "finetune"
+
+    def listing():
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+
+    before = listing()
+    with locked(folder):
+        result = CliRunner().invoke(app, ["finetune", str(binary_experiment), "--restart", "--epochs", "1"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"finetune (featx finetune) is being written by pid {os.getpid()} " in lines[0]
+    assert listing() == before  # --restart waited for the lock: nothing removed
+
+
 # -- bug 2: a kept finetune/ built from another head is refused, or restarted when asked ------------
 
 def _own_experiment(tmp_path, extractor, heads) -> Path:
@@ -317,7 +349,7 @@ def test_finetune_refuses_to_resume_a_folder_built_from_another_head(tmp_path, e
     run_sweep([[load_base_head(experiment).cache_path]], experiment, heads=["linsvm"], grids=GRIDS, n_boot=20,
               learning_curve=False, seed=0)  # the re-sweep keeps finetune/ but picks another head
     state_before = (experiment / "finetune" / "state.json").read_text()
-    with pytest.raises(FinetuneError, match=r"fine-tuned from config 0 \(logreg .*but the sweep now gives "
+    with pytest.raises(FinetuneError, match=r"built from config 0 \(logreg .*but now from "
                                             r"config 0 \(linsvm.*head, params changed.*--restart"):
         run_finetune(experiment, **{**options, "epochs": 2})
     assert (experiment / "finetune" / "state.json").read_text() == state_before  # nothing touched

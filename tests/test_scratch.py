@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 
-from featx.scratch import (PRESETS, Architecture, ScratchError, build_model, run_scratch,  # noqa: E402
-                           scratch_command)
+from featx.scratch import PRESETS, Architecture, ScratchError, ScratchOptions, build_model, run_scratch
 from featx.artifacts.results import RESULT_COLUMNS  # noqa: E402
 
 # 40 images of 48 px, split by hash: about 10 val and 10 test images.
@@ -110,6 +109,39 @@ def test_featx_predict_reads_the_scratch_folder(two_runs):
     np.testing.assert_allclose(np.stack([by_path[p] for p in paths]), expected, atol=1e-5)
 
 
+def test_model_card_and_run_state_are_versioned_and_old_files_still_read(two_runs, tmp_path):
+    import re
+    import shutil
+
+    import featx.predict as predict
+    from featx.artifacts import ArtifactError
+
+    root, result, _ = two_runs
+    folder = tmp_path / "exp" / "scratch"
+    shutil.copytree(result.out_dir, folder)
+    card = json.loads((folder / "model.json").read_text())
+    assert card.pop("schema") == {"kind": "model_card", "version": 1}
+    # model.json as featx wrote it before records: the same keys, no header.
+    (folder / "model.json").write_text(json.dumps(card, indent=1))
+    model = predict.load_model(folder)
+    assert model.preprocessing == {"size": [32, 32], "interpolation": "area"}
+    assert model.info["architecture"]["filters"] == [32, 32, 64] and model.info["best_epoch"] == 1
+    with np.load(folder / "predictions.npz") as saved:
+        paths, expected = list(saved["paths"]), saved["config_0"]
+    predictions = predict.predict(model, root)
+    by_path = dict(zip(predictions.paths, predictions.proba))
+    np.testing.assert_allclose(np.stack([by_path[p] for p in paths]), expected, atol=1e-5)
+
+    # A newer schema is refused with one line naming the file.
+    (folder / "model.json").write_text(json.dumps({**card, "schema": {"kind": "model_card", "version": 2}}))
+    with pytest.raises(ArtifactError, match=re.escape(f"{folder / 'model.json'} was written by a newer featx")):
+        predict.load_model(folder)
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "schema": {"kind": "run_state", "version": 2}}))
+    with pytest.raises(ArtifactError, match=re.escape(f"{folder / 'state.json'} was written by a newer featx")):
+        run_scratch(root, tmp_path / "exp", seed=3, **FAST)
+
+
 def test_same_seed_gives_the_same_weights_and_val_accuracy(two_runs):
     _, first, second = two_runs
     assert first.row["select_accuracy"] == second.row["select_accuracy"]
@@ -135,16 +167,15 @@ def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
     _, rows = _read_rows(result.out_dir / "results.csv")
     assert rows[0]["head"] == "scratch-tuned"
 
-    # max_trials reached: the second call runs no trial and keeps the retrained model; it also
-    # removes what a killed run left (a work folder whose process is gone)
-    model_time = (result.out_dir / "model.keras").stat().st_mtime_ns
-    abandoned = result.out_dir / ".work-999999999"
-    abandoned.mkdir()
+    # max_trials reached: the second call runs no trial and no epoch: it keeps the retrained weights
+    weights = _weights(result.out_dir / "model.keras")
     again = run_scratch(kaggle_dir, tmp_path / "exp", **options)
-    assert not abandoned.exists()
     assert again.new_trials == 0 and len(again.trials) == 2
     assert again.row["accuracy"] == pytest.approx(result.row["accuracy"], abs=1e-5)
-    assert (result.out_dir / "model.keras").stat().st_mtime_ns == model_time
+    assert again.best_epoch == result.best_epoch
+    assert [h["val_accuracy"] for h in again.history] == pytest.approx([h["val_accuracy"] for h in result.history])
+    for before, after in zip(weights, _weights(result.out_dir / "model.keras")):
+        np.testing.assert_array_equal(before, after)
 
     # more trials allowed but the minutes are spent: no trial starts, the earlier best is retrained
     spent = run_scratch(kaggle_dir, tmp_path / "exp", **dict(options, max_trials=5, max_minutes=1e-6))
@@ -153,6 +184,59 @@ def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
     # another search in the same folder is refused, with the way out
     with pytest.raises(ScratchError, match="--restart"):
         run_scratch(kaggle_dir, tmp_path / "exp", **dict(options, trial_epochs=2))
+
+
+def test_interrupted_training_resumes_where_it_stopped(kaggle_dir, tmp_path, monkeypatch):
+    from test_finetune import _crash_in_second_epoch  # wraps TrainingRun.callbacks: dies in epoch 2
+
+    from featx.training import TrainingRun
+
+    options = dict(FAST, epochs=2, patience=0, seed=1)
+    whole = run_scratch(kaggle_dir, tmp_path / "whole", **options)
+    original = TrainingRun.callbacks
+    monkeypatch.setattr(TrainingRun, "callbacks", _crash_in_second_epoch(original))
+    with pytest.raises(KeyboardInterrupt):
+        run_scratch(kaggle_dir, tmp_path / "cut", **options)
+    monkeypatch.setattr(TrainingRun, "callbacks", original)
+    out = tmp_path / "cut" / "scratch"
+    state = json.loads((out / "state.json").read_text())
+    assert state["epochs_done"] == 1 and (out / "checkpoint").is_dir() and (out / "best.weights.h5").is_file()
+    assert state["built_from"]["architecture"]["filters"] == [32, 32, 64]
+    _, before = _read_rows(out / "history.csv")
+    assert [int(r["epoch"]) for r in before] == [1]
+    # state.json as featx wrote it before it carried a schema header still resumes.
+    assert state.pop("schema") == {"kind": "run_state", "version": 1}
+    (out / "state.json").write_text(json.dumps(state, indent=2))
+
+    # Started again, it continues with epoch 2: epoch 1 is the interrupted run's, epoch 2 the uninterrupted one's.
+    resumed = run_scratch(kaggle_dir, tmp_path / "cut", **options)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[0]["loss"] == pytest.approx(float(before[0]["loss"]), rel=1e-5)
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in whole.history], rel=1e-4), key
+    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.row["accuracy"] == pytest.approx(whole.row["accuracy"], abs=1e-6)
+
+    # Asked again with another preset, the folder is refused (one line naming what changed), or restarted.
+    with pytest.raises(ScratchError, match=r"built from 3 blocks \[32, 32, 64\].*architecture changed.*--restart"):
+        run_scratch(kaggle_dir, tmp_path / "cut", **dict(options, preset="bn-gap"))
+    again = run_scratch(kaggle_dir, tmp_path / "cut", **dict(options, preset="bn-gap", restart=True))
+    assert json.loads((out / "state.json").read_text())["built_from"]["architecture"]["filters"] == [32, 64, 128, 256]
+    assert [h["epoch"] for h in again.history] == [1, 2]
+
+
+def test_second_writer_of_one_stage_folder_gets_one_line_naming_the_holder(kaggle_dir, tmp_path):
+    import os
+
+    from featx.storage import BusyError, locked
+
+    with locked(tmp_path / "exp" / "scratch"):
+        with pytest.raises(BusyError, match=rf"scratch \(featx scratch\) is being written by pid {os.getpid()} "):
+            run_scratch(kaggle_dir, tmp_path / "exp", **FAST)
+    assert not (tmp_path / "exp" / "scratch").exists()
+    with locked(tmp_path / "exp" / "scratch-tuned"):  # the tuned folder has its own lock
+        with pytest.raises(BusyError, match=r"scratch-tuned \(featx scratch\) is being written by pid"):
+            run_scratch(kaggle_dir, tmp_path / "exp", **dict(FAST, tune=True, tuner="random", max_trials=1))
 
 
 def test_bayesian_search_proposes_after_its_random_start(kaggle_dir, tmp_path):
@@ -172,8 +256,10 @@ def test_multiclass_streamed_from_disk_with_an_unreadable_image(folders_dir, tmp
     root = folders_dir
     (root / "a" / "img999.png").write_bytes(b"not a png")
     # memory_limit_mb=0: decoded batch by batch (the large-dataset path)
-    result, line = scratch_command(root, tmp_path / "exp", preset="bn-gap", image_size=32, epochs=2,
-                                   batch_size=8, patience=0, workers=2, memory_limit_mb=0)
+    options = ScratchOptions(preset="bn-gap", image_size=32, epochs=2, batch_size=8, patience=0, workers=2,
+                             memory_limit_mb=0)
+    result = run_scratch(root, tmp_path / "exp", options)
+    line = result.summary()
     assert result.row["n_test"] > 0
     with np.load(result.out_dir / "predictions.npz") as saved:
         assert saved["config_0"].shape == (result.row["n_test"], 3)

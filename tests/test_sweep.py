@@ -167,6 +167,19 @@ def test_failed_resweep_keeps_finetune_and_scratch(hog_cache, tmp_path, monkeypa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]
 
 
+def test_resweep_keeps_every_later_stage_folder(hog_cache, tmp_path):
+    """Bug 1: a successful re-sweep carries over finetune/, scratch/ and scratch-tuned/ untouched."""
+    out = tmp_path / "exp"
+    run_sweep([[hog_cache]], out, **FAST)
+    for stage in ("finetune", "scratch", "scratch-tuned"):
+        (out / stage / "tuner").mkdir(parents=True)
+        (out / stage / "tuner" / "oracle.json").write_text(f'{{"stage": "{stage}"}}')
+    run_sweep([[hog_cache]], out, **FAST)
+    for stage in ("finetune", "scratch", "scratch-tuned"):
+        assert (out / stage / "tuner" / "oracle.json").read_text() == f'{{"stage": "{stage}"}}'
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")) == []
+
+
 def test_second_writer_of_one_experiment_gets_one_line_naming_the_holder(hog_cache, tmp_path):
     import os
 

@@ -1,7 +1,8 @@
 """The files stages hand to each other, as typed, versioned records.
 
 Every contract between stages (the sweep's ``results.json``, the fine-tune ``model.json``, a run's
-``state.json``...) is a :class:`Record` subclass: a dataclass with a ``KIND`` and a ``VERSION``,
+``state.json``...) is a :class:`Record` subclass: a dataclass declared with its ``kind`` and
+``version`` (``class SweepSummary(Record, kind="sweep_results", fix=...)``),
 written as JSON with a ``"schema": {"kind": ..., "version": ...}`` header through
 :mod:`featx.storage` (atomic), and read back with a check of kind and version:
 
@@ -57,14 +58,20 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
 
 @dataclasses.dataclass
 class Record:
-    """Base of every versioned record. Subclasses are dataclasses that set ``KIND`` and ``VERSION``.
-
-    ``FIX`` is the advice given when the file cannot be used (which command writes it).
+    """Base of every versioned record. Subclasses are dataclasses declared with their ``kind``, ``version``
+    (default 1) and ``fix``: the advice given when the file cannot be used (which command writes it).
     """
 
     KIND: ClassVar[str] = "record"
     VERSION: ClassVar[int] = 1
     FIX: ClassVar[str] = "run the featx command that writes it again"
+
+    def __init_subclass__(cls, kind: str | None = None, version: int = 1, fix: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            cls.KIND, cls.VERSION = kind, version
+        if fix is not None:
+            cls.FIX = fix
 
     # -- conversion --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

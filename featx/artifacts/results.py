@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..storage import atomic_write
 from . import ArtifactError, Record
@@ -87,12 +87,8 @@ def rank_rows(rows: Sequence[Mapping[str, Any]]) -> list:
 
 
 @dataclasses.dataclass
-class SweepSummary(Record):
+class SweepSummary(Record, kind="sweep_results", fix="run featx sweep again to write it"):
     """``results.json``: the sweep's rows, protocol, McNemar, learning curve and dense-head histories."""
-
-    KIND: ClassVar[str] = "sweep_results"
-    VERSION: ClassVar[int] = 1
-    FIX: ClassVar[str] = "run featx sweep again to write it"
 
     label_names: list
     rows: list
@@ -111,7 +107,8 @@ class SweepSummary(Record):
 
 
 @dataclasses.dataclass
-class SweepBundle(Record):
+class SweepBundle(Record, kind="sweep_bundle",
+                  fix="give the best.joblib written by featx sweep (or run featx sweep again)"):
     """``best.joblib``: the sweep's fitted head with the extractor spec(s) and learned state that feed it.
 
     A joblib pickle (the head is a scikit-learn Pipeline) of :meth:`to_dict`, so it carries the same
@@ -120,10 +117,6 @@ class SweepBundle(Record):
     holds one entry (spec, state, cache, dataset) per feature block, in column order, and ``dims``
     the width of each block. Only load bundles you trust: unpickling runs code.
     """
-
-    KIND: ClassVar[str] = "sweep_bundle"
-    VERSION: ClassVar[int] = 1
-    FIX: ClassVar[str] = "give the best.joblib written by featx sweep (or run featx sweep again)"
 
     model: Any
     label_names: list
