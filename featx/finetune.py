@@ -773,5 +773,6 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(details["warm_start_difference"]),
                           val_before=details["val_before"],
-                          val_after={"val_loss": row["select_log_loss"], "val_accuracy": row["select_accuracy"]},
+                          # the kept epoch's Keras validation values, measured as val_before was
+                          val_after={k: history.rows[state.best_epoch][k] for k in ("val_loss", "val_accuracy")},
                           seconds=time.perf_counter() - started, trainable_layers=details["trainable_layers"])

@@ -223,6 +223,11 @@ def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(binar
         head_val = base.model.predict_proba(cache.features[:].astype(np.float32)[val_rows]).argmax(axis=1)
     assert float(history[0]["val_accuracy"]) == pytest.approx(float(np.mean(head_val == splits.labels[val_rows])))
     assert float(history[2]["learning_rate"]) < float(history[1]["learning_rate"]) < 1e-3  # cosine decay
+    # The summary's "val before -> after" are the warm start's and the kept epoch's values, measured alike.
+    kept = json.loads((out / "state.json").read_text())["best_epoch"]
+    for key in ("val_loss", "val_accuracy"):
+        assert result.val_before[key] == pytest.approx(float(history[0][key]))
+        assert result.val_after[key] == pytest.approx(float(history[kept][key]))
 
     with open(out / "results.csv", newline="") as handle:
         reader = csv.DictReader(handle)
