@@ -33,7 +33,7 @@ from featx.extractors.base import Extractor
 from featx.datasets import decode_group, decode_threads, iter_batches, n_cores
 from featx.progress import Progress
 
-__all__ = ["CacheResult", "build_cache", "extract_images", "Progress"]
+__all__ = ["CacheResult", "build_cache", "extract_images"]
 
 
 @dataclass
