@@ -25,8 +25,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/featx demo
 
+# One pytest worker per core (pytest-xdist); worksteal keeps both cores busy to the end.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) build *.egg-info
