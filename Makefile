@@ -25,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/featx demo
 
-# One pytest worker per core (pytest-xdist); worksteal keeps both cores busy to the end.
+# One pytest worker per core (pytest-xdist); worksteal keeps every worker busy to the end.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal
 
