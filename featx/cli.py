@@ -18,7 +18,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from featx.errors import UserError, unwrap_tf_error, user_error_types  # noqa: E402
+from featx.errors import UserError, unwrap_tf_error  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -41,7 +41,7 @@ def _user_errors():
 
     # Only featx's user-error classes (and a path the user gave that does not exist): any other
     # exception, a plain ValueError included, is a featx bug and keeps its traceback.
-    return (*user_error_types(), WeightsError, BusyError, FileNotFoundError)
+    return (UserError, WeightsError, BusyError, FileNotFoundError)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -190,7 +190,6 @@ def cache(
     """
     from featx.data import load_dataset
     from featx.extractors import get_extractor, parse_opts
-    from featx.pipeline import build_cache
     from featx.progress import RichBar
 
     _seed_everything(seed)
@@ -203,29 +202,26 @@ def cache(
     ext = _run(get_extractor, extractor, **options)
     if precision != "auto":  # hog computes in fp32 only: --precision bf16 is refused, never ignored
         _run(ext.check_precision, precision)
-    cluster = {}
-    if scheduler is not None:  # the workers' devices count, not this machine's
+    if scheduler is not None:  # a Dask cluster computes the shards; this process plans, writes and publishes
         if runtime == "openvino":
             _fail(f"--runtime {runtime} is not available with --scheduler: Dask workers run the Keras model; "
                   f"drop --runtime or run without --scheduler")
         if "int8" in (precision, options.get("precision")):
             _fail("--precision int8 is not available with --scheduler: int8 runs on OpenVINO and Dask workers "
                   "run the Keras model; use fp32/bf16/fp16 there, or build the int8 cache without --scheduler")
-        cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
-        if ext.parallel == "model" and "precision" not in options:
-            ext.precision = _run(_resolve_precision, precision, "gpu" if device == "gpu" else "cpu")
-    elif ext.parallel == "model":  # a CNN: it runs on the device, in a precision that suits it
-        device = _run(_select_device, device)
-        if "precision" not in options:
-            ext.precision = _run(_resolve_precision, precision, device)
-    if cluster:  # a Dask cluster computes the shards; this process plans, writes and publishes
-        from featx.distributed import build_cache as build_on_cluster
+        from featx.distributed import build_cache as build
 
-        result = _run(build_on_cluster, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), **cluster)
+        where = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
+        compute_device = "gpu" if device == "gpu" else "cpu"  # the workers' devices count, not this machine's
     else:
-        result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), runtime=runtime)
+        from featx.pipeline import build_cache as build
+
+        where = {"runtime": runtime}
+        compute_device = _run(_select_device, device) if ext.parallel == "model" else device
+    if ext.parallel == "model" and "precision" not in options:  # a CNN runs in a precision that suits its device
+        ext.precision = _run(_resolve_precision, precision, compute_device)
+    result = _run(build, manifest, ext, cache_dir=cache_dir, batch_size=batch_size, workers=workers, dtype=dtype,
+                  shard_rows=shard_rows, progress=RichBar(), **where)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)
@@ -236,11 +232,8 @@ def cache(
 
 
 def _select_device(device: str) -> str:
-    """'cpu' or 'gpu'; hides GPUs from TensorFlow when cpu is asked for."""
-    if device not in ("auto", "cpu", "gpu"):
-        raise UsageProblem(f"--device must be auto, cpu or gpu; got {device!r}")
+    """'cpu' or 'gpu' for a checked --device (GPUs are already hidden for cpu)."""
     if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         return "cpu"
     from featx.runtime.hardware import has_gpu
 
@@ -283,7 +276,7 @@ def inspect(
     out.print("[bold]spec[/]: " + json.dumps(summary["spec"], sort_keys=True), highlight=False)
     if summary["state"]:
         out.print(f"[bold]state[/]: {summary['state']}", highlight=False)
-    _print_counts({k: v for k, v in summary["splits"].items()}, summary["label_names"])
+    _print_counts(summary["splits"], summary["label_names"])
     for path, reason in failed[:20]:
         out.print(f"  failed: {path}: {reason}", highlight=False)
     out.print(f"{summary['path']}: {summary['rows']} x {summary['dim']} {summary['extractor']}", highlight=False)

@@ -1,30 +1,8 @@
 """Find images, read their labels, split them deterministically, and keep it all in a manifest.
 
-Layouts
--------
-``kaggle``
-    The label is the first dot-separated part of the file name: ``cat.123.jpg`` -> ``cat``.
-``folders``
-    The label is the image's parent folder: ``train/dog/x.jpg`` -> ``dog``.
-``unlabeled``
-    No labels (Kaggle's ``test1/123.jpg``); every image lands in split ``unlabeled``.
-``auto``
-    Decides from what it finds and says what it decided (:attr:`Manifest.layout_reason`).
-
-Splits
-------
-Each image's split is decided from a hash of ``(seed, relative path)`` alone, so adding
-images never moves an image that was already placed. Every class goes through the same
-rule, so the split is stratified: each class gets the val/test fractions in expectation
-(a class of n images deviates by about ``sqrt(n * p * (1 - p))`` images).
-
-The manifest file
------------------
-A CSV with columns ``path,label,split,sha1`` (``path`` relative to the dataset root,
-``label`` empty when unlabeled, ``sha1`` of the file's bytes). Its first line is a comment
-holding the settings as JSON::
-
-    # featx-manifest {"root": "/data/train", "layout": "kaggle", "seed": 0, "val": 0.1, "test": 0.1}
+The layouts (``kaggle``, ``folders``, ``unlabeled``, ``auto``), the split rule (a hash of the seed and
+the relative path alone, so adding images never moves one already placed) and the manifest CSV are
+described in README.md, "Layouts" and "The manifest".
 """
 
 from __future__ import annotations
@@ -256,12 +234,6 @@ def assign_split(path: str, seed: int, val: float, test: float) -> str:
     return "train"
 
 
-def _sha1_file(path: Path) -> str:
-    from featx.images import file_sha1
-
-    return file_sha1(path)
-
-
 def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0.1, test: float = 0.1,
                    seed: int = 0, hash_files: bool = True,
                    progress: Callable[[int], None] | None = None) -> Manifest:
@@ -302,7 +274,7 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
     reason, asked = f"asked for {layout}", layout
     if layout == "auto":
         layout, reason = detect_layout(paths)
-    from featx.images import ImageError
+    from featx.images import ImageError, file_sha1
 
     records = []
     unlabeled_paths = []
@@ -315,7 +287,7 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
             continue
         split = "unlabeled" if label is None else assign_split(path, seed, val, test)
         try:
-            sha1 = _sha1_file(root / path) if hash_files else ""
+            sha1 = file_sha1(root / path) if hash_files else ""
         except ImageError as exc:  # one unreadable file is reported, the rest indexed
             skipped.append((path, exc.reason))
             continue
