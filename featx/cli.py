@@ -19,6 +19,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from featx.errors import UserError, unwrap_tf_error  # noqa: E402
+from featx.progress import RichBar  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -84,7 +85,6 @@ def index(
     Example: [bold]featx index data/train -o cache/train.csv --val 0.1 --test 0.1[/]
     """
     from featx.data import build_manifest
-    from featx.progress import RichBar
 
     bar = RichBar()
     bar.start("index + sha1", len(_count_files(directory)))
@@ -190,7 +190,6 @@ def cache(
     """
     from featx.data import load_dataset
     from featx.extractors import get_extractor, parse_opts
-    from featx.progress import RichBar
 
     _seed_everything(seed)
     manifest = _run(load_dataset, source, layout=layout, val=val, test=test, seed=seed)
@@ -302,7 +301,6 @@ def sweep(
 
     Example: [bold]featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs[/]
     """
-    from featx.progress import RichBar
     from featx.sweep import run_sweep
 
     _seed_everything(seed)
@@ -427,7 +425,6 @@ def predict(
     Example: [bold]featx predict experiments/effnet/best.joblib data/test1 -o submission.csv[/]
     """
     from featx.predict import check_submission_options, load_model, predict as predict_folder, write_submission
-    from featx.progress import RichBar
 
     loaded = _run(load_model, model)
     _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
@@ -461,7 +458,6 @@ def evaluate(
     Example: [bold]featx evaluate experiments/effnet/best.joblib data/holdout[/]
     """
     from featx.predict import evaluate as evaluate_folder, load_model
-    from featx.progress import RichBar
 
     loaded = _run(load_model, model)
     err.print(f"model: {loaded.describe()}", highlight=False)
@@ -578,7 +574,6 @@ def scratch(
     """
     from dataclasses import fields
 
-    from featx.progress import RichBar
     from featx.scratch import ScratchOptions, run_scratch
 
     flags = locals()  # the options are the flags: spelled once, in ScratchOptions
@@ -597,10 +592,6 @@ def _print_skipped(failed: list) -> None:
         err.print(f"  {path}: {reason}", highlight=False)
     if len(failed) > 20:
         err.print(f"  ... and {len(failed) - 20} more", highlight=False)
-
-
-def main() -> None:  # pragma: no cover - console script entry
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,15 +1,13 @@
 """Metrics for probabilistic classifiers, bootstrap confidence intervals, McNemar's test.
 
-All functions take labels plus a probability matrix whose columns follow
-``classes`` (the ``classes_`` of a fitted head), so binary and multi-class
-problems go through the same code:
+All functions take labels plus a probability matrix whose columns follow ``classes`` (the
+``classes_`` of a fitted head), so binary and multi-class problems go through the same code:
 
 * :func:`classification_metrics` — accuracy, ROC AUC, average precision, log loss.
-* :func:`bootstrap_ci` / :func:`metrics_with_ci` — percentile bootstrap intervals.
-  The resample indices are drawn once as an ``(n_boot, n_samples)`` matrix and
-  every metric is computed for all resamples with array operations (ROC AUC and
-  average precision from per-sample resample counts over the score order), so
-  1,000 resamples of 25,000 rows take seconds.
+* :func:`bootstrap_ci` / :func:`metrics_with_ci` — percentile bootstrap intervals. The resample
+  indices are drawn once as an ``(n_boot, n_samples)`` matrix and every metric is computed for all
+  resamples with array operations (ROC AUC and average precision from per-sample resample counts
+  over the score order), so 1,000 resamples of 25,000 rows take seconds.
 * :func:`mcnemar` — do two classifiers differ on the same test rows?
 
 Examples
@@ -30,30 +28,18 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = [
-    "METRICS",
-    "LOG_LOSS_EPS",
-    "classification_metrics",
-    "bootstrap_ci",
-    "metrics_with_ci",
-    "mcnemar",
-]
+__all__ = ["METRICS", "LOG_LOSS_EPS", "classification_metrics", "bootstrap_ci", "metrics_with_ci", "mcnemar"]
 
 METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
 
-# Probabilities are clipped to [eps, 1 - eps] before the log, so one confident
-# mistake costs at most -log(1e-15) ~ 34.5 instead of infinity (scikit-learn's
-# historical default; computed in float64 so 1 - eps is representable).
+# Probabilities are clipped to [eps, 1 - eps] before the log, so one confident mistake costs at most
+# -log(1e-15) ~ 34.5 instead of infinity (scikit-learn's historical default; float64 represents 1 - eps).
 LOG_LOSS_EPS = 1e-15
 
-# Resamples are processed in chunks of this many rows of the index matrix to
-# bound memory (chunk x n_samples float64 counts).
+# Resamples are processed in chunks of this many index-matrix elements to bound memory (float64 counts).
 _CHUNK_ELEMENTS = 4_000_000
 
 
-# ---------------------------------------------------------------------------
-# Point estimates
-# ---------------------------------------------------------------------------
 def classification_metrics(y_true, proba, classes) -> dict:
     """Accuracy, ROC AUC, average precision and log loss of probabilistic predictions.
 
@@ -99,19 +85,14 @@ def classification_metrics(y_true, proba, classes) -> dict:
     return result
 
 
-# ---------------------------------------------------------------------------
-# Bootstrap
-# ---------------------------------------------------------------------------
 def bootstrap_ci(y_true, proba, metric: str | Callable, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                  *, classes=None) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of one metric.
 
     Parameters
     ----------
-    y_true : array-like of shape (n_samples,)
-        True labels.
-    proba : array-like of shape (n_samples, n_classes)
-        Predicted probabilities, columns in the order of ``classes``.
+    y_true, proba
+        As in :func:`classification_metrics`.
     metric : str or callable
         One of :data:`METRICS`, or ``f(y_index, proba) -> float`` where
         ``y_index`` holds column indices (called once per resample).
@@ -125,12 +106,8 @@ def bootstrap_ci(y_true, proba, metric: str | Callable, n_boot: int = 1000, alph
         Labels in column order. When None, ``y_true`` must already be column
         indices ``0 .. n_classes - 1``.
 
-    Returns
-    -------
-    (low, high) : tuple of float
-        NaN, NaN when no resample has a defined value (e.g. AUC with one class).
-        Resamples where the metric is undefined (a class missing, for AUC and
-        average precision) are skipped.
+    Returns ``(low, high)``. Resamples where the metric is undefined (a class missing, for AUC and
+    average precision) are skipped; NaN, NaN when none has a value.
     """
     y_index, proba = _prepare(y_true, proba, classes)
     indices = _resample_indices(len(y_index), n_boot, seed)
@@ -267,9 +244,6 @@ def _weighted_binary_ranking(positive: np.ndarray, score: np.ndarray, counts: np
         return np.where(n_pos > 0, ap, np.nan)
 
 
-# ---------------------------------------------------------------------------
-# McNemar
-# ---------------------------------------------------------------------------
 def mcnemar(y_true, pred_a, pred_b) -> dict:
     """McNemar's test: do classifiers A and B make different errors on the same rows?
 
@@ -318,9 +292,6 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
             "n10": n10, "method": "chi2"}
 
 
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
 def _prepare(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray]:
     """Labels as column indices and probabilities as a float64 (n_samples, n_classes) matrix."""
     proba = np.asarray(proba, dtype=np.float64)

@@ -58,20 +58,21 @@ def temp_path(target: str | os.PathLike, suffix: str = "") -> Path:
     return target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}{suffix}")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def clean_stale_temps(target: str | os.PathLike) -> int:
     """Remove temporaries that a killed writer of ``target`` left behind; returns how many."""
     target = Path(target)
-    n = 0
-    if not target.parent.is_dir():
-        return 0
-    for stale in target.parent.glob(f".{target.name}{TMP_MARK}*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        n += 1
-    return n
+    stale = list(target.parent.glob(f".{target.name}{TMP_MARK}*")) if target.parent.is_dir() else []
+    for path in stale:
+        _remove(path)
+    return len(stale)
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any], suffix: str = "") -> Path:
@@ -90,18 +91,10 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any], suffix
                 os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        _remove(tmp)
         raise
     fsync_dir(target.parent)
     return target
-
-
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(target, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
@@ -120,11 +113,6 @@ def atomic_save_npz(target: str | os.PathLike, **arrays) -> Path:
             np.savez(handle, **arrays)
 
     return atomic_write(target, write)
-
-
-def lock_path(target: str | os.PathLike) -> Path:
-    target = Path(target)
-    return target.with_name(f"{target.name}.lock")
 
 
 def _holder_path(target: Path) -> Path:
@@ -151,7 +139,7 @@ def locked(target: str | os.PathLike, what: str | None = None) -> Iterator[Path]
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(target)), timeout=0)
+    lock = FileLock(str(target.with_name(f"{target.name}.lock")), timeout=0)
     try:
         lock.acquire()
     except Timeout:
