@@ -322,16 +322,13 @@ class CacheBuilder:
             if dim is None and old is not None:
                 dim = old["features"].shape[1]
             rows = [r for r in self.manifest.records if r.path in computed or r.path in self._reuse]
-            n = len(rows)
-            if n == 0:
+            if not rows:
                 raise CacheError(f"no image could be read ({len(failed)} failed, first: "
                                  f"{failed[0][0] if failed else '-'}: {failed[0][1] if failed else '-'}); "
                                  f"nothing to cache")
-            itemsize = np.dtype(self.dtype).itemsize
-            chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * itemsize))))
 
             def write(tmp: Path) -> None:
-                self._write_file(tmp, n, dim, chunk_rows, rows, computed, failed, old, attrs)
+                self._write_file(tmp, dim, rows, computed, failed, old, attrs)
                 kill_point("publish:before_rename")
 
             # Reading ``old`` while its replacement is renamed over it is safe on POSIX (the open
@@ -344,41 +341,35 @@ class CacheBuilder:
         shutil.rmtree(self.journal, ignore_errors=True)
         return self.path
 
-    def _write_file(self, tmp, n, dim, chunk_rows, rows, computed, failed, old, attrs) -> None:
-        manifest = self.manifest
-        label_names = manifest.label_names
+    def _write_file(self, tmp, dim, rows, computed, failed, old, attrs) -> None:
+        manifest, n = self.manifest, len(rows)
+        chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * np.dtype(self.dtype).itemsize))))  # ~1 MiB chunks
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as h5:
-            features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype,
-                                         chunks=(chunk_rows, dim))
+            features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype, chunks=(chunk_rows, dim))
             self._copy_rows(features, rows, computed, old)
             h5.create_dataset("paths", data=[r.path for r in rows], dtype=text)
-            h5.create_dataset("labels", data=np.array(iter_labels(rows, label_names), dtype=np.int32))
+            h5.create_dataset("labels", data=np.array(iter_labels(rows, manifest.label_names), dtype=np.int32))
             h5.create_dataset("split", data=[r.split for r in rows], dtype=text)
             h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=text)
-            h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2),
-                              dtype=text)
+            h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2), dtype=text)
             state = self.load_state() or {}
             group = h5.create_group("state")
             for key, value in state.items():
                 group.create_dataset(key, data=value)
             created = old.attrs.get("created") if old is not None else None
-            base_attrs = {
+            h5.attrs.update({
                 "featx_version": __version__, "format": CACHE_FORMAT, "cache_key": self.key,
                 "dataset": manifest.name, "root": str(manifest.root), "layout": manifest.layout,
                 "seed": manifest.seed, "extractor": self.spec["name"],
                 "extractor_spec": json.dumps(self.spec, sort_keys=True),
                 "weights_sha256": self.spec.get("weights_sha256") or "",
                 "preprocessing": json.dumps(self.spec.get("preprocessing", {}), sort_keys=True),
-                "dtype": self.dtype, "label_names": json.dumps(label_names),
+                "dtype": self.dtype, "label_names": json.dumps(manifest.label_names),
                 "manifest_sha256": manifest.sha256(), "rows_done": n, "rows_failed": len(failed),
                 "rows_reused": len([r for r in rows if r.path not in computed]),
-                "created": created or _now(), "updated": _now(),
-            }
-            base_attrs.update(attrs or {})
-            for key, value in base_attrs.items():
-                h5.attrs[key] = value
-            h5.flush()
+                "created": created or _now(), "updated": _now(), **(attrs or {}),
+            })
 
     def _copy_rows(self, target, rows, computed, old) -> None:
         """Fill ``target`` row by row in manifest order, one shard in memory at a time."""

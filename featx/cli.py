@@ -70,7 +70,6 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def index(
     directory: Path = typer.Argument(..., help="Folder of images."),
@@ -125,7 +124,6 @@ def _print_counts(counts: dict, label_names: list[str]) -> None:
     err.print(table)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List extractor names, output dims, and whether their weights are available offline.
@@ -164,7 +162,6 @@ def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-reada
 _RUNTIME_HELP = "auto | keras | openvino: what runs the CNN (auto: OpenVINO on a CPU, Keras on a GPU)."
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def cache(
     source: Path = typer.Argument(..., help="Folder of images, or a manifest CSV from featx index."),
@@ -250,7 +247,6 @@ def _resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def inspect(
     cache_file: Path = typer.Argument(..., help="A cache .h5 file."),
@@ -281,7 +277,6 @@ def inspect(
     out.print(f"{summary['path']}: {summary['rows']} x {summary['dim']} {summary['extractor']}", highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def sweep(
     caches: List[str] = typer.Argument(..., help="Cache files; join with '+' to concatenate features (a.h5+b.h5). Each argument is swept."),
@@ -337,7 +332,6 @@ def _test_accuracy(row: dict) -> str:
     return f"test accuracy {row['accuracy']:.4f} [{row['accuracy_low']:.4f}, {row['accuracy_high']:.4f}]"
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def report(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out."),
@@ -356,7 +350,6 @@ def report(
     out.print(str(paths["markdown"]), highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def imagenet(
     images: List[Path] = typer.Argument(..., help="Image files."),
@@ -384,7 +377,6 @@ def imagenet(
     out.print(f"{len(images)} image(s) classified with {extractor}; first: {first[0]} ({first[1]:.3f})", highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("experiments/demo"), "--out", help="Where the demo writes its data, caches and results."),
@@ -399,7 +391,6 @@ def demo(
     _run(run_demo, out_dir, seed=seed, console=out)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="best.joblib (or its experiment folder) from featx sweep, or the "
@@ -485,7 +476,6 @@ def evaluate(
               f"on {result['n_images']} images", highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def finetune(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out (its best.joblib "

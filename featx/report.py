@@ -43,9 +43,7 @@ class ReportError(UserError):
     """The experiment folder cannot be reported on; the message names the file and the fix."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
+# -- Reading
 @dataclass
 class Experiment:
     """What the earlier stages wrote into one experiment folder, ranked.
@@ -216,9 +214,7 @@ def _label_features(rows: list[dict]) -> None:
         row["label"] = label
 
 
-# ---------------------------------------------------------------------------------------------
-# Formatting
-# ---------------------------------------------------------------------------------------------
+# -- Formatting
 TABLE_HEADER = ("rank", "source", "features", "head", "params", "selected by", "test accuracy [95% CI]",
                 "ROC AUC", "AP", "log loss", "fit s")
 
@@ -368,9 +364,7 @@ def render_html(markdown: str, title: str) -> str:
             f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 
 
-# ---------------------------------------------------------------------------------------------
-# Plots (matplotlib's object API on the Agg canvas: no display, no pyplot global state)
-# ---------------------------------------------------------------------------------------------
+# -- Plots (matplotlib's object API on the Agg canvas: no display, no pyplot global state)
 def _figure(width: float = 6.4, height: float = 4.8):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -519,9 +513,7 @@ def plot_history(experiment: Experiment, rows: list[dict]):
     return figure, f"Per-epoch loss and accuracy of {what}: train solid, val dashed."
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
+# -- Writing
 def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories: int = 4) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG plots into an experiment folder.
 
