@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from featx.errors import UserError
-from featx.storage import atomic_write_text
+from featx.storage import atomic_write_csv
 
 __all__ = [
     "LAYOUTS", "SPLITS", "DataError", "Record", "Manifest",
@@ -35,10 +35,7 @@ MANIFEST_COLUMNS = ("path", "label", "split")
 
 
 class DataError(UserError, ValueError):
-    """The data cannot be used as asked; the message names the file and the fix.
-
-    (Still a ``ValueError`` for callers that caught it as one.)
-    """
+    """The data cannot be used as asked; the message names the file and the fix (a ``ValueError`` too)."""
 
 
 @dataclass(frozen=True)
@@ -87,20 +84,6 @@ class Manifest:
             table.setdefault(record.split, Counter())[record.label or "-"] += 1
         return table
 
-    def settings(self) -> dict:
-        return {"root": str(self.root), "layout": self.layout, "seed": self.seed,
-                "val": self.val, "test": self.test}
-
-    def to_csv(self) -> str:
-        """The manifest file's text."""
-        buffer = io.StringIO()
-        buffer.write(MANIFEST_TAG + json.dumps(self.settings(), sort_keys=True) + "\n")
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "split", "sha1"])
-        for r in self.records:
-            writer.writerow([r.path, r.label or "", r.split, r.sha1])
-        return buffer.getvalue()
-
     def sha256(self) -> str:
         """Fingerprint of the images, labels and splits (not of where the root lives)."""
         digest = hashlib.sha256()
@@ -122,7 +105,11 @@ class Manifest:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the manifest CSV atomically (a reader never sees half a file)."""
-        return atomic_write_text(path, self.to_csv())
+        settings = {"root": str(self.root), "layout": self.layout, "seed": self.seed,
+                    "val": self.val, "test": self.test}
+        rows = [[r.path, r.label or "", r.split, r.sha1] for r in self.records]
+        return atomic_write_csv(path, [["path", "label", "split", "sha1"], *rows],
+                                preamble=MANIFEST_TAG + json.dumps(settings, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Manifest":
@@ -235,19 +222,15 @@ def assign_split(path: str, seed: int, val: float, test: float) -> str:
 
 
 def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0.1, test: float = 0.1,
-                   seed: int = 0, hash_files: bool = True,
-                   progress: Callable[[int], None] | None = None) -> Manifest:
-    """Index the images under ``root``.
+                   seed: int = 0, hash_files: bool = True, progress: Callable[[int], None] | None = None) -> Manifest:
+    """Index the images under the folder ``root``.
 
     Parameters
     ----------
-    root : path
-        Folder of images.
     layout : {"auto", "kaggle", "folders", "unlabeled"}
     val, test : float
-        Fractions of labelled images for validation and test (the rest is train).
-    seed : int
-        Changes which images go to which split.
+        Fractions of labelled images for validation and test (the rest is train); ``seed`` changes
+        which images go to which split.
     hash_files : bool
         Record each file's sha1 (lets a cache notice a changed file).
     progress : callable, optional

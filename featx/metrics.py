@@ -53,25 +53,16 @@ def classification_metrics(y_true, proba, classes) -> dict:
     classes : array-like of shape (n_classes,)
         Labels in column order (a fitted head's ``classes_``).
 
-    Returns
-    -------
-    dict
-        ``accuracy``; ``roc_auc`` (binary: positive column; multi-class:
-        one-vs-rest macro average); ``average_precision`` (binary: positive
-        class; multi-class: one-vs-rest macro); ``log_loss`` (clipped at
-        :data:`LOG_LOSS_EPS`); ``n_samples``. AUC and AP are NaN when a class
-        in ``classes`` has no row in ``y_true``.
+    Returns ``accuracy``; ``roc_auc`` and ``average_precision`` (binary: of the positive column;
+    multi-class: one-vs-rest macro average; NaN when a class of ``classes`` has no row in ``y_true``);
+    ``log_loss`` (clipped at :data:`LOG_LOSS_EPS`); ``n_samples``.
     """
     y_index, proba = _prepare(y_true, proba, classes)
     n_classes = proba.shape[1]
     present = np.bincount(y_index, minlength=n_classes) > 0
-    result = {
-        "accuracy": float(np.mean(np.argmax(proba, axis=1) == y_index)),
-        "roc_auc": float("nan"),
-        "average_precision": float("nan"),
-        "log_loss": float(np.mean(_sample_log_loss(y_index, proba))),
-        "n_samples": int(len(y_index)),
-    }
+    result = {"accuracy": float(np.mean(np.argmax(proba, axis=1) == y_index)), "roc_auc": float("nan"),
+              "average_precision": float("nan"), "log_loss": float(np.mean(_sample_log_loss(y_index, proba))),
+              "n_samples": int(len(y_index))}
     if present.all():
         if n_classes == 2:
             positive = y_index == 1
@@ -94,17 +85,12 @@ def bootstrap_ci(y_true, proba, metric: str | Callable, n_boot: int = 1000, alph
     y_true, proba
         As in :func:`classification_metrics`.
     metric : str or callable
-        One of :data:`METRICS`, or ``f(y_index, proba) -> float`` where
-        ``y_index`` holds column indices (called once per resample).
-    n_boot : int, default=1000
-        Number of resamples.
-    alpha : float, default=0.05
-        ``1 - alpha`` is the coverage (0.05 gives a 95% interval).
-    seed : int, default=0
-        Seeds the resampling; the same seed gives the same interval.
+        One of :data:`METRICS`, or ``f(y_index, proba) -> float`` where ``y_index`` holds column
+        indices (called once per resample).
+    n_boot, alpha, seed
+        ``n_boot`` resamples drawn with ``seed``; ``1 - alpha`` is the coverage (0.05: a 95% interval).
     classes : array-like, optional
-        Labels in column order. When None, ``y_true`` must already be column
-        indices ``0 .. n_classes - 1``.
+        Labels in column order. When None, ``y_true`` must already be column indices.
 
     Returns ``(low, high)``. Resamples where the metric is undefined (a class missing, for AUC and
     average precision) are skipped; NaN, NaN when none has a value.
@@ -128,12 +114,8 @@ def metrics_with_ci(y_true, proba, classes, n_boot: int = 1000, alpha: float = 0
     metrics : sequence of str, default=METRICS
         Which metrics to report.
 
-    Returns
-    -------
-    dict
-        Flat, ready for a results table: for each metric ``m`` the keys ``m``
-        (point estimate on all rows), ``m_low`` and ``m_high``; plus
-        ``n_samples`` and ``n_boot``.
+    Returns a flat dict, ready for a results table: for each metric ``m`` the keys ``m`` (point
+    estimate on all rows), ``m_low`` and ``m_high``; plus ``n_samples`` and ``n_boot``.
 
     Examples
     --------
@@ -247,22 +229,11 @@ def _weighted_binary_ranking(positive: np.ndarray, score: np.ndarray, counts: np
 def mcnemar(y_true, pred_a, pred_b) -> dict:
     """McNemar's test: do classifiers A and B make different errors on the same rows?
 
-    Only the discordant rows count: ``n01`` where A is right and B wrong,
-    ``n10`` where A is wrong and B right. With ``n01 + n10 < 25`` the p-value is
-    the exact two-sided binomial test of ``n01`` out of ``n01 + n10`` at 1/2
-    (statistic: ``min(n01, n10)``); otherwise the chi-square statistic with
-    continuity correction ``(|n01 - n10| - 1)^2 / (n01 + n10)`` on 1 degree of freedom.
-
-    Parameters
-    ----------
-    y_true, pred_a, pred_b : array-like of shape (n_samples,)
-        True labels and the two classifiers' predicted labels.
-
-    Returns
-    -------
-    dict
-        ``statistic``, ``p_value``, ``n01``, ``n10``, and ``method``
-        (``"exact"`` or ``"chi2"``).
+    Only the discordant rows count: ``n01`` where A is right and B wrong, ``n10`` where A is wrong
+    and B right. With ``n01 + n10 < 25`` the p-value is the exact two-sided binomial test of ``n01``
+    out of ``n01 + n10`` at 1/2 (statistic: ``min(n01, n10)``); otherwise the chi-square statistic
+    with continuity correction ``(|n01 - n10| - 1)^2 / (n01 + n10)`` on 1 degree of freedom.
+    Returns ``statistic``, ``p_value``, ``n01``, ``n10`` and ``method`` (``"exact"`` or ``"chi2"``).
 
     Examples
     --------

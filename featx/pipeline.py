@@ -177,22 +177,18 @@ def plan_build(manifest: Manifest, extractor: Extractor, cache_dir="cache", dtyp
 
 def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.PathLike = "cache",
                 batch_size: int = 32, workers: int | None = None, dtype: str = "float32",
-                shard_rows: int | None = None, fit_max_images: int = 2000,
-                progress: Progress | None = None,
-                on_shard: Callable[[Shard], None] | None = None,
-                fit: bool = True, spec_extra: dict | None = None, runtime: str = "auto") -> CacheResult:
+                shard_rows: int | None = None, fit_max_images: int = 2000, progress: Progress | None = None,
+                on_shard: Callable[[Shard], None] | None = None, fit: bool = True, spec_extra: dict | None = None,
+                runtime: str = "auto") -> CacheResult:
     """Compute (or finish, or update) the feature cache of a dataset in ``cache_dir``.
 
     Parameters
     ----------
-    batch_size : int
-        Images per model call (CNN extractors).
     workers : int, optional
         Decoding threads (CNN) or worker processes (classical); default: all cores.
-    dtype : {"float32", "float16"}
     shard_rows : int, optional
-        Rows per journal shard (the unit of resumption). Default: 8 batches for CNNs,
-        32 images for classical extractors.
+        Rows per journal shard (the unit of resumption); default: 8 batches for CNNs, 32 images
+        otherwise.
     fit_max_images : int
         At most this many train images (a seeded sample) fit a learned extractor (SIFT vocabulary).
     fit : bool
@@ -201,13 +197,10 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
     spec_extra : dict, optional
         Merged into the spec (and so into the file name hash), e.g. the sha256 of a state
         that came from elsewhere, so caches made with different states never collide.
-
     runtime : {"auto", "keras", "openvino"}
-        What runs a CNN (``featx.runtime``; auto: OpenVINO on a CPU, Keras on a GPU). fp32
-        features agree across runtimes, so the runtime is recorded in the cache attributes, not
-        in the spec; bf16 and int8 are the extractor's precision, so they are in the spec. int8
-        is calibrated on a seeded sample of 300 train images (``calibration_set``), whose
-        fingerprint is recorded as the ``int8_calibration`` attribute.
+        What runs a CNN; recorded as the ``runtime`` attribute, not in the spec (README.md,
+        "Inference runtimes and precisions"). An int8 run records its calibration images'
+        fingerprint as the ``int8_calibration`` attribute.
     """
     progress = progress or Progress()
     precision = getattr(extractor, "precision", "fp32")

@@ -13,9 +13,7 @@ Only load models you trust: ``best.joblib`` is a pickle.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -28,7 +26,7 @@ import numpy as np
 from featx.artifacts.results import SweepBundle
 from featx.data import Manifest, load_dataset
 from featx.errors import UserError
-from featx.storage import atomic_write_text
+from featx.storage import atomic_write_csv
 from featx.extractors.base import Extractor
 
 __all__ = ["ModelError", "Predictions", "SweepModel", "FineTunedModel", "load_model", "predict", "evaluate",
@@ -417,23 +415,19 @@ def write_submission(predictions: Predictions, output: str | os.PathLike = "subm
     """
     names = predictions.label_names
     check_submission_options(names, hard=hard, positive=positive)
-    ids = [_image_id(p) for p in predictions.paths]
+    ids = [PurePosixPath(p).with_suffix("").as_posix() for p in predictions.paths]
     if len(set(ids)) != len(ids):
         raise ModelError("two images share an id (file name without extension); a submission needs unique ids")
-    order = sorted(range(len(ids)), key=_id_sort_key(ids))
+    numeric = ids and all(re.fullmatch(r"\d+", i) for i in ids)
+    order = sorted(range(len(ids)), key=lambda i: int(ids[i]) if numeric else ids[i])
     if hard:
         header, values = ["id", "label"], [[name] for name in predictions.predicted_names]
     elif positive is not None or len(names) == 2:
         column = names.index(positive) if positive is not None else 1
-        header, values = ["id", "label"], [[_format_probability(p)] for p in predictions.proba[:, column]]
+        header, values = ["id", "label"], [[format(p, ".6g")] for p in predictions.proba[:, column].tolist()]
     else:
-        header, values = ["id", *names], [[_format_probability(p) for p in row] for row in predictions.proba]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for i in order:
-        writer.writerow([ids[i], *values[i]])
-    return atomic_write_text(output, buffer.getvalue())
+        header, values = ["id", *names], [[format(p, ".6g") for p in row] for row in predictions.proba.tolist()]
+    return atomic_write_csv(output, [header, *([ids[i], *values[i]] for i in order)])
 
 
 def check_submission_options(label_names: Sequence[str], hard: bool = False, positive: str | None = None) -> None:
@@ -449,20 +443,6 @@ def check_submission_options(label_names: Sequence[str], hard: bool = False, pos
     if positive is not None and positive not in label_names:
         raise ModelError(f"--positive {positive!r} is not a class of the model; its classes are "
                          f"{', '.join(label_names)}")
-
-
-def _image_id(path: str) -> str:
-    return PurePosixPath(path).with_suffix("").as_posix()
-
-
-def _id_sort_key(ids: list[str]):
-    if ids and all(re.fullmatch(r"\d+", i) for i in ids):
-        return lambda i: int(ids[i])
-    return lambda i: ids[i]
-
-
-def _format_probability(value: float) -> str:
-    return format(float(value), ".6g")
 
 
 def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",

@@ -2,7 +2,7 @@
 
 Every stage writes through this module and nothing else:
 
-* :func:`atomic_write` (and the ``_text`` / ``_json`` / ``_npz`` forms) write a temporary file beside
+* :func:`atomic_write` (and the ``_text`` / ``_json`` / ``_csv`` / ``_npz`` forms) write a temporary file beside
   the target, fsync it and ``os.replace`` it over the target, so a reader sees the old file or the
   new one, never half of one.
 * :func:`locked` takes an inter-process lock (the maintained ``filelock`` library, so it works off
@@ -16,6 +16,8 @@ Every stage writes through this module and nothing else:
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -23,9 +25,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-__all__ = ["BusyError", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
+__all__ = ["BusyError", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_save_npz",
            "temp_path", "fsync_dir", "locked", "stage_folder", "clean_stale_temps"]
 
 TMP_MARK = ".tmp-"
@@ -103,6 +105,14 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_csv(target: str | os.PathLike, rows: Iterable[Sequence], preamble: str = "") -> Path:
+    """CSV ``rows`` (header first) with ``\n`` line ends, after an optional ``preamble``, written atomically."""
+    buffer = io.StringIO()
+    buffer.write(preamble)
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return atomic_write_text(target, buffer.getvalue())
 
 
 def atomic_save_npz(target: str | os.PathLike, **arrays) -> Path:

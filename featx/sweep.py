@@ -158,10 +158,8 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         Among ``logreg``, ``linsvm``, ``rbfsvm``, ``dense``.
     grids : dict, optional
         ``{head: [ {param: [values]} ]}``; defaults to :data:`featx.heads.DEFAULT_GRIDS`.
-    cv : int
-        Folds for selection when the caches have no val split.
-    repeats : int
-        Seeds per configuration (mean ± std in the table).
+    cv, repeats : int
+        Folds for selection when the caches have no val split; seeds per configuration.
     n_jobs : int
         Parallel configurations (classical heads; dense heads run one at a time, Keras
         already uses every core).
