@@ -26,7 +26,7 @@ from featx.errors import UserError
 from featx.storage import BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, locked
 
 __all__ = ["CacheError", "CacheLockedError", "CacheBuilder", "FeatureCache", "open_cache",
-           "cache_file_name", "cache_path", "cache_key", "kill_point", "DTYPES", "KILL_POINTS"]
+           "cache_file_name", "cache_path", "cache_key", "state_sha256", "kill_point", "DTYPES", "KILL_POINTS"]
 
 CACHE_FORMAT = 1
 DTYPES = ("float32", "float16")
@@ -58,6 +58,24 @@ def cache_key(spec: dict, dtype: str = "float32") -> str:
     blob = json.dumps({"spec": spec, "dtype": dtype, "format": CACHE_FORMAT},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def state_sha256(state: dict[str, np.ndarray]) -> str:
+    """sha256 of an extractor's learned arrays (names, dtypes, shapes and bytes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = state_sha256({"vocabulary": np.zeros((2, 3), np.float32)})
+    >>> a == state_sha256({"vocabulary": np.zeros((3, 2), np.float32)})
+    False
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        array = np.ascontiguousarray(state[key])
+        digest.update(f"{key}\x00{array.dtype.str}\x00{array.shape}\x00".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def cache_file_name(dataset: str, spec: dict, dtype: str = "float32", data_key: str | None = None) -> str:

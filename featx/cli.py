@@ -110,18 +110,21 @@ def _count_files(directory: Path) -> list:
         return []
 
 
+def _table(columns, rows, title: str | None = None, right_from: int | None = None) -> Table:
+    """A borderless table; the columns from index ``right_from`` on are right-aligned (numbers)."""
+    table = Table(title=title, show_edge=False)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="right" if right_from is not None and index >= right_from else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _print_counts(counts: dict, label_names: list[str]) -> None:
-    table = Table(title=None, show_edge=False)
-    table.add_column("split")
-    columns = label_names or ["-"]
-    for name in columns:
-        table.add_column(name, justify="right")
-    table.add_column("total", justify="right")
-    for split in ("train", "val", "test", "unlabeled"):
-        if split in counts:
-            row = counts[split]
-            table.add_row(split, *[str(row.get(n, 0)) for n in columns], str(sum(row.values())))
-    err.print(table)
+    names = label_names or ["-"]
+    rows = [[split, *[str(counts[split].get(n, 0)) for n in names], str(sum(counts[split].values()))]
+            for split in ("train", "val", "test", "unlabeled") if split in counts]
+    err.print(_table(["split", *names, "total"], rows, right_from=1))
 
 
 @app.command()
@@ -149,13 +152,10 @@ def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(show_edge=False)
-    for col in ("name", "dim", "offline", "weights", "description"):
-        table.add_column(col)
-    for row in rows:
-        offline = {True: "yes", False: "no", None: "?"}[row["offline"]]
-        table.add_row(row["name"], str(row["dim"] or "-"), offline, row["weights"], row["description"])
-    out.print(table)
+    offline = {True: "yes", False: "no", None: "?"}
+    out.print(_table(("name", "dim", "offline", "weights", "description"),
+                     [(row["name"], str(row["dim"] or "-"), offline[row["offline"]], row["weights"], row["description"])
+                      for row in rows]))
     out.print(f"{len(rows)} extractors")
 
 
@@ -311,14 +311,12 @@ def sweep(
                   grids=grids, preprocessing=steps[0] if len(steps) == 1 else steps, cv=cv, repeats=repeats,
                   seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"),
                   scheduler=scheduler, report=lambda line: err.print(line, highlight=False))
-    table = Table(show_edge=False)
-    for col in ("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"):
-        table.add_column(col)
-    for row in sorted(result.rows, key=lambda r: r["rank"])[:15]:
-        table.add_row(str(row["rank"]), row["features"], row["head"], row["params"], f"{row['select_accuracy']:.4f}",
-                      f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
-                      f"{row['roc_auc']:.4f}", f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
-    err.print(table)
+    rows = [(str(row["rank"]), row["features"], row["head"], row["params"], f"{row['select_accuracy']:.4f}",
+             f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
+             f"{row['roc_auc']:.4f}", f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
+            for row in sorted(result.rows, key=lambda r: r["rank"])[:15]]
+    err.print(_table(("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"),
+                     rows))
     if result.mcnemar:
         m = result.mcnemar
         err.print(f"McNemar best vs runner-up: n01={m['n01']} n10={m['n10']} p={m['p_value']:.3g}", highlight=False)
@@ -458,20 +456,12 @@ def evaluate(
     if as_json:
         out.print_json(json.dumps(result, default=str))
         return
-    table = Table(show_edge=False)
-    for column in ("metric", "value", "95% interval"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
-        table.add_row(metric, f"{result[metric]:.4f}",
-                      f"[{result[metric + '_low']:.4f}, {result[metric + '_high']:.4f}]")
-    out.print(table)
-    confusion = Table(title="confusion (rows: true, columns: predicted)", show_edge=False)
-    confusion.add_column("")
-    for name in result["label_names"]:
-        confusion.add_column(name, justify="right")
-    for name, row in zip(result["label_names"], result["confusion"]):
-        confusion.add_row(name, *map(str, row))
-    out.print(confusion)
+    metrics = ("accuracy", "roc_auc", "average_precision", "log_loss")
+    rows = [(m, f"{result[m]:.4f}", f"[{result[m + '_low']:.4f}, {result[m + '_high']:.4f}]") for m in metrics]
+    out.print(_table(("metric", "value", "95% interval"), rows, right_from=1))
+    out.print(_table(("", *result["label_names"]),
+                     [(name, *map(str, row)) for name, row in zip(result["label_names"], result["confusion"])],
+                     title="confusion (rows: true, columns: predicted)", right_from=1))
     out.print(f"accuracy {result['accuracy']:.3f} [{result['accuracy_low']:.3f}, {result['accuracy_high']:.3f}] "
               f"on {result['n_images']} images", highlight=False)
 

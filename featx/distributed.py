@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from featx.cache import state_sha256
 from featx.errors import UserError
 from featx.pipeline import CacheResult, extract_images, plan_build, publish_build
 from featx.progress import Progress
@@ -148,11 +149,8 @@ class ExtractorRecipe:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode())
-        for name in sorted(self.state):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(self.state[name]).tobytes())
-        return digest.hexdigest()[:16]
+        blob = json.dumps(self.spec, sort_keys=True, default=str) + state_sha256(self.state)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
     def of(cls, extractor, device: str = "auto") -> "ExtractorRecipe":

@@ -13,7 +13,6 @@ Only load models you trust: ``best.joblib`` is a pickle.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from featx.artifacts.results import SweepBundle
+from featx.cache import state_sha256
 from featx.data import Manifest, load_dataset
 from featx.errors import UserError
 from featx.storage import atomic_write_csv
@@ -191,24 +191,6 @@ def _rebuild_extractor(entry: dict) -> tuple[Extractor, dict | None]:
         return extractor, None
     extractor.set_state(state)
     return extractor, {"state_sha256": state_sha256(state)}
-
-
-def state_sha256(state: dict[str, np.ndarray]) -> str:
-    """sha256 of an extractor's learned arrays (names, dtypes, shapes and bytes).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = state_sha256({"vocabulary": np.zeros((2, 3), np.float32)})
-    >>> a == state_sha256({"vocabulary": np.zeros((3, 2), np.float32)})
-    False
-    """
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        array = np.ascontiguousarray(state[key])
-        digest.update(f"{key}\x00{array.dtype.str}\x00{array.shape}\x00".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def _short_hash(value: str | None) -> str:
