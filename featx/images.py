@@ -54,6 +54,9 @@ _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
 
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
+# EXIF orientation -> (flip rows, flip columns, then transpose): PIL.ImageOps.exif_transpose's convention.
+_ORIENTATIONS = {2: (False, True, False), 3: (True, True, False), 4: (True, False, False), 5: (False, False, True),
+                 6: (True, False, True), 7: (True, True, True), 8: (False, True, True)}
 
 
 def _silence_pillow_bomb_warnings() -> None:
@@ -269,21 +272,9 @@ def _exif_orientation(image: Image.Image) -> int:
 
 def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Rotate/flip like PIL.ImageOps.exif_transpose (views; made contiguous later)."""
-    if orientation == 2:
-        return pixels[:, ::-1]
-    if orientation == 3:
-        return pixels[::-1, ::-1]
-    if orientation == 4:
-        return pixels[::-1]
-    if orientation == 5:
-        return pixels.swapaxes(0, 1)
-    if orientation == 6:
-        return np.rot90(pixels, -1)
-    if orientation == 7:
-        return pixels[::-1, ::-1].swapaxes(0, 1)
-    if orientation == 8:
-        return np.rot90(pixels, 1)
-    return pixels
+    flip_rows, flip_columns, transpose = _ORIENTATIONS.get(orientation, (False, False, False))
+    pixels = pixels[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
+    return pixels.swapaxes(0, 1) if transpose else pixels
 
 
 # -- colour ----------------------------------------------------------------

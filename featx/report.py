@@ -223,10 +223,8 @@ def format_params(params: dict | str) -> str:
     """``{"head__C": 1.0, "pre_0__n_components": 64}`` -> ``C=1.0, pre_0__n_components=64``."""
     if isinstance(params, str):
         return params
-    parts = []
-    for name in sorted(params):
-        value = params[name]
-        parts.append(f"{name.removeprefix('head__')}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    parts = [f"{name.removeprefix('head__')}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+             for name, value in sorted(params.items())]
     return ", ".join(parts) or "-"
 
 
