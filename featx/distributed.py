@@ -210,12 +210,12 @@ def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequenc
     if not os.path.isdir(root):
         raise ClusterError(f"worker {socket.gethostname()} cannot see {root}; the images must be on a "
                            f"filesystem every worker sees, at the same path")
-    if extractor.parallel == "model":  # one model call at a time per process, decoding threaded inside
-        with _MODEL_LOCKS[recipe.key]:
-            (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))],
-                                                         workers=decode_threads, batch_size=batch_size)
-    else:  # cheap per-image maths: this worker thread does it; Dask spreads the shards
-        (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))], workers=1)
+    # A model: one call at a time per process, decoding threaded inside. Cheap per-image maths: this
+    # worker thread does it all; Dask spreads the shards.
+    model = extractor.parallel == "model"
+    with _MODEL_LOCKS[recipe.key] if model else contextlib.nullcontext():
+        (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))],
+                                                     workers=decode_threads if model else 1, batch_size=batch_size)
     return ShardResult(index, features, ok, list(reasons), f"{socket.gethostname()}:{os.getpid()}",
                        _BUILDS[recipe.key])
 

@@ -184,15 +184,12 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     seeds = [seed + i for i in range(repeats)]
     feature_sets = [load_feature_set(paths) for paths in cache_sets]
     label_names = feature_sets[0].label_names
-    test_paths = None
-    for fs in feature_sets:
+    test_paths = [feature_sets[0].paths[i] for i in feature_sets[0].rows(SPLIT_TEST)]
+    for fs in feature_sets[1:]:
         if fs.label_names != label_names:
             raise SweepError(f"{fs.cache_paths[0]} has labels {fs.label_names}, {feature_sets[0].cache_paths[0]} "
                              f"has {label_names}; sweep caches of one dataset together")
-        paths = [fs.paths[i] for i in fs.rows(SPLIT_TEST)]
-        if test_paths is None:
-            test_paths = paths
-        elif paths != test_paths:
+        if [fs.paths[i] for i in fs.rows(SPLIT_TEST)] != test_paths:
             raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
                              f"results would not be comparable: make all caches from one manifest")
 
