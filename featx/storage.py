@@ -1,16 +1,10 @@
-"""Crash-safe files and folders: atomic writes, locked stage folders published by rename.
+"""Crash-safe files and folders; every stage writes through this module and nothing else.
 
-Every stage writes through this module and nothing else:
-
-* :func:`atomic_write` (and the ``_text`` / ``_json`` / ``_csv`` / ``_npz`` forms) write a temporary file beside
-  the target, fsync it and ``os.replace`` it over the target, so a reader sees the old file or the
-  new one, never half of one.
-* :func:`locked` takes an inter-process lock (the maintained ``filelock`` library, so it works off
-  Linux too) on ``<target>.lock`` and records who holds it; a second writer gets :class:`BusyError`
-  naming the holder.
-* :func:`stage_folder` builds a whole folder (``experiments/NAME``, ``finetune/``...) beside its
-  target and publishes it with one rename, under the target's lock. An exception, Ctrl-C included,
-  removes only the half-built folder; the published one is untouched until the rename.
+:func:`atomic_write` (and its ``_text`` / ``_json`` / ``_csv`` / ``_npz`` forms) writes a temporary file
+beside the target, fsyncs it and ``os.replace``-s it over the target: a reader sees the old file or
+the new one, never half of one. :func:`locked` takes a ``filelock`` lock on ``<target>.lock`` and
+records who holds it, so a second writer gets a :class:`BusyError` naming the holder.
+:func:`stage_folder` builds a whole folder beside its target and publishes it with one rename.
 """
 
 from __future__ import annotations

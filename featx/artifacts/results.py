@@ -63,11 +63,8 @@ def write_rows_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
 
 
 def rank_rows(rows: Sequence[Mapping[str, Any]]) -> list:
-    """``rows`` best first, the one ranking of featx: higher ``select_accuracy``, ties broken by lower
-    ``select_log_loss``, then by the order given; NaN (a row never scored) ranks last.
-
-    The sweep ranks its configurations with it, the report ranks the sweep's rows and later stages'
-    rows together with it: the test split never chooses.
+    """``rows`` best first, the one ranking of featx (sweep and report): higher ``select_accuracy``, ties
+    broken by lower ``select_log_loss``, then by the order given; NaN (a row never scored) ranks last.
 
     Examples
     --------
