@@ -1,43 +1,8 @@
-"""The HDF5 feature store.
+"""The HDF5 feature store: one file per (dataset and split, extractor spec), built through a crash-safe journal.
 
-One file per (dataset and split, extractor spec): ``<dataset>-<extractor>-<hash>-<data>.h5``.
-``<hash>`` covers the extractor spec (name, parameters, weights sha256, preprocessing) and the
-stored dtype, so a changed parameter or weights file makes a new cache instead of silently
-reusing an old one; ``<data>`` is :meth:`featx.data.Manifest.fingerprint` (root folder, paths,
-labels, splits), so two folders that share a name, or one folder indexed with another seed or
-other split fractions, never publish over each other's file. Files named by featx before the
-fingerprint (``<dataset>-<extractor>-<hash>.h5``) still open, and their rows are reused.
-
-Layout of a finished file (readable with plain h5py)::
-
-    features   N x D float32 (or float16), chunked by rows   one row per image
-    paths      N utf-8                                        relative to the dataset root
-    labels     N int32                                        index into attrs["label_names"]; -1 unlabeled
-    split      N utf-8                                        train / val / test / unlabeled
-    failed     M x 2 utf-8                                    (path, reason) of images that could not be read
-    state/     group of arrays learned by the extractor (SIFT vocabulary)
-    attrs      featx_version, format, dataset, root, extractor, extractor_spec (JSON),
-               weights_sha256, preprocessing (JSON), dtype, label_names (JSON),
-               manifest_sha256, rows_done, rows_failed, created, updated, seconds, images_per_second
-
-Crash safety
-------------
-The file under its final name is only ever written by an atomic rename of a complete,
-fsynced file, so it is never seen half-written. Work in progress lives in a journal
-folder ``<file>.partial/``: a plan, the extractor state, and shards of rows, each written
-to a temporary name, fsynced and renamed. A run killed at any moment (kill -9 included)
-leaves only whole shards; the next run computes the missing ones and publishes a file
-equal to an uninterrupted run's. A lock (:func:`featx.storage.locked` on the file) keeps a
-second writer out with a clear error naming the holder; readers never take it.
-
-When a cache of the same extractor spec and the same root folder exists in the cache folder
-(this file, or a sibling made before images were added or the split changed), rows whose
-image is unchanged -- checked row by row: same path and same sha1 -- are taken from it and only
-the others are computed. Nothing is reused on trust: a row whose sha1 differs or is unknown is
-computed again.
-
-For crash tests, ``FEATX_KILL_AT`` names a step at which the process SIGKILLs itself (see
-:func:`kill_point`).
+File names, the layout (readable with plain h5py), row reuse from older files and crash safety are in
+README.md, "The cache (HDF5)". ``FEATX_KILL_AT`` names a step at which a build SIGKILLs itself, for
+crash tests (:func:`kill_point`).
 """
 
 from __future__ import annotations
@@ -51,8 +16,8 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
+import h5py
 import numpy as np
 
 from featx import __version__
@@ -61,11 +26,10 @@ from featx.errors import UserError
 from featx.storage import BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, locked
 
 __all__ = ["CacheError", "CacheLockedError", "CacheBuilder", "FeatureCache", "open_cache",
-           "cache_file_name", "cache_path", "cache_key", "kill_point", "DTYPES", "KILL_POINTS"]
+           "cache_file_name", "cache_path", "cache_key", "state_sha256", "kill_point", "DTYPES", "KILL_POINTS"]
 
 CACHE_FORMAT = 1
 DTYPES = ("float32", "float16")
-_STR = None  # h5py string dtype, created lazily
 
 
 class CacheError(UserError, RuntimeError):
@@ -83,25 +47,10 @@ KILL_POINTS = ("fit", "save_state", "shard:N", "publish:before_rename", "publish
 def kill_point(step: str) -> None:
     """SIGKILL this process when the environment variable ``FEATX_KILL_AT`` equals ``step``.
 
-    A test hook: crash tests kill a build at a named step (after shard 3, inside the vocabulary
-    fit, between writing the final file and renaming it...) instead of hoping a random moment
-    lands there. Costs one dictionary lookup when unset.
+    Crash tests kill a build at a named step instead of hoping a random moment lands there.
     """
     if os.environ.get("FEATX_KILL_AT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _h5py():
-    import h5py
-
-    return h5py
-
-
-def _str_dtype():
-    global _STR
-    if _STR is None:
-        _STR = _h5py().string_dtype("utf-8")
-    return _STR
 
 
 def cache_key(spec: dict, dtype: str = "float32") -> str:
@@ -109,6 +58,24 @@ def cache_key(spec: dict, dtype: str = "float32") -> str:
     blob = json.dumps({"spec": spec, "dtype": dtype, "format": CACHE_FORMAT},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def state_sha256(state: dict[str, np.ndarray]) -> str:
+    """sha256 of an extractor's learned arrays (names, dtypes, shapes and bytes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = state_sha256({"vocabulary": np.zeros((2, 3), np.float32)})
+    >>> a == state_sha256({"vocabulary": np.zeros((3, 2), np.float32)})
+    False
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        array = np.ascontiguousarray(state[key])
+        digest.update(f"{key}\x00{array.dtype.str}\x00{array.shape}\x00".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def cache_file_name(dataset: str, spec: dict, dtype: str = "float32", data_key: str | None = None) -> str:
@@ -167,16 +134,8 @@ class CacheBuilder:
                     builder.write_shard(shard, features, ok, reasons)
                 builder.publish()
 
-    Parameters
-    ----------
-    path : path
-        Final ``.h5`` file.
-    manifest : Manifest
-        The images, in the order rows are stored.
-    spec : dict
-        The extractor spec (``Extractor.spec()``).
-    dtype : {"float32", "float16"}
-        How features are stored.
+    ``path`` is the final ``.h5`` file, ``manifest`` the images in the order rows are stored, ``spec``
+    the extractor's ``Extractor.spec()`` and ``dtype`` (float32 or float16) how features are stored.
     """
 
     def __init__(self, path: str | os.PathLike, manifest: Manifest, spec: dict, dtype: str = "float32"):
@@ -223,7 +182,7 @@ class CacheBuilder:
         if not self.path.exists():
             return False
         try:
-            with _h5py().File(self.path, "r") as h5:
+            with h5py.File(self.path, "r") as h5:
                 complete = (h5.attrs.get("cache_key") == self.key
                             and h5.attrs.get("manifest_sha256") == self.manifest.sha256())
         except OSError:
@@ -270,13 +229,12 @@ class CacheBuilder:
         """Rows of ``candidate`` this build may take: same spec, same root, and per row the same
         path and sha1 as the manifest's record (a missing sha1 never matches)."""
         try:
-            with _h5py().File(candidate, "r") as h5:
+            with h5py.File(candidate, "r") as h5:
                 if (h5.attrs.get("cache_key") != self.key
                         or str(h5.attrs.get("root", "")) != str(self.manifest.root)):
                     return {}
-                old_paths = [p.decode() if isinstance(p, bytes) else p for p in h5["paths"][:]]
-                old_sha1 = [s.decode() if isinstance(s, bytes) else s for s in h5["sha1"][:]]
-        except (OSError, KeyError):
+                old_paths, old_sha1 = h5["paths"].asstr()[:], h5["sha1"].asstr()[:]
+        except (OSError, KeyError, TypeError):
             return {}
         old = {p: (i, s) for i, (p, s) in enumerate(zip(old_paths, old_sha1))}
         reuse = {}
@@ -340,7 +298,7 @@ class CacheBuilder:
             with np.load(state_file) as data:
                 return {k: data[k] for k in data.files}
         if self._reuse:
-            with _h5py().File(self._reuse_path, "r") as h5:
+            with h5py.File(self._reuse_path, "r") as h5:
                 if "state" in h5:
                     return {k: h5["state"][k][()] for k in h5["state"]}
         return None
@@ -360,9 +318,6 @@ class CacheBuilder:
         missing = self.pending_shards()
         if missing:
             raise CacheError(f"{len(missing)} shard(s) are still missing; cannot publish {self.path}")
-        h5py = _h5py()
-        manifest = self.manifest
-        label_names = manifest.label_names
         # Row order: the manifest's order; each row from a shard or from the older file.
         computed: dict[str, tuple[int, int]] = {}  # path -> (shard index, row within shard's ok rows)
         failed: list[tuple[str, str]] = []
@@ -384,17 +339,14 @@ class CacheBuilder:
         try:
             if dim is None and old is not None:
                 dim = old["features"].shape[1]
-            rows = [r for r in manifest.records if r.path in computed or r.path in self._reuse]
-            n = len(rows)
-            if n == 0:
+            rows = [r for r in self.manifest.records if r.path in computed or r.path in self._reuse]
+            if not rows:
                 raise CacheError(f"no image could be read ({len(failed)} failed, first: "
                                  f"{failed[0][0] if failed else '-'}: {failed[0][1] if failed else '-'}); "
                                  f"nothing to cache")
-            itemsize = np.dtype(self.dtype).itemsize
-            chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * itemsize))))
 
             def write(tmp: Path) -> None:
-                self._write_file(tmp, h5py, n, dim, chunk_rows, rows, computed, failed, old, attrs)
+                self._write_file(tmp, dim, rows, computed, failed, old, attrs)
                 kill_point("publish:before_rename")
 
             # Reading ``old`` while its replacement is renamed over it is safe on POSIX (the open
@@ -407,47 +359,41 @@ class CacheBuilder:
         shutil.rmtree(self.journal, ignore_errors=True)
         return self.path
 
-    def _write_file(self, tmp, h5py, n, dim, chunk_rows, rows, computed, failed, old, attrs) -> None:
-        manifest = self.manifest
-        label_names = manifest.label_names
+    def _write_file(self, tmp, dim, rows, computed, failed, old, attrs) -> None:
+        manifest, n = self.manifest, len(rows)
+        chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * np.dtype(self.dtype).itemsize))))  # ~1 MiB chunks
+        text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as h5:
-            features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype,
-                                         chunks=(chunk_rows, dim))
+            features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype, chunks=(chunk_rows, dim))
             self._copy_rows(features, rows, computed, old)
-            h5.create_dataset("paths", data=[r.path for r in rows], dtype=_str_dtype())
-            h5.create_dataset("labels", data=np.array(iter_labels(rows, label_names), dtype=np.int32))
-            h5.create_dataset("split", data=[r.split for r in rows], dtype=_str_dtype())
-            h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=_str_dtype())
-            h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2),
-                              dtype=_str_dtype())
+            h5.create_dataset("paths", data=[r.path for r in rows], dtype=text)
+            h5.create_dataset("labels", data=np.array(iter_labels(rows, manifest.label_names), dtype=np.int32))
+            h5.create_dataset("split", data=[r.split for r in rows], dtype=text)
+            h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=text)
+            h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2), dtype=text)
             state = self.load_state() or {}
             group = h5.create_group("state")
             for key, value in state.items():
                 group.create_dataset(key, data=value)
             created = old.attrs.get("created") if old is not None else None
-            base_attrs = {
+            h5.attrs.update({
                 "featx_version": __version__, "format": CACHE_FORMAT, "cache_key": self.key,
                 "dataset": manifest.name, "root": str(manifest.root), "layout": manifest.layout,
                 "seed": manifest.seed, "extractor": self.spec["name"],
                 "extractor_spec": json.dumps(self.spec, sort_keys=True),
                 "weights_sha256": self.spec.get("weights_sha256") or "",
                 "preprocessing": json.dumps(self.spec.get("preprocessing", {}), sort_keys=True),
-                "dtype": self.dtype, "label_names": json.dumps(label_names),
+                "dtype": self.dtype, "label_names": json.dumps(manifest.label_names),
                 "manifest_sha256": manifest.sha256(), "rows_done": n, "rows_failed": len(failed),
                 "rows_reused": len([r for r in rows if r.path not in computed]),
-                "created": created or _now(), "updated": _now(),
-            }
-            base_attrs.update(attrs or {})
-            for key, value in base_attrs.items():
-                h5.attrs[key] = value
-            h5.flush()
+                "created": created or _now(), "updated": _now(), **(attrs or {}),
+            })
 
     def _copy_rows(self, target, rows, computed, old) -> None:
         """Fill ``target`` row by row in manifest order, one shard in memory at a time."""
         loaded_index, loaded = None, None
-        out_row = 0
         block_start, block = 0, []
-        for record in rows:
+        for out_row, record in enumerate(rows, start=1):
             if record.path in computed:
                 shard_index, row = computed[record.path]
                 if shard_index != loaded_index:
@@ -458,12 +404,11 @@ class CacheBuilder:
                 block.append(loaded[row])
             else:
                 block.append(old["features"][self._reuse[record.path]])
-            out_row += 1
             if len(block) >= 512:
                 target[block_start:out_row] = np.stack(block)
                 block_start, block = out_row, []
         if block:
-            target[block_start:out_row] = np.stack(block)
+            target[block_start:] = np.stack(block)
 
 
 class FeatureCache:
@@ -484,10 +429,10 @@ class FeatureCache:
             raise CacheError(f"{self.path} does not exist{hint}")
         # The advice depends on who wrote the file: a file featx did not write is never to be deleted.
         make = "give a .h5 file written by featx cache (make one with: featx cache DIR --extractor NAME)"
-        if self.path.is_dir() or not _h5py().is_hdf5(self.path):
+        if self.path.is_dir() or not h5py.is_hdf5(self.path):
             raise CacheError(f"{self.path} is not a featx cache (not a readable HDF5 file); {make}")
         try:
-            self.h5 = _h5py().File(self.path, "r")
+            self.h5 = h5py.File(self.path, "r")
         except OSError as exc:
             raise CacheError(f"{self.path} is an HDF5 file that cannot be opened ({exc}); if featx cache wrote it, "
                              f"it is damaged: delete it and run featx cache again; otherwise {make}") from None
@@ -536,7 +481,7 @@ class FeatureCache:
 
     @property
     def paths(self) -> list[str]:
-        return [p.decode() if isinstance(p, bytes) else p for p in self.h5["paths"][:]]
+        return self.h5["paths"].asstr()[:].tolist()
 
     @property
     def labels(self) -> np.ndarray:
@@ -544,12 +489,11 @@ class FeatureCache:
 
     @property
     def split(self) -> np.ndarray:
-        return np.array([s.decode() if isinstance(s, bytes) else s for s in self.h5["split"][:]])
+        return self.h5["split"].asstr()[:].astype(str)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
-        rows = self.h5["failed"][:]
-        return [tuple(x.decode() if isinstance(x, bytes) else x for x in row) for row in rows]
+        return [tuple(row) for row in self.h5["failed"].asstr()[:].tolist()]
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -598,8 +542,3 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
     """Open a finished cache for reading."""
     return FeatureCache(path)
 
-
-def iter_shard_records(builder: CacheBuilder) -> Iterator:
-    """(shard, records) for each pending shard of a prepared builder."""
-    for shard in builder.pending_shards():
-        yield shard, builder.records_of(shard)

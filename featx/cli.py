@@ -18,7 +18,8 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from featx.errors import UserError, unwrap_tf_error, user_error_types  # noqa: E402
+from featx.errors import UserError, unwrap_tf_error  # noqa: E402
+from featx.progress import RichBar  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -41,7 +42,7 @@ def _user_errors():
 
     # Only featx's user-error classes (and a path the user gave that does not exist): any other
     # exception, a plain ValueError included, is a featx bug and keeps its traceback.
-    return (*user_error_types(), WeightsError, BusyError, FileNotFoundError)
+    return (UserError, WeightsError, BusyError, FileNotFoundError)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -69,7 +70,6 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def index(
     directory: Path = typer.Argument(..., help="Folder of images."),
@@ -84,7 +84,6 @@ def index(
     Example: [bold]featx index data/train -o cache/train.csv --val 0.1 --test 0.1[/]
     """
     from featx.data import build_manifest
-    from featx.progress import RichBar
 
     bar = RichBar()
     bar.start("index + sha1", len(_count_files(directory)))
@@ -111,21 +110,23 @@ def _count_files(directory: Path) -> list:
         return []
 
 
+def _table(columns, rows, title: str | None = None, right_from: int | None = None) -> Table:
+    """A borderless table; the columns from index ``right_from`` on are right-aligned (numbers)."""
+    table = Table(title=title, show_edge=False)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="right" if right_from is not None and index >= right_from else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _print_counts(counts: dict, label_names: list[str]) -> None:
-    table = Table(title=None, show_edge=False)
-    table.add_column("split")
-    columns = label_names or ["-"]
-    for name in columns:
-        table.add_column(name, justify="right")
-    table.add_column("total", justify="right")
-    for split in ("train", "val", "test", "unlabeled"):
-        if split in counts:
-            row = counts[split]
-            table.add_row(split, *[str(row.get(n, 0)) for n in columns], str(sum(row.values())))
-    err.print(table)
+    names = label_names or ["-"]
+    rows = [[split, *[str(counts[split].get(n, 0)) for n in names], str(sum(counts[split].values()))]
+            for split in ("train", "val", "test", "unlabeled") if split in counts]
+    err.print(_table(["split", *names, "total"], rows, right_from=1))
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List extractor names, output dims, and whether their weights are available offline.
@@ -151,20 +152,16 @@ def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(show_edge=False)
-    for col in ("name", "dim", "offline", "weights", "description"):
-        table.add_column(col)
-    for row in rows:
-        offline = {True: "yes", False: "no", None: "?"}[row["offline"]]
-        table.add_row(row["name"], str(row["dim"] or "-"), offline, row["weights"], row["description"])
-    out.print(table)
+    offline = {True: "yes", False: "no", None: "?"}
+    out.print(_table(("name", "dim", "offline", "weights", "description"),
+                     [(row["name"], str(row["dim"] or "-"), offline[row["offline"]], row["weights"], row["description"])
+                      for row in rows]))
     out.print(f"{len(rows)} extractors")
 
 
 _RUNTIME_HELP = "auto | keras | openvino: what runs the CNN (auto: OpenVINO on a CPU, Keras on a GPU)."
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def cache(
     source: Path = typer.Argument(..., help="Folder of images, or a manifest CSV from featx index."),
@@ -190,8 +187,6 @@ def cache(
     """
     from featx.data import load_dataset
     from featx.extractors import get_extractor, parse_opts
-    from featx.pipeline import build_cache
-    from featx.progress import RichBar
 
     _seed_everything(seed)
     manifest = _run(load_dataset, source, layout=layout, val=val, test=test, seed=seed)
@@ -203,29 +198,26 @@ def cache(
     ext = _run(get_extractor, extractor, **options)
     if precision != "auto":  # hog computes in fp32 only: --precision bf16 is refused, never ignored
         _run(ext.check_precision, precision)
-    cluster = {}
-    if scheduler is not None:  # the workers' devices count, not this machine's
+    if scheduler is not None:  # a Dask cluster computes the shards; this process plans, writes and publishes
         if runtime == "openvino":
             _fail(f"--runtime {runtime} is not available with --scheduler: Dask workers run the Keras model; "
                   f"drop --runtime or run without --scheduler")
         if "int8" in (precision, options.get("precision")):
             _fail("--precision int8 is not available with --scheduler: int8 runs on OpenVINO and Dask workers "
                   "run the Keras model; use fp32/bf16/fp16 there, or build the int8 cache without --scheduler")
-        cluster = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
-        if ext.parallel == "model" and "precision" not in options:
-            ext.precision = _run(_resolve_precision, precision, "gpu" if device == "gpu" else "cpu")
-    elif ext.parallel == "model":  # a CNN: it runs on the device, in a precision that suits it
-        device = _run(_select_device, device)
-        if "precision" not in options:
-            ext.precision = _run(_resolve_precision, precision, device)
-    if cluster:  # a Dask cluster computes the shards; this process plans, writes and publishes
-        from featx.distributed import build_cache as build_on_cluster
+        from featx.distributed import build_cache as build
 
-        result = _run(build_on_cluster, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), **cluster)
+        where = {"scheduler": scheduler, "device": device, "report": lambda line: err.print(line, highlight=False)}
+        compute_device = "gpu" if device == "gpu" else "cpu"  # the workers' devices count, not this machine's
     else:
-        result = _run(build_cache, manifest, ext, cache_dir=cache_dir, batch_size=batch_size,
-                      workers=workers, dtype=dtype, shard_rows=shard_rows, progress=RichBar(), runtime=runtime)
+        from featx.pipeline import build_cache as build
+
+        where = {"runtime": runtime}
+        compute_device = _run(_select_device, device) if ext.parallel == "model" else device
+    if ext.parallel == "model" and "precision" not in options:  # a CNN runs in a precision that suits its device
+        ext.precision = _run(_resolve_precision, precision, compute_device)
+    result = _run(build, manifest, ext, cache_dir=cache_dir, batch_size=batch_size, workers=workers, dtype=dtype,
+                  shard_rows=shard_rows, progress=RichBar(), **where)
     _print_skipped(result.failed)
     if result.noop:
         out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)
@@ -236,11 +228,8 @@ def cache(
 
 
 def _select_device(device: str) -> str:
-    """'cpu' or 'gpu'; hides GPUs from TensorFlow when cpu is asked for."""
-    if device not in ("auto", "cpu", "gpu"):
-        raise UsageProblem(f"--device must be auto, cpu or gpu; got {device!r}")
+    """'cpu' or 'gpu' for a checked --device (GPUs are already hidden for cpu)."""
     if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         return "cpu"
     from featx.runtime.hardware import has_gpu
 
@@ -258,7 +247,6 @@ def _resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def inspect(
     cache_file: Path = typer.Argument(..., help="A cache .h5 file."),
@@ -283,13 +271,12 @@ def inspect(
     out.print("[bold]spec[/]: " + json.dumps(summary["spec"], sort_keys=True), highlight=False)
     if summary["state"]:
         out.print(f"[bold]state[/]: {summary['state']}", highlight=False)
-    _print_counts({k: v for k, v in summary["splits"].items()}, summary["label_names"])
+    _print_counts(summary["splits"], summary["label_names"])
     for path, reason in failed[:20]:
         out.print(f"  failed: {path}: {reason}", highlight=False)
     out.print(f"{summary['path']}: {summary['rows']} x {summary['dim']} {summary['extractor']}", highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def sweep(
     caches: List[str] = typer.Argument(..., help="Cache files; join with '+' to concatenate features (a.h5+b.h5). Each argument is swept."),
@@ -309,7 +296,6 @@ def sweep(
 
     Example: [bold]featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs[/]
     """
-    from featx.progress import RichBar
     from featx.sweep import run_sweep
 
     _seed_everything(seed)
@@ -325,14 +311,12 @@ def sweep(
                   grids=grids, preprocessing=steps[0] if len(steps) == 1 else steps, cv=cv, repeats=repeats,
                   seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"),
                   scheduler=scheduler, report=lambda line: err.print(line, highlight=False))
-    table = Table(show_edge=False)
-    for col in ("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"):
-        table.add_column(col)
-    for row in sorted(result.rows, key=lambda r: r["rank"])[:15]:
-        table.add_row(str(row["rank"]), row["features"], row["head"], row["params"], f"{row['select_accuracy']:.4f}",
-                      f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
-                      f"{row['roc_auc']:.4f}", f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
-    err.print(table)
+    rows = [(str(row["rank"]), row["features"], row["head"], row["params"], f"{row['select_accuracy']:.4f}",
+             f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
+             f"{row['roc_auc']:.4f}", f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
+            for row in sorted(result.rows, key=lambda r: r["rank"])[:15]]
+    err.print(_table(("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"),
+                     rows))
     if result.mcnemar:
         m = result.mcnemar
         err.print(f"McNemar best vs runner-up: n01={m['n01']} n10={m['n10']} p={m['p_value']:.3g}", highlight=False)
@@ -346,7 +330,6 @@ def _test_accuracy(row: dict) -> str:
     return f"test accuracy {row['accuracy']:.4f} [{row['accuracy_low']:.4f}, {row['accuracy_high']:.4f}]"
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def report(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out."),
@@ -365,7 +348,6 @@ def report(
     out.print(str(paths["markdown"]), highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def imagenet(
     images: List[Path] = typer.Argument(..., help="Image files."),
@@ -393,7 +375,6 @@ def imagenet(
     out.print(f"{len(images)} image(s) classified with {extractor}; first: {first[0]} ({first[1]:.3f})", highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("experiments/demo"), "--out", help="Where the demo writes its data, caches and results."),
@@ -408,7 +389,6 @@ def demo(
     _run(run_demo, out_dir, seed=seed, console=out)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="best.joblib (or its experiment folder) from featx sweep, or the "
@@ -434,7 +414,6 @@ def predict(
     Example: [bold]featx predict experiments/effnet/best.joblib data/test1 -o submission.csv[/]
     """
     from featx.predict import check_submission_options, load_model, predict as predict_folder, write_submission
-    from featx.progress import RichBar
 
     loaded = _run(load_model, model)
     _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
@@ -468,7 +447,6 @@ def evaluate(
     Example: [bold]featx evaluate experiments/effnet/best.joblib data/holdout[/]
     """
     from featx.predict import evaluate as evaluate_folder, load_model
-    from featx.progress import RichBar
 
     loaded = _run(load_model, model)
     err.print(f"model: {loaded.describe()}", highlight=False)
@@ -478,25 +456,16 @@ def evaluate(
     if as_json:
         out.print_json(json.dumps(result, default=str))
         return
-    table = Table(show_edge=False)
-    for column in ("metric", "value", "95% interval"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for metric in ("accuracy", "roc_auc", "average_precision", "log_loss"):
-        table.add_row(metric, f"{result[metric]:.4f}",
-                      f"[{result[metric + '_low']:.4f}, {result[metric + '_high']:.4f}]")
-    out.print(table)
-    confusion = Table(title="confusion (rows: true, columns: predicted)", show_edge=False)
-    confusion.add_column("")
-    for name in result["label_names"]:
-        confusion.add_column(name, justify="right")
-    for name, row in zip(result["label_names"], result["confusion"]):
-        confusion.add_row(name, *map(str, row))
-    out.print(confusion)
+    metrics = ("accuracy", "roc_auc", "average_precision", "log_loss")
+    rows = [(m, f"{result[m]:.4f}", f"[{result[m + '_low']:.4f}, {result[m + '_high']:.4f}]") for m in metrics]
+    out.print(_table(("metric", "value", "95% interval"), rows, right_from=1))
+    out.print(_table(("", *result["label_names"]),
+                     [(name, *map(str, row)) for name, row in zip(result["label_names"], result["confusion"])],
+                     title="confusion (rows: true, columns: predicted)", right_from=1))
     out.print(f"accuracy {result['accuracy']:.3f} [{result['accuracy_low']:.3f}, {result['accuracy_high']:.3f}] "
               f"on {result['n_images']} images", highlight=False)
 
 
-# ---------------------------------------------------------------------------------------------
 @app.command()
 def finetune(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out (its best.joblib "
@@ -585,7 +554,6 @@ def scratch(
     """
     from dataclasses import fields
 
-    from featx.progress import RichBar
     from featx.scratch import ScratchOptions, run_scratch
 
     flags = locals()  # the options are the flags: spelled once, in ScratchOptions
@@ -604,10 +572,6 @@ def _print_skipped(failed: list) -> None:
         err.print(f"  {path}: {reason}", highlight=False)
     if len(failed) > 20:
         err.print(f"  ... and {len(failed) - 20} more", highlight=False)
-
-
-def main() -> None:  # pragma: no cover - console script entry
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,30 +1,8 @@
 """Find images, read their labels, split them deterministically, and keep it all in a manifest.
 
-Layouts
--------
-``kaggle``
-    The label is the first dot-separated part of the file name: ``cat.123.jpg`` -> ``cat``.
-``folders``
-    The label is the image's parent folder: ``train/dog/x.jpg`` -> ``dog``.
-``unlabeled``
-    No labels (Kaggle's ``test1/123.jpg``); every image lands in split ``unlabeled``.
-``auto``
-    Decides from what it finds and says what it decided (:attr:`Manifest.layout_reason`).
-
-Splits
-------
-Each image's split is decided from a hash of ``(seed, relative path)`` alone, so adding
-images never moves an image that was already placed. Every class goes through the same
-rule, so the split is stratified: each class gets the val/test fractions in expectation
-(a class of n images deviates by about ``sqrt(n * p * (1 - p))`` images).
-
-The manifest file
------------------
-A CSV with columns ``path,label,split,sha1`` (``path`` relative to the dataset root,
-``label`` empty when unlabeled, ``sha1`` of the file's bytes). Its first line is a comment
-holding the settings as JSON::
-
-    # featx-manifest {"root": "/data/train", "layout": "kaggle", "seed": 0, "val": 0.1, "test": 0.1}
+The layouts (``kaggle``, ``folders``, ``unlabeled``, ``auto``), the split rule (a hash of the seed and
+the relative path alone, so adding images never moves one already placed) and the manifest CSV are
+described in README.md, "Layouts" and "The manifest".
 """
 
 from __future__ import annotations
@@ -41,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from featx.errors import UserError
-from featx.storage import atomic_write_text
+from featx.storage import atomic_write_csv
 
 __all__ = [
     "LAYOUTS", "SPLITS", "DataError", "Record", "Manifest",
@@ -57,10 +35,7 @@ MANIFEST_COLUMNS = ("path", "label", "split")
 
 
 class DataError(UserError, ValueError):
-    """The data cannot be used as asked; the message names the file and the fix.
-
-    (Still a ``ValueError`` for callers that caught it as one.)
-    """
+    """The data cannot be used as asked; the message names the file and the fix (a ``ValueError`` too)."""
 
 
 @dataclass(frozen=True)
@@ -109,20 +84,6 @@ class Manifest:
             table.setdefault(record.split, Counter())[record.label or "-"] += 1
         return table
 
-    def settings(self) -> dict:
-        return {"root": str(self.root), "layout": self.layout, "seed": self.seed,
-                "val": self.val, "test": self.test}
-
-    def to_csv(self) -> str:
-        """The manifest file's text."""
-        buffer = io.StringIO()
-        buffer.write(MANIFEST_TAG + json.dumps(self.settings(), sort_keys=True) + "\n")
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "split", "sha1"])
-        for r in self.records:
-            writer.writerow([r.path, r.label or "", r.split, r.sha1])
-        return buffer.getvalue()
-
     def sha256(self) -> str:
         """Fingerprint of the images, labels and splits (not of where the root lives)."""
         digest = hashlib.sha256()
@@ -144,7 +105,11 @@ class Manifest:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the manifest CSV atomically (a reader never sees half a file)."""
-        return atomic_write_text(path, self.to_csv())
+        settings = {"root": str(self.root), "layout": self.layout, "seed": self.seed,
+                    "val": self.val, "test": self.test}
+        rows = [[r.path, r.label or "", r.split, r.sha1] for r in self.records]
+        return atomic_write_csv(path, [["path", "label", "split", "sha1"], *rows],
+                                preamble=MANIFEST_TAG + json.dumps(settings, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Manifest":
@@ -256,26 +221,16 @@ def assign_split(path: str, seed: int, val: float, test: float) -> str:
     return "train"
 
 
-def _sha1_file(path: Path) -> str:
-    from featx.images import file_sha1
-
-    return file_sha1(path)
-
-
 def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0.1, test: float = 0.1,
-                   seed: int = 0, hash_files: bool = True,
-                   progress: Callable[[int], None] | None = None) -> Manifest:
-    """Index the images under ``root``.
+                   seed: int = 0, hash_files: bool = True, progress: Callable[[int], None] | None = None) -> Manifest:
+    """Index the images under the folder ``root``.
 
     Parameters
     ----------
-    root : path
-        Folder of images.
     layout : {"auto", "kaggle", "folders", "unlabeled"}
     val, test : float
-        Fractions of labelled images for validation and test (the rest is train).
-    seed : int
-        Changes which images go to which split.
+        Fractions of labelled images for validation and test (the rest is train); ``seed`` changes
+        which images go to which split.
     hash_files : bool
         Record each file's sha1 (lets a cache notice a changed file).
     progress : callable, optional
@@ -302,7 +257,7 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
     reason, asked = f"asked for {layout}", layout
     if layout == "auto":
         layout, reason = detect_layout(paths)
-    from featx.images import ImageError
+    from featx.images import ImageError, file_sha1
 
     records = []
     unlabeled_paths = []
@@ -315,7 +270,7 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
             continue
         split = "unlabeled" if label is None else assign_split(path, seed, val, test)
         try:
-            sha1 = _sha1_file(root / path) if hash_files else ""
+            sha1 = file_sha1(root / path) if hash_files else ""
         except ImageError as exc:  # one unreadable file is reported, the rest indexed
             skipped.append((path, exc.reason))
             continue

@@ -1,12 +1,8 @@
 """Feature caching and sweeps on a Dask cluster (``--scheduler ADDRESS|file.json|local:N``).
 
-Extraction: the client plans the cache journal's shards and fits a learned extractor once
-(:func:`featx.pipeline.plan_build`), broadcasts the extractor's recipe (name, options, fitted
-state; workers build it once per process and never refit), sends each pending shard's paths
-to a worker (CNN shards ask for the resource ``GPU=1`` under ``--device gpu``), writes the
-features that come back into the journal and publishes the same file as a local run. A dead
-worker costs its shard (Dask reruns it); a lost scheduler leaves the journal for the next run.
-Sweeps: :func:`joblib_on_cluster`, joblib's Dask backend with the feature sets scattered once.
+Extraction: the client plans the journal (:func:`featx.pipeline.plan_build`), broadcasts the
+extractor's recipe, has workers compute the pending shards and publishes the same file as a local
+run. Sweeps: :func:`joblib_on_cluster`. How it works and fails: README.md, "Past one machine: Dask".
 """
 
 from __future__ import annotations
@@ -27,8 +23,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from featx.cache import state_sha256
 from featx.errors import UserError
-from featx.pipeline import CacheResult, extract_images, plan_build
+from featx.pipeline import CacheResult, extract_images, plan_build, publish_build
 from featx.progress import Progress
 
 __all__ = ["ClusterError", "parse_scheduler", "connect", "ExtractorRecipe", "compute_shard",
@@ -41,13 +38,6 @@ _CONNECT_TIMEOUT_S = 15
 
 class ClusterError(UserError, ValueError):
     """The cluster cannot run the job as asked; the message says why and what to do."""
-
-
-def _require_distributed():
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise ClusterError("--scheduler needs Dask: pip install 'featx[dask]'") from None
 
 
 # -- connecting ------------------------------------------------------------------------------
@@ -92,8 +82,10 @@ def connect(scheduler: str, report: Callable[[str], None] | None = None, wait_s:
 
     ``report`` receives one line naming the scheduler, the workers and the dashboard address.
     """
-    _require_distributed()
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterError("--scheduler needs Dask: pip install 'featx[dask]'") from None
 
     kind, value = parse_scheduler(scheduler)
     cluster = None
@@ -118,7 +110,7 @@ def connect(scheduler: str, report: Callable[[str], None] | None = None, wait_s:
                 raise ClusterError(f"--scheduler {scheduler}: no worker joined in {wait_s:.0f} s; start workers "
                                    f"with `dask worker {client.scheduler.address}`") from None
             if report is not None:
-                workers = client.scheduler_info(n_workers=-1)["workers"]
+                workers = _workers(client)
                 threads = sum(w["nthreads"] for w in workers.values())
                 report(f"dask: {len(workers)} worker(s), {threads} thread(s) at {client.scheduler.address}; "
                        f"dashboard {_dashboard_line(client)}")
@@ -157,11 +149,8 @@ class ExtractorRecipe:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode())
-        for name in sorted(self.state):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(self.state[name]).tobytes())
-        return digest.hexdigest()[:16]
+        blob = json.dumps(self.spec, sort_keys=True, default=str) + state_sha256(self.state)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
     def of(cls, extractor, device: str = "auto") -> "ExtractorRecipe":
@@ -221,12 +210,12 @@ def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequenc
     if not os.path.isdir(root):
         raise ClusterError(f"worker {socket.gethostname()} cannot see {root}; the images must be on a "
                            f"filesystem every worker sees, at the same path")
-    if extractor.parallel == "model":  # one model call at a time per process, decoding threaded inside
-        with _MODEL_LOCKS[recipe.key]:
-            (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))],
-                                                         workers=decode_threads, batch_size=batch_size)
-    else:  # cheap per-image maths: this worker thread does it; Dask spreads the shards
-        (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))], workers=1)
+    # A model: one call at a time per process, decoding threaded inside. Cheap per-image maths: this
+    # worker thread does it all; Dask spreads the shards.
+    model = extractor.parallel == "model"
+    with _MODEL_LOCKS[recipe.key] if model else contextlib.nullcontext():
+        (_, features, ok, reasons), = extract_images(extractor, root, [(index, list(paths))],
+                                                     workers=decode_threads if model else 1, batch_size=batch_size)
     return ShardResult(index, features, ok, list(reasons), f"{socket.gethostname()}:{os.getpid()}",
                        _BUILDS[recipe.key])
 
@@ -319,8 +308,6 @@ def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_si
     raised) and ``report`` (gets the one-line cluster and dashboard summary). ``workers`` is
     the number of decoding threads inside a CNN shard (default 4).
     """
-    from featx.cache import open_cache
-
     if device not in ("auto", "cpu", "gpu"):
         raise ClusterError(f"--device must be auto, cpu or gpu; got {device!r}")
     parse_scheduler(scheduler)  # a bad --scheduler fails before any work
@@ -349,15 +336,9 @@ def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_si
                     progress.advance(len(result.ok))
             finally:
                 progress.stop()
-        compute_seconds = time.perf_counter() - compute_started
-        out = builder.publish({"seconds": round(compute_seconds, 3),
-                               "images_per_second": round(job.todo / compute_seconds, 3) if compute_seconds > 0 else 0.0,
-                               "fit_max_images": fit_max_images,
-                               "runtime": "keras" if extractor.parallel == "model" else "python"})
-        with open_cache(out) as cache:
-            return DistributedCacheResult(out, rows=cache.n_rows, computed=job.todo, reused=builder.n_reused,
-                                          failed=cache.failed, seconds=compute_seconds, shards=len(by_index),
-                                          shards_by_worker=dict(shards_by_worker), builds_by_worker=builds)
+        ran_on = "keras" if extractor.parallel == "model" else "python"
+        return publish_build(job, compute_started, fit_max_images, ran_on, result=DistributedCacheResult,
+                             shards=len(by_index), shards_by_worker=dict(shards_by_worker), builds_by_worker=builds)
 
 
 # -- sweeps ----------------------------------------------------------------------------------

@@ -2,37 +2,19 @@
 
 The command line's rule: a user mistake (bad path, bad option, unusable data) ends in one line
 naming the file or option and the fix, exit code 2; any other exception is featx's own bug and
-keeps its traceback. :class:`UserError` is the one base class of the first kind; modules raise a
-subclass of it (``DataError``, ``CacheError``...) and never a bare ``ValueError`` for a user's
-mistake, so a ``ValueError`` from a real bug is never dressed up as advice.
-
-Errors raised inside ``tf.py_function`` reach the caller as ``tf.errors.OpError`` whose message
-embeds the original ``ClassName: message`` and a traceback; :func:`unwrap_tf_error` finds a user
-error in there again.
+keeps its traceback. Modules raise a subclass of :class:`UserError` for a user's mistake, never a
+bare ``ValueError``, so a ``ValueError`` from a real bug is never dressed up as advice.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["UserError", "user_error_types", "unwrap_tf_error", "register_user_error"]
+__all__ = ["UserError", "unwrap_tf_error"]
 
 
 class UserError(Exception):
     """A mistake in what the user asked for or gave; the message names the file/option and the fix."""
-
-
-_EXTRA: list[type[BaseException]] = []
-
-
-def register_user_error(cls: type[BaseException]) -> type[BaseException]:
-    """Count ``cls`` (defined where it cannot subclass :class:`UserError`) as a user error.
-
-    Usable as a class decorator.
-    """
-    if cls not in _EXTRA:
-        _EXTRA.append(cls)
-    return cls
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -43,11 +25,6 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """:class:`UserError` and every class registered with :func:`register_user_error`."""
-    return (UserError, *_EXTRA)
-
-
 def unwrap_tf_error(exc: BaseException) -> BaseException:
     """The user error hidden in a TensorFlow ``OpError`` raised through ``tf.py_function``.
 
@@ -56,12 +33,11 @@ def unwrap_tf_error(exc: BaseException) -> BaseException:
     exception is of a user-error class (found by name: the original object does not survive
     TensorFlow); otherwise ``exc`` itself, unchanged, so a real bug keeps its own type and traceback.
     """
-    if isinstance(exc, user_error_types()):
+    if isinstance(exc, UserError):
         return exc
     if not any(c.__name__ == "OpError" for c in type(exc).__mro__):
         return exc
-    names = sorted({c.__name__ for base in user_error_types() for c in (base, *_subclasses(base))}, key=len,
-                   reverse=True)
+    names = sorted({c.__name__ for c in (UserError, *_subclasses(UserError))}, key=len, reverse=True)
     text = getattr(exc, "message", None) or str(exc)
     # Only the line before the embedded traceback names the exception that ended the call; a user
     # error further down (one a featx bug raised while handling it) must not hide the bug.

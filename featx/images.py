@@ -1,43 +1,14 @@
 """Safe image decoding and preprocessing: the one place in featx that opens image files.
 
-:func:`load_image` turns any JPEG, PNG, BMP, WebP, GIF (first frame) or TIFF
-into a C-contiguous ``uint8`` RGB array of shape ``(height, width, 3)``,
-optionally resized, centre-cropped and histogram-equalized. Every file that
-cannot be read (zero bytes, truncated, corrupt, not an image, unreadable,
-missing, over the pixel limit) raises :class:`ImageError` with a short reason;
-:func:`try_load_image` returns that reason instead of raising.
+:func:`load_image` turns any JPEG, PNG, BMP, WebP, GIF (first frame) or TIFF into a C-contiguous
+``uint8`` RGB array, EXIF orientation applied, optionally resized, centre-cropped and
+histogram-equalized. Every file that cannot be read raises :class:`ImageError` with a short reason;
+:func:`try_load_image` returns that reason instead. How colour modes become RGB, how large JPEGs
+are decoded at reduced scale, and the safety rules: docs/stages.md, "Images".
 
-How pixels come out
--------------------
-* Colour modes: grayscale (``1``, ``L``, ``I;16``, ``I``, ``F``), palette
-  (``P``, with or without transparency), ``CMYK``, ``YCbCr`` and alpha modes
-  (``LA``, ``PA``, ``RGBA``) all become RGB. Alpha is composited on white.
-  16-bit grayscale is scaled to 8 bits (``value / 257``); ``I`` images whose
-  values fit 0..255 are kept as they are, values that fit 0..65535 are treated
-  as 16-bit, anything wider is stretched min..max; ``F`` images in [0, 1] are
-  scaled by 255, in [0, 255] kept, anything else stretched min..max.
-* EXIF orientation is applied with the same convention as
-  :func:`PIL.ImageOps.exif_transpose` (also for TIFF orientation tags).
-* A JPEG much larger than the requested size is decoded at reduced DCT scale
-  (``Image.draft``: 1/2, 1/4 or 1/8), never below the requested size, and then
-  resized precisely with OpenCV. ``draft=False`` decodes at full size.
-* Resizing uses :func:`cv2.resize`; the pixel work is done at the stored
-  orientation and the small result is rotated last, which gives the same
-  pixels as rotating first (within one grey level of rounding).
-
-Safety
-------
-* The pixel count is checked from the header, before anything is decoded.
-* ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False and every image is
-  fully loaded here, so a truncated file is an error, never half grey.
-* Only the formats above are tried (``Image.open(formats=...)``), so no
-  exotic Pillow plugin (EPS through Ghostscript, ...) is reached from a data folder.
-
-Importing this module sets ``cv2.setNumThreads(1)`` (featx parallelises across
-images, not inside one resize) and silences Pillow's
-``DecompressionBombWarning`` (featx enforces its own limit as an error).
-Everything here is a plain function with no shared state, safe in threads and
-in joblib worker processes.
+Importing this module sets ``cv2.setNumThreads(1)`` (featx parallelises across images, not inside
+one resize) and silences Pillow's ``DecompressionBombWarning`` (featx's own limit is an error).
+Everything here is a plain function with no shared state, safe in threads and worker processes.
 """
 
 from __future__ import annotations
@@ -56,66 +27,41 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from featx.errors import UserError
 
-# Importing a plugin registers its format; doing it here (instead of letting
-# Pillow's lazy ``init()`` import all of them on first use) keeps start-up
-# short and the set of decoders explicit.
+# Importing a plugin registers its format; doing it here (instead of letting Pillow's lazy ``init()``
+# import all of them on first use) keeps start-up short and the set of decoders explicit.
 from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin  # noqa: F401  isort: skip
 from PIL import PngImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401  isort: skip
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "DEFAULT_MAX_PIXELS",
-    "INTERPOLATIONS",
-    "ImageError",
-    "is_image_name",
-    "load_image",
-    "try_load_image",
-    "file_sha1",
-]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "INTERPOLATIONS", "ImageError", "is_image_name", "load_image",
+           "try_load_image", "file_sha1"]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 # Pillow's own default (about a 9459 x 9459 image, ~268 MB as RGB).
 DEFAULT_MAX_PIXELS: int = 89_478_485
 
-INTERPOLATIONS: dict[str, int] = {
-    "area": cv2.INTER_AREA,
-    "linear": cv2.INTER_LINEAR,
-    "cubic": cv2.INTER_CUBIC,
-    "nearest": cv2.INTER_NEAREST,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
+INTERPOLATIONS: dict[str, int] = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
+                                   "nearest": cv2.INTER_NEAREST, "lanczos": cv2.INTER_LANCZOS4}
 
-# Pillow format names tried when opening; anything else is "not an image".
-# (Camera MPO files open through the JPEG factory and report format "MPO".)
+# Pillow format names tried when opening; anything else is "not an image" (camera MPO files open
+# through the JPEG factory and report format "MPO").
 _PIL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 
-# Leading bytes of each readable format, to tell "not an image" from
-# "an image whose header is damaged" when Pillow cannot identify a file.
-_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"RIFF", "WEBP"),
-)
+# Leading bytes of each format, to tell "not an image" from a damaged header when Pillow cannot identify a file.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
 
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
+# EXIF orientation -> (flip rows, flip columns, then transpose): PIL.ImageOps.exif_transpose's convention.
+_ORIENTATIONS = {2: (False, True, False), 3: (True, True, False), 4: (True, False, False), 5: (False, False, True),
+                 6: (True, False, True), 7: (True, True, True), 8: (False, True, True)}
 
 
 def _silence_pillow_bomb_warnings() -> None:
-    """Drop Pillow's DecompressionBombWarning: featx's own limit is an error instead.
-
-    Its message carries the pixel count, so Python's once-per-message rule
-    would print one per large photo.
-    """
+    """Drop Pillow's DecompressionBombWarning (featx's own limit is an error); its message carries the
+    pixel count, so Python's once-per-message rule would print one per large photo."""
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -126,22 +72,9 @@ _silence_pillow_bomb_warnings()
 class ImageError(UserError):
     """An image file could not be read (the user's data: one line at the command line).
 
-    Parameters
-    ----------
-    path : str
-        The file that failed.
-    reason : str
-        Short human-readable cause: ``"zero-byte file"``, ``"truncated JPEG"``,
-        ``"not an image ..."``, ``"permission denied"``, ``"file not found"``,
-        ``"decompression bomb: 200000000 pixels > limit 89478485"``, ...
-
-    Examples
-    --------
-    >>> err = ImageError("photos/cat.1.jpg", "truncated JPEG")
-    >>> str(err)
-    'photos/cat.1.jpg: truncated JPEG'
-    >>> err.reason
-    'truncated JPEG'
+    ``reason`` is a short cause: ``"zero-byte file"``, ``"truncated JPEG"``, ``"not an image ..."``,
+    ``"permission denied"``, ``"file not found"``, ``"decompression bomb: 200000000 pixels > limit
+    89478485"``... ``str(ImageError("cat.1.jpg", "truncated JPEG"))`` is ``'cat.1.jpg: truncated JPEG'``.
     """
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
@@ -165,51 +98,30 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def load_image(
-    path: str | os.PathLike,
-    size: int | Sequence[int] | None = None,
-    interpolation: str = "area",
-    equalize: bool = False,
-    keep_aspect: bool = False,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
-) -> np.ndarray:
-    """Decode an image file to a ``uint8`` RGB array, optionally resized.
+def load_image(path: str | os.PathLike, size: int | Sequence[int] | None = None, interpolation: str = "area",
+               equalize: bool = False, keep_aspect: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft: bool = True) -> np.ndarray:
+    """Decode an image file (format read from the content) to C-contiguous ``uint8`` RGB, EXIF orientation applied.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        Image file. The format is read from the content, not the extension.
     size : int, (height, width) or None, default=None
         Output size. None keeps the original size; an int gives a square.
     interpolation : {"area", "linear", "cubic", "nearest", "lanczos"}, default="area"
         OpenCV interpolation used by the resize.
     equalize : bool, default=False
-        Histogram-equalize each channel (``cv2.equalizeHist``) as the Caffe
-        cats-vs-dogs recipe does, but after resizing: cheaper, and the result
-        does not depend on whether the JPEG was decoded at reduced scale.
+        Histogram-equalize each channel (``cv2.equalizeHist``) as the Caffe cats-vs-dogs recipe
+        does, but after resizing: cheaper, and independent of a reduced-scale JPEG decode.
     keep_aspect : bool, default=False
-        True: scale the shorter side to fit and centre-crop the rest (no
-        distortion). False: squash the whole image to ``size``.
+        Scale the shorter side to fit and centre-crop the rest, instead of squashing to ``size``.
     max_pixels : int or None, default=DEFAULT_MAX_PIXELS
-        Refuse images with more pixels than this, judged from the header
-        before decoding. None disables featx's limit (Pillow still refuses
-        more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``).
+        Refuse images with more pixels, judged from the header before decoding. None disables
+        featx's limit (Pillow still refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``).
     draft : bool, default=True
-        Decode JPEGs at reduced DCT scale when ``size`` is at least twice
-        smaller (faster, nearly identical pixels). False decodes at full size.
+        Decode JPEGs at reduced DCT scale when ``size`` is at least twice smaller.
 
-    Returns
-    -------
-    image : ndarray of shape (height, width, 3), dtype uint8
-        C-contiguous RGB pixels, EXIF orientation applied.
-
-    Raises
-    ------
-    ImageError
-        For every file that cannot be read, with the cause in ``.reason``.
-    ValueError
-        For invalid arguments (before the file is touched).
+    Raises ``ImageError`` (cause in ``.reason``) for every file that cannot be read, ``ValueError``
+    for invalid arguments (before the file is touched).
 
     Examples
     --------
@@ -253,29 +165,10 @@ def load_image(
 
 
 def try_load_image(path: str | os.PathLike, **kwargs: Any) -> tuple[np.ndarray | None, str | None]:
-    """:func:`load_image` that reports a bad file instead of raising.
+    """:func:`load_image` that returns ``(image, None)``, or ``(None, reason)`` for a bad file.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Image file.
-    **kwargs
-        Passed to :func:`load_image`.
+    Invalid arguments still raise ``ValueError``: those are the caller's mistake, not the file's.
 
-    Returns
-    -------
-    image : ndarray or None
-        The decoded image, None when the file could not be read.
-    reason : str or None
-        Why the file could not be read, None on success.
-
-    Raises
-    ------
-    ValueError
-        For invalid arguments: those are the caller's mistake, not the file's.
-
-    Examples
-    --------
     >>> try_load_image("no/such/file.jpg")
     (None, 'file not found')
     """
@@ -286,22 +179,8 @@ def try_load_image(path: str | os.PathLike, **kwargs: Any) -> tuple[np.ndarray |
 
 
 def file_sha1(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
-    """SHA-1 of a file's bytes, read in blocks (the manifest's content id).
-
-    Raises
-    ------
-    ImageError
-        When the file cannot be read (same reasons as :func:`load_image`).
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.bin")
-    >>> with open(path, "wb") as handle:
-    ...     _ = handle.write(b"abc")
-    >>> file_sha1(path)
-    'a9993e364706816aba3e25717850c26c9cd0d89d'
-    """
+    """SHA-1 of a file's bytes, read in blocks (the manifest's content id); :class:`ImageError` (same
+    reasons as :func:`load_image`) when the file cannot be read."""
     digest = hashlib.sha1(usedforsecurity=False)
     try:
         with open(path, "rb") as handle:
@@ -323,9 +202,7 @@ def _check_size(size: Any) -> tuple[int, int] | None:
     ):
         values = [int(v) for v in size]
     else:
-        raise ValueError(
-            f"size must be None, an int or (height, width) ints; got {size!r}"
-        )
+        raise ValueError(f"size must be None, an int or (height, width) ints; got {size!r}")
     if min(values) < 1:
         raise ValueError(f"size must be positive; got {size!r}")
     return values[0], values[1]
@@ -335,9 +212,7 @@ def _check_interpolation(interpolation: str) -> int:
     try:
         return INTERPOLATIONS[interpolation]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}"
-        ) from None
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}") from None
 
 
 # -- decoding ---------------------------------------------------------------
@@ -379,10 +254,9 @@ def _decode(handle, path, target, max_pixels, draft):
 def _draft_request(target, orientation):
     """(width, height) at stored orientation that the reduced decode must cover.
 
-    Pillow picks the largest DCT scale (1/8, 1/4, 1/2) that keeps both sides
-    at least this large. The same request serves ``keep_aspect``: a centred
-    crop of the target's aspect ratio is at least ``target`` exactly when the
-    decoded image is.
+    Pillow picks the largest DCT scale (1/8, 1/4, 1/2) that keeps both sides at least this large.
+    It serves ``keep_aspect`` too: a centred crop of the target's aspect ratio is at least
+    ``target`` exactly when the decoded image is.
     """
     height, width = target
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
@@ -398,21 +272,9 @@ def _exif_orientation(image: Image.Image) -> int:
 
 def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Rotate/flip like PIL.ImageOps.exif_transpose (views; made contiguous later)."""
-    if orientation == 2:
-        return pixels[:, ::-1]
-    if orientation == 3:
-        return pixels[::-1, ::-1]
-    if orientation == 4:
-        return pixels[::-1]
-    if orientation == 5:
-        return pixels.swapaxes(0, 1)
-    if orientation == 6:
-        return np.rot90(pixels, -1)
-    if orientation == 7:
-        return pixels[::-1, ::-1].swapaxes(0, 1)
-    if orientation == 8:
-        return np.rot90(pixels, 1)
-    return pixels
+    flip_rows, flip_columns, transpose = _ORIENTATIONS.get(orientation, (False, False, False))
+    pixels = pixels[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
+    return pixels.swapaxes(0, 1) if transpose else pixels
 
 
 # -- colour ----------------------------------------------------------------
@@ -518,10 +380,8 @@ def _pillow_bomb_reason(exc: Exception, max_pixels: int | None) -> str:
     pillow_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
     if max_pixels is not None and pixels is not None and pixels > max_pixels:
         return f"decompression bomb: {pixels} pixels > limit {max_pixels}"
-    return (
-        f"decompression bomb: {pixels} pixels > Pillow's limit {pillow_limit} "
-        "(raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels to read it)"
-    )
+    return (f"decompression bomb: {pixels} pixels > Pillow's limit {pillow_limit} "
+            "(raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels to read it)")
 
 
 def _short(exc: Exception, limit: int = 120) -> str:

@@ -1,15 +1,13 @@
 """Metrics for probabilistic classifiers, bootstrap confidence intervals, McNemar's test.
 
-All functions take labels plus a probability matrix whose columns follow
-``classes`` (the ``classes_`` of a fitted head), so binary and multi-class
-problems go through the same code:
+All functions take labels plus a probability matrix whose columns follow ``classes`` (the
+``classes_`` of a fitted head), so binary and multi-class problems go through the same code:
 
 * :func:`classification_metrics` — accuracy, ROC AUC, average precision, log loss.
-* :func:`bootstrap_ci` / :func:`metrics_with_ci` — percentile bootstrap intervals.
-  The resample indices are drawn once as an ``(n_boot, n_samples)`` matrix and
-  every metric is computed for all resamples with array operations (ROC AUC and
-  average precision from per-sample resample counts over the score order), so
-  1,000 resamples of 25,000 rows take seconds.
+* :func:`bootstrap_ci` / :func:`metrics_with_ci` — percentile bootstrap intervals. The resample
+  indices are drawn once as an ``(n_boot, n_samples)`` matrix and every metric is computed for all
+  resamples with array operations (ROC AUC and average precision from per-sample resample counts
+  over the score order), so 1,000 resamples of 25,000 rows take seconds.
 * :func:`mcnemar` — do two classifiers differ on the same test rows?
 
 Examples
@@ -30,30 +28,18 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = [
-    "METRICS",
-    "LOG_LOSS_EPS",
-    "classification_metrics",
-    "bootstrap_ci",
-    "metrics_with_ci",
-    "mcnemar",
-]
+__all__ = ["METRICS", "LOG_LOSS_EPS", "classification_metrics", "bootstrap_ci", "metrics_with_ci", "mcnemar"]
 
 METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
 
-# Probabilities are clipped to [eps, 1 - eps] before the log, so one confident
-# mistake costs at most -log(1e-15) ~ 34.5 instead of infinity (scikit-learn's
-# historical default; computed in float64 so 1 - eps is representable).
+# Probabilities are clipped to [eps, 1 - eps] before the log, so one confident mistake costs at most
+# -log(1e-15) ~ 34.5 instead of infinity (scikit-learn's historical default; float64 represents 1 - eps).
 LOG_LOSS_EPS = 1e-15
 
-# Resamples are processed in chunks of this many rows of the index matrix to
-# bound memory (chunk x n_samples float64 counts).
+# Resamples are processed in chunks of this many index-matrix elements to bound memory (float64 counts).
 _CHUNK_ELEMENTS = 4_000_000
 
 
-# ---------------------------------------------------------------------------
-# Point estimates
-# ---------------------------------------------------------------------------
 def classification_metrics(y_true, proba, classes) -> dict:
     """Accuracy, ROC AUC, average precision and log loss of probabilistic predictions.
 
@@ -67,25 +53,16 @@ def classification_metrics(y_true, proba, classes) -> dict:
     classes : array-like of shape (n_classes,)
         Labels in column order (a fitted head's ``classes_``).
 
-    Returns
-    -------
-    dict
-        ``accuracy``; ``roc_auc`` (binary: positive column; multi-class:
-        one-vs-rest macro average); ``average_precision`` (binary: positive
-        class; multi-class: one-vs-rest macro); ``log_loss`` (clipped at
-        :data:`LOG_LOSS_EPS`); ``n_samples``. AUC and AP are NaN when a class
-        in ``classes`` has no row in ``y_true``.
+    Returns ``accuracy``; ``roc_auc`` and ``average_precision`` (binary: of the positive column;
+    multi-class: one-vs-rest macro average; NaN when a class of ``classes`` has no row in ``y_true``);
+    ``log_loss`` (clipped at :data:`LOG_LOSS_EPS`); ``n_samples``.
     """
     y_index, proba = _prepare(y_true, proba, classes)
     n_classes = proba.shape[1]
     present = np.bincount(y_index, minlength=n_classes) > 0
-    result = {
-        "accuracy": float(np.mean(np.argmax(proba, axis=1) == y_index)),
-        "roc_auc": float("nan"),
-        "average_precision": float("nan"),
-        "log_loss": float(np.mean(_sample_log_loss(y_index, proba))),
-        "n_samples": int(len(y_index)),
-    }
+    result = {"accuracy": float(np.mean(np.argmax(proba, axis=1) == y_index)), "roc_auc": float("nan"),
+              "average_precision": float("nan"), "log_loss": float(np.mean(_sample_log_loss(y_index, proba))),
+              "n_samples": int(len(y_index))}
     if present.all():
         if n_classes == 2:
             positive = y_index == 1
@@ -99,38 +76,24 @@ def classification_metrics(y_true, proba, classes) -> dict:
     return result
 
 
-# ---------------------------------------------------------------------------
-# Bootstrap
-# ---------------------------------------------------------------------------
 def bootstrap_ci(y_true, proba, metric: str | Callable, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                  *, classes=None) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of one metric.
 
     Parameters
     ----------
-    y_true : array-like of shape (n_samples,)
-        True labels.
-    proba : array-like of shape (n_samples, n_classes)
-        Predicted probabilities, columns in the order of ``classes``.
+    y_true, proba
+        As in :func:`classification_metrics`.
     metric : str or callable
-        One of :data:`METRICS`, or ``f(y_index, proba) -> float`` where
-        ``y_index`` holds column indices (called once per resample).
-    n_boot : int, default=1000
-        Number of resamples.
-    alpha : float, default=0.05
-        ``1 - alpha`` is the coverage (0.05 gives a 95% interval).
-    seed : int, default=0
-        Seeds the resampling; the same seed gives the same interval.
+        One of :data:`METRICS`, or ``f(y_index, proba) -> float`` where ``y_index`` holds column
+        indices (called once per resample).
+    n_boot, alpha, seed
+        ``n_boot`` resamples drawn with ``seed``; ``1 - alpha`` is the coverage (0.05: a 95% interval).
     classes : array-like, optional
-        Labels in column order. When None, ``y_true`` must already be column
-        indices ``0 .. n_classes - 1``.
+        Labels in column order. When None, ``y_true`` must already be column indices.
 
-    Returns
-    -------
-    (low, high) : tuple of float
-        NaN, NaN when no resample has a defined value (e.g. AUC with one class).
-        Resamples where the metric is undefined (a class missing, for AUC and
-        average precision) are skipped.
+    Returns ``(low, high)``. Resamples where the metric is undefined (a class missing, for AUC and
+    average precision) are skipped; NaN, NaN when none has a value.
     """
     y_index, proba = _prepare(y_true, proba, classes)
     indices = _resample_indices(len(y_index), n_boot, seed)
@@ -151,12 +114,8 @@ def metrics_with_ci(y_true, proba, classes, n_boot: int = 1000, alpha: float = 0
     metrics : sequence of str, default=METRICS
         Which metrics to report.
 
-    Returns
-    -------
-    dict
-        Flat, ready for a results table: for each metric ``m`` the keys ``m``
-        (point estimate on all rows), ``m_low`` and ``m_high``; plus
-        ``n_samples`` and ``n_boot``.
+    Returns a flat dict, ready for a results table: for each metric ``m`` the keys ``m`` (point
+    estimate on all rows), ``m_low`` and ``m_high``; plus ``n_samples`` and ``n_boot``.
 
     Examples
     --------
@@ -267,28 +226,14 @@ def _weighted_binary_ranking(positive: np.ndarray, score: np.ndarray, counts: np
         return np.where(n_pos > 0, ap, np.nan)
 
 
-# ---------------------------------------------------------------------------
-# McNemar
-# ---------------------------------------------------------------------------
 def mcnemar(y_true, pred_a, pred_b) -> dict:
     """McNemar's test: do classifiers A and B make different errors on the same rows?
 
-    Only the discordant rows count: ``n01`` where A is right and B wrong,
-    ``n10`` where A is wrong and B right. With ``n01 + n10 < 25`` the p-value is
-    the exact two-sided binomial test of ``n01`` out of ``n01 + n10`` at 1/2
-    (statistic: ``min(n01, n10)``); otherwise the chi-square statistic with
-    continuity correction ``(|n01 - n10| - 1)^2 / (n01 + n10)`` on 1 degree of freedom.
-
-    Parameters
-    ----------
-    y_true, pred_a, pred_b : array-like of shape (n_samples,)
-        True labels and the two classifiers' predicted labels.
-
-    Returns
-    -------
-    dict
-        ``statistic``, ``p_value``, ``n01``, ``n10``, and ``method``
-        (``"exact"`` or ``"chi2"``).
+    Only the discordant rows count: ``n01`` where A is right and B wrong, ``n10`` where A is wrong
+    and B right. With ``n01 + n10 < 25`` the p-value is the exact two-sided binomial test of ``n01``
+    out of ``n01 + n10`` at 1/2 (statistic: ``min(n01, n10)``); otherwise the chi-square statistic
+    with continuity correction ``(|n01 - n10| - 1)^2 / (n01 + n10)`` on 1 degree of freedom.
+    Returns ``statistic``, ``p_value``, ``n01``, ``n10`` and ``method`` (``"exact"`` or ``"chi2"``).
 
     Examples
     --------
@@ -318,9 +263,6 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
             "n10": n10, "method": "chi2"}
 
 
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
 def _prepare(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray]:
     """Labels as column indices and probabilities as a float64 (n_samples, n_classes) matrix."""
     proba = np.asarray(proba, dtype=np.float64)

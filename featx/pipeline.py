@@ -1,17 +1,11 @@
-"""decode -> batch -> model -> write, overlapped.
+"""decode -> batch -> model -> write, overlapped; two ways, by the extractor's ``parallel`` attribute.
 
-Two ways to keep the machine busy, chosen by the extractor's ``parallel`` attribute:
-
-``processes`` (HoG, SIFT)
-    Cheap per-image maths in Python: each shard of rows is decoded and transformed in a
-    joblib worker process; the main process only writes finished shards.
-``model`` (CNNs)
-    The model (a ``featx.runtime`` runner: Keras, or OpenVINO over all its streams) uses
-    every core by itself. Images are decoded by ``featx.datasets.iter_batches``' threads
-    (sized against the model's own threads), a bounded number of batches ahead, straight
-    into the array the model is called on; the main thread runs the model batch after
-    batch; finished shards are written by a writer thread. Memory stays bounded by
-    ``prefetch`` batches plus one shard, whatever the dataset size.
+``processes`` (HoG, SIFT): cheap per-image maths in Python; each shard is decoded and transformed in
+a joblib worker process, and the main process only writes finished shards.
+``model`` (CNNs): the model (a ``featx.runtime`` runner) uses every core by itself. Threads sized
+against the model's own (``featx.datasets.iter_batches``) decode a bounded number of batches ahead,
+straight into the array the model is called on; the main thread runs the model; a writer thread
+writes finished shards. Memory stays bounded by ``prefetch`` batches plus one shard.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from featx.cache import CacheBuilder, Shard, cache_path
+from featx.cache import CacheBuilder, Shard, cache_path, open_cache
 from featx.data import DataError, Manifest
 from featx.extractors.base import Extractor
 from featx.datasets import decode_group, decode_threads, iter_batches, n_cores
@@ -166,8 +160,6 @@ def plan_build(manifest: Manifest, extractor: Extractor, cache_dir="cache", dtyp
     started = time.perf_counter()
     with CacheBuilder(path, manifest, spec, dtype) as builder:
         if builder.is_complete():
-            from featx.cache import open_cache
-
             with open_cache(path) as cache:
                 yield BuildPlan(builder, done=CacheResult(path, rows=cache.n_rows, failed=cache.failed, noop=True,
                                                           seconds=time.perf_counter() - started))
@@ -185,28 +177,18 @@ def plan_build(manifest: Manifest, extractor: Extractor, cache_dir="cache", dtyp
 
 def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.PathLike = "cache",
                 batch_size: int = 32, workers: int | None = None, dtype: str = "float32",
-                shard_rows: int | None = None, fit_max_images: int = 2000,
-                progress: Progress | None = None,
-                on_shard: Callable[[Shard], None] | None = None,
-                fit: bool = True, spec_extra: dict | None = None, runtime: str = "auto") -> CacheResult:
-    """Compute (or finish, or update) the feature cache of a dataset.
+                shard_rows: int | None = None, fit_max_images: int = 2000, progress: Progress | None = None,
+                on_shard: Callable[[Shard], None] | None = None, fit: bool = True, spec_extra: dict | None = None,
+                runtime: str = "auto") -> CacheResult:
+    """Compute (or finish, or update) the feature cache of a dataset in ``cache_dir``.
 
     Parameters
     ----------
-    manifest : Manifest
-        The images (``featx.data.build_manifest`` or ``Manifest.read``).
-    extractor : Extractor
-        From ``featx.extractors.get_extractor``.
-    cache_dir : path
-        Where the ``.h5`` file goes.
-    batch_size : int
-        Images per model call (CNN extractors).
     workers : int, optional
         Decoding threads (CNN) or worker processes (classical); default: all cores.
-    dtype : {"float32", "float16"}
     shard_rows : int, optional
-        Rows per journal shard (the unit of resumption). Default: 8 batches for CNNs,
-        32 images for classical extractors.
+        Rows per journal shard (the unit of resumption); default: 8 batches for CNNs, 32 images
+        otherwise.
     fit_max_images : int
         At most this many train images (a seeded sample) fit a learned extractor (SIFT vocabulary).
     fit : bool
@@ -215,16 +197,10 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
     spec_extra : dict, optional
         Merged into the spec (and so into the file name hash), e.g. the sha256 of a state
         that came from elsewhere, so caches made with different states never collide.
-
     runtime : {"auto", "keras", "openvino"}
-        What runs a CNN (``featx.runtime``; auto: OpenVINO on a CPU, Keras on a GPU). fp32
-        features agree across runtimes, so the runtime is recorded in the cache attributes, not
-        in the spec; bf16 and int8 are the extractor's precision, so they are in the spec. int8
-        is calibrated on a seeded sample of 300 train images (``calibration_set``), whose
-        fingerprint is recorded as the ``int8_calibration`` attribute.
-    Returns
-    -------
-    CacheResult
+        What runs a CNN; recorded as the ``runtime`` attribute, not in the spec (README.md,
+        "Inference runtimes and precisions"). An int8 run records its calibration images'
+        fingerprint as the ``int8_calibration`` attribute.
     """
     progress = progress or Progress()
     precision = getattr(extractor, "precision", "fp32")
@@ -236,11 +212,9 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
                     spec_extra, progress) as job:
         if job.done is not None:
             return job.done
-        builder, units, todo = job.builder, job.units, job.todo
-        done_before = builder.plan.n_rows - todo
-        label = f"{extractor.name} features"
-        progress.start(label, builder.plan.n_rows)
-        progress.advance(done_before)
+        builder, units = job.builder, job.units
+        progress.start(f"{extractor.name} features", builder.plan.n_rows)
+        progress.advance(builder.plan.n_rows - job.todo)  # rows already in the journal
         runner, calibration = None, None
         if extractor.parallel == "model" and units:
             from featx.runtime import make_runner, resolve_runtime
@@ -262,18 +236,21 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         finally:
             writer.close()
             progress.stop()
-        compute_seconds = time.perf_counter() - compute_started
-        out = builder.publish({"seconds": round(compute_seconds, 3),
-                               "images_per_second": round(todo / compute_seconds, 3) if compute_seconds > 0 and todo else 0.0,
-                               "fit_max_images": fit_max_images,
-                               "runtime": getattr(runner, "runtime", "python"),
-                               **({"int8_calibration": calibration.fingerprint} if calibration else {})})
-        from featx.cache import open_cache
+        ran_on = getattr(runner, "runtime", "python")
+        return publish_build(job, compute_started, fit_max_images, ran_on,
+                             {"int8_calibration": calibration.fingerprint} if calibration else {}, runtime=ran_on)
 
-        with open_cache(out) as cache:
-            return CacheResult(out, rows=cache.n_rows, computed=todo, reused=builder.n_reused,
-                               failed=cache.failed, seconds=compute_seconds,
-                               runtime=getattr(runner, "runtime", "python"))
+
+def publish_build(job: BuildPlan, compute_started: float, fit_max_images: int, ran_on: str,
+                  attrs: dict | None = None, result: type[CacheResult] = CacheResult, **fields) -> CacheResult:
+    """Publish a build's journal with its timing attributes; ``result`` (given ``fields``) describes the file."""
+    seconds = time.perf_counter() - compute_started
+    out = job.builder.publish({"seconds": round(seconds, 3),
+                               "images_per_second": round(job.todo / seconds, 3) if seconds > 0 and job.todo else 0.0,
+                               "fit_max_images": fit_max_images, "runtime": ran_on, **(attrs or {})})
+    with open_cache(out) as cache:
+        return result(out, rows=cache.n_rows, computed=job.todo, reused=job.builder.n_reused, failed=cache.failed,
+                      seconds=seconds, **fields)
 
 
 class _ShardWriter:

@@ -1,40 +1,18 @@
 """Saved model -> predictions: Kaggle submissions, and evaluation on a labelled folder.
 
-Two kinds of saved model, one door in (:func:`load_model`):
-
-``best.joblib`` (``featx sweep``): :class:`SweepModel`
-    A scikit-learn head on cached features, with the spec (and learned state, e.g. a SIFT
-    vocabulary) of every extractor that fed it. Each extractor is rebuilt from its spec, its
-    weights are checked against the fingerprint recorded at sweep time, and the features of
-    the new images go through :func:`featx.pipeline.build_cache` into the cache folder, so a
-    second run on the same folder reuses them. Several caches (concatenated features) are
-    aligned by image path and put side by side in the order the head was trained on.
-``finetune/`` (``featx finetune``): :class:`FineTunedModel`
-    ``model.keras`` (RGB pixels in [0, 255] at the backbone's input size -> class
-    probabilities, preprocessing inside the model) and ``model.json`` (``label_names``,
-    ``input_size`` as ``[height, width]``, ``preprocessing``: :func:`featx.images.load_image`
-    keyword arguments). Images are decoded by a pool of threads and fed in batches.
-
-Images that cannot be read are skipped: they get no prediction, and
-:attr:`Predictions.failed` says which and why.
+:func:`load_model` opens either kind of saved model. A sweep's ``best.joblib`` is a
+:class:`SweepModel`: a scikit-learn head on cached features, whose extractors are rebuilt from
+their specs and checked against the weights recorded at sweep time; the features of new images go
+into the cache folder, so a second run on the same folder reuses them. A ``finetune/`` folder is a
+:class:`FineTunedModel`: ``model.keras`` (RGB pixels in [0, 255] -> class probabilities) and
+``model.json``. Unreadable images get no prediction and are listed in :attr:`Predictions.failed`.
 
 Only load models you trust: ``best.joblib`` is a pickle.
-
-Examples
---------
->>> from featx.predict import load_model, predict, write_submission  # doctest: +SKIP
->>> model = load_model("experiments/hog/best.joblib")  # doctest: +SKIP
->>> predictions = predict(model, "data/test1")  # doctest: +SKIP
->>> write_submission(predictions, "submission.csv")  # doctest: +SKIP
-PosixPath('submission.csv')
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 import json
 import os
 import re
@@ -45,9 +23,10 @@ from typing import Sequence
 import numpy as np
 
 from featx.artifacts.results import SweepBundle
+from featx.cache import state_sha256
 from featx.data import Manifest, load_dataset
 from featx.errors import UserError
-from featx.storage import atomic_write_text
+from featx.storage import atomic_write_csv
 from featx.extractors.base import Extractor
 
 __all__ = ["ModelError", "Predictions", "SweepModel", "FineTunedModel", "load_model", "predict", "evaluate",
@@ -71,22 +50,11 @@ class ModelError(UserError):
 class Predictions:
     """Class probabilities of the readable images of a folder.
 
-    Attributes
-    ----------
-    root : Path
-        The folder the image paths are relative to.
-    paths : list of str
-        One per row of ``proba``, in the order of the folder's index.
-    proba : ndarray of shape (n_images, n_classes)
-        Column ``j`` is the probability of ``label_names[j]``.
-    label_names : list of str
-        The model's classes.
-    labels : list of (str or None)
-        Each image's label under the folder's layout (None when unlabeled).
-    failed : list of (path, reason)
-        Images that could not be read; they have no row.
-    caches : list of CacheResult
-        What feature extraction did (one per extractor; empty for a fine-tuned model).
+    ``proba[i, j]`` is the probability that ``paths[i]`` (relative to ``root``, in the folder's index
+    order) is ``label_names[j]``. ``labels`` holds each image's label under the folder's layout (None
+    when unlabeled), ``failed`` the ``(path, reason)`` of images that could not be read (they have no
+    row), ``caches`` what feature extraction did (a ``CacheResult`` per extractor; none for a
+    fine-tuned model).
     """
 
     root: Path
@@ -103,19 +71,11 @@ class Predictions:
         return [self.label_names[i] for i in np.argmax(self.proba, axis=1)]
 
 
-# ---------------------------------------------------------------------------
-# Sweep bundle (best.joblib)
-# ---------------------------------------------------------------------------
 class SweepModel:
     """A head from ``featx sweep`` with the extractors that feed it.
 
-    Parameters
-    ----------
-    bundle : SweepBundle
-        What :func:`featx.sweep.run_sweep` stores in ``best.joblib`` (read it with
-        :meth:`featx.artifacts.results.SweepBundle.read`, which checks its schema and shape).
-    path : path, optional
-        Where the bundle was read from (for messages).
+    ``bundle`` is the :class:`featx.artifacts.results.SweepBundle` of ``best.joblib``; ``path``, where it
+    was read from (for messages).
     """
 
     kind = "sweep"
@@ -134,17 +94,10 @@ class SweepModel:
     def extractors(self) -> list[tuple[Extractor, dict | None]]:
         """Each extractor rebuilt from its spec, checked, with its learned state restored.
 
-        Returns
-        -------
-        list of (Extractor, spec_extra)
-            ``spec_extra`` is ``{"state_sha256": ...}`` for an extractor whose state came from
-            the bundle (it goes into the cache's name), None otherwise.
-
-        Raises
-        ------
-        ModelError
-            When the weights changed since the sweep, or the extractor now describes itself
-            differently (its features would not be the ones the head was trained on).
+        Returns ``(extractor, spec_extra)`` pairs: ``spec_extra`` is ``{"state_sha256": ...}`` for an
+        extractor whose state came from the bundle (it goes into the cache's name), else None. Raises
+        :class:`ModelError` when the weights changed since the sweep, or the extractor now describes
+        itself differently (its features would not be the ones the head was trained on).
         """
         return [_rebuild_extractor(entry) for entry in self.bundle.extractors]
 
@@ -240,24 +193,6 @@ def _rebuild_extractor(entry: dict) -> tuple[Extractor, dict | None]:
     return extractor, {"state_sha256": state_sha256(state)}
 
 
-def state_sha256(state: dict[str, np.ndarray]) -> str:
-    """sha256 of an extractor's learned arrays (names, dtypes, shapes and bytes).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = state_sha256({"vocabulary": np.zeros((2, 3), np.float32)})
-    >>> a == state_sha256({"vocabulary": np.zeros((3, 2), np.float32)})
-    False
-    """
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        array = np.ascontiguousarray(state[key])
-        digest.update(f"{key}\x00{array.dtype.str}\x00{array.shape}\x00".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _short_hash(value: str | None) -> str:
     return "none (random weights)" if value is None else f"{value[:12]}..."
 
@@ -282,22 +217,13 @@ def _labels_of(manifest: Manifest, paths: Sequence[str]) -> list[str | None]:
     return [label[p] for p in paths]
 
 
-# ---------------------------------------------------------------------------
-# Fine-tuned Keras model (finetune/model.keras + model.json)
-# ---------------------------------------------------------------------------
 class FineTunedModel:
     """A Keras model from RGB pixels to class probabilities, as ``featx finetune`` saves it.
 
-    Parameters
-    ----------
-    keras_model : keras.Model
-        Takes float RGB images in [0, 255] of ``info["input_size"]`` and returns probabilities,
-        one column per class (a single sigmoid column is read as the second class's probability).
-    info : dict
-        The ``model.json`` contents: ``label_names``, ``input_size`` ``[height, width]``,
-        ``preprocessing`` (:func:`featx.images.load_image` keyword arguments).
-    path : path, optional
-        The folder it was read from (for messages).
+    ``keras_model`` takes float RGB images in [0, 255] of ``info["input_size"]`` and returns one
+    probability column per class (a single sigmoid column is read as the second class's). ``info`` is
+    ``model.json``: ``label_names``, ``input_size`` ``[height, width]``, ``preprocessing``
+    (:func:`featx.images.load_image` keyword arguments). ``path`` is the folder (for messages).
     """
 
     kind = "finetune"
@@ -328,10 +254,9 @@ class FineTunedModel:
         info = ModelCard.read(folder / FINETUNE_INFO_FILE).to_dict()
         from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
 
-        custom_objects = custom_objects()
         try:
             model = keras.saving.load_model(folder / FINETUNE_MODEL_FILE, compile=False,
-                                            custom_objects=custom_objects)
+                                            custom_objects=custom_objects())
         except (OSError, ValueError, TypeError) as exc:
             raise ModelError(f"cannot load {folder / FINETUNE_MODEL_FILE}: {exc}") from None
         return cls(model, info, folder)
@@ -402,28 +327,12 @@ class _ProbabilityExtractor(Extractor):
         return out.reshape(len(batch), -1)
 
 
-# ---------------------------------------------------------------------------
-# Public API
-# ---------------------------------------------------------------------------
 def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
-    """Read a saved model: a sweep's ``best.joblib`` or a fine-tune folder.
+    """Read a saved model: a :class:`SweepModel` or a :class:`FineTunedModel`.
 
-    Parameters
-    ----------
-    path : path
-        ``experiments/NAME/best.joblib`` (or the folder ``experiments/NAME``), or a fine-tune
-        folder ``experiments/NAME/finetune`` holding ``model.keras`` and ``model.json`` (or
-        either file of it).
-
-    Returns
-    -------
-    SweepModel or FineTunedModel
-        Both have ``label_names``, ``describe()`` and ``predict_manifest(...)``.
-
-    Raises
-    ------
-    ModelError
-        When the path holds neither kind of model; the message says what was expected.
+    ``path`` is ``experiments/NAME/best.joblib`` (or the folder ``experiments/NAME``), or a fine-tune
+    folder ``experiments/NAME/finetune`` holding ``model.keras`` and ``model.json`` (or either file of
+    it). Both kinds have ``label_names``, ``describe()`` and ``predict_manifest(...)``.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -433,7 +342,7 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
         if (path / FINETUNE_INFO_FILE).is_file() and (path / FINETUNE_MODEL_FILE).exists():
             return FineTunedModel.load(path)
         if (path / SWEEP_MODEL_FILE).is_file():
-            return _load_sweep_bundle(path / SWEEP_MODEL_FILE)
+            return SweepModel(SweepBundle.read(path / SWEEP_MODEL_FILE), path / SWEEP_MODEL_FILE)
         raise ModelError(f"{path} holds neither {SWEEP_MODEL_FILE} (featx sweep) nor {FINETUNE_MODEL_FILE} + "
                          f"{FINETUNE_INFO_FILE} (featx finetune)")
     if path.suffix == ".keras" or path.name == FINETUNE_INFO_FILE:
@@ -442,10 +351,6 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
             raise ModelError(f"{path.parent} lacks {' and '.join(missing)}; a fine-tuned model is the folder "
                              f"featx finetune writes ({FINETUNE_MODEL_FILE} + {FINETUNE_INFO_FILE})")
         return FineTunedModel.load(path.parent)
-    return _load_sweep_bundle(path)
-
-
-def _load_sweep_bundle(path: Path) -> SweepModel:
     return SweepModel(SweepBundle.read(path), path)
 
 
@@ -455,32 +360,22 @@ def _as_model(model) -> SweepModel | FineTunedModel:
 
 def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
             batch_size: int = 32, workers: int | None = None, progress=None, runtime: str = "auto") -> Predictions:
-    """Class probabilities for every readable image of a folder.
+    """Class probabilities for every readable image of a folder (unreadable ones are listed in ``failed``).
 
     Parameters
     ----------
     model : path, SweepModel or FineTunedModel
         As accepted by :func:`load_model`.
     source : path
-        A folder of images (Kaggle's unlabeled ``test1/``, or a labelled one), or a manifest
-        CSV from ``featx index``.
+        A folder of images (Kaggle's unlabeled ``test1/``, or a labelled one), or a manifest CSV.
     layout : {"auto", "kaggle", "folders", "unlabeled"}
-        How labels are read from a folder (labels are carried along, never needed here).
+        How labels are read from a folder (they are carried along, never needed here).
     cache_dir : path
         Where features are cached (sweep models); a second run on the same folder reuses them.
-    batch_size : int
-        Images per model call (CNN extractors, fine-tuned models).
-    workers : int, optional
-        Decoding threads / worker processes; default: all cores.
-    progress : featx.progress.Progress, optional
-        Progress bar hooks.
+    batch_size, workers : int
+        Images per model call; decoding threads or worker processes (default: all cores).
     runtime : {"auto", "keras", "openvino"}
         What runs the CNN extractors (``featx.runtime``; auto: OpenVINO on a CPU).
-
-    Returns
-    -------
-    Predictions
-        Unreadable images have no row and are listed in ``failed``.
     """
     model = _as_model(model)
     manifest = load_dataset(source, layout=layout)
@@ -495,52 +390,26 @@ def write_submission(predictions: Predictions, output: str | os.PathLike = "subm
     The ``id`` of an image is its path relative to the folder without the extension
     (``test1/123.jpg`` -> ``123``); rows are sorted by id, numerically when every id is a number.
 
-    Columns
-    -------
-    binary, default
-        ``id,label`` with the probability of the positive class: the second of
-        ``label_names`` (``dog`` for cats/dogs, whose classes sort as ``cat``, ``dog``),
-        or ``positive``.
-    ``hard=True``
-        ``id,label`` with the most probable class's name.
-    multi-class, default
-        ``id,<class 1>,<class 2>...``: one probability column per class; with ``positive``,
-        ``id,label`` with that class's probability.
-
-    Parameters
-    ----------
-    predictions : Predictions
-        From :func:`predict`.
-    output : path
-        The CSV to write (its folder is created).
-    hard : bool
-        Class names instead of probabilities.
-    positive : str, optional
-        The class whose probability goes into ``label``.
-
-    Returns
-    -------
-    Path
+    Columns: ``id,label`` with the probability of the class ``positive`` (by default, of a binary
+    model, the second of ``label_names``: ``dog`` for cats/dogs); with ``hard=True``, ``id,label`` with
+    the most probable class's name; for a multi-class model without ``positive``,
+    ``id,<class 1>,<class 2>...`` with one probability column per class.
     """
     names = predictions.label_names
     check_submission_options(names, hard=hard, positive=positive)
-    ids = [_image_id(p) for p in predictions.paths]
+    ids = [PurePosixPath(p).with_suffix("").as_posix() for p in predictions.paths]
     if len(set(ids)) != len(ids):
         raise ModelError("two images share an id (file name without extension); a submission needs unique ids")
-    order = sorted(range(len(ids)), key=_id_sort_key(ids))
+    numeric = ids and all(re.fullmatch(r"\d+", i) for i in ids)
+    order = sorted(range(len(ids)), key=lambda i: int(ids[i]) if numeric else ids[i])
     if hard:
         header, values = ["id", "label"], [[name] for name in predictions.predicted_names]
     elif positive is not None or len(names) == 2:
         column = names.index(positive) if positive is not None else 1
-        header, values = ["id", "label"], [[_format_probability(p)] for p in predictions.proba[:, column]]
+        header, values = ["id", "label"], [[format(p, ".6g")] for p in predictions.proba[:, column].tolist()]
     else:
-        header, values = ["id", *names], [[_format_probability(p) for p in row] for row in predictions.proba]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for i in order:
-        writer.writerow([ids[i], *values[i]])
-    return atomic_write_text(output, buffer.getvalue())
+        header, values = ["id", *names], [[format(p, ".6g") for p in row] for row in predictions.proba.tolist()]
+    return atomic_write_csv(output, [header, *([ids[i], *values[i]] for i in order)])
 
 
 def check_submission_options(label_names: Sequence[str], hard: bool = False, positive: str | None = None) -> None:
@@ -558,54 +427,16 @@ def check_submission_options(label_names: Sequence[str], hard: bool = False, pos
                          f"{', '.join(label_names)}")
 
 
-def _image_id(path: str) -> str:
-    return PurePosixPath(path).with_suffix("").as_posix()
-
-
-def _id_sort_key(ids: list[str]):
-    if ids and all(re.fullmatch(r"\d+", i) for i in ids):
-        return lambda i: int(ids[i])
-    return lambda i: ids[i]
-
-
-def _format_probability(value: float) -> str:
-    return format(float(value), ".6g")
-
-
 def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
              batch_size: int = 32, workers: int | None = None, n_boot: int = 1000, seed: int = 0,
              progress=None, runtime: str = "auto") -> dict:
-    """Metrics of a saved model on a labelled folder, with bootstrap 95% intervals.
+    """Metrics of a saved model on a labelled folder, with bootstrap 95% intervals (``n_boot`` resamples).
 
-    Every image of the folder counts, whatever split an index would give it.
-
-    Parameters
-    ----------
-    model : path, SweepModel or FineTunedModel
-        As accepted by :func:`load_model`.
-    source : path
-        A labelled folder (``kaggle`` names ``cat.1.jpg`` or ``folders`` layout) or a manifest CSV.
-    layout : {"auto", "kaggle", "folders"}
-        How labels are read.
-    cache_dir, batch_size, workers, progress, runtime
-        As in :func:`predict`.
-    n_boot : int
-        Bootstrap resamples for the intervals.
-    seed : int
-        Seeds the resampling.
-
-    Returns
-    -------
-    dict
-        ``accuracy``, ``roc_auc``, ``average_precision``, ``log_loss``, each with ``_low`` and
-        ``_high`` (see :func:`featx.metrics.metrics_with_ci`); ``n_images``; ``n_boot``;
-        ``label_names``; ``confusion`` (rows: true class, columns: predicted, in
-        ``label_names`` order); ``failed`` (unreadable images, not counted); ``model``.
-
-    Raises
-    ------
-    ModelError
-        When the folder has no labels, or labels the model does not know.
+    Every image of ``source`` (``kaggle`` names, ``folders`` layout, or a manifest CSV) counts, whatever
+    split an index would give it; the other arguments are as in :func:`predict`. Returns ``accuracy``,
+    ``roc_auc``, ``average_precision``, ``log_loss``, each with ``_low`` and ``_high``
+    (:func:`featx.metrics.metrics_with_ci`); ``n_images``; ``n_boot``; ``label_names``; ``confusion``
+    (rows: true class, columns: predicted); ``failed`` (unreadable images, not counted); ``model``.
     """
     from featx.metrics import metrics_with_ci
 

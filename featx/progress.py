@@ -19,7 +19,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgre
 from rich.text import Text
 
 
-
 class Progress:
     """Progress hooks; the CLI passes a ``RichBar``, the API a silent one."""
 

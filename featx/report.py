@@ -1,40 +1,9 @@
 """``featx report``: the results of a sweep as a ranked table, statistics and plots.
 
-The report reads only what earlier stages wrote into ``experiments/<name>/``:
-
-``results.csv``, ``results.json``, ``predictions.npz``
-    the sweep (:func:`featx.sweep.run_sweep`);
-``<stage>/results.csv`` (``finetune/``, ``scratch/``, ...)
-    rows in the same columns from later stages, ranked together with the sweep's rows so that
-    frozen and fine-tuned models show side by side (with ``<stage>/predictions.npz`` in the
-    sweep's format, when present, their curves are drawn too);
-``<stage>/history.csv``
-    a later stage's per-epoch log (``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
-
-It writes, beside them, ``report.md`` and ``report.html`` (rendered from ``report.md`` by
-markdown-it-py, style inline, PNGs by relative path) and these plots:
-
-``roc.png``, ``pr.png``
-    ROC and precision-recall curves of the top configurations on the test split (binary: the
-    positive class, ``label_names[1]``; multi-class: micro-average over one-vs-rest);
-``confusion.png``
-    the confusion matrix of the best configuration, with class names;
-``learning_curve.png``
-    test accuracy of the best configuration against the number of training images;
-``dense_history.png``
-    per-epoch loss and accuracy (train and val) of the dense heads and of the fine-tune, when
-    there are any.
-
-Rows are ranked as the sweep ranks them: by selection accuracy, ties broken by lower selection
-log loss (the test split never chooses). Every file is written under a temporary name and
-renamed into place, so an interrupted report leaves the previous one intact.
-
-Examples
---------
->>> from featx.report import write_report                      # doctest: +SKIP
->>> paths = write_report("experiments/catsdogs")              # doctest: +SKIP
->>> paths["markdown"]                                          # doctest: +SKIP
-PosixPath('experiments/catsdogs/report.md')
+Reads only what earlier stages wrote into ``experiments/<name>/`` (the sweep's files, and the rows,
+predictions and per-epoch history of later stages' sub-folders, ranked together with the sweep's),
+and writes ``report.md``, ``report.html`` and PNG plots beside them, each under a temporary name
+renamed into place. What each file holds: docs/stages.md.
 """
 
 from __future__ import annotations
@@ -74,31 +43,19 @@ class ReportError(UserError):
     """The experiment folder cannot be reported on; the message names the file and the fix."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
+# -- Reading
 @dataclass
 class Experiment:
     """What the earlier stages wrote into one experiment folder, ranked.
 
-    Attributes
-    ----------
-    directory : Path
-        The experiment folder.
-    rows : list of dict
-        Every configuration, sweep and later stages together, best first. Each row has the
-        ``results.csv`` columns (numbers as numbers, ``params`` as a dict) plus ``source``
-        (``"sweep"`` or the sub-folder name), ``overall_rank`` (1 = best), ``label`` (features,
-        disambiguated when two caches share a name), ``proba`` (test probabilities or None)
-        and ``history`` (per-epoch dense-head history or None).
-    summary : SweepSummary
-        ``results.json`` of the sweep.
-    label_names : list of str
-    y_test : ndarray of int
-        Test labels (indices into ``label_names``), in the row order of every ``proba``.
-    stage_histories : dict of str to dict
-        Columns of ``<stage>/history.csv`` (``finetune``, ``scratch``...), by stage name; the
-        ``epoch`` column counts finished epochs (the fine-tune's epoch 0 is its warm start).
+    ``rows`` holds every configuration, sweep and later stages together, best first: the
+    ``results.csv`` columns (numbers as numbers, ``params`` as a dict) plus ``source`` (``"sweep"`` or
+    the sub-folder name), ``overall_rank`` (1 = best), ``label`` (features, disambiguated when two
+    caches share a name), ``proba`` (test probabilities or None) and ``history`` (per-epoch dense-head
+    history or None). ``summary`` is the sweep's ``results.json``; ``y_test`` the test labels (indices
+    into ``label_names``) in the row order of every ``proba``; ``stage_histories`` the columns of
+    ``<stage>/history.csv`` by stage name (``epoch`` counts finished epochs: the fine-tune's epoch 0
+    is its warm start); ``sources`` the sweep and the stages that gave rows.
     """
 
     directory: Path
@@ -116,17 +73,9 @@ class Experiment:
 
 
 def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
-    """Read a sweep's results folder (and later stages' rows) into an :class:`Experiment`.
+    """Read a sweep's results folder ``experiments/<name>`` (and later stages' rows) into an :class:`Experiment`.
 
-    Parameters
-    ----------
-    experiment_dir : path
-        ``experiments/<name>``, as written by ``featx sweep ... --out experiments/<name>``.
-
-    Raises
-    ------
-    ReportError
-        When the folder, or one of the sweep's files in it, is missing or unreadable.
+    Raises :class:`ReportError` when the folder, or one of the sweep's files in it, is missing or unreadable.
     """
     directory = Path(experiment_dir)
     fix = f"run `featx sweep CACHE.h5 [CACHE.h5 ...] --out {directory}` first"
@@ -189,14 +138,18 @@ def _read_predictions(path: Path, fix: str) -> tuple[np.ndarray, dict[int, np.nd
     return y_test, proba
 
 
-def _read_rows(path: Path, source: str, fix: str, required: tuple[str, ...]) -> list[dict]:
+def _read_csv(path: Path, what: str, fix: str) -> tuple[list[str], list[dict]]:
+    """The header and the rows of a CSV file; any failure to read it is one :class:`ReportError`."""
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            raw_rows = list(reader)
+            return reader.fieldnames or [], list(reader)
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path} is not a readable results table ({exc}); {fix}") from exc
+        raise ReportError(f"{path} is not a readable {what} ({exc}); {fix}") from exc
+
+
+def _read_rows(path: Path, source: str, fix: str, required: tuple[str, ...]) -> list[dict]:
+    columns, raw_rows = _read_csv(path, "results table", fix)
     missing = [c for c in required if c not in columns]
     if missing:
         raise ReportError(f"{path} lacks the results columns {missing} (it has {columns}); {fix}")
@@ -236,11 +189,7 @@ def _read_history(path: Path, fix: str) -> dict[str, list[float]] | None:
     """Numeric columns of a per-epoch CSV (empty cells: NaN); None when the file is absent or empty."""
     if not path.is_file():
         return None
-    try:
-        with open(path, newline="") as handle:
-            records = list(csv.DictReader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path} is not a readable history CSV ({exc}); {fix}") from exc
+    _, records = _read_csv(path, "history CSV", fix)
     if not records:
         return None
     columns = {}
@@ -265,9 +214,7 @@ def _label_features(rows: list[dict]) -> None:
         row["label"] = label
 
 
-# ---------------------------------------------------------------------------------------------
-# Formatting
-# ---------------------------------------------------------------------------------------------
+# -- Formatting
 TABLE_HEADER = ("rank", "source", "features", "head", "params", "selected by", "test accuracy [95% CI]",
                 "ROC AUC", "AP", "log loss", "fit s")
 
@@ -276,10 +223,8 @@ def format_params(params: dict | str) -> str:
     """``{"head__C": 1.0, "pre_0__n_components": 64}`` -> ``C=1.0, pre_0__n_components=64``."""
     if isinstance(params, str):
         return params
-    parts = []
-    for name in sorted(params):
-        value = params[name]
-        parts.append(f"{name.removeprefix('head__')}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    parts = [f"{name.removeprefix('head__')}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+             for name, value in sorted(params.items())]
     return ", ".join(parts) or "-"
 
 
@@ -417,9 +362,7 @@ def render_html(markdown: str, title: str) -> str:
             f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 
 
-# ---------------------------------------------------------------------------------------------
-# Plots (matplotlib's object API on the Agg canvas: no display, no pyplot global state)
-# ---------------------------------------------------------------------------------------------
+# -- Plots (matplotlib's object API on the Agg canvas: no display, no pyplot global state)
 def _figure(width: float = 6.4, height: float = 4.8):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -568,33 +511,20 @@ def plot_history(experiment: Experiment, rows: list[dict]):
     return figure, f"Per-epoch loss and accuracy of {what}: train solid, val dashed."
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
+# -- Writing
 def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories: int = 4) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG plots into an experiment folder.
 
     Parameters
     ----------
-    experiment_dir : path
-        ``experiments/<name>`` written by ``featx sweep ... --out experiments/<name>``.
     top : int
         Configurations drawn in the ROC and precision-recall plots (best first).
     max_histories : int
-        Dense heads drawn in ``dense_history.png`` (best first; the fine-tune's and other stages'
-        ``history.csv`` are added).
+        Dense heads drawn in ``dense_history.png`` (best first; the stages' ``history.csv`` are added).
 
-    Returns
-    -------
-    dict of str to Path
-        ``markdown`` and ``html``, plus one key per plot written (see :data:`PLOT_FILES`); a plot
-        without data (no dense head, no learning curve) is left out, and an old file of its name
-        removed.
-
-    Raises
-    ------
-    ReportError
-        When the folder holds no sweep results (run ``featx sweep ... --out DIR`` first).
+    Returns the paths by key: ``markdown``, ``html`` and one per plot written (:data:`PLOT_FILES`); a
+    plot without data (no dense head, no learning curve) is left out, and an old file of its name
+    removed. Raises :class:`ReportError` when the folder holds no sweep results.
     """
     if top < 1 or max_histories < 0:
         raise ReportError(f"top must be at least 1 and max_histories at least 0; got top={top}, "

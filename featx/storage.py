@@ -1,21 +1,17 @@
-"""Crash-safe files and folders: atomic writes, locked stage folders published by rename.
+"""Crash-safe files and folders; every stage writes through this module and nothing else.
 
-Every stage writes through this module and nothing else:
-
-* :func:`atomic_write` (and the ``_text`` / ``_json`` / ``_npz`` forms) write a temporary file beside
-  the target, fsync it and ``os.replace`` it over the target, so a reader sees the old file or the
-  new one, never half of one.
-* :func:`locked` takes an inter-process lock (the maintained ``filelock`` library, so it works off
-  Linux too) on ``<target>.lock`` and records who holds it; a second writer gets :class:`BusyError`
-  naming the holder.
-* :func:`stage_folder` builds a whole folder (``experiments/NAME``, ``finetune/``...) beside its
-  target and publishes it with one rename, under the target's lock. An exception, Ctrl-C included,
-  removes only the half-built folder; the published one is untouched until the rename.
+:func:`atomic_write` (and its ``_text`` / ``_json`` / ``_csv`` / ``_npz`` forms) writes a temporary file
+beside the target, fsyncs it and ``os.replace``-s it over the target: a reader sees the old file or
+the new one, never half of one. :func:`locked` takes a ``filelock`` lock on ``<target>.lock`` and
+records who holds it, so a second writer gets a :class:`BusyError` naming the holder.
+:func:`stage_folder` builds a whole folder beside its target and publishes it with one rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -23,9 +19,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-__all__ = ["BusyError", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
+__all__ = ["BusyError", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_save_npz",
            "temp_path", "fsync_dir", "locked", "stage_folder", "clean_stale_temps"]
 
 TMP_MARK = ".tmp-"
@@ -58,20 +54,21 @@ def temp_path(target: str | os.PathLike, suffix: str = "") -> Path:
     return target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}{suffix}")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def clean_stale_temps(target: str | os.PathLike) -> int:
     """Remove temporaries that a killed writer of ``target`` left behind; returns how many."""
     target = Path(target)
-    n = 0
-    if not target.parent.is_dir():
-        return 0
-    for stale in target.parent.glob(f".{target.name}{TMP_MARK}*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        n += 1
-    return n
+    stale = list(target.parent.glob(f".{target.name}{TMP_MARK}*")) if target.parent.is_dir() else []
+    for path in stale:
+        _remove(path)
+    return len(stale)
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any], suffix: str = "") -> Path:
@@ -90,18 +87,10 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any], suffix
                 os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        _remove(tmp)
         raise
     fsync_dir(target.parent)
     return target
-
-
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(target, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
@@ -112,6 +101,14 @@ def atomic_write_json(target: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_write_csv(target: str | os.PathLike, rows: Iterable[Sequence], preamble: str = "") -> Path:
+    """CSV ``rows`` (header first) with ``\n`` line ends, after an optional ``preamble``, written atomically."""
+    buffer = io.StringIO()
+    buffer.write(preamble)
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return atomic_write_text(target, buffer.getvalue())
+
+
 def atomic_save_npz(target: str | os.PathLike, **arrays) -> Path:
     import numpy as np
 
@@ -120,11 +117,6 @@ def atomic_save_npz(target: str | os.PathLike, **arrays) -> Path:
             np.savez(handle, **arrays)
 
     return atomic_write(target, write)
-
-
-def lock_path(target: str | os.PathLike) -> Path:
-    target = Path(target)
-    return target.with_name(f"{target.name}.lock")
 
 
 def _holder_path(target: Path) -> Path:
@@ -151,7 +143,7 @@ def locked(target: str | os.PathLike, what: str | None = None) -> Iterator[Path]
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(target)), timeout=0)
+    lock = FileLock(str(target.with_name(f"{target.name}.lock")), timeout=0)
     try:
         lock.acquire()
     except Timeout:

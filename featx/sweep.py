@@ -1,24 +1,9 @@
-"""Caches x heads x hyperparameters: fit, select, evaluate, write the results table.
+"""Caches x heads x hyperparameters: fit, select, evaluate, write the results folder.
 
-Protocol
---------
-* Rows come from the caches' own splits (``featx index``): heads are fit on ``train``.
-* Selection: each configuration is scored on ``val`` when the caches have a val split,
-  otherwise by stratified k-fold cross-validation on ``train`` (``cv`` folds). The score is
-  accuracy, ties broken by lower log loss.
-* Report: every configuration's test metrics (accuracy, ROC AUC, average precision, log loss)
-  with bootstrap 95% intervals; McNemar's test between the two best configurations.
-* ``repeats``: the whole protocol runs with seeds ``seed .. seed + repeats - 1`` (model
-  initialisation, calibration folds, CV folds); the table gives the mean and the standard
-  deviation over repeats, and the intervals of the first repeat.
-
-Outputs (in ``out_dir``, written to a temporary folder and renamed into place)
-------------------------------------------------------------------------------
-``results.csv``      one row per (caches, head, params): selection score, test metrics, intervals, seconds
-``results.json``     the same rows plus the protocol, McNemar, dense-head histories, learning curve
-``predictions.npz``  test labels and each configuration's test probabilities (first repeat)
-``best.joblib``      the selected head, fitted, with the extractor specs (and learned state)
-                     of the caches that feed it: ``featx predict`` needs nothing else.
+Heads are fit on the caches' ``train`` split and each configuration is selected by ``val`` accuracy
+(or ``cv``-fold cross-validation on train when there is no val split), ties broken by lower log
+loss; the test split only reports. The protocol and the files written (``results.csv``,
+``results.json``, ``predictions.npz``, ``best.joblib``) are in README.md, "Heads and the sweep".
 """
 
 from __future__ import annotations
@@ -36,6 +21,7 @@ import numpy as np
 from featx import __version__
 from featx.artifacts.results import METRICS, SweepBundle, SweepSummary, rank_rows, write_rows_csv
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
+from featx.progress import Progress
 
 __all__ = ["SweepError", "run_sweep", "SweepResult"]
 
@@ -106,12 +92,7 @@ def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: i
     model = make_head(head, preprocessing, random_state=seed)
     model.set_params(**params)
     classes = np.arange(len(fs.label_names))
-    if select_on_val:
-        started = time.perf_counter()
-        model.fit(fs.X[train], fs.y[train])
-        fit_seconds = time.perf_counter() - started
-        select = classification_metrics(fs.y[val], class_probabilities(model, fs.X[val], len(classes)), classes)
-    else:
+    if not select_on_val:  # cross-validation on train; the final model is fit on all of it below
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         scores = []
         for fold_train, fold_test in folds.split(fs.X[train], fs.y[train]):
@@ -119,9 +100,11 @@ def _fit_predict(fs: FeatureSet, head: str, params: dict, preprocessing, seed: i
             proba = class_probabilities(fold_model, fs.X[train][fold_test], len(classes))
             scores.append(classification_metrics(fs.y[train][fold_test], proba, classes))
         select = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-        started = time.perf_counter()
-        model.fit(fs.X[train], fs.y[train])
-        fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    model.fit(fs.X[train], fs.y[train])
+    fit_seconds = time.perf_counter() - started
+    if select_on_val:
+        select = classification_metrics(fs.y[val], class_probabilities(model, fs.X[val], len(classes)), classes)
     started = time.perf_counter()
     test_proba = class_probabilities(model, fs.X[test], len(classes))
     predict_seconds = time.perf_counter() - started
@@ -175,10 +158,8 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         Among ``logreg``, ``linsvm``, ``rbfsvm``, ``dense``.
     grids : dict, optional
         ``{head: [ {param: [values]} ]}``; defaults to :data:`featx.heads.DEFAULT_GRIDS`.
-    cv : int
-        Folds for selection when the caches have no val split.
-    repeats : int
-        Seeds per configuration (mean ± std in the table).
+    cv, repeats : int
+        Folds for selection when the caches have no val split; seeds per configuration.
     n_jobs : int
         Parallel configurations (classical heads; dense heads run one at a time, Keras
         already uses every core).
@@ -203,15 +184,12 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     seeds = [seed + i for i in range(repeats)]
     feature_sets = [load_feature_set(paths) for paths in cache_sets]
     label_names = feature_sets[0].label_names
-    test_paths = None
-    for fs in feature_sets:
+    test_paths = [feature_sets[0].paths[i] for i in feature_sets[0].rows(SPLIT_TEST)]
+    for fs in feature_sets[1:]:
         if fs.label_names != label_names:
             raise SweepError(f"{fs.cache_paths[0]} has labels {fs.label_names}, {feature_sets[0].cache_paths[0]} "
                              f"has {label_names}; sweep caches of one dataset together")
-        paths = [fs.paths[i] for i in fs.rows(SPLIT_TEST)]
-        if test_paths is None:
-            test_paths = paths
-        elif paths != test_paths:
+        if [fs.paths[i] for i in fs.rows(SPLIT_TEST)] != test_paths:
             raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
                              f"results would not be comparable: make all caches from one manifest")
 
@@ -221,8 +199,8 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         select_on_val = _validate(fs, cv)
         for head in heads:
             jobs.extend((set_index, head, params, select_on_val) for params in configs[head])
-    if progress is not None:
-        progress.start(f"sweep: {len(jobs)} configs x {repeats} seed(s)", len(jobs))
+    progress = progress or Progress()
+    progress.start(f"sweep: {len(jobs)} configs x {repeats} seed(s)", len(jobs))
 
     def call(job):
         # Arrays travel as arguments so joblib memory-maps them for workers instead of copying.
@@ -246,15 +224,12 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
             runner = Parallel(return_as="generator", **backend)
             for index, result in zip(classical, runner(call(jobs[i]) for i in classical)):
                 results[index] = result
-                if progress is not None:
-                    progress.advance(1)
+                progress.advance(1)
     for index in dense:
         function, args, kwargs = call(jobs[index])
         results[index] = function(*args, **kwargs)
-        if progress is not None:
-            progress.advance(1)
-    if progress is not None:
-        progress.stop()
+        progress.advance(1)
+    progress.stop()
 
     rows = [r["row"] for r in results]
     for i, row in enumerate(rows):

@@ -1,20 +1,12 @@
 """The files stages hand to each other, as typed, versioned records.
 
-Every contract between stages (the sweep's ``results.json``, the fine-tune ``model.json``, a run's
-``state.json``...) is a :class:`Record` subclass: a dataclass declared with its ``kind`` and
-``version`` (``class SweepSummary(Record, kind="sweep_results", fix=...)``),
-written as JSON with a ``"schema": {"kind": ..., "version": ...}`` header through
-:mod:`featx.storage` (atomic), and read back with a check of kind and version:
-
-* a file without the header was written by featx before records existed (version 0); the record's
-  :meth:`Record.migrate` turns it into the current shape, or refuses with one line;
-* a newer version than this featx knows is refused with one line (upgrade featx);
-* a missing, unreadable or foreign file is one :class:`ArtifactError` naming the file and the fix.
-
-Submodules hold the records of one concern: :mod:`featx.artifacts.results` (result rows, the one
-ranking, the CSV/JSON writers, the sweep bundle) and :mod:`featx.artifacts.runs` (model cards, run
-state and the fingerprints that say what a stage folder was built from). Stages import these and
-:mod:`featx.storage`; they never import each other.
+Every contract between stages (``results.json``, ``model.json``, ``state.json``...) is a
+:class:`Record` dataclass declared with its ``kind`` and ``version``, written atomically as JSON
+with a ``"schema": {"kind": ..., "version": ...}`` header and read back with a check of both: a file
+without the header (version 0, written before records existed) goes through :meth:`Record.migrate`,
+a newer version is refused with one line, and a missing, unreadable or foreign file is one
+:class:`ArtifactError` naming the file and the fix. :mod:`featx.artifacts.results` holds the result
+rows, ranking and sweep records; :mod:`featx.artifacts.runs` the training stages' records.
 """
 
 from __future__ import annotations

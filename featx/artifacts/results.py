@@ -16,15 +16,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..metrics import METRICS
 from ..storage import atomic_write
 from . import ArtifactError, Record
 
 __all__ = ["METRICS", "RESULT_COLUMNS", "metric_columns", "write_rows_csv", "rank_rows", "SweepSummary",
            "SweepBundle"]
 
-#: Test metrics of every result row, each with ``_low``/``_high`` (bootstrap 95% CI) and ``_std``.
-METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss")
-
+# Every result row has the test METRICS, each with ``_low``/``_high`` (bootstrap 95% CI) and ``_std``.
 RESULT_COLUMNS = ["rank", "config", "features", "head", "params", "preprocessing", "selected_by", "select_accuracy",
                   "select_log_loss", *[f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_std")],
                   "fit_seconds", "predict_seconds", "n_train", "n_test", "repeats", "caches"]
@@ -64,11 +63,8 @@ def write_rows_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
 
 
 def rank_rows(rows: Sequence[Mapping[str, Any]]) -> list:
-    """``rows`` best first, the one ranking of featx: higher ``select_accuracy``, ties broken by lower
-    ``select_log_loss``, then by the order given; NaN (a row never scored) ranks last.
-
-    The sweep ranks its configurations with it, the report ranks the sweep's rows and later stages'
-    rows together with it: the test split never chooses.
+    """``rows`` best first, the one ranking of featx (sweep and report): higher ``select_accuracy``, ties
+    broken by lower ``select_log_loss``, then by the order given; NaN (a row never scored) ranks last.
 
     Examples
     --------

@@ -1,15 +1,9 @@
 """The records of the training stages' folders (``finetune/``, ``scratch/``, ``scratch-tuned/``).
 
-* :class:`ModelCard` is ``model.json``: what ``featx predict`` needs beside ``model.keras`` (label
-  names, input size, the :func:`featx.images.load_image` options) and what the stage records about
-  the model (backbone and base head, or architecture; settings; best epoch).
-* :class:`RunState` is ``state.json``: a resumable training's settings, what the folder was built
-  from (the resume key) and its progress.
-
-Both keep a stage's own keys at the top level of the file beside the named fields (``details``),
-so files written before records existed read as they are, and a featx that predates the schema
-header still reads the new ones. ``featx sweep`` publishes ``experiments/NAME/`` as a whole; the
-stage folders named in :data:`STAGE_FOLDERS` are carried over by every re-sweep.
+:class:`ModelCard` is ``model.json`` (what ``featx predict`` needs beside ``model.keras``, and what the
+stage records about the model); :class:`RunState` is ``state.json`` (a resumable training's settings,
+resume key and progress). Both keep a stage's own keys (``details``) at the top level of the file, so
+files written before records existed read as they are.
 """
 
 from __future__ import annotations
