@@ -346,18 +346,16 @@ class SiftBovwExtractor(Extractor):
         -------
         self
         """
-        from joblib import Parallel, delayed, effective_n_jobs
+        from joblib import Parallel, delayed
         from sklearn.cluster import MiniBatchKMeans
         from threadpoolctl import threadpool_limits
 
         k, seed = self.params["k"], self.params["seed"]
         image_iterator = iter(images)
         chunks = iter(lambda: list(itertools.islice(image_iterator, 32)), [])
-        if effective_n_jobs(self.n_jobs) == 1:
-            per_chunk = [self._descriptors_of_chunk(chunk) for chunk in chunks]
-        else:
-            per_chunk = Parallel(n_jobs=self.n_jobs, backend="loky")(
-                delayed(self._descriptors_of_chunk)(chunk) for chunk in chunks)
+        # With one job joblib runs the chunks in this process, one after the other.
+        per_chunk = Parallel(n_jobs=self.n_jobs, backend="loky")(
+            delayed(self._descriptors_of_chunk)(chunk) for chunk in chunks)
         per_image = [d for chunk in per_chunk for d in chunk]
         if not per_image:
             raise ValueError("sift_bovw.fit needs at least one training image; got none")
