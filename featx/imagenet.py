@@ -1,13 +1,9 @@
 """ImageNet top-k predictions of a backbone that has its classifier.
 
-The 1000 class names ship with featx (``featx/data/imagenet_classes.json``, the
-standard ILSVRC-2012 index order), so this works offline.
-
-An extractor takes part by implementing one method, ``classifier_model()``:
-it returns the full Keras model, classifier included, that maps the output of
-the extractor's own ``preprocess`` to 1000 softmax probabilities. Images are
-decoded exactly as for feature extraction (``extractor.preprocessing``), so the
-predictions show what the cached features saw.
+The 1000 class names ship with featx (``featx/data/imagenet_classes.json``), so this works
+offline. An extractor takes part by implementing ``classifier_model()``: the full Keras model
+mapping its own ``preprocess`` output to 1000 softmax probabilities. Images are decoded as for
+feature extraction, so the predictions show what the cached features saw.
 """
 
 from __future__ import annotations
@@ -130,16 +126,9 @@ def top_k(model_name: str, paths: Sequence[str | os.PathLike], k: int = 5, batch
         (``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``, ``vgg16``,
         ``keras:<application>``).
     paths : sequence of path
-        Image files; decoded by :mod:`featx.datasets` as for feature extraction, at the
-        classifier's input size (``classifier_input_size`` where the backbone has one).
-    k : int
-        Classes per image.
-    batch_size : int
-        Images decoded and classified at a time.
+        Image files, decoded at the classifier's input size.
     runtime : {"auto", "keras", "openvino"}
         What runs the classifier (``featx.runtime``; auto: OpenVINO on a CPU).
-    precision : {"fp32", "bf16"}
-        Compute precision of the classifier.
     **opts
         Extractor options (``weights="imagenet"`` or a path, ...).
 

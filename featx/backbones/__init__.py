@@ -1,12 +1,9 @@
 """CNN architectures featx can cut for features, each with its configuration kept as data.
 
-One module per family (:mod:`~featx.backbones.vgg16`, :mod:`~featx.backbones.caffenet`,
-:mod:`~featx.backbones.efficientnet_lite`, :mod:`~featx.backbones.keras_apps`) holds the
-architecture and a :class:`BackboneConfig` beside it, as timm keeps ``pretrained_cfg`` next to
-each model: input size, preprocessing, where weights come from, the default cut and the cuts and
-pools it offers. The layers above read these records instead of repeating the numbers:
-``featx.weights`` (importers that convert foreign checkpoints into these architectures) and
-``featx.extractors`` (the registry and the Keras extractors). This package imports neither.
+One module per family holds the architecture and a :class:`BackboneConfig` beside it (as timm
+keeps ``pretrained_cfg``): input size, preprocessing, weight sources, the default cut and the cuts
+and pools it offers. ``featx.weights`` and ``featx.extractors`` read these records instead of
+repeating the numbers; this package imports neither.
 
 Examples
 --------
@@ -105,11 +102,6 @@ class BackboneConfig:
     def default_opts(self) -> dict[str, Any]:
         """The options a bare ``get_extractor(name)`` uses (for ``featx extractors``)."""
         return {"layer": self.default_layer, "pool": self.default_pool, "weights": "imagenet"}
-
-    @property
-    def weights_help(self) -> str:
-        """``weight_sources`` as one line."""
-        return "; ".join(f"{key}: {where}" for key, where in self.weight_sources)
 
 
 def preprocess(config: BackboneConfig, batch: Any) -> np.ndarray:

@@ -1,43 +1,12 @@
 """CaffeNet: the BVLC reference CaffeNet (AlexNet variant) as a Keras architecture, and its configuration.
 
-The architecture follows BVLC/caffe ``models/bvlc_reference_caffenet/deploy.prototxt``
-layer for layer, with Caffe's layer names so a user can cut at ``conv5``,
-``pool5``, ``fc6`` or ``fc7``::
-
-    data 227×227×3 BGR, mean subtracted
-    conv1  96 11×11 stride 4, ReLU   -> pool1 max 3 stride 2 -> norm1 LRN(5, 1e-4, 0.75)
-    conv2 256  5×5 pad 2 group 2, ReLU -> pool2 max 3 stride 2 -> norm2 LRN(5, 1e-4, 0.75)
-    conv3 384  3×3 pad 1, ReLU
-    conv4 384  3×3 pad 1 group 2, ReLU
-    conv5 256  3×3 pad 1 group 2, ReLU -> pool5 max 3 stride 2 (6×6×256 = 9216)
-    fc6 4096, ReLU -> drop6 -> fc7 4096, ReLU -> drop7 -> fc8 1000 -> prob (softmax)
-
-Unlike AlexNet, CaffeNet pools before it normalises. Caffe's ReLUs work in place,
-so the ``conv*`` and ``fc6``/``fc7`` blobs a Caffe user reads are after the ReLU;
-here the ReLU is the activation of those layers (as in ``keras.applications``),
-so ``layer=fc7`` gives the same numbers as Caffe's ``net.blobs['fc7']``.
-
-Two Caffe behaviours are reproduced with small serialisable layers:
-
-* :class:`CaffeMaxPooling2D`: Caffe rounds pooled sizes *up*
-  (``ceil((size - kernel) / stride) + 1``); the missing bottom/right cells are
-  padded with ``-inf`` so they never win the max. At 227×227 every pooling
-  divides evenly (55 -> 27, 27 -> 13, 13 -> 6); at other sizes the rounding matters.
-* :class:`LocalResponseNormalization`: Caffe's across-channel LRN,
-  ``x / (k + alpha / n * sum of x² over n neighbouring channels) ** beta``.
-
-Preprocessing (:func:`preprocess_input`): RGB -> BGR, then subtract the ImageNet
-per-channel mean (B, G, R = 104.0, 116.7, 122.7: the mean of Caffe's
-``ilsvrc_2012_mean.npy`` over its pixels, as in Caffe's classification example);
-the pixel scale stays 0-255. Images are resized straight to 227×227 (no
-256-then-centre-crop-227 as Caffe's ``Classifier`` does), so the whole image is seen.
-
-Weights: the BVLC weights are not on PyPI. Download
-``bvlc_reference_caffenet.caffemodel`` (from the BVLC model zoo) and pass its
-path: it is converted once into Keras weights by :mod:`featx.weights.caffe`.
-
-The weights-aware constructor :func:`featx.extractors.caffenet.CaffeNet` and the
-importer :mod:`featx.weights.caffe` sit above this module; it imports neither.
+Layer for layer BVLC/caffe ``models/bvlc_reference_caffenet/deploy.prototxt``, with Caffe's layer
+names (``conv5``, ``pool5``, ``fc6``, ``fc7``); the ReLU is each layer's activation, so ``layer=fc7``
+gives Caffe's ``net.blobs['fc7']``. The architecture table, the two Caffe behaviours reproduced
+here (:class:`CaffeMaxPooling2D`, :class:`LocalResponseNormalization`) and where the weights come
+from are in ``docs/models.md``. The constructor with weights
+(:func:`featx.extractors.caffenet.CaffeNet`) and the importer (:mod:`featx.weights.caffe`) sit
+above this module; it imports neither.
 """
 
 from __future__ import annotations
@@ -49,17 +18,8 @@ import numpy as np
 
 from . import BackboneConfig, preprocess
 
-__all__ = [
-    "CONFIG",
-    "caffenet_model",
-    "CaffeMaxPooling2D",
-    "LocalResponseNormalization",
-    "preprocess_input",
-    "BGR_MEAN",
-    "CHW_FLATTENED",
-    "INPUT_SHAPE",
-    "WEIGHTS_FILE_NAME",
-]
+__all__ = ["CONFIG", "caffenet_model", "CaffeMaxPooling2D", "LocalResponseNormalization", "preprocess_input",
+           "BGR_MEAN", "CHW_FLATTENED", "INPUT_SHAPE", "WEIGHTS_FILE_NAME"]
 
 INPUT_SHAPE = (227, 227, 3)
 # ImageNet mean of Caffe's ilsvrc_2012_mean.npy, per channel, in B, G, R order.
@@ -88,9 +48,7 @@ CONFIG = BackboneConfig(
 )
 
 
-# ----------------------------------------------------------------------
-# Caffe layers
-# ----------------------------------------------------------------------
+# -- Caffe layers --------------------------------------------------------------
 @keras.saving.register_keras_serializable(package="featx")
 class LocalResponseNormalization(keras.layers.Layer):
     """Caffe's across-channel local response normalisation (channels last).
@@ -175,25 +133,12 @@ class CaffeMaxPooling2D(keras.layers.Layer):
         return config
 
 
-# ----------------------------------------------------------------------
-# The network
-# ----------------------------------------------------------------------
+# -- The network ---------------------------------------------------------------
 def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int = 1000, name: str = "caffenet"):
-    """BVLC reference CaffeNet as a Keras functional model, with random weights.
+    """BVLC reference CaffeNet as a Keras functional model with random weights, ``classes`` outputs in ``fc8``.
 
-    Parameters
-    ----------
-    input_shape : tuple of int, default (227, 227, 3)
-        Height, width, channels (BGR, mean subtracted: see :func:`preprocess_input`).
-    classes : int, default 1000
-        Outputs of ``fc8``.
-    name : str
-        Model name.
-
-    Returns
-    -------
-    keras.Model
-        Outputs class probabilities (``prob``); cut at any layer by name.
+    The input is :func:`preprocess_input` output; the model outputs class probabilities
+    (``prob``) and can be cut at any layer by name.
     """
     layers = keras.layers
     inputs = keras.Input(shape=tuple(input_shape), name="data")
@@ -214,8 +159,7 @@ def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int
     x = layers.Dropout(0.5, name="drop7")(x)
     x = layers.Dense(classes, name="fc8")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="prob")(x)
-    model = keras.Model(inputs, outputs, name=name)
-    return model
+    return keras.Model(inputs, outputs, name=name)
 
 
 def preprocess_input(images: np.ndarray) -> np.ndarray:

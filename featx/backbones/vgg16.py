@@ -43,18 +43,9 @@ CONFIG = BackboneConfig(
 
 
 def preprocess_input(batch: np.ndarray) -> np.ndarray:
-    """VGG16's input: RGB in [0, 255] -> BGR with the ImageNet mean subtracted (Keras "caffe" mode).
+    """VGG16's input: RGB in [0, 255] -> BGR minus the ImageNet mean, float32.
 
-    Parameters
-    ----------
-    batch : ndarray of shape (N, H, W, 3)
-        RGB values in [0, 255], any numeric dtype.
-
-    Returns
-    -------
-    ndarray of float32, same shape
-        Equal to ``keras.applications.vgg16.preprocess_input(batch)``, computed
-        without touching the input.
+    Equal to ``keras.applications.vgg16.preprocess_input(batch)``, without touching the input.
     """
     return preprocess(CONFIG, batch)
 

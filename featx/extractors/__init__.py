@@ -101,14 +101,13 @@ def parse_opts(pairs: list[str] | None) -> dict[str, Any]:
     return opts
 
 
+_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False,
+          "none": None, "null": None}
+
+
 def _parse_value(raw: str) -> Any:
-    low = raw.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
+    if raw.lower() in _WORDS:
+        return _WORDS[raw.lower()]
     for cast in (int, float):
         try:
             return cast(raw)

