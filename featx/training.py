@@ -1,22 +1,15 @@
 """What fine-tuning and from-scratch training share, below both stages.
 
-* :class:`TrainingRun`: one resumable Keras training in a stage folder (``finetune/``,
-  ``scratch/``...): the best epoch's weights by the monitored metric (``best.weights.h5``), the
-  last finished epoch with its optimizer state (``checkpoint/``, Keras ``BackupAndRestore``) so a
-  killed run started again continues, early stopping, ``history.csv`` rewritten atomically after
-  every epoch, and ``state.json`` with the resume key: what the folder was built from and the
-  settings that must match. A changed key is refused with one line naming what changed, or
-  started over when asked (``--restart``).
-* :func:`score_and_write`: the kept weights scored on val (selection) and test (bootstrap
-  intervals) as one results row, and ``model.keras``, ``results.csv``, ``predictions.npz``,
-  ``curves.png``, each written atomically.
-* featx's own Keras layers (registered by name, so a saved ``model.keras`` reloads in ``featx
-  predict`` without importing a stage) and the training-curve plot.
+:class:`TrainingRun` is one resumable Keras training in a stage folder; :func:`score_and_write`
+scores its kept weights and writes the folder's outputs (listed in docs/training.md). Also featx's
+own Keras layers (registered by name, so ``model.keras`` reloads without importing a stage), the
+augmentation and compilation both stages use, and the training-curve plot.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import time
@@ -70,15 +63,12 @@ class TrainingRun:
 
     Parameters
     ----------
-    folder : path
-        The stage folder; holds ``state.json``, ``history.csv``, ``best.weights.h5`` and ``checkpoint/``.
     monitor : {"val_loss", "val_accuracy"}
         Picks the best epoch.
     built_from : dict
         What the folder is built from (a sweep configuration and cache, a manifest and architecture).
     settings : dict
         The run's settings, recorded in ``state.json``; those named in ``resume_keys`` must match to resume.
-    resume_keys : sequence of str
     describe : callable
         ``built_from`` as words, for the messages.
     error : UserError subclass
@@ -201,35 +191,34 @@ class TrainingRun:
         return callbacks
 
     def fit(self, model, train, val, epochs: int, patience: int | None = None, callbacks: Sequence = (),
-            verbose: int = 0) -> int:
-        """Train up to ``epochs`` in all (a resumed run counts those already done); returns the epochs run.
+            verbose: int = 0) -> tuple[int, float]:
+        """Train up to ``epochs`` in all (a resumed run counts those already done), then load the best
+        epoch's weights into ``model``; returns the epochs run and their seconds.
 
         A run that stopped early continues only when asked for more epochs than it was given.
         ``train`` may have ``set_epoch(n)``: a resumed run then draws the batches epoch ``n`` would.
         """
-        import keras
-
-        done, stopped = int(self.state.epochs_done), self.state.stopped_early_at_epochs
-        if int(epochs) <= done or (stopped is not None and int(epochs) <= stopped):
-            return 0
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(done)
-        own = self.callbacks(patience)
-        model.fit(train, validation_data=val, epochs=int(epochs), callbacks=own + list(callbacks), shuffle=False,
-                  verbose=verbose)  # the data shuffle themselves, seeded
-        early = [c for c in own if isinstance(c, keras.callbacks.EarlyStopping)]
-        if early and early[0].stopped_epoch > 0:
-            self.state.stopped_early_at_epochs = int(epochs)
-            self._save()
-        return int(self.state.epochs_done) - done
-
-    def restore_best(self, model) -> None:
-        """Load the best epoch's weights into ``model``."""
         import warnings
 
+        import keras
+
+        started = time.perf_counter()
+        done, stopped = int(self.state.epochs_done), self.state.stopped_early_at_epochs
+        if int(epochs) > done and (stopped is None or int(epochs) > stopped):
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(done)
+            own = self.callbacks(patience)
+            model.fit(train, validation_data=val, epochs=int(epochs), callbacks=own + list(callbacks),
+                      shuffle=False, verbose=verbose)  # the data shuffle themselves, seeded
+            early = [c for c in own if isinstance(c, keras.callbacks.EarlyStopping)]
+            if early and early[0].stopped_epoch > 0:
+                self.state.stopped_early_at_epochs = int(epochs)
+                self._save()
+        seconds = time.perf_counter() - started
         with warnings.catch_warnings():  # an epoch-0 file has no optimizer state; only the model's weights matter
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(self.best_weights))
+        return int(self.state.epochs_done) - done, seconds
 
 
 def score_and_write(folder: str | os.PathLike, model, val, test, label_names: Sequence[str], history: list[dict],
@@ -264,46 +253,20 @@ def score_and_write(folder: str | os.PathLike, model, val, test, label_names: Se
     return row
 
 
-# ---------------------------------------------------------------------------
-# Serializable layers (registered so model.keras reloads without featx code paths)
-# ---------------------------------------------------------------------------
-_LAYER_NAMES = ("ChannelAffine", "TwoColumnProbabilities", "NormalizeRows", "L2Normalize")
-# Defined by _define_layers() on first use, so importing this module does not import Keras.
-ChannelAffine = TwoColumnProbabilities = NormalizeRows = L2Normalize = None
-
-
+@functools.cache
 def custom_objects() -> dict:
     """featx's Keras layers by name, registered; call before ``keras.models.load_model("model.keras")``.
 
     Defining them here (not at import) keeps ``import featx.finetune`` free of Keras.
     CaffeNet's own layers are registered too, so a CaffeNet fine-tune reloads.
-
-    Examples
-    --------
-    >>> sorted(custom_objects())  # doctest: +SKIP
-    ['ChannelAffine', 'L2Normalize', 'NormalizeRows', 'TwoColumnProbabilities']
     """
-    if ChannelAffine is None:
-        _define_layers()
-    try:
-        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
-    except ImportError:  # pragma: no cover - caffenet needs only keras
-        pass
-    return {name: globals()[name] for name in _LAYER_NAMES}
-
-
-def _define_layers() -> None:
     import keras
     from keras import ops
 
     @keras.saving.register_keras_serializable(package="featx")
     class ChannelAffine(keras.layers.Layer):
-        """Per-pixel affine map of the colour channels: ``x @ matrix + offset``.
-
-        Reproduces every featx backbone's numpy ``preprocess`` (BGR reordering,
-        mean subtraction, scaling) inside the model, so it takes raw RGB in [0, 255].
-        Always computes in float32.
-        """
+        """Per-pixel affine map of the colour channels in float32, ``x @ matrix + offset``: a backbone's
+        numpy ``preprocess`` (BGR reordering, mean, scale) inside the model, which then takes raw RGB."""
 
         def __init__(self, matrix, offset, **kwargs):
             kwargs.setdefault("dtype", "float32")
@@ -356,8 +319,31 @@ def _define_layers() -> None:
         def compute_output_shape(self, input_shape):
             return input_shape
 
-    globals().update(ChannelAffine=ChannelAffine, TwoColumnProbabilities=TwoColumnProbabilities,
-                     NormalizeRows=NormalizeRows, L2Normalize=L2Normalize)
+    try:
+        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
+    except ImportError:  # pragma: no cover - caffenet needs only keras
+        pass
+    return {layer.__name__: layer for layer in (ChannelAffine, TwoColumnProbabilities, NormalizeRows, L2Normalize)}
+
+
+def compile_classifier(model, optimizer) -> None:
+    """Sparse categorical cross-entropy with an ``accuracy`` metric (the columns of ``history.csv``)."""
+    import keras
+
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def augmentation(seed: int, rotation: float, zoom: float, translation: float = 0.0):
+    """Random horizontal flip, rotation, zoom (and translation), active only while training."""
+    import keras
+
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+              keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed + 1),
+              keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2)]
+    if translation:
+        layers.append(keras.layers.RandomTranslation(translation, translation, fill_mode="reflect", seed=seed + 3))
+    return keras.Sequential(layers, name="augmentation")
 
 
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> Path:
