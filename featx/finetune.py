@@ -62,12 +62,8 @@ class FinetuneError(UserError, ValueError):
 
 
 def preprocessing_layer(extractor, name: str = "preprocess"):
-    """A ``ChannelAffine`` layer equal to ``extractor.preprocess``, measured from the extractor itself.
-
-    Every featx CNN preprocesses pixels with a per-channel affine map (channel reordering, mean,
-    scale); black and pure-channel images give the offset and the 3x3 matrix, then random images
-    check it (:class:`FinetuneError` when it is no such map).
-    """
+    """A ``ChannelAffine`` layer equal to ``extractor.preprocess``, a per-channel affine map (reordering, mean,
+    scale): black and pure-channel images give its offset and 3x3 matrix, random images check it."""
     height, width = extractor.preprocessing["size"]
     probes = np.zeros((4, height, width, 3), dtype=np.float32)
     for channel in range(3):
@@ -85,9 +81,6 @@ def preprocessing_layer(extractor, name: str = "preprocess"):
     return training.custom_objects()["ChannelAffine"](matrix, offset, name=name)
 
 
-# ---------------------------------------------------------------------------
-# The base head: what the sweep selected (or another row, refit)
-# ---------------------------------------------------------------------------
 @dataclass
 class BaseHead:
     """A fitted sweep head with everything needed to put it on its backbone."""
@@ -119,10 +112,11 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
     featx.artifacts.ArtifactError
         ``best.joblib`` or ``results.json`` missing, damaged or from a newer featx.
     FinetuneError
-        An unknown config, a head that is not a single-backbone Keras CNN or is not
-        expressible as Dense layers (rbfsvm).
+        An unknown config, or a head not on one Keras CNN or not expressible as Dense layers (rbfsvm).
     """
     from featx.artifacts.results import SweepBundle, SweepSummary
+    from featx.extractors import get_extractor
+    from featx.extractors.keras_base import KerasExtractor
 
     experiment_dir = Path(experiment_dir)
     summary_path = experiment_dir / "results.json"
@@ -151,12 +145,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
         raise FinetuneError(f"config {chosen} uses concatenated caches ({names}); only a head on one CNN "
                             "backbone can be fine-tuned: pick a single-cache config with --config N")
     spec = extractors[0]["spec"]
-    from featx.extractors import get_extractor
-
-    probe = get_extractor(spec["name"], **_extractor_options(spec))
-    from featx.extractors.keras_base import KerasExtractor
-
-    if not isinstance(probe, KerasExtractor):
+    if not isinstance(get_extractor(spec["name"], **_extractor_options(spec)), KerasExtractor):
         raise FinetuneError(f"config {chosen} uses {spec['name']} features, which come from no neural network; "
                             "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
                             "pick such a config with --config N")
@@ -216,9 +205,6 @@ def make_extractor(spec: dict, precision: str | None = None):
     return extractor
 
 
-# ---------------------------------------------------------------------------
-# Head -> Keras layers
-# ---------------------------------------------------------------------------
 def _fold_affine(steps: list, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fold affine preprocessing steps (applied in order) into a Dense layer ``x @ W + b``."""
     from sklearn.decomposition import PCA
@@ -335,14 +321,10 @@ def _dense(W, b, activation, name, dtype):
     return layer
 
 
-# ---------------------------------------------------------------------------
-# The fine-tune model
-# ---------------------------------------------------------------------------
 def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, seed: int = 0,
                          mixed_precision: bool = False):
-    """Backbone + the base head as one Keras model: float RGB in [0, 255] in, K probabilities out.
-
-    The cut backbone (its pooling included) is the nested model ``backbone``.
+    """Backbone + the base head as one Keras model: float RGB in [0, 255] in, K probabilities out; the cut
+    backbone (its pooling included) is the nested model ``backbone``.
 
     Parameters
     ----------
@@ -358,8 +340,7 @@ def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, 
     if extractor is None:
         extractor = make_extractor(base.extractor_spec, precision="fp16" if mixed_precision else "fp32")
     height, width = extractor.preprocessing["size"]
-    backbone = extractor.model
-    backbone = keras.Model(backbone.inputs[0], backbone.outputs[0], name=BACKBONE_LAYER)
+    backbone = keras.Model(extractor.model.inputs[0], extractor.model.outputs[0], name=BACKBONE_LAYER)
     n_features = int(np.prod(backbone.output_shape[1:]))
     if n_features != base.model.n_features_in_:
         raise FinetuneError(f"the backbone gives {n_features} features but the head expects "
@@ -377,9 +358,8 @@ def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, 
 
 
 def set_trainable(model, unfreeze: str | int, extractor_name: str) -> list[str]:
-    """Unfreeze part of the backbone; the head stays trainable, batch norm stays frozen.
-
-    Returns the names of the backbone layers that train.
+    """Unfreeze part of the backbone (the head stays trainable, batch norm frozen); returns the names of
+    the backbone layers that train.
 
     Parameters
     ----------
@@ -416,9 +396,6 @@ def set_trainable(model, unfreeze: str | int, extractor_name: str) -> list[str]:
     return [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
 
 
-# ---------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------
 @dataclass
 class ImageSplits:
     """The cache's images: absolute paths, integer labels and split of each row."""
@@ -472,9 +449,6 @@ def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPL
     return float(np.max(np.abs(got - expected[kept])))
 
 
-# ---------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------
 @dataclass
 class FinetuneResult:
     """What :func:`run_finetune` did."""
@@ -515,11 +489,6 @@ def _describe(origin: dict) -> str:
     return f"config {origin['config']} ({origin['head']} {origin['params']}) on {origin['cache']}"
 
 
-def _evaluate(model, dataset) -> dict:
-    values = model.evaluate(dataset, verbose=0, return_dict=True)
-    return {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
-
-
 def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top", epochs: int = 5,
                  augment: bool = True, learning_rate: float = 1e-4, optimizer: str = "adam",
                  batch_size: int = 32, config: int | None = None, patience: int | None = 3, seed: int = 0,
@@ -543,8 +512,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     patience : int or None
         Early stopping on ``monitor`` (the validation metric that picks the best weights); None: never.
     restart : bool
-        Start from the sweep's head again. Without it, an earlier run built from another head,
-        params or cache is refused, never continued.
+        Start from the sweep's head again; without it, a run built from another head is refused.
     mixed_precision : {"auto", "on", "off"}
         ``auto``: mixed float16 when a GPU is visible.
     allow_warm_start_gap : bool
@@ -609,7 +577,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                                     f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
                                     f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
                                     f"or pass --allow-warm-start-gap to train anyway")
-            val_before = _evaluate(model, val_data)
+            values = model.evaluate(val_data, verbose=0, return_dict=True)
+            val_before = {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
             state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
                               warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
                               trainable_layers=trainable)

@@ -6,17 +6,6 @@ Four heads, each a scikit-learn classifier with ``predict_proba``, seeded from `
 (:class:`KerasDenseClassifier`). :func:`make_head` puts preprocessing steps (``standard``, ``l2``,
 ``pca:N``) in front of a head in a :class:`~sklearn.pipeline.Pipeline` with steps ``pre_0``, ...,
 ``head`` (a grid addresses the head as ``head__C``); :data:`DEFAULT_GRIDS` is the default sweep.
-
-Examples
---------
->>> from sklearn.datasets import make_classification
->>> from featx.heads import make_head
->>> X, y = make_classification(n_samples=200, n_features=20, random_state=0)
->>> head = make_head("logreg", ["l2", "standard"], C=1.0, random_state=0).fit(X, y)
->>> [name for name, _ in head.steps]
-['pre_0', 'pre_1', 'head']
->>> head.predict_proba(X[:2]).shape
-(2, 2)
 """
 
 from __future__ import annotations
@@ -86,9 +75,6 @@ def _class_weights(class_weight, classes, y) -> np.ndarray:
     return np.array([float(class_weight.get(label, 1.0)) for label in classes])
 
 
-# ---------------------------------------------------------------------------
-# SVMs with calibrated probabilities
-# ---------------------------------------------------------------------------
 class _CalibratedSVM(_Head):
     """An SVM fitted on all (kept) rows, with Platt scaling fitted on ``calibration_cv`` folds' held-out scores.
 
@@ -269,9 +255,8 @@ class RBFSVMClassifier(_CalibratedSVM):
     Parameters
     ----------
     gamma_factor : float, default=1.0
-        The RBF width is ``gamma_factor / (n_features * X.var())``: scikit-learn's
-        ``gamma="scale"`` times this factor, so one grid fits features of any
-        dimension or scale.
+        The RBF width is ``gamma_factor / (n_features * X.var())``: scikit-learn's ``gamma="scale"`` times
+        this factor, so one grid fits features of any dimension or scale.
     max_train_rows : int or None, default=3000
         Cap on the rows the SVM is trained on (None: no cap).
     random_state : int or None, default=None
@@ -315,9 +300,6 @@ class RBFSVMClassifier(_CalibratedSVM):
                    random_state=self.random_state)
 
 
-# ---------------------------------------------------------------------------
-# Keras dense head
-# ---------------------------------------------------------------------------
 class KerasDenseClassifier(_Head):
     """The transfer-learning recipes' dense top as a scikit-learn classifier.
 
@@ -348,8 +330,6 @@ class KerasDenseClassifier(_Head):
         The trained network (input: features, output: probabilities).
     history_ : dict of str to list of float
         Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (``val_`` empty when nothing was held out).
-    n_epochs_ : int
-        Epochs actually run.
 
     Examples
     --------
@@ -365,14 +345,10 @@ class KerasDenseClassifier(_Head):
                  verbose=0):
         _store_params(self, locals())
 
-    # -- fitting ---------------------------------------------------------
     def fit(self, X, y, validation_data=None):
-        """Train the network on ``X``, ``y`` as :meth:`LinearSVMClassifier.fit` does; returns ``self``.
-
-        ``validation_data`` (``(X_val, y_val)``, optional) drives early stopping and the ``val_*``
-        history; when None and ``patience`` is set, a stratified ``validation_fraction`` of ``X``
-        is held out instead.
-        """
+        """Train the network on ``X``, ``y``; returns ``self``. ``validation_data`` (``(X_val, y_val)``) drives
+        early stopping and the ``val_*`` history; when None and ``patience`` is set, a stratified
+        ``validation_fraction`` of ``X`` is held out instead."""
         import keras
 
         X, y = validate_data(self, X, y, dtype=np.float32)
@@ -397,7 +373,7 @@ class KerasDenseClassifier(_Head):
                                  f"known classes are {self.classes_.tolist()}")
             y_val = np.searchsorted(self.classes_, np.asarray(validation_data[1]))
         elif self.patience is not None and self.validation_fraction > 0:
-            X_train, y_train, X_val, y_val = _holdout(X, y_index, self.validation_fraction, seed)
+            X_train, X_val, y_train, y_val = _holdout(X, y_index, self.validation_fraction, seed)
 
         self.model_ = self._build_model(X.shape[1], len(self.classes_))
         callbacks = []
@@ -463,7 +439,6 @@ class KerasDenseClassifier(_Head):
                       metrics=["accuracy"], steps_per_execution=_STEPS_PER_EXECUTION)
         return model
 
-    # -- prediction ------------------------------------------------------
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
         from scipy.special import expit, softmax
@@ -503,14 +478,9 @@ def _holdout(X, y_index, fraction: float, seed):
     counts = np.bincount(y_index)
     n_val = int(np.ceil(fraction * len(y_index)))
     stratify = y_index if counts.min() >= 2 and n_val >= len(counts) else None
-    X_train, X_val, y_train, y_val = train_test_split(X, y_index, test_size=fraction, stratify=stratify,
-                                                      random_state=seed)
-    return X_train, y_train, X_val, y_val
+    return train_test_split(X, y_index, test_size=fraction, stratify=stratify, random_state=seed)
 
 
-# ---------------------------------------------------------------------------
-# Pipelines and grids
-# ---------------------------------------------------------------------------
 def make_preprocessing(spec: str, random_state=None):
     """One preprocessing step from its name; ``random_state`` seeds randomized PCA.
 
@@ -547,7 +517,6 @@ def make_head(name: str, preprocessing: str | Sequence[str] = "standard", *, ran
     Parameters
     ----------
     name : {"logreg", "linsvm", "rbfsvm", "dense"}
-        The head.
     preprocessing : str or list of str, default="standard"
         Steps applied in order (see :func:`make_preprocessing`), e.g.
         ``["l2", "standard"]``; ``"none"`` for no step.

@@ -5,13 +5,6 @@ the dataset's own train/val/test split, so a report can show what transfer learn
 fits, val picks the best epoch, test is reported in the sweep's columns. ``--tune`` first runs a
 resumable Keras Tuner search and retrains its best configuration. The model, data, seeding and
 the files written are described in docs/training.md.
-
-Examples
---------
->>> from featx.scratch import run_scratch  # doctest: +SKIP
->>> result = run_scratch("data/train", "experiments/catsdogs", preset="keras-blog", epochs=30)  # doctest: +SKIP
->>> result.row["accuracy"], result.out_dir  # doctest: +SKIP
-(0.78, PosixPath('experiments/catsdogs/scratch'))
 """
 
 from __future__ import annotations
@@ -50,37 +43,25 @@ class ScratchError(UserError, ValueError):
     """The data or options cannot be trained as asked; the message says why and how to fix it."""
 
 
-# ---------------------------------------------------------------------------
-# Architectures
-# ---------------------------------------------------------------------------
+def _raise_problems(checks: list) -> None:
+    """One :class:`ScratchError` naming every ``(failed, message)`` check that failed."""
+    problems = [message for failed, message in checks if failed]
+    if problems:
+        raise ScratchError("; ".join(problems))
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """A small CNN: convolution blocks, then a dense top.
+    """A small CNN: convolution blocks, then a dense top."""
 
-    Parameters
-    ----------
-    filters : tuple of int
-        Filters of each block's convolutions (one block per entry).
-    convs_per_block : int
-        Convolutions (ReLU) before each block's 2x2 max pooling.
-    padding : {"valid", "same"}
-        ``valid`` shrinks each map by ``kernel_size - 1`` per convolution, as the recipes do.
-    batch_norm : bool
-        Batch normalisation after each convolution (before the ReLU).
-    top : {"flatten", "gap"}
-        ``flatten`` the last maps (the recipes), or global average pooling.
-    dense_units : int
-        Units of the hidden Dense layer (0: none).
-    """
-
-    filters: tuple = (32, 32, 64)
-    convs_per_block: int = 1
+    filters: tuple = (32, 32, 64)  # of each block's convolutions (one block per entry)
+    convs_per_block: int = 1  # convolutions (ReLU) before each block's 2x2 max pooling
     kernel_size: int = 3
-    padding: str = "valid"
-    batch_norm: bool = False
-    top: str = "flatten"
-    dense_units: int = 64
-    dropout: float = 0.5
+    padding: str = "valid"  # "valid" shrinks each map by kernel_size - 1 per convolution, as the recipes do
+    batch_norm: bool = False  # after each convolution, before the ReLU
+    top: str = "flatten"  # flatten the last maps (the recipes), or "gap": global average pooling
+    dense_units: int = 64  # of the hidden Dense layer (0: none)
+    dropout: float = 0.5  # before the output layer
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
 
@@ -90,26 +71,19 @@ class Architecture:
     def validate(self) -> "Architecture":
         from featx.heads import OPTIMIZERS
 
-        problems = []
-        if not self.filters or any(int(f) < 1 for f in self.filters):
-            problems.append(f"filters must be positive integers, one per block; got {list(self.filters)}")
-        if int(self.convs_per_block) < 1 or int(self.kernel_size) < 1:
-            problems.append(f"convs_per_block and kernel_size must be >= 1; got {self.convs_per_block}, "
-                            f"{self.kernel_size}")
-        if self.padding not in ("valid", "same"):
-            problems.append(f"padding must be 'valid' or 'same'; got {self.padding!r}")
-        if self.top not in ("flatten", "gap"):
-            problems.append(f"top must be 'flatten' or 'gap'; got {self.top!r}")
-        if int(self.dense_units) < 0:
-            problems.append(f"dense_units must be >= 0; got {self.dense_units}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            problems.append(f"dropout must be in [0, 1); got {self.dropout}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        if not float(self.learning_rate) > 0:
-            problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
-        if problems:
-            raise ScratchError("; ".join(problems))
+        _raise_problems([
+            (not self.filters or any(int(f) < 1 for f in self.filters),
+             f"filters must be positive integers, one per block; got {list(self.filters)}"),
+            (int(self.convs_per_block) < 1 or int(self.kernel_size) < 1,
+             f"convs_per_block and kernel_size must be >= 1; got {self.convs_per_block}, {self.kernel_size}"),
+            (self.padding not in ("valid", "same"), f"padding must be 'valid' or 'same'; got {self.padding!r}"),
+            (self.top not in ("flatten", "gap"), f"top must be 'flatten' or 'gap'; got {self.top!r}"),
+            (int(self.dense_units) < 0, f"dense_units must be >= 0; got {self.dense_units}"),
+            (not 0.0 <= float(self.dropout) < 1.0, f"dropout must be in [0, 1); got {self.dropout}"),
+            (self.optimizer not in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"),
+            (not float(self.learning_rate) > 0, f"learning_rate must be > 0; got {self.learning_rate}"),
+        ])
         return self
 
     def feature_map_size(self, image_size: int) -> int:
@@ -153,12 +127,6 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
         Put the augmentation layers (training only) after the input.
     seed : int
         Seeds the augmentation and dropout layers (weights follow ``keras.utils.set_random_seed``).
-
-    Examples
-    --------
-    >>> model = build_model(PRESETS["keras-blog"], n_classes=2, image_size=64)  # doctest: +SKIP
-    >>> model.output_shape  # doctest: +SKIP
-    (None, 2)
     """
     import keras
 
@@ -197,9 +165,6 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
     return model
 
 
-# ---------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------
 def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_mb: float = 4096,
                 progress=None) -> dict[str, ImageSet]:
     """The ``train``, ``val`` and ``test`` :class:`~featx.datasets.ImageSet` of a manifest, squashed to
@@ -228,35 +193,18 @@ def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_
     return splits
 
 
-# ---------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------
 @dataclass
 class ScratchResult:
-    """What :func:`run_scratch` did.
+    """What :func:`run_scratch` did."""
 
-    Attributes
-    ----------
-    out_dir : Path
-        The stage folder (``<out>/scratch`` or ``<out>/scratch-tuned``).
-    row : dict
-        The results row (sweep columns).
-    best_epoch : int
-        Epoch (from 1) whose weights were kept.
-    new_trials : int
-        Trials this call ran (the others were resumed from the tuner folder).
-    failed : list of (str, str)
-        Unreadable images and why.
-    """
-
-    out_dir: Path
-    row: dict
+    out_dir: Path  # <out>/scratch or <out>/scratch-tuned
+    row: dict  # the results row (sweep columns)
     history: list
-    best_epoch: int
+    best_epoch: int  # from 1
     architecture: Architecture
     trials: list = field(default_factory=list)
-    new_trials: int = 0
-    failed: list = field(default_factory=list)
+    new_trials: int = 0  # trials this call ran (the others were resumed from the tuner folder)
+    failed: list = field(default_factory=list)  # unreadable images: (path, reason)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -343,9 +291,6 @@ def _train(o: ScratchOptions, architecture: Architecture, splits: dict, n_classe
     return model, run.history.as_list(), int(run.state.best_epoch), seconds
 
 
-# ---------------------------------------------------------------------------
-# Hyperparameter search
-# ---------------------------------------------------------------------------
 #: The search space of ``tune``: (hyperparameter, what it takes).
 SEARCH_SPACE = {
     "learning_rate": "log-uniform in [1e-4, 3e-3]",
@@ -501,92 +446,53 @@ def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int,
     return _architecture_from_hp(base, best.hyperparameters.values), trials, len(completed) - done_before, seconds, best
 
 
-# ---------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScratchOptions:
-    """What ``featx scratch`` trains and how; :func:`run_scratch` takes one (the CLI builds it from its flags).
+    """What ``featx scratch`` trains and how; :func:`run_scratch` takes one (the CLI builds it from its flags)."""
 
-    Attributes
-    ----------
-    preset : str
-        One of :data:`PRESETS`; with ``tune``, the starting point whose blocks the search varies.
-    epochs : int
-        Epochs of the final training (the best epoch by val accuracy is kept).
-    learning_rate : float, optional
-        Overrides the preset's (ignored with ``tune``, which searches it).
-    patience : int or None
-        Early stopping after this many epochs without a better val accuracy; None or 0: never.
-    seed : int
-        Seeds weights, augmentation, batch order, the tuner and (for a folder) the split.
-    deterministic : bool
-        Also enable TensorFlow's op determinism (same result on a GPU too; slower there).
-    max_trials : int
-        Trials in the search (:data:`SEARCH_SPACE`), counting those of earlier calls.
-    max_minutes : float, optional
-        No new trial starts after this many minutes of search (the running one finishes).
-    trial_epochs : int, optional
-        Epochs of each trial (default: a third of ``epochs``, at least 1).
-    train_minutes : float, optional
-        The final training stops after the first epoch that ends past this many minutes
-        (the best epoch so far is kept).
-    restart : bool
-        Discard the stage folder (and an earlier search) first.
-    layout, val, test
-        How to index a folder (see ``featx index``); ignored for a manifest.
-    memory_limit_mb : float
-        Above this many MB of decoded pixels, images are decoded per batch instead of once.
-    """
-
-    preset: str = "keras-blog"
+    preset: str = "keras-blog"  # one of PRESETS; with tune, the starting point whose blocks the search varies
     image_size: int = 128
-    epochs: int = 30
+    epochs: int = 30  # of the final training (the best epoch by val accuracy is kept)
     batch_size: int = 32
     augment: bool = True
-    learning_rate: float | None = None
-    patience: int | None = 10
-    seed: int = 0
-    deterministic: bool = False
+    learning_rate: float | None = None  # overrides the preset's (not with tune, which searches it)
+    patience: int | None = 10  # epochs without a better val accuracy before stopping; None or 0: never
+    seed: int = 0  # weights, augmentation, batch order, the tuner and (for a folder) the split
+    deterministic: bool = False  # also TensorFlow's op determinism (the same result on a GPU; slower there)
     tune: bool = False
     tuner: str = "bayesian"
-    max_trials: int = 10
-    max_minutes: float | None = None
-    trial_epochs: int | None = None
-    train_minutes: float | None = None
-    restart: bool = False
-    layout: str = "auto"
+    max_trials: int = 10  # trials in the search (SEARCH_SPACE), counting those of earlier calls
+    max_minutes: float | None = None  # no new trial starts after this many minutes (the running one finishes)
+    trial_epochs: int | None = None  # epochs of each trial (default: a third of epochs, at least 1)
+    train_minutes: float | None = None  # the final training stops after the first epoch that ends past this
+    restart: bool = False  # discard the stage folder (and an earlier search) first
+    layout: str = "auto"  # layout, val and test index a folder (featx index); ignored for a manifest
     val: float = 0.1
     test: float = 0.1
     workers: int = 4
-    memory_limit_mb: float = 4096
+    memory_limit_mb: float = 4096  # above this many MB of pixels, images are decoded per batch instead of once
     n_boot: int = 1000
     verbose: int = 0
 
     def checked(self) -> "ScratchOptions":
         """The options with ``trial_epochs`` filled in; bad values are one :class:`ScratchError`."""
-        problems = []
-        if int(self.image_size) < 8:
-            problems.append(f"--image-size must be at least 8 px; got {self.image_size}")
-        if int(self.epochs) < 1 or int(self.batch_size) < 1:
-            problems.append(f"--epochs and --batch-size must be >= 1; got {self.epochs} and {self.batch_size}")
-        if self.tune:
-            if self.tuner not in TUNERS:
-                problems.append(f"--tuner must be one of {', '.join(TUNERS)}; got {self.tuner!r}")
-            if int(self.max_trials) < 1:
-                problems.append(f"--max-trials must be >= 1; got {self.max_trials}")
-            if self.max_minutes is not None and not float(self.max_minutes) > 0:
-                problems.append(f"--max-minutes must be > 0; got {self.max_minutes}")
-            if self.trial_epochs is not None and int(self.trial_epochs) < 1:
-                problems.append(f"--trial-epochs must be >= 1; got {self.trial_epochs}")
-        if self.patience is not None and int(self.patience) < 0:
-            problems.append(f"--patience must be >= 0 (0: no early stopping); got {self.patience}")
-        if self.train_minutes is not None and not float(self.train_minutes) > 0:
-            problems.append(f"--train-minutes must be > 0; got {self.train_minutes}")
-        if not float(self.memory_limit_mb) >= 0:
-            problems.append(f"memory_limit_mb must be >= 0; got {self.memory_limit_mb}")
-        if problems:
-            raise ScratchError("; ".join(problems))
+        tune = self.tune  # the search's options are checked only when there is a search
+        _raise_problems([
+            (int(self.image_size) < 8, f"--image-size must be at least 8 px; got {self.image_size}"),
+            (int(self.epochs) < 1 or int(self.batch_size) < 1,
+             f"--epochs and --batch-size must be >= 1; got {self.epochs} and {self.batch_size}"),
+            (tune and self.tuner not in TUNERS, f"--tuner must be one of {', '.join(TUNERS)}; got {self.tuner!r}"),
+            (tune and int(self.max_trials) < 1, f"--max-trials must be >= 1; got {self.max_trials}"),
+            (tune and self.max_minutes is not None and not float(self.max_minutes) > 0,
+             f"--max-minutes must be > 0; got {self.max_minutes}"),
+            (tune and self.trial_epochs is not None and int(self.trial_epochs) < 1,
+             f"--trial-epochs must be >= 1; got {self.trial_epochs}"),
+            (self.patience is not None and int(self.patience) < 0,
+             f"--patience must be >= 0 (0: no early stopping); got {self.patience}"),
+            (self.train_minutes is not None and not float(self.train_minutes) > 0,
+             f"--train-minutes must be > 0; got {self.train_minutes}"),
+            (not float(self.memory_limit_mb) >= 0, f"memory_limit_mb must be >= 0; got {self.memory_limit_mb}"),
+        ])
         trial_epochs = self.trial_epochs if self.trial_epochs is not None else max(1, int(self.epochs) // 3)
         return replace(self, trial_epochs=int(trial_epochs))
 
@@ -610,13 +516,10 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     Parameters
     ----------
     source : path
-        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a
-        manifest CSV from ``featx index``.
+        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a manifest CSV.
     out_dir : path
-        The experiment folder; outputs go to ``out_dir/scratch`` (``out_dir/scratch-tuned`` with
-        ``tune``), beside a sweep's results so that ``featx report out_dir`` ranks them together.
-    progress : featx.progress.Progress, optional
-        Decoding, trial and training bars.
+        The experiment folder; outputs go to ``out_dir/scratch`` (``scratch-tuned`` with ``tune``), where
+        ``featx report out_dir`` ranks them beside a sweep's.
     **changes
         Fields of ``options`` (default :class:`ScratchOptions()`) to change (``run_scratch(src, out, epochs=5)``).
 

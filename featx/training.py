@@ -61,6 +61,9 @@ class History:
 class TrainingRun:
     """One resumable Keras training in ``folder``, keyed by what it is built from and its settings.
 
+    It keeps the best epoch's weights by ``monitor`` (``best.weights.h5``), the last finished epoch with
+    its optimizer state (``checkpoint/``), ``history.csv`` and ``state.json``.
+
     Parameters
     ----------
     monitor : {"val_loss", "val_accuracy"}
@@ -97,19 +100,15 @@ class TrainingRun:
             clean_stale_temps(self.folder / name)
         state = RunState.read(self.state_path) if self.state_path.exists() else None
         if state is not None and replace_stale and state.built_from != self.built_from:
-            self.discard()
+            for name in (STATE_FILE, HISTORY_FILE, BEST_WEIGHTS):  # this training's files; the others stay
+                (self.folder / name).unlink(missing_ok=True)
+            shutil.rmtree(self.folder / CHECKPOINT, ignore_errors=True)
             state = None
         if state is not None:
             self._check(state)
         self.state = state
         self.history = History(self.folder / HISTORY_FILE)
         return state
-
-    def discard(self) -> None:
-        """Remove this training's files (state, history, weights, checkpoint); other files stay."""
-        for name in (STATE_FILE, HISTORY_FILE, BEST_WEIGHTS):
-            (self.folder / name).unlink(missing_ok=True)
-        shutil.rmtree(self.folder / CHECKPOINT, ignore_errors=True)
 
     def _check(self, state: RunState) -> None:
         earlier, now = state.built_from, self.built_from
@@ -140,11 +139,8 @@ class TrainingRun:
             best = initial[self.monitor]
         self.state = RunState(settings=self.settings, built_from=self.built_from, best_value=best,
                               featx_version=__version__, details=details)
-        self._save()
-        return self.state
-
-    def _save(self) -> None:
         self.state.write(self.state_path)
+        return self.state
 
     def callbacks(self, patience: int | None) -> list:
         """The Keras callbacks of one :meth:`fit` (tests wrap this to interrupt a run)."""
@@ -174,7 +170,7 @@ class TrainingRun:
                 if value is not None and (best is None or (value < best if mode == "min" else value > best)):
                     run.state.best_value, run.state.best_epoch = float(value), epoch + 1
                 run.state.epochs_done = epoch + 1
-                run._save()
+                run.state.write(run.state_path)
 
         callbacks = [
             # Weights only (not the whole model), which works under MirroredStrategy as well.
@@ -213,7 +209,7 @@ class TrainingRun:
             early = [c for c in own if isinstance(c, keras.callbacks.EarlyStopping)]
             if early and early[0].stopped_epoch > 0:
                 self.state.stopped_early_at_epochs = int(epochs)
-                self._save()
+                self.state.write(self.state_path)
         seconds = time.perf_counter() - started
         with warnings.catch_warnings():  # an epoch-0 file has no optimizer state; only the model's weights matter
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -225,9 +221,8 @@ def score_and_write(folder: str | os.PathLike, model, val, test, label_names: Se
                     n_boot: int, seed: int, title: str, batch_size: int = 64, **columns) -> dict:
     """Score the kept weights and write ``model.keras``, ``results.csv``, ``predictions.npz`` and ``curves.png``.
 
-    ``val`` and ``test`` are :class:`featx.datasets.ImageSet`: val accuracy and log loss select (the
-    sweep's ``select_*`` columns), test gets the metrics with bootstrap intervals. The one results row
-    is ``columns`` (features, head, params...) with those scores; every file is written atomically.
+    ``val`` and ``test`` are :class:`featx.datasets.ImageSet`: val gives the sweep's ``select_*`` columns,
+    test the metrics with bootstrap intervals, beside ``columns`` (features, head, params...) in the one row.
     """
     from featx.artifacts.results import metric_columns, write_rows_csv
     from featx.datasets import predict_proba
@@ -279,9 +274,6 @@ def custom_objects() -> dict:
             return ops.matmul(x, ops.convert_to_tensor(self.matrix, "float32")) + ops.convert_to_tensor(
                 self.offset, "float32")
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
         def get_config(self):
             return {**super().get_config(), "matrix": self.matrix, "offset": self.offset}
 
@@ -291,9 +283,6 @@ def custom_objects() -> dict:
 
         def call(self, inputs):
             return ops.concatenate([1.0 - inputs, inputs], axis=-1)
-
-        def compute_output_shape(self, input_shape):
-            return (*input_shape[:-1], 2)
 
     @keras.saving.register_keras_serializable(package="featx")
     class NormalizeRows(keras.layers.Layer):
@@ -305,9 +294,6 @@ def custom_objects() -> dict:
             uniform = ops.ones_like(inputs) / n_classes
             return ops.where(total > 0, inputs / ops.where(total > 0, total, 1.0), uniform)
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
     @keras.saving.register_keras_serializable(package="featx")
     class L2Normalize(keras.layers.Layer):
         """Row-wise L2 normalisation as scikit-learn's ``Normalizer`` (zero rows stay zero)."""
@@ -315,9 +301,6 @@ def custom_objects() -> dict:
         def call(self, inputs):
             norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
             return inputs / ops.where(norm > 0, norm, 1.0)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
 
     try:
         import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
