@@ -127,11 +127,8 @@ def iter_batches(root: str, groups: Sequence[Sequence[str]], preprocessing: dict
 
 @dataclass
 class ImageSet:
-    """The labelled images of one split: paths (relative to ``root``), integer labels, and the pixels
-    when they were decoded into memory (else :meth:`pixels` decodes the asked rows on each call).
-
-    Unreadable files are skipped and listed in ``failed`` as ``(path, reason)``.
-    """
+    """The labelled images of one split: paths (relative to ``root``), integer labels, and the pixels when
+    decoded into memory (else :meth:`pixels` decodes rows on each call); ``failed``: ``(path, reason)``."""
 
     root: str
     paths: list
