@@ -1,21 +1,9 @@
 """The one decode-and-batch path: image files -> uint8 batches for a model, to infer or to train.
 
-``pipeline`` (feature caches), ``imagenet`` (top-k), the OpenVINO int8 calibration and the two
-training stages (``finetune``, ``scratch``) all read images through here, so the pixels a model
-sees never depend on which command asked.
-
-* :func:`load_options` turns an extractor's ``preprocessing`` dict into the keyword arguments of
-  :func:`featx.images.load_image` (JPEGs much larger than the target decode at reduced DCT scale,
-  ``draft``; see ``featx.images``).
-* :func:`decode_into` decodes a group of files straight into one preallocated
-  ``(n, height, width, 3)`` uint8 array: the array the model is called on, no ``np.stack`` copy.
-* :func:`iter_batches` keeps ``prefetch`` batches decoding in a thread pool while the caller
-  runs the model on the previous one (PIL's decoder and OpenCV's resize release the GIL).
-* :func:`decode_threads` sizes that pool against the threads the model itself uses.
-* :class:`ImageSet` holds the labelled images of one split for training, decoded once into
-  memory (:meth:`ImageSet.load`) or batch by batch when they do not fit; :func:`training_batches`
-  makes it a ``keras.utils.PyDataset`` reshuffled from ``(seed, epoch)``, and
-  :func:`predict_proba` runs a model over it.
+Feature caches, ImageNet top-k, the OpenVINO int8 calibration and both training stages read images
+through here, so the pixels a model sees never depend on which command asked. :func:`iter_batches`
+decodes groups of files in a thread pool ahead of the model; :class:`ImageSet` holds one labelled
+split for training, which :func:`training_batches` serves to Keras.
 """
 
 from __future__ import annotations
@@ -55,9 +43,8 @@ def n_cores() -> int:
 def decode_threads(model_threads: int | None = None) -> int:
     """Decoding threads beside a model that keeps ``model_threads`` cores busy while it runs.
 
-    Decoding and inference alternate on the same cores (the model waits on nothing but the next
-    batch), so the pool gets every core the model leaves free, and at least two threads so one
-    batch decodes while the next file is read.
+    Decoding and inference alternate on the same cores, so the pool gets every core the model leaves
+    free, and at least two threads so one batch decodes while the next file is read.
     """
     cores = n_cores()
     if model_threads is None:
@@ -140,12 +127,8 @@ def iter_batches(root: str, groups: Sequence[Sequence[str]], preprocessing: dict
 
 @dataclass
 class ImageSet:
-    """The labelled images of one split: paths (relative to ``root``), integer labels, and the pixels
-    when they were decoded into memory.
-
-    When ``images`` is None, :meth:`pixels` decodes the asked rows on each call. Unreadable files
-    are skipped and listed in ``failed`` as ``(path, reason)``.
-    """
+    """The labelled images of one split: paths (relative to ``root``), integer labels, and the pixels when
+    decoded into memory (else :meth:`pixels` decodes rows on each call); ``failed``: ``(path, reason)``."""
 
     root: str
     paths: list
@@ -209,9 +192,6 @@ def training_batches(images: ImageSet, batch_size: int, shuffle: bool = False, s
             def __init__(self, images, batch_size, shuffle, seed):
                 super().__init__(workers=1, use_multiprocessing=False)
                 self.images, self.batch_size, self.shuffle, self.seed = images, int(batch_size), shuffle, int(seed)
-                self.set_epoch(0)
-
-            def reset(self) -> None:
                 self.set_epoch(0)
 
             def set_epoch(self, epoch: int) -> None:

@@ -1,34 +1,10 @@
 """Keras fine-tuning warm-started from a sweep's best head.
 
-``featx finetune experiments/<name>`` reads what ``featx sweep`` wrote
-(``best.joblib`` and ``results.json``), rebuilds the backbone that made the
-cache, and puts the head on top as Keras layers:
-
-* a dense head's layers are copied, with its scaler folded into the first Dense;
-* a linear head (logistic regression, the calibrated linear SVM) becomes one
-  Dense layer whose weights absorb the scaler (and PCA) and, for the SVM, the
-  sigmoid calibration;
-* the backbone's own preprocessing becomes a layer, so the model takes raw RGB
-  in [0, 255] and ``model.keras`` needs nothing else.
-
-Before any training step the model reproduces the head's probabilities on the
-cached images (:func:`check_warm_start`). Then the chosen layers are unfrozen
-(batch normalisation stays in inference mode) and trained on the cache's train
-split with augmentation, keeping the best weights by a validation metric.
-Training is resumable: an interrupted run started again continues from its last
-finished epoch, and asking for more epochs continues where the last run ended.
-
-Outputs (``experiments/<name>/finetune/``)
-------------------------------------------
-``model.keras``        raw RGB [0, 255] float input -> K class probabilities (best weights)
-``model.json``         label names, input size, load_image options, backbone spec, base sweep row
-``best.weights.h5``    best weights by the validation metric (epoch 0 = the warm start)
-``checkpoint/``        Keras BackupAndRestore state (last finished epoch, optimizer included)
-``state.json``         settings, warm-start check, best value and epoch so far (for resuming)
-``history.csv``        one row per epoch (epoch 0: the warm start, before any training)
-``curves.png``         loss and accuracy per epoch, train and val
-``results.csv``        one row in the sweep's RESULT_COLUMNS (head ``finetune``)
-``predictions.npz``    test labels, paths and probabilities, as the sweep writes them
+``featx finetune experiments/<name>`` rebuilds the backbone that made the sweep's cache, puts the
+head on top as Keras layers (scaler, PCA and calibration folded into Dense weights; the backbone's
+preprocessing as a layer, so the model takes raw RGB in [0, 255]), checks that it reproduces the
+head's probabilities (:func:`check_warm_start`), then trains the unfrozen layers, resumably, into
+``experiments/<name>/finetune/`` (files listed in docs/training.md).
 """
 
 from __future__ import annotations
@@ -50,17 +26,8 @@ from featx.datasets import ImageSet, training_batches
 from featx.errors import UserError
 from featx.storage import locked
 
-__all__ = [
-    "FinetuneError",
-    "FinetuneResult",
-    "BaseHead",
-    "load_base_head",
-    "build_finetune_model",
-    "set_trainable",
-    "check_warm_start",
-    "run_finetune",
-    "UNFREEZE_TOP",
-]
+__all__ = ["FinetuneError", "FinetuneResult", "BaseHead", "load_base_head", "build_finetune_model", "set_trainable",
+           "check_warm_start", "run_finetune", "UNFREEZE_TOP"]
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 BACKBONE_LAYER = "backbone"
@@ -68,16 +35,13 @@ BACKBONE_LAYER = "backbone"
 #: fp32 reproduces the head to ~1e-6; float16 mixed precision to ~1e-3.
 WARM_START_TOLERANCE = {"fp32": 1e-3, "mixed": 5e-2}
 
-#: Layer-name prefixes of the "top block" that ``unfreeze="top"`` trains, per extractor.
-#: Only the prefixes present in the cut backbone count; a backbone with none of them
-#: needs ``unfreeze=N`` or ``"all"``.
+#: Layer-name prefixes of the "top block" that ``unfreeze="top"`` trains, per extractor
+#: (a backbone with none of them in its cut layers trains TOP_FALLBACK_SHARE instead).
 UNFREEZE_TOP: dict[str, tuple[str, ...]] = {
     "vgg16": ("block5_",),
     "caffenet": ("conv5", "pool5", "fc6", "fc7", "fc8"),
     # The last two stages and the head convolution of EfficientNet-Lite.
-    "efficientnet_lite0": ("block6", "block7", "top_"),
-    "efficientnet_lite1": ("block6", "block7", "top_"),
-    "efficientnet_lite2": ("block6", "block7", "top_"),
+    **{f"efficientnet_lite{i}": ("block6", "block7", "top_") for i in range(3)},
     "keras:resnet50": ("conv5_",),
     "keras:resnet101": ("conv5_",),
     "keras:densenet121": ("conv5_", "bn", "relu"),
@@ -98,18 +62,8 @@ class FinetuneError(UserError, ValueError):
 
 
 def preprocessing_layer(extractor, name: str = "preprocess"):
-    """A :class:`ChannelAffine` layer equal to ``extractor.preprocess``, measured from the extractor itself.
-
-    Every featx CNN preprocesses pixels with a per-channel affine map (channel
-    reordering, mean, scale); feeding it black and pure-channel images gives the
-    offset and the 3x3 matrix. The map is then checked on random images.
-
-    Raises
-    ------
-    FinetuneError
-        When the extractor's preprocessing is not such a map.
-    """
-    training.custom_objects()
+    """A ``ChannelAffine`` layer equal to ``extractor.preprocess``, a per-channel affine map (reordering, mean,
+    scale): black and pure-channel images give its offset and 3x3 matrix, random images check it."""
     height, width = extractor.preprocessing["size"]
     probes = np.zeros((4, height, width, 3), dtype=np.float32)
     for channel in range(3):
@@ -124,36 +78,18 @@ def preprocessing_layer(extractor, name: str = "preprocess"):
     if not np.allclose(got, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
         raise FinetuneError(f"{extractor.name}'s preprocess is not a per-channel affine map of the pixels; "
                             "it cannot be expressed as featx's ChannelAffine layer")
-    return training.ChannelAffine(matrix, offset, name=name)
+    return training.custom_objects()["ChannelAffine"](matrix, offset, name=name)
 
 
-# ---------------------------------------------------------------------------
-# The base head: what the sweep selected (or another row, refit)
-# ---------------------------------------------------------------------------
 @dataclass
 class BaseHead:
-    """A fitted sweep head with everything needed to put it on its backbone.
+    """A fitted sweep head with everything needed to put it on its backbone."""
 
-    Attributes
-    ----------
-    model : sklearn.pipeline.Pipeline
-        Steps ``pre_*`` then ``head``; fitted on integer labels.
-    extractor_spec : dict
-        Spec of the backbone that made the cache (``name``, ``params``, ``weights_sha256``, ...).
-    cache_path : str
-        The cache: its ``root`` attribute, paths, labels and split give the images.
-    label_names : list of str
-    row : dict
-        The sweep's results row of this configuration.
-    experiment_dir : Path
-    seed : int
-    """
-
-    model: Any
-    extractor_spec: dict
+    model: Any  # Pipeline of pre_* steps then head, fitted on integer labels
+    extractor_spec: dict  # of the backbone that made the cache (name, params, weights_sha256, ...)
     cache_path: str
     label_names: list
-    row: dict
+    row: dict  # the sweep's results row of this configuration
     experiment_dir: Path
     seed: int
 
@@ -167,21 +103,20 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
 
     Parameters
     ----------
-    experiment_dir : path
-        A folder written by ``featx sweep`` (``best.joblib``, ``results.json``).
     config : int, optional
-        The ``config`` column of ``results.csv``. Another configuration than the
-        best is refit on the cache's train split with the sweep's seed.
+        The ``config`` column of ``results.csv``; another configuration than the best is refit on the
+        cache's train split with the sweep's seed.
 
     Raises
     ------
     featx.artifacts.ArtifactError
         ``best.joblib`` or ``results.json`` missing, damaged or from a newer featx.
     FinetuneError
-        An unknown config, a head that is not a single-backbone Keras CNN or is not
-        expressible as Dense layers (rbfsvm).
+        An unknown config, or a head not on one Keras CNN or not expressible as Dense layers (rbfsvm).
     """
     from featx.artifacts.results import SweepBundle, SweepSummary
+    from featx.extractors import get_extractor
+    from featx.extractors.keras_base import KerasExtractor
 
     experiment_dir = Path(experiment_dir)
     summary_path = experiment_dir / "results.json"
@@ -210,12 +145,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
         raise FinetuneError(f"config {chosen} uses concatenated caches ({names}); only a head on one CNN "
                             "backbone can be fine-tuned: pick a single-cache config with --config N")
     spec = extractors[0]["spec"]
-    from featx.extractors import get_extractor
-
-    probe = get_extractor(spec["name"], **_extractor_options(spec))
-    from featx.extractors.keras_base import KerasExtractor
-
-    if not isinstance(probe, KerasExtractor):
+    if not isinstance(get_extractor(spec["name"], **_extractor_options(spec)), KerasExtractor):
         raise FinetuneError(f"config {chosen} uses {spec['name']} features, which come from no neural network; "
                             "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
                             "pick such a config with --config N")
@@ -224,11 +154,8 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
 
 
 def _find_cache(cache_path: str, experiment_dir: Path) -> str:
-    """The cache file, also when the sweep recorded it relative to another working folder.
-
-    ``featx sweep cache/x.h5 --out experiments/NAME`` records ``cache/x.h5``; from
-    another folder that is found again beside ``experiments/`` (the project folder).
-    """
+    """The cache file, also when the sweep recorded it relative to another working folder
+    (``cache/x.h5`` is found again beside ``experiments/``, the project folder)."""
     path = Path(cache_path)
     candidates = [path] if path.is_absolute() else [path, experiment_dir.parent.parent / path, experiment_dir / path]
     for candidate in candidates:
@@ -278,9 +205,6 @@ def make_extractor(spec: dict, precision: str | None = None):
     return extractor
 
 
-# ---------------------------------------------------------------------------
-# Head -> Keras layers
-# ---------------------------------------------------------------------------
 def _fold_affine(steps: list, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fold affine preprocessing steps (applied in order) into a Dense layer ``x @ W + b``."""
     from sklearn.decomposition import PCA
@@ -289,10 +213,8 @@ def _fold_affine(steps: list, weights: np.ndarray, bias: np.ndarray) -> tuple[np
     W, b = np.asarray(weights, np.float64), np.asarray(bias, np.float64)
     for step in reversed(steps):
         if isinstance(step, StandardScaler):
-            mean = step.mean_ if step.with_mean and step.mean_ is not None else 0.0
-            scale = step.scale_ if step.with_std and step.scale_ is not None else 1.0
-            scale = np.broadcast_to(np.asarray(scale, np.float64), (W.shape[0],))
-            mean = np.broadcast_to(np.asarray(mean, np.float64), (W.shape[0],))
+            mean = step.mean_ if step.with_mean and step.mean_ is not None else np.zeros(W.shape[0])
+            scale = step.scale_ if step.with_std and step.scale_ is not None else np.ones(W.shape[0])
             b = b - (mean / scale) @ W
             W = W / scale[:, None]
         elif isinstance(step, PCA):
@@ -331,17 +253,14 @@ def _linear_head_weights(head) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _head_layers(pipeline, n_features: int, dtype_policy=None):
-    """Keras layers equal to a fitted head pipeline, as a list to apply in order.
-
-    The last layer always outputs K probability columns in float32.
-    """
+    """Keras layers equal to a fitted head pipeline, in order; the last gives K float32 probabilities."""
     import keras
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import Normalizer, StandardScaler
 
     from featx.heads import KerasDenseClassifier
 
-    training.custom_objects()
+    featx_layers = training.custom_objects()
     steps = [step for name, step in pipeline.steps[:-1] if step is not None and step != "passthrough"]
     head = pipeline.steps[-1][1]
     if not np.array_equal(np.asarray(head.classes_), np.arange(len(head.classes_))):
@@ -361,7 +280,7 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
                 W, b = _fold_affine(pending, np.eye(width), np.zeros(width))
                 layers.append(_dense(W, b, None, "head_preprocess", dtype_policy))
                 pending = []
-            layers.append(training.L2Normalize(name="head_l2", dtype=dtype_policy))
+            layers.append(featx_layers["L2Normalize"](name="head_l2", dtype=dtype_policy))
         else:
             raise FinetuneError(f"preprocessing step {type(step).__name__} ({step}) cannot be written as Keras "
                                 "layers; fine-tune a config whose preprocessing is standard, l2 or pca:N")
@@ -379,7 +298,7 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
                 activation = source.get_config()["activation"]
                 layers.append(_dense(W, b, activation, f"head_{source.name}", "float32" if last else dtype_policy))
         if len(head.classes_) == 2:
-            layers.append(training.TwoColumnProbabilities(name="head_probabilities", dtype="float32"))
+            layers.append(featx_layers["TwoColumnProbabilities"](name="head_probabilities", dtype="float32"))
         return layers
 
     W, b, kind = _linear_head_weights(head)
@@ -388,8 +307,8 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
         layers.append(_dense(W, b, "softmax", "head_output", "float32"))
     else:
         layers.append(_dense(W, b, "sigmoid", "head_output", "float32"))
-        layers.append(training.TwoColumnProbabilities(name="head_probabilities", dtype="float32") if kind == "sigmoid2"
-                      else training.NormalizeRows(name="head_probabilities", dtype="float32"))
+        to_probabilities = featx_layers["TwoColumnProbabilities" if kind == "sigmoid2" else "NormalizeRows"]
+        layers.append(to_probabilities(name="head_probabilities", dtype="float32"))
     return layers
 
 
@@ -402,57 +321,32 @@ def _dense(W, b, activation, name, dtype):
     return layer
 
 
-# ---------------------------------------------------------------------------
-# The fine-tune model
-# ---------------------------------------------------------------------------
-def augmentation_layers(seed: int = 0):
-    """Flip, rotation, zoom and translation, active only while training."""
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
-    ], name="augmentation")
-
-
 def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, seed: int = 0,
                          mixed_precision: bool = False):
-    """Backbone + the base head as one Keras model on raw RGB images.
+    """Backbone + the base head as one Keras model: float RGB in [0, 255] in, K probabilities out; the cut
+    backbone (its pooling included) is the nested model ``backbone``.
 
     Parameters
     ----------
-    base : BaseHead
-        From :func:`load_base_head`.
     extractor : KerasExtractor, optional
         The backbone's extractor (rebuilt from ``base.extractor_spec`` when None).
     augment : bool
-        Put the augmentation layers (training only) after the input.
-    seed : int
-        Seeds the augmentation.
+        Put the augmentation layers (training only, seeded by ``seed``) after the input.
     mixed_precision : bool
         Build the backbone and hidden layers in ``mixed_float16`` (GPU); outputs stay float32.
-
-    Returns
-    -------
-    keras.Model
-        Input ``(height, width, 3)`` float RGB in [0, 255]; output ``(K,)`` probabilities.
-        The cut backbone (its pooling included) is the nested model ``backbone``.
     """
     import keras
 
     if extractor is None:
         extractor = make_extractor(base.extractor_spec, precision="fp16" if mixed_precision else "fp32")
     height, width = extractor.preprocessing["size"]
-    backbone = extractor.model
-    backbone = keras.Model(backbone.inputs[0], backbone.outputs[0], name=BACKBONE_LAYER)
+    backbone = keras.Model(extractor.model.inputs[0], extractor.model.outputs[0], name=BACKBONE_LAYER)
     n_features = int(np.prod(backbone.output_shape[1:]))
     if n_features != base.model.n_features_in_:
         raise FinetuneError(f"the backbone gives {n_features} features but the head expects "
                             f"{base.model.n_features_in_}; the cache and the extractor spec disagree")
     inputs = keras.Input(shape=(height, width, 3), name="image")
-    x = augmentation_layers(seed)(inputs) if augment else inputs
+    x = training.augmentation(seed, rotation=0.05, zoom=0.1, translation=0.1)(inputs) if augment else inputs
     x = preprocessing_layer(extractor)(x)
     # training=False: batch normalisation in inference mode even for unfrozen layers (the recipe for
     # fine-tuning a pretrained network on a small dataset).
@@ -464,24 +358,15 @@ def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, 
 
 
 def set_trainable(model, unfreeze: str | int, extractor_name: str) -> list[str]:
-    """Unfreeze part of the backbone; the head stays trainable, batch norm stays frozen.
+    """Unfreeze part of the backbone (the head stays trainable, batch norm frozen); returns the names of
+    the backbone layers that train.
 
     Parameters
     ----------
-    model : keras.Model
-        From :func:`build_finetune_model`.
     unfreeze : "top", "all", "none", int or numeric str
-        ``top``: the backbone's top block (:data:`UNFREEZE_TOP`; for backbones
-        not listed, the last :data:`TOP_FALLBACK_SHARE` of its layers with
-        weights); ``N``: the last N layers with weights; ``all``: every layer;
-        ``none``: only the head trains.
-    extractor_name : str
-        Registry name of the backbone (picks the top block).
-
-    Returns
-    -------
-    list of str
-        Names of the backbone layers that train.
+        ``top``: the backbone's top block (:data:`UNFREEZE_TOP` of ``extractor_name``; for backbones not
+        listed, the last :data:`TOP_FALLBACK_SHARE` of its layers with weights); ``N``: the last N layers
+        with weights; ``all``: every layer; ``none``: only the head trains.
     """
     import keras
 
@@ -489,9 +374,7 @@ def set_trainable(model, unfreeze: str | int, extractor_name: str) -> list[str]:
     candidates = [layer for layer in backbone.layers if layer.weights]
     if isinstance(unfreeze, str) and unfreeze.strip().isdigit():
         unfreeze = int(unfreeze)
-    if isinstance(unfreeze, bool) or not isinstance(unfreeze, (int, str)):
-        raise FinetuneError(f"unfreeze must be 'top', 'all', 'none' or a number of layers; got {unfreeze!r}")
-    if isinstance(unfreeze, int):
+    if isinstance(unfreeze, int) and not isinstance(unfreeze, bool):
         if unfreeze < 0:
             raise FinetuneError(f"unfreeze must count layers (>= 0); got {unfreeze}")
         chosen = candidates[len(candidates) - unfreeze:] if unfreeze else []
@@ -508,18 +391,11 @@ def set_trainable(model, unfreeze: str | int, extractor_name: str) -> list[str]:
         raise FinetuneError(f"unfreeze must be 'top', 'all', 'none' or a number of layers; got {unfreeze!r}")
     chosen_ids = {id(layer) for layer in chosen}
     backbone.trainable = True
-    trained = []
     for layer in backbone.layers:
-        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = id(layer) in chosen_ids and not is_batch_norm
-        if layer.trainable and layer.weights:
-            trained.append(layer.name)
-    return trained
+        layer.trainable = id(layer) in chosen_ids and not isinstance(layer, keras.layers.BatchNormalization)
+    return [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
 
 
-# ---------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------
 @dataclass
 class ImageSplits:
     """The cache's images: absolute paths, integer labels and split of each row."""
@@ -556,25 +432,15 @@ def read_image_splits(cache_path: str | os.PathLike) -> ImageSplits:
 
 
 def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPLIT_VAL) -> float:
-    """Largest difference between the model's and the head's probabilities on cached images.
-
-    Decodes ``n_images`` images of ``split`` (train when that split is empty),
-    runs the fine-tune model on them, and compares with the head's
-    ``predict_proba`` on the same rows of the cache.
-
-    Returns
-    -------
-    float
-        ``max |p_model - p_head|`` (about 1e-6 in fp32).
-    """
+    """``max |p_model - p_head|`` (about 1e-6 in fp32) on ``n_images`` cached images of ``split`` (train
+    when that split is empty): the model on the decoded images against the head on their cached features."""
     from featx.cache import open_cache
 
     splits = read_image_splits(base.cache_path)
     rows = splits.rows(split)
     if len(rows) == 0:
         rows = splits.rows(SPLIT_TRAIN)
-    rows = rows[:n_images]
-    rows = np.sort(rows)
+    rows = np.sort(rows[:n_images])
     with open_cache(base.cache_path) as cache:
         features = cache.features[rows].astype(np.float32)
     expected = base.model.predict_proba(features)
@@ -583,9 +449,6 @@ def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPL
     return float(np.max(np.abs(got - expected[kept])))
 
 
-# ---------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------
 @dataclass
 class FinetuneResult:
     """What :func:`run_finetune` did."""
@@ -616,20 +479,14 @@ RESUME_KEYS = ("config", "unfreeze", "augment", "optimizer", "learning_rate", "b
 
 
 def built_from(base: BaseHead) -> dict:
-    """What a fine-tune folder is built from: the sweep configuration (head, params, preprocessing)
-    and the cache (its file name holds the extractor-spec and manifest hashes). A resume with
-    any of these changed would continue another model (bug 2)."""
+    """The sweep configuration and cache (its file name holds the extractor-spec and manifest hashes) a
+    fine-tune folder is built from: a resume with any of these changed would continue another model."""
     return {"config": int(base.row["config"]), "head": base.row["head"], "params": base.row["params"],
             "preprocessing": base.row["preprocessing"], "cache": Path(base.cache_path).name}
 
 
 def _describe(origin: dict) -> str:
     return f"config {origin['config']} ({origin['head']} {origin['params']}) on {origin['cache']}"
-
-
-def _evaluate(model, dataset) -> dict:
-    values = model.evaluate(dataset, verbose=0, return_dict=True)
-    return {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
 
 
 def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top", epochs: int = 5,
@@ -642,41 +499,25 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
 
     Parameters
     ----------
-    experiment_dir : path
-        Written by ``featx sweep``.
     unfreeze : "top", "all", "none" or int
         Backbone layers that train (see :func:`set_trainable`); batch norm never does.
     epochs : int
         Total epochs (a resumed run counts the ones already done).
-    augment : bool
-        Random flip, rotation, zoom and translation of the training images.
     learning_rate : float
         Peak learning rate; cosine decay to 0 over ``epochs``.
-    optimizer : {"adam", "sgd", "rmsprop"}
     batch_size : int
         Global batch (split over GPUs under MirroredStrategy).
     config : int, optional
         Another configuration of the sweep (``config`` column), refit on train.
     patience : int or None
-        Early stopping on ``monitor``; None trains every epoch.
-    seed : int
-        Seeds Keras, shuffling and augmentation.
-    monitor : {"val_loss", "val_accuracy"}
-        Validation metric that picks the best weights.
+        Early stopping on ``monitor`` (the validation metric that picks the best weights); None: never.
     restart : bool
-        Discard an earlier run's checkpoint and start from the sweep's head again. Without it, an
-        earlier run built from another head, params or cache is refused, never continued.
+        Start from the sweep's head again; without it, a run built from another head is refused.
     mixed_precision : {"auto", "on", "off"}
         ``auto``: mixed float16 when a GPU is visible.
-    workers : int
-        Image decoding threads per batch.
     allow_warm_start_gap : bool
         Train even when the model does not reproduce the head's probabilities before training
         (the gap exceeds :data:`WARM_START_TOLERANCE`); the gap is recorded either way.
-
-    Returns
-    -------
-    FinetuneResult
     """
     import keras
 
@@ -722,8 +563,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
             training_optimizer = make_optimizer(optimizer, schedule)
             if use_mixed:  # float16 gradients need loss scaling
                 training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
-            model.compile(optimizer=training_optimizer, loss="sparse_categorical_crossentropy",
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+            training.compile_classifier(model, training_optimizer)
 
         train_data = training_batches(splits.image_set(train, preprocessing, workers), batch_size, True, seed)
         val_data = training_batches(splits.image_set(val, preprocessing, workers), batch_size)
@@ -737,15 +577,13 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                                     f"{tolerance:g}); the cache {Path(base.cache_path).name} no longer matches the "
                                     f"backbone (other weights or preprocessing?): rebuild the cache and sweep again, "
                                     f"or pass --allow-warm-start-gap to train anyway")
-            val_before = _evaluate(model, val_data)
+            values = model.evaluate(val_data, verbose=0, return_dict=True)
+            val_before = {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
             state = run.begin(model, dict(val_before, learning_rate=float(learning_rate)),
                               warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
                               trainable_layers=trainable)
         state.settings = settings
-        train_started = time.perf_counter()
-        epochs_run = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
-        train_seconds = time.perf_counter() - train_started
-        run.restore_best(model)
+        epochs_run, train_seconds = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
         return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, train_seconds,
                               epochs_run, n_boot, started, workers)
 

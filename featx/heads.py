@@ -1,39 +1,11 @@
 """Classifier heads trained on cached features, all behind one scikit-learn API.
 
-Four heads, each a scikit-learn classifier with ``predict_proba`` (log loss and
-ROC AUC need probabilities) and seeded from ``random_state``:
-
-``logreg``
-    :class:`~sklearn.linear_model.LogisticRegression` (multinomial, lbfgs).
-``linsvm``
-    :class:`LinearSVMClassifier`: a linear SVM (LinearSVC's squared-hinge
-    objective, solved by L-BFGS) with sigmoid (Platt) calibration fitted on
-    cross-validated decision values.
-``rbfsvm``
-    :class:`RBFSVMClassifier`: :class:`~sklearn.svm.SVC` with an RBF kernel,
-    the same calibration, trained on at most ``max_train_rows`` rows (a
-    stratified sample) because kernel SVMs grow quadratically with the rows.
-``dense``
-    :class:`KerasDenseClassifier`: the transfer-learning recipes' small Keras top
-    (Dropout 0.5 -> Dense 256 ReLU -> sigmoid / softmax, RMSprop lr 2e-5) as a
-    real scikit-learn estimator (``clone``, ``GridSearchCV``, joblib all work;
-    the fitted network pickles through Keras 3's own ``Model.__reduce__``).
-
-:func:`make_head` puts preprocessing steps (``standard``, ``l2``, ``pca:N``)
-in front of a head in a :class:`~sklearn.pipeline.Pipeline` whose steps are
-named ``pre_0``, ``pre_1``, ... and ``head``, so a parameter grid addresses the
-head as ``head__C``. :data:`DEFAULT_GRIDS` is the default sweep.
-
-Examples
---------
->>> from sklearn.datasets import make_classification
->>> from featx.heads import make_head
->>> X, y = make_classification(n_samples=200, n_features=20, random_state=0)
->>> head = make_head("logreg", ["l2", "standard"], C=1.0, random_state=0).fit(X, y)
->>> [name for name, _ in head.steps]
-['pre_0', 'pre_1', 'head']
->>> head.predict_proba(X[:2]).shape
-(2, 2)
+Four heads, each a scikit-learn classifier with ``predict_proba``, seeded from ``random_state``:
+``logreg`` (:class:`~sklearn.linear_model.LogisticRegression`), ``linsvm``
+(:class:`LinearSVMClassifier`), ``rbfsvm`` (:class:`RBFSVMClassifier`) and ``dense``
+(:class:`KerasDenseClassifier`). :func:`make_head` puts preprocessing steps (``standard``, ``l2``,
+``pca:N``) in front of a head in a :class:`~sklearn.pipeline.Pipeline` with steps ``pre_0``, ...,
+``head`` (a grid addresses the head as ``head__C``); :data:`DEFAULT_GRIDS` is the default sweep.
 """
 
 from __future__ import annotations
@@ -51,24 +23,15 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils import gen_batches
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.errors import UserError
 
-__all__ = [
-    "HeadError",
-    "HEADS",
-    "PREPROCESSING",
-    "DEFAULT_GRIDS",
-    "KerasDenseClassifier",
-    "LinearSVMClassifier",
-    "RBFSVMClassifier",
-    "make_head",
-    "make_preprocessing",
-    "class_probabilities",
-]
+__all__ = ["HeadError", "HEADS", "PREPROCESSING", "DEFAULT_GRIDS", "KerasDenseClassifier", "LinearSVMClassifier",
+           "RBFSVMClassifier", "make_head", "make_preprocessing", "class_probabilities"]
 
 HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
 # Batches per compiled call: a dense head on cached features is so small that Keras'
@@ -112,21 +75,11 @@ def _class_weights(class_weight, classes, y) -> np.ndarray:
     return np.array([float(class_weight.get(label, 1.0)) for label in classes])
 
 
-# ---------------------------------------------------------------------------
-# SVMs with calibrated probabilities
-# ---------------------------------------------------------------------------
 class _CalibratedSVM(_Head):
-    """Shared fit/predict for SVMs whose probabilities come from Platt scaling.
+    """An SVM fitted on all (kept) rows, with Platt scaling fitted on ``calibration_cv`` folds' held-out scores.
 
-    The SVM is fitted once on all (kept) rows; that fit gives
-    :meth:`decision_function`. Calibration follows
-    ``CalibratedClassifierCV(method="sigmoid", ensemble=False)``: decision
-    values for every row come from ``calibration_cv`` stratified folds (so the
-    sigmoid is fitted on scores the SVM did not train on), and one sigmoid per
-    class (one for binary) maps the full fit's scores to probabilities. This
-    costs ``calibration_cv + 1`` SVM fits but, unlike ``SVC(probability=True)``,
-    gives probabilities whose argmax is the reported prediction, reproducible
-    from ``random_state``.
+    ``CalibratedClassifierCV(method="sigmoid", ensemble=False)``: unlike ``SVC(probability=True)``, the
+    probabilities' argmax is the reported prediction, reproducible from ``random_state``.
     """
 
     def _make_svm(self):  # pragma: no cover - provided by subclasses
@@ -141,26 +94,11 @@ class _CalibratedSVM(_Head):
         return X
 
     def fit(self, X, y):
-        """Fit the SVM and its sigmoid calibration.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training features.
-        y : array-like of shape (n_samples,)
-            Class labels (any labels, strings included).
-
-        Returns
-        -------
-        self : object
-            The fitted head.
-        """
+        """Fit the SVM and its sigmoid calibration on ``X`` and ``y`` (any labels, strings included)."""
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         if not isinstance(self.calibration_cv, Integral) or self.calibration_cv < 2:
-            raise HeadError(
-                f"calibration_cv must be an integer >= 2 (number of folds); got {self.calibration_cv!r}"
-            )
+            raise HeadError(f"calibration_cv must be an integer >= 2 (number of folds); got {self.calibration_cv!r}")
         if not isinstance(self.C, Real) or self.C <= 0:
             raise HeadError(f"C must be a positive number; got {self.C!r}")
         self._set_classes(y)
@@ -168,13 +106,11 @@ class _CalibratedSVM(_Head):
         smallest_class = int(np.min(np.unique(y_fit, return_counts=True)[1]))
         n_folds = min(int(self.calibration_cv), smallest_class)
         if n_folds < 2:
-            raise HeadError(
-                f"every class needs at least 2 training rows for calibration; the smallest has {smallest_class}"
-            )
+            raise HeadError(f"every class needs at least 2 training rows for calibration; the smallest has "
+                            f"{smallest_class}")
         folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.random_state)
-        self.calibrated_ = CalibratedClassifierCV(
-            self._make_svm(), method="sigmoid", cv=folds, ensemble=False
-        ).fit(inputs, y_fit)
+        self.calibrated_ = CalibratedClassifierCV(self._make_svm(), method="sigmoid", cv=folds,
+                                                  ensemble=False).fit(inputs, y_fit)
         self.svm_ = self.calibrated_.calibrated_classifiers_[0].estimator
         self.n_train_rows_ = int(len(y_fit))
         return self
@@ -194,21 +130,14 @@ class _CalibratedSVM(_Head):
 
 def _in_chunks(function, X, rows_per_chunk: int = 4096):
     """Apply ``function`` to row blocks of ``X`` and stack the results (bounds kernel-matrix memory)."""
-    if X.shape[0] <= rows_per_chunk:
-        return function(X)
-    parts = [function(X[start:start + rows_per_chunk]) for start in range(0, X.shape[0], rows_per_chunk)]
-    return np.concatenate(parts, axis=0)
+    return np.concatenate([function(X[rows]) for rows in gen_batches(X.shape[0], rows_per_chunk)], axis=0)
 
 
 class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
-    """One-vs-rest linear SVM (squared hinge, L2), primal solved by L-BFGS on BLAS products.
+    """One-vs-rest linear SVM: LinearSVC's squared-hinge objective (intercept unpenalised), solved by L-BFGS.
 
-    Minimises ``0.5 * ||w_k||^2 + C * sum_i max(0, 1 - s_ik (x_i . w_k + b_k))^2``
-    for every class ``k`` (``s_ik`` = +1 for class ``k``, -1 otherwise; one
-    problem for binary), the objective of :class:`~sklearn.svm.LinearSVC` with an
-    unpenalised intercept. On dense cached features (n_samples >> n_features)
-    this is several times faster than liblinear, which copies the matrix into
-    its sparse format on every fit. Deterministic: no random state involved.
+    On dense cached features this is several times faster than liblinear, which copies the matrix
+    into its sparse format on every fit. Deterministic: no random state involved.
     """
 
     def __init__(self, C=1.0, class_weight=None, max_iter=1000, tol=1e-5):
@@ -239,8 +168,9 @@ class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
             return loss, np.concatenate([grad_W.ravel(), d_margins.sum(axis=0)])
 
         start = np.zeros(n_features * n_problems + n_problems)
+        tolerance = float(self.tol) * max(1.0, n_samples * self.C)
         result = minimize(objective, start, jac=True, method="L-BFGS-B",
-                          options={"maxiter": int(self.max_iter), "gtol": float(self.tol) * max(1.0, n_samples * self.C)})
+                          options={"maxiter": int(self.max_iter), "gtol": tolerance})
         self.coef_ = result.x[:-n_problems].reshape(n_features, n_problems).T.copy()
         self.intercept_ = result.x[-n_problems:].copy()
         self.n_iter_ = int(result.nit)
@@ -251,7 +181,7 @@ class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
         scores = scores.astype(np.float64)
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
-    def predict(self, X):
+    def predict(self, X):  # cross_val_predict (the calibration) requires it
         scores = self.decision_function(X)
         index = (scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
         return self.classes_[index]
@@ -264,12 +194,8 @@ class LinearSVMClassifier(_CalibratedSVM):
     ----------
     C : float, default=0.01
         Inverse regularisation strength (same meaning as in LinearSVC).
-    class_weight : dict, "balanced" or None, default=None
-        Per-class weights multiplying ``C``.
     calibration_cv : int, default=3
         Folds whose held-out decision values fit the sigmoid calibration.
-    max_iter : int, default=1000
-        L-BFGS iteration cap.
     tol : float, default=1e-5
         Gradient tolerance, relative to ``n_samples * C``.
     random_state : int or None, default=None
@@ -277,14 +203,10 @@ class LinearSVMClassifier(_CalibratedSVM):
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     svm_ : estimator
         The SVM fitted on all rows (``coef_``, ``intercept_``, ``decision_function``).
     calibrated_ : CalibratedClassifierCV
         The calibration (one sigmoid per class, a single one for binary problems).
-    coef_ : ndarray of shape (1 or n_classes, n_features)
-    intercept_ : ndarray of shape (1 or n_classes,)
-    n_features_in_ : int
 
     Examples
     --------
@@ -324,43 +246,28 @@ class LinearSVMClassifier(_CalibratedSVM):
 class RBFSVMClassifier(_CalibratedSVM):
     """Kernel (RBF) SVM on at most ``max_train_rows`` rows, with calibrated probabilities.
 
-    Kernel SVM training grows roughly quadratically with the rows, so when the
-    training set is larger than ``max_train_rows`` a stratified random sample of
-    that many rows (drawn from ``random_state``) is kept. The kernel matrix is
-    computed once by :func:`sklearn.metrics.pairwise.rbf_kernel` (BLAS: several
-    times faster than libsvm's own per-pair kernel on 1,000+ dimensional
-    features) and handed to
-    ``SVC(kernel="precomputed")``; prediction computes kernels against the
-    support vectors only. Set ``max_train_rows=None`` to train on all rows.
+    Kernel SVM training grows roughly quadratically with the rows, so a larger training set is cut
+    to a stratified sample of ``max_train_rows`` (drawn from ``random_state``; None: every row). The
+    kernel matrix comes from :func:`~sklearn.metrics.pairwise.rbf_kernel` (BLAS: several times faster
+    than libsvm's per-pair kernel on wide features) into ``SVC(kernel="precomputed")``; prediction
+    computes kernels against the support vectors only.
 
     Parameters
     ----------
-    C : float, default=10.0
-        Inverse regularisation strength.
     gamma_factor : float, default=1.0
-        The RBF width is ``gamma_factor / (n_features * X.var())``: scikit-learn's
-        ``gamma="scale"`` times this factor, so one grid fits features of any
-        dimension or scale.
+        The RBF width is ``gamma_factor / (n_features * X.var())``: scikit-learn's ``gamma="scale"`` times
+        this factor, so one grid fits features of any dimension or scale.
     max_train_rows : int or None, default=3000
         Cap on the rows the SVM is trained on (None: no cap).
-    class_weight : dict, "balanced" or None, default=None
-        Per-class weights, as in :class:`~sklearn.svm.SVC`.
-    calibration_cv : int, default=3
-        Folds whose held-out decision values fit the sigmoid calibration.
     random_state : int or None, default=None
         Seeds the row sample and the calibration folds.
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
-    svm_ : SVC
-        The SVM (precomputed kernel) fitted on all kept rows.
     landmarks_ : ndarray of shape (n_train_rows_, n_features)
         The kept training rows (kernel columns).
     gamma_ : float
         The RBF ``gamma`` actually used.
-    n_train_rows_ : int
-    n_features_in_ : int
     """
 
     def __init__(self, C=10.0, *, gamma_factor=1.0, max_train_rows=3000, class_weight=None,
@@ -393,18 +300,12 @@ class RBFSVMClassifier(_CalibratedSVM):
                    random_state=self.random_state)
 
 
-# ---------------------------------------------------------------------------
-# Keras dense head
-# ---------------------------------------------------------------------------
 class KerasDenseClassifier(_Head):
     """The transfer-learning recipes' dense top as a scikit-learn classifier.
 
-    ``Dropout(dropout) -> Dense(units, relu)`` for each entry of
-    ``hidden_units``, then ``Dense(1, sigmoid)`` for two classes or
-    ``Dense(n_classes, softmax)`` otherwise, trained on in-memory features.
-    With ``patience`` set, a stratified ``validation_fraction`` of the rows
-    (or ``validation_data`` passed to :meth:`fit`) drives early stopping and the
-    best epoch's weights are kept.
+    ``Dropout -> Dense(units, relu)`` per entry of ``hidden_units``, then ``Dense(1, sigmoid)`` for two
+    classes or ``Dense(n_classes, softmax)``. With ``patience`` set, a stratified ``validation_fraction``
+    of the rows (or ``validation_data`` passed to :meth:`fit`) drives early stopping; the best epoch is kept.
 
     Parameters
     ----------
@@ -414,11 +315,6 @@ class KerasDenseClassifier(_Head):
         Dropout rate in front of each hidden layer.
     optimizer : {"rmsprop", "adam", "sgd"}, default="rmsprop"
         ``sgd`` uses Nesterov momentum 0.9.
-    learning_rate : float, default=2e-5
-    epochs : int, default=20
-        Upper bound on epochs (early stopping may end sooner). At the default
-        batch size one epoch over 25,000 x 1,280 features is ~200 steps.
-    batch_size : int, default=128
     patience : int or None, default=4
         Epochs without a lower validation loss before stopping; None trains all epochs.
     validation_fraction : float, default=0.1
@@ -426,22 +322,14 @@ class KerasDenseClassifier(_Head):
     class_weight : dict, "balanced" or None, default=None
         Per-class loss weights, keyed by the original labels.
     random_state : int or None, default=None
-        Seeds Keras (``keras.utils.set_random_seed``: weights, dropout, shuffling)
-        and the validation split. Same seed and data give the same predictions on CPU.
-    verbose : int, default=0
-        Keras ``fit`` verbosity.
+        Seeds Keras (weights, dropout, shuffling) and the validation split.
 
     Attributes
     ----------
     model_ : keras.Model
         The trained network (input: features, output: probabilities).
-    classes_ : ndarray of shape (n_classes,)
     history_ : dict of str to list of float
-        Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (the
-        ``val_`` lists are empty when nothing was held out).
-    n_features_in_ : int
-    n_epochs_ : int
-        Epochs actually run.
+        Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (``val_`` empty when nothing was held out).
 
     Examples
     --------
@@ -457,14 +345,10 @@ class KerasDenseClassifier(_Head):
                  verbose=0):
         _store_params(self, locals())
 
-    # -- fitting ---------------------------------------------------------
     def fit(self, X, y, validation_data=None):
-        """Train the network on ``X``, ``y`` as :meth:`LinearSVMClassifier.fit` does; returns ``self``.
-
-        ``validation_data`` (``(X_val, y_val)``, optional) drives early stopping and the ``val_*``
-        history; when None and ``patience`` is set, a stratified ``validation_fraction`` of ``X``
-        is held out instead.
-        """
+        """Train the network on ``X``, ``y``; returns ``self``. ``validation_data`` (``(X_val, y_val)``) drives
+        early stopping and the ``val_*`` history; when None and ``patience`` is set, a stratified
+        ``validation_fraction`` of ``X`` is held out instead."""
         import keras
 
         X, y = validate_data(self, X, y, dtype=np.float32)
@@ -489,7 +373,7 @@ class KerasDenseClassifier(_Head):
                                  f"known classes are {self.classes_.tolist()}")
             y_val = np.searchsorted(self.classes_, np.asarray(validation_data[1]))
         elif self.patience is not None and self.validation_fraction > 0:
-            X_train, y_train, X_val, y_val = _holdout(X, y_index, self.validation_fraction, seed)
+            X_train, X_val, y_train, y_val = _holdout(X, y_index, self.validation_fraction, seed)
 
         self.model_ = self._build_model(X.shape[1], len(self.classes_))
         callbacks = []
@@ -555,7 +439,6 @@ class KerasDenseClassifier(_Head):
                       metrics=["accuracy"], steps_per_execution=_STEPS_PER_EXECUTION)
         return model
 
-    # -- prediction ------------------------------------------------------
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
         from scipy.special import expit, softmax
@@ -595,29 +478,14 @@ def _holdout(X, y_index, fraction: float, seed):
     counts = np.bincount(y_index)
     n_val = int(np.ceil(fraction * len(y_index)))
     stratify = y_index if counts.min() >= 2 and n_val >= len(counts) else None
-    X_train, X_val, y_train, y_val = train_test_split(X, y_index, test_size=fraction, stratify=stratify,
-                                                      random_state=seed)
-    return X_train, y_train, X_val, y_val
+    return train_test_split(X, y_index, test_size=fraction, stratify=stratify, random_state=seed)
 
 
-# ---------------------------------------------------------------------------
-# Pipelines and grids
-# ---------------------------------------------------------------------------
 def make_preprocessing(spec: str, random_state=None):
-    """One preprocessing step from its name.
+    """One preprocessing step from its name; ``random_state`` seeds randomized PCA.
 
-    Parameters
-    ----------
-    spec : str
-        ``standard`` (StandardScaler), ``l2`` (row-wise L2 Normalizer),
-        ``pca:256`` (PCA to 256 components) or ``pca:0.95`` (PCA keeping 95% of
-        the variance), ``none`` (no step: returns None).
-    random_state : int or None
-        Seeds randomized PCA.
-
-    Returns
-    -------
-    transformer or None
+    ``standard`` (StandardScaler), ``l2`` (row-wise L2 Normalizer), ``pca:256`` (PCA to 256 components),
+    ``pca:0.95`` (PCA keeping 95% of the variance) or ``none`` (no step: returns None).
     """
     key = spec.strip().lower()
     if key == "none":
@@ -649,7 +517,6 @@ def make_head(name: str, preprocessing: str | Sequence[str] = "standard", *, ran
     Parameters
     ----------
     name : {"logreg", "linsvm", "rbfsvm", "dense"}
-        The head.
     preprocessing : str or list of str, default="standard"
         Steps applied in order (see :func:`make_preprocessing`), e.g.
         ``["l2", "standard"]``; ``"none"`` for no step.
@@ -657,11 +524,6 @@ def make_head(name: str, preprocessing: str | Sequence[str] = "standard", *, ran
         Seeds the head (and randomized PCA).
     **params
         Parameters of the head (``C=10``, ``hidden_units=(512, 128)``, ...).
-
-    Returns
-    -------
-    sklearn.pipeline.Pipeline
-        Steps ``pre_0``, ``pre_1``, ... then ``head``.
 
     Examples
     --------

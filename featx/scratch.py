@@ -1,67 +1,10 @@
 """Baselines trained from scratch: small CNNs on raw pixels, and their hyperparameter search.
 
-``featx scratch DIR|MANIFEST`` trains a small convolutional network (3-4 blocks of
-convolution + max pooling, dropout, a dense layer) on the images of a dataset, with no
-pretrained weights, so a report can show what transfer learning buys. It uses the
-dataset's own train/val/test split (``featx index``): train fits, val picks the best
-epoch, test is reported with bootstrap intervals in the sweep's columns.
-
-``--tune`` first runs a Keras Tuner search (Bayesian optimisation, or random search)
-over the learning rate, dropout, number of convolution blocks, kernel size and dense
-units, within a budget of trials and minutes; the search lives in a folder that a
-later call resumes. The best configuration is then retrained with the full epochs
-and saved like a plain run.
-
-Model
------
-Input: RGB pixels as float in [0, 255] at ``image_size`` (``featx.images.load_image``
-with ``interpolation="area"``). Inside the model: the augmentation layers (random
-horizontal flip, rotation and zoom; active only while training), ``Rescaling(1/255)``,
-the convolution blocks, then ``Flatten`` or global average pooling, Dense + ReLU,
-Dropout, and a softmax over the K classes (a 2-class softmax is the same model as the
-recipes' single sigmoid unit, and gives the K probability columns every featx model
-gives). ``model.keras`` therefore needs nothing but Keras to reload.
-
-Data
-----
-Images are decoded (``featx.datasets``) once, in a pool of threads, into memory (2,000 images at 128 px are
-98 MB of uint8) when they fit under ``memory_limit_mb``; above it they are decoded batch
-by batch (a ``keras.utils.PyDataset``). Unreadable images are skipped and listed in
-``failed.csv``.
-
-Reproducibility
----------------
-``seed`` seeds Keras (weights, dropout, augmentation), the order of the training
-batches (NumPy, per epoch) and the tuner's oracle: the same seed on the same machine
-gives the same weights on a CPU. ``deterministic=True`` also calls
-``tf.config.experimental.enable_op_determinism()``, which on a GPU forces deterministic
-cuDNN algorithms and deterministic reductions (slower convolutions, and an error for the
-few ops without a deterministic kernel); on a CPU it costs little. The switch is
-process-wide and cannot be undone in the same process.
-
-Outputs (``<out>/scratch/``; ``<out>/scratch-tuned/`` with ``--tune``)
-------------------------------------------------------------------------
-``model.keras``      raw RGB [0, 255] float input -> K class probabilities (best epoch by val accuracy)
-``model.json``       label names, input size, load_image options, architecture, settings (what
-                     ``featx predict`` / ``featx evaluate`` read, as for ``finetune/``)
-``history.csv``      one row per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate, seconds
-``curves.png``       the same, drawn
-``results.csv``      one row in the sweep's columns (head ``scratch`` or ``scratch-tuned``)
-``predictions.npz``  test labels, paths and probabilities, in the sweep's format (``config_0``)
-``failed.csv``       images that could not be read (only when there are some)
-``state.json``       what the folder was built from (manifest, architecture), settings, best epoch so far
-``best.weights.h5``  best weights by val accuracy; ``checkpoint/``: the last finished epoch
-                     (``featx.training.TrainingRun``): a killed run started again continues, asking for more
-                     epochs extends it, another preset or manifest is refused without ``--restart``
-``tuner/``           the Keras Tuner project (``--tune``; resumable)
-``trials.csv``       one row per tuning trial: hyperparameters, val accuracy, status (``--tune``)
-
-Examples
---------
->>> from featx.scratch import run_scratch  # doctest: +SKIP
->>> result = run_scratch("data/train", "experiments/catsdogs", preset="keras-blog", epochs=30)  # doctest: +SKIP
->>> result.row["accuracy"], result.out_dir  # doctest: +SKIP
-(0.78, PosixPath('experiments/catsdogs/scratch'))
+``featx scratch DIR|MANIFEST`` trains a small convolutional network with no pretrained weights on
+the dataset's own train/val/test split, so a report can show what transfer learning buys: train
+fits, val picks the best epoch, test is reported in the sweep's columns. ``--tune`` first runs a
+resumable Keras Tuner search and retrains its best configuration. The model, data, seeding and
+the files written are described in docs/training.md.
 """
 
 from __future__ import annotations
@@ -72,6 +15,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -81,7 +25,7 @@ from featx import __version__
 from featx.artifacts import runs
 from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, training_batches
-from featx.training import TrainingRun, score_and_write
+from featx.training import TrainingRun, augmentation, compile_classifier, score_and_write
 from featx.errors import UserError
 from featx.storage import atomic_write_json, locked
 
@@ -99,43 +43,25 @@ class ScratchError(UserError, ValueError):
     """The data or options cannot be trained as asked; the message says why and how to fix it."""
 
 
-# ---------------------------------------------------------------------------
-# Architectures
-# ---------------------------------------------------------------------------
+def _raise_problems(checks: list) -> None:
+    """One :class:`ScratchError` naming every ``(failed, message)`` check that failed."""
+    problems = [message for failed, message in checks if failed]
+    if problems:
+        raise ScratchError("; ".join(problems))
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """A small CNN: convolution blocks, then a dense top.
+    """A small CNN: convolution blocks, then a dense top."""
 
-    Parameters
-    ----------
-    filters : tuple of int
-        Filters of each block's convolutions (one block per entry).
-    convs_per_block : int
-        Convolutions (ReLU) before each block's 2x2 max pooling.
-    kernel_size : int
-        Square kernel of every convolution.
-    padding : {"valid", "same"}
-        ``valid`` shrinks each map by ``kernel_size - 1`` per convolution, as the recipes do.
-    batch_norm : bool
-        Batch normalisation after each convolution (before the ReLU).
-    top : {"flatten", "gap"}
-        ``flatten`` the last maps (the recipes), or global average pooling.
-    dense_units : int
-        Units of the hidden Dense layer (0: none).
-    dropout : float
-        Dropout rate before the output layer.
-    optimizer : {"rmsprop", "adam", "sgd"}
-    learning_rate : float
-    """
-
-    filters: tuple = (32, 32, 64)
-    convs_per_block: int = 1
+    filters: tuple = (32, 32, 64)  # of each block's convolutions (one block per entry)
+    convs_per_block: int = 1  # convolutions (ReLU) before each block's 2x2 max pooling
     kernel_size: int = 3
-    padding: str = "valid"
-    batch_norm: bool = False
-    top: str = "flatten"
-    dense_units: int = 64
-    dropout: float = 0.5
+    padding: str = "valid"  # "valid" shrinks each map by kernel_size - 1 per convolution, as the recipes do
+    batch_norm: bool = False  # after each convolution, before the ReLU
+    top: str = "flatten"  # flatten the last maps (the recipes), or "gap": global average pooling
+    dense_units: int = 64  # of the hidden Dense layer (0: none)
+    dropout: float = 0.5  # before the output layer
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
 
@@ -145,35 +71,27 @@ class Architecture:
     def validate(self) -> "Architecture":
         from featx.heads import OPTIMIZERS
 
-        problems = []
-        if not self.filters or any(int(f) < 1 for f in self.filters):
-            problems.append(f"filters must be positive integers, one per block; got {list(self.filters)}")
-        if int(self.convs_per_block) < 1 or int(self.kernel_size) < 1:
-            problems.append(f"convs_per_block and kernel_size must be >= 1; got {self.convs_per_block}, "
-                            f"{self.kernel_size}")
-        if self.padding not in ("valid", "same"):
-            problems.append(f"padding must be 'valid' or 'same'; got {self.padding!r}")
-        if self.top not in ("flatten", "gap"):
-            problems.append(f"top must be 'flatten' or 'gap'; got {self.top!r}")
-        if int(self.dense_units) < 0:
-            problems.append(f"dense_units must be >= 0; got {self.dense_units}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            problems.append(f"dropout must be in [0, 1); got {self.dropout}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        if not float(self.learning_rate) > 0:
-            problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
-        if problems:
-            raise ScratchError("; ".join(problems))
+        _raise_problems([
+            (not self.filters or any(int(f) < 1 for f in self.filters),
+             f"filters must be positive integers, one per block; got {list(self.filters)}"),
+            (int(self.convs_per_block) < 1 or int(self.kernel_size) < 1,
+             f"convs_per_block and kernel_size must be >= 1; got {self.convs_per_block}, {self.kernel_size}"),
+            (self.padding not in ("valid", "same"), f"padding must be 'valid' or 'same'; got {self.padding!r}"),
+            (self.top not in ("flatten", "gap"), f"top must be 'flatten' or 'gap'; got {self.top!r}"),
+            (int(self.dense_units) < 0, f"dense_units must be >= 0; got {self.dense_units}"),
+            (not 0.0 <= float(self.dropout) < 1.0, f"dropout must be in [0, 1); got {self.dropout}"),
+            (self.optimizer not in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"),
+            (not float(self.learning_rate) > 0, f"learning_rate must be > 0; got {self.learning_rate}"),
+        ])
         return self
 
     def feature_map_size(self, image_size: int) -> int:
         """Side of the last block's output for a square input of ``image_size`` (< 1: too small)."""
         side = int(image_size)
         for _ in self.filters:
-            for _ in range(int(self.convs_per_block)):
-                if self.padding == "valid":
-                    side -= int(self.kernel_size) - 1
+            if self.padding == "valid":
+                side -= int(self.convs_per_block) * (int(self.kernel_size) - 1)
             side //= 2
         return side
 
@@ -185,74 +103,30 @@ class Architecture:
         return size
 
 
-#: Architectures of published from-scratch recipes (input size is an option, 128 px by default).
+#: Architectures of published from-scratch recipes (sources in docs/training.md; 128 px input by default).
 PRESETS: dict[str, Architecture] = {
-    # F. Chollet, "Building powerful image classification models using very little data",
-    # The Keras Blog, June 2016 (cats vs dogs, 2,000 training images, 150 px): three blocks of
-    # Conv 3x3 (32, 32, 64) + ReLU + MaxPool 2x2, Flatten, Dense 64 + ReLU, Dropout 0.5,
-    # one sigmoid unit, RMSprop (lr 1e-3), flip/zoom/shear augmentation; about 80% val accuracy.
     "keras-blog": Architecture(filters=(32, 32, 64), dense_units=64, dropout=0.5, optimizer="rmsprop",
                                learning_rate=1e-3),
-    # F. Chollet, "Deep Learning with Python" (Manning, 2017), section 5.2 (cats vs dogs from
-    # scratch, 150 px): four blocks Conv 3x3 (32, 64, 128, 128) + MaxPool 2x2, Flatten,
-    # Dropout 0.5, Dense 512 + ReLU, sigmoid; RMSprop lr 1e-4, with augmentation; about 82-83%.
     "vgg-mini": Architecture(filters=(32, 64, 128, 128), dense_units=512, dropout=0.5, optimizer="rmsprop",
                              learning_rate=1e-4),
-    # The same four VGG-style blocks in the modern form (cf. keras.io "Image classification from
-    # scratch", F. Chollet 2020): 'same' padding, batch normalisation, global average pooling
-    # instead of Flatten (far fewer weights), Adam; trains faster and overfits less.
+    # vgg-mini's blocks in the modern form: far fewer weights, trains faster and overfits less.
     "bn-gap": Architecture(filters=(32, 64, 128, 256), padding="same", batch_norm=True, top="gap",
                            dense_units=128, dropout=0.3, optimizer="adam", learning_rate=1e-3),
 }
 
 
-def _preset(name: str) -> Architecture:
-    if name not in PRESETS:
-        raise ScratchError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-def _augmentation(seed: int):
-    """Random horizontal flip, rotation (up to +-36 degrees) and zoom (+-20%), active only in training."""
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(0.2, fill_mode="reflect", seed=seed + 2),
-    ], name="augmentation")
-
-
 def build_model(architecture: Architecture, n_classes: int, image_size: int = 128, augment: bool = True,
                 seed: int = 0, name: str = "featx_scratch"):
-    """A compiled Keras CNN on raw RGB pixels.
+    """A Keras CNN on raw RGB pixels, compiled with sparse categorical cross-entropy and ``accuracy``.
+
+    Input ``(image_size, image_size, 3)`` float RGB in [0, 255]; output ``(n_classes,)`` probabilities.
 
     Parameters
     ----------
-    architecture : Architecture
-        Blocks, top and optimizer (e.g. ``PRESETS["keras-blog"]``).
-    n_classes : int
-        Width of the softmax output (2 or more).
-    image_size : int
-        Side of the square input.
     augment : bool
         Put the augmentation layers (training only) after the input.
     seed : int
-        Seeds the augmentation layers (weights follow ``keras.utils.set_random_seed``).
-    name : str
-        The model's name.
-
-    Returns
-    -------
-    keras.Model
-        Input ``(image_size, image_size, 3)`` float RGB in [0, 255]; output ``(n_classes,)``
-        probabilities; compiled with sparse categorical cross-entropy and an ``accuracy`` metric.
-
-    Examples
-    --------
-    >>> model = build_model(PRESETS["keras-blog"], n_classes=2, image_size=64)  # doctest: +SKIP
-    >>> model.output_shape  # doctest: +SKIP
-    (None, 2)
+        Seeds the augmentation and dropout layers (weights follow ``keras.utils.set_random_seed``).
     """
     import keras
 
@@ -267,7 +141,7 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
                            f"least {architecture.min_image_size()} px; got {image_size} (raise --image-size "
                            f"or use fewer blocks)")
     inputs = keras.Input(shape=(int(image_size), int(image_size), 3), name="image")
-    x = _augmentation(seed)(inputs) if augment else inputs
+    x = augmentation(seed, rotation=0.1, zoom=0.2)(inputs) if augment else inputs
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(x)
     for block, filters in enumerate(architecture.filters, start=1):
         for conv in range(1, int(architecture.convs_per_block) + 1):
@@ -287,39 +161,15 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
         x = keras.layers.Dropout(float(architecture.dropout), seed=seed + 3, name="dropout")(x)
     outputs = keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=make_optimizer(architecture.optimizer, float(architecture.learning_rate)),
-                  loss="sparse_categorical_crossentropy",
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    compile_classifier(model, make_optimizer(architecture.optimizer, float(architecture.learning_rate)))
     return model
 
 
-# ---------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------
 def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_mb: float = 4096,
                 progress=None) -> dict[str, ImageSet]:
-    """The train, val and test images of a manifest, decoded into memory when they fit.
-
-    Parameters
-    ----------
-    manifest : featx.data.Manifest
-        Labelled images with their splits (``featx.data.load_dataset``).
-    image_size : int
-        Images are resized (squashed) to ``image_size`` x ``image_size``.
-    workers : int
-        Decoding threads.
-    memory_limit_mb : float
-        Decode everything up front only when the uint8 pixels take at most this many MB;
-        otherwise images are decoded batch by batch at every epoch.
-    progress : featx.progress.Progress, optional
-        Advanced once per decoded image.
-
-    Returns
-    -------
-    dict of str to featx.datasets.ImageSet
-        Keys ``train``, ``val``, ``test``. In memory, unreadable images are dropped and listed
-        in each split's ``failed``.
-    """
+    """The ``train``, ``val`` and ``test`` :class:`~featx.datasets.ImageSet` of a manifest, squashed to
+    ``image_size`` and decoded into memory (unreadable images dropped and listed in ``failed``) when their
+    uint8 pixels take at most ``memory_limit_mb``; otherwise decoded batch by batch at every epoch."""
     from featx.progress import Progress
 
     progress = progress or Progress()
@@ -343,43 +193,18 @@ def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_
     return splits
 
 
-# ---------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------
 @dataclass
 class ScratchResult:
-    """What :func:`run_scratch` did.
+    """What :func:`run_scratch` did."""
 
-    Attributes
-    ----------
-    out_dir : Path
-        The stage folder (``<out>/scratch`` or ``<out>/scratch-tuned``).
-    row : dict
-        The results row (sweep columns).
-    history : list of dict
-        One entry per epoch of the final training.
-    best_epoch : int
-        Epoch (from 1) whose weights were kept.
-    architecture : Architecture
-        What was trained (the tuner's best for ``tune=True``).
-    trials : list of dict
-        Tuning trials (empty without ``tune``).
-    new_trials : int
-        Trials this call ran (the others were resumed from the tuner folder).
-    failed : list of (str, str)
-        Unreadable images and why.
-    seconds : float
-        Wall time of the whole call.
-    """
-
-    out_dir: Path
-    row: dict
+    out_dir: Path  # <out>/scratch or <out>/scratch-tuned
+    row: dict  # the results row (sweep columns)
     history: list
-    best_epoch: int
+    best_epoch: int  # from 1
     architecture: Architecture
     trials: list = field(default_factory=list)
-    new_trials: int = 0
-    failed: list = field(default_factory=list)
+    new_trials: int = 0  # trials this call ran (the others were resumed from the tuner folder)
+    failed: list = field(default_factory=list)  # unreadable images: (path, reason)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -452,9 +277,7 @@ def _train(o: ScratchOptions, architecture: Architecture, splits: dict, n_classe
            description: str):
     """Fit (or resume) one model, keep the best epoch by val accuracy; returns (model, history rows, best
     epoch, seconds)."""
-    import keras
-
-    keras.utils.set_random_seed(int(o.seed))
+    _seed(o.seed, False)
     model = build_model(architecture, n_classes, o.image_size, o.augment, o.seed)
     train = training_batches(splits[SPLIT_TRAIN], o.batch_size, shuffle=True, seed=o.seed)
     val = training_batches(splits[SPLIT_VAL], o.batch_size)
@@ -464,16 +287,10 @@ def _train(o: ScratchOptions, architecture: Architecture, splits: dict, n_classe
     if progress is not None:
         callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.epochs,
                                             description))
-    started = time.perf_counter()
-    run.fit(model, train, val, o.epochs, o.patience, callbacks, o.verbose)
-    seconds = time.perf_counter() - started
-    run.restore_best(model)
+    _, seconds = run.fit(model, train, val, o.epochs, o.patience, callbacks, o.verbose)
     return model, run.history.as_list(), int(run.state.best_epoch), seconds
 
 
-# ---------------------------------------------------------------------------
-# Hyperparameter search
-# ---------------------------------------------------------------------------
 #: The search space of ``tune``: (hyperparameter, what it takes).
 SEARCH_SPACE = {
     "learning_rate": "log-uniform in [1e-4, 3e-3]",
@@ -510,24 +327,26 @@ class _TimeBudgetSpent(Exception):
     """Raised before a new trial once the search's minutes are used."""
 
 
-def _make_tuner(kind: str, base: Architecture, n_classes: int, image_size: int, augment: bool, seed: int,
-                max_trials: int, directory: Path, deadline: float | None, progress, n_train: int,
-                batch_size: int, trial_epochs: int):
+def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory: Path, deadline: float | None,
+                progress, n_train: int):
     import keras
     import keras_tuner
+
+    seed = int(o.seed)
 
     class ScratchHyperModel(keras_tuner.HyperModel):
         """Builds the preset with the trial's values; every trial starts from the same seed."""
 
         def build(self, hp):
-            keras.utils.set_random_seed(int(seed))
-            return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, image_size, augment, seed)
+            keras.utils.set_random_seed(seed)
+            return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, o.image_size, o.augment,
+                               seed)
 
         def fit(self, hp, model, train, *args, **kwargs):
-            train.reset()  # the same batch order in every trial, resumed or not
+            train.set_epoch(0)  # the same batch order in every trial, resumed or not
             return model.fit(train, *args, **kwargs)
 
-    tuner_class = {"bayesian": keras_tuner.BayesianOptimization, "random": keras_tuner.RandomSearch}[kind]
+    tuner_class = {"bayesian": keras_tuner.BayesianOptimization, "random": keras_tuner.RandomSearch}[o.tuner]
 
     class BudgetedTuner(tuner_class):
         """Stops launching trials once ``deadline`` (time.monotonic) has passed."""
@@ -542,30 +361,27 @@ def _make_tuner(kind: str, base: Architecture, n_classes: int, image_size: int, 
             if deadline is not None and time.monotonic() >= deadline:
                 raise _TimeBudgetSpent()
 
-        def on_trial_begin(self, trial):
-            super().on_trial_begin(trial)
+        def _build_and_fit_model(self, trial, *args, callbacks=(), **kwargs):
+            # Keras Tuner has deep-copied the search's callbacks by now; the progress bar must stay one object.
             if progress is not None:
-                progress.start(f"trial {trial.trial_id}", n_train * trial_epochs)
-
-        def on_batch_end(self, trial, model, batch, logs=None):
-            super().on_batch_end(trial, model, batch, logs)
-            if progress is not None:
-                progress.advance(max(0, min(batch_size, n_train - batch * batch_size)))
+                callbacks = [*callbacks, _progress_callback(progress, n_train, o.batch_size, o.trial_epochs,
+                                                            f"trial {trial.trial_id}")]
+            return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
 
         def on_trial_end(self, trial):
             if progress is not None:
-                progress.stop()
+                progress.stop()  # also after a failed trial
             super().on_trial_end(trial)
 
     extra = {}
-    if kind == "bayesian":
+    if o.tuner == "bayesian":
         # Keras Tuner's default is 3 random trials per hyperparameter (15 here) before the Gaussian
         # process proposes any: a small budget would be a random search. Half the trials are random
         # (at least 2, at most that default); a resumed search keeps the value it started with.
-        extra["num_initial_points"] = max(2, min(3 * len(SEARCH_SPACE), int(max_trials) // 2))
+        extra["num_initial_points"] = max(2, min(3 * len(SEARCH_SPACE), int(o.max_trials) // 2))
     return BudgetedTuner(
         hypermodel=ScratchHyperModel(), objective=keras_tuner.Objective(MONITOR, direction="max"),
-        max_trials=int(max_trials), seed=int(seed), directory=str(directory), project_name=TUNER_PROJECT,
+        max_trials=int(o.max_trials), seed=seed, directory=str(directory), project_name=TUNER_PROJECT,
         overwrite=False, **extra)
 
 
@@ -583,6 +399,7 @@ def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int,
             progress):
     """Run (or resume) the Keras Tuner search; returns (best Architecture, trial rows, new trials, seconds)."""
     import keras
+    from sklearn.exceptions import ConvergenceWarning
 
     tuner_dir = stage_dir / "tuner"
     settings_path = tuner_dir / "settings.json"
@@ -600,17 +417,12 @@ def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int,
     deadline = time.monotonic() + 60.0 * float(o.max_minutes) if o.max_minutes else None
     with contextlib.redirect_stdout(io.StringIO()) if not o.verbose else contextlib.nullcontext():
         # Keras Tuner prints "Reloading Tuner from ..." when it resumes; the summary says it instead.
-        search = _make_tuner(o.tuner, base, n_classes, o.image_size, o.augment, o.seed, o.max_trials, tuner_dir,
-                             deadline, progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.trial_epochs)
+        search = _make_tuner(o, base, n_classes, tuner_dir, deadline, progress, len(splits[SPLIT_TRAIN]))
     done_before = len([t for t in search.oracle.trials.values() if t.status == "COMPLETED"])
     callbacks = []
     if o.patience is not None and int(o.patience) > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=int(o.patience)))
     started = time.perf_counter()
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
     try:
         with warnings.catch_warnings():
             # The Bayesian oracle's Gaussian process warns about length scales at their bounds with few
@@ -634,107 +446,53 @@ def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int,
     return _architecture_from_hp(base, best.hyperparameters.values), trials, len(completed) - done_before, seconds, best
 
 
-# ---------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScratchOptions:
-    """What ``featx scratch`` trains and how; :func:`run_scratch` takes one (the CLI builds it from its flags).
+    """What ``featx scratch`` trains and how; :func:`run_scratch` takes one (the CLI builds it from its flags)."""
 
-    Attributes
-    ----------
-    preset : str
-        One of :data:`PRESETS` (``keras-blog``, ``vgg-mini``, ``bn-gap``); with ``tune``, the
-        starting point whose blocks the search varies.
-    image_size : int
-        Side of the square input in pixels.
-    epochs : int
-        Epochs of the final training (the best epoch by val accuracy is kept).
-    batch_size : int
-    augment : bool
-        Random flip, rotation and zoom of the training images.
-    learning_rate : float, optional
-        Overrides the preset's (ignored with ``tune``, which searches it).
-    patience : int or None
-        Early stopping after this many epochs without a better val accuracy; None or 0: never.
-    seed : int
-        Seeds weights, augmentation, batch order, the tuner and (for a folder) the split.
-    deterministic : bool
-        Also enable TensorFlow's op determinism (same result on a GPU too; slower there).
-    tune : bool
-        Search hyperparameters with Keras Tuner first (:data:`SEARCH_SPACE`).
-    tuner : {"bayesian", "random"}
-    max_trials : int
-        Trials in the search, counting those of earlier calls (a finished search runs none).
-    max_minutes : float, optional
-        No new trial starts after this many minutes of search (the running one finishes).
-    trial_epochs : int, optional
-        Epochs of each trial (default: a third of ``epochs``, at least 1).
-    train_minutes : float, optional
-        The final training stops after the first epoch that ends past this many minutes
-        (the best epoch so far is kept), even when fewer than ``epochs`` ran.
-    restart : bool
-        Discard the stage folder (and an earlier search) first.
-    layout, val, test
-        How to index a folder (see ``featx index``); ignored for a manifest.
-    workers : int
-        Decoding threads.
-    memory_limit_mb : float
-        Above this many MB of decoded pixels, images are decoded per batch instead of once.
-    n_boot : int
-        Bootstrap resamples of the test metrics' intervals.
-    verbose : int
-        Keras' own logging (0: silent).
-    """
-
-    preset: str = "keras-blog"
+    preset: str = "keras-blog"  # one of PRESETS; with tune, the starting point whose blocks the search varies
     image_size: int = 128
-    epochs: int = 30
+    epochs: int = 30  # of the final training (the best epoch by val accuracy is kept)
     batch_size: int = 32
     augment: bool = True
-    learning_rate: float | None = None
-    patience: int | None = 10
-    seed: int = 0
-    deterministic: bool = False
+    learning_rate: float | None = None  # overrides the preset's (not with tune, which searches it)
+    patience: int | None = 10  # epochs without a better val accuracy before stopping; None or 0: never
+    seed: int = 0  # weights, augmentation, batch order, the tuner and (for a folder) the split
+    deterministic: bool = False  # also TensorFlow's op determinism (the same result on a GPU; slower there)
     tune: bool = False
     tuner: str = "bayesian"
-    max_trials: int = 10
-    max_minutes: float | None = None
-    trial_epochs: int | None = None
-    train_minutes: float | None = None
-    restart: bool = False
-    layout: str = "auto"
+    max_trials: int = 10  # trials in the search (SEARCH_SPACE), counting those of earlier calls
+    max_minutes: float | None = None  # no new trial starts after this many minutes (the running one finishes)
+    trial_epochs: int | None = None  # epochs of each trial (default: a third of epochs, at least 1)
+    train_minutes: float | None = None  # the final training stops after the first epoch that ends past this
+    restart: bool = False  # discard the stage folder (and an earlier search) first
+    layout: str = "auto"  # layout, val and test index a folder (featx index); ignored for a manifest
     val: float = 0.1
     test: float = 0.1
     workers: int = 4
-    memory_limit_mb: float = 4096
+    memory_limit_mb: float = 4096  # above this many MB of pixels, images are decoded per batch instead of once
     n_boot: int = 1000
     verbose: int = 0
 
     def checked(self) -> "ScratchOptions":
         """The options with ``trial_epochs`` filled in; bad values are one :class:`ScratchError`."""
-        problems = []
-        if int(self.image_size) < 8:
-            problems.append(f"--image-size must be at least 8 px; got {self.image_size}")
-        if int(self.epochs) < 1 or int(self.batch_size) < 1:
-            problems.append(f"--epochs and --batch-size must be >= 1; got {self.epochs} and {self.batch_size}")
-        if self.tune:
-            if self.tuner not in TUNERS:
-                problems.append(f"--tuner must be one of {', '.join(TUNERS)}; got {self.tuner!r}")
-            if int(self.max_trials) < 1:
-                problems.append(f"--max-trials must be >= 1; got {self.max_trials}")
-            if self.max_minutes is not None and not float(self.max_minutes) > 0:
-                problems.append(f"--max-minutes must be > 0; got {self.max_minutes}")
-            if self.trial_epochs is not None and int(self.trial_epochs) < 1:
-                problems.append(f"--trial-epochs must be >= 1; got {self.trial_epochs}")
-        if self.patience is not None and int(self.patience) < 0:
-            problems.append(f"--patience must be >= 0 (0: no early stopping); got {self.patience}")
-        if self.train_minutes is not None and not float(self.train_minutes) > 0:
-            problems.append(f"--train-minutes must be > 0; got {self.train_minutes}")
-        if not float(self.memory_limit_mb) >= 0:
-            problems.append(f"memory_limit_mb must be >= 0; got {self.memory_limit_mb}")
-        if problems:
-            raise ScratchError("; ".join(problems))
+        tune = self.tune  # the search's options are checked only when there is a search
+        _raise_problems([
+            (int(self.image_size) < 8, f"--image-size must be at least 8 px; got {self.image_size}"),
+            (int(self.epochs) < 1 or int(self.batch_size) < 1,
+             f"--epochs and --batch-size must be >= 1; got {self.epochs} and {self.batch_size}"),
+            (tune and self.tuner not in TUNERS, f"--tuner must be one of {', '.join(TUNERS)}; got {self.tuner!r}"),
+            (tune and int(self.max_trials) < 1, f"--max-trials must be >= 1; got {self.max_trials}"),
+            (tune and self.max_minutes is not None and not float(self.max_minutes) > 0,
+             f"--max-minutes must be > 0; got {self.max_minutes}"),
+            (tune and self.trial_epochs is not None and int(self.trial_epochs) < 1,
+             f"--trial-epochs must be >= 1; got {self.trial_epochs}"),
+            (self.patience is not None and int(self.patience) < 0,
+             f"--patience must be >= 0 (0: no early stopping); got {self.patience}"),
+            (self.train_minutes is not None and not float(self.train_minutes) > 0,
+             f"--train-minutes must be > 0; got {self.train_minutes}"),
+            (not float(self.memory_limit_mb) >= 0, f"memory_limit_mb must be >= 0; got {self.memory_limit_mb}"),
+        ])
         trial_epochs = self.trial_epochs if self.trial_epochs is not None else max(1, int(self.epochs) // 3)
         return replace(self, trial_epochs=int(trial_epochs))
 
@@ -758,21 +516,12 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     Parameters
     ----------
     source : path
-        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a
-        manifest CSV from ``featx index``.
+        A folder of images (indexed on the fly with ``layout``, ``val``, ``test``, ``seed``) or a manifest CSV.
     out_dir : path
-        The experiment folder; outputs go to ``out_dir/scratch`` (``out_dir/scratch-tuned`` with
-        ``tune``), beside a sweep's results so that ``featx report out_dir`` ranks them together.
-    options : ScratchOptions, optional
-        What to train and how (defaults: ``ScratchOptions()``).
-    progress : featx.progress.Progress, optional
-        Decoding, trial and training bars.
+        The experiment folder; outputs go to ``out_dir/scratch`` (``scratch-tuned`` with ``tune``), where
+        ``featx report out_dir`` ranks them beside a sweep's.
     **changes
-        Fields of :class:`ScratchOptions` to change (``run_scratch(src, out, epochs=5)``).
-
-    Returns
-    -------
-    ScratchResult
+        Fields of ``options`` (default :class:`ScratchOptions()`) to change (``run_scratch(src, out, epochs=5)``).
 
     Raises
     ------
@@ -785,7 +534,9 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
 
     started = time.perf_counter()
     o = replace(options or ScratchOptions(), **changes).checked()
-    base = _preset(o.preset)
+    if o.preset not in PRESETS:
+        raise ScratchError(f"unknown preset {o.preset!r}; expected one of {', '.join(PRESETS)}")
+    base = PRESETS[o.preset]
     if o.learning_rate is not None and not o.tune:
         base = replace(base, learning_rate=float(o.learning_rate))
     base.validate()
@@ -820,7 +571,6 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
                       "search_seconds": search_seconds, "best_trial": best_trial.trial_id,
                       "best_trial_val_accuracy": best_trial.score,
                       "best_hyperparameters": dict(best_trial.hyperparameters.values)}
-            _seed(o.seed, False)
         settings_out = {key: getattr(o, key) for key in ("preset", "image_size", "epochs", "train_minutes",
                                                          "batch_size", "augment", "patience", "seed", "deterministic")}
         origin = {"manifest_sha256": manifest.sha256(), "architecture": architecture.to_dict()}

@@ -1,22 +1,15 @@
 """What fine-tuning and from-scratch training share, below both stages.
 
-* :class:`TrainingRun`: one resumable Keras training in a stage folder (``finetune/``,
-  ``scratch/``...): the best epoch's weights by the monitored metric (``best.weights.h5``), the
-  last finished epoch with its optimizer state (``checkpoint/``, Keras ``BackupAndRestore``) so a
-  killed run started again continues, early stopping, ``history.csv`` rewritten atomically after
-  every epoch, and ``state.json`` with the resume key: what the folder was built from and the
-  settings that must match. A changed key is refused with one line naming what changed, or
-  started over when asked (``--restart``).
-* :func:`score_and_write`: the kept weights scored on val (selection) and test (bootstrap
-  intervals) as one results row, and ``model.keras``, ``results.csv``, ``predictions.npz``,
-  ``curves.png``, each written atomically.
-* featx's own Keras layers (registered by name, so a saved ``model.keras`` reloads in ``featx
-  predict`` without importing a stage) and the training-curve plot.
+:class:`TrainingRun` is one resumable Keras training in a stage folder; :func:`score_and_write`
+scores its kept weights and writes the folder's outputs (listed in docs/training.md). Also featx's
+own Keras layers (registered by name, so ``model.keras`` reloads without importing a stage), the
+augmentation and compilation both stages use, and the training-curve plot.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import time
@@ -68,17 +61,17 @@ class History:
 class TrainingRun:
     """One resumable Keras training in ``folder``, keyed by what it is built from and its settings.
 
+    It keeps the best epoch's weights by ``monitor`` (``best.weights.h5``), the last finished epoch with
+    its optimizer state (``checkpoint/``), ``history.csv`` and ``state.json``.
+
     Parameters
     ----------
-    folder : path
-        The stage folder; holds ``state.json``, ``history.csv``, ``best.weights.h5`` and ``checkpoint/``.
     monitor : {"val_loss", "val_accuracy"}
         Picks the best epoch.
     built_from : dict
         What the folder is built from (a sweep configuration and cache, a manifest and architecture).
     settings : dict
         The run's settings, recorded in ``state.json``; those named in ``resume_keys`` must match to resume.
-    resume_keys : sequence of str
     describe : callable
         ``built_from`` as words, for the messages.
     error : UserError subclass
@@ -107,19 +100,15 @@ class TrainingRun:
             clean_stale_temps(self.folder / name)
         state = RunState.read(self.state_path) if self.state_path.exists() else None
         if state is not None and replace_stale and state.built_from != self.built_from:
-            self.discard()
+            for name in (STATE_FILE, HISTORY_FILE, BEST_WEIGHTS):  # this training's files; the others stay
+                (self.folder / name).unlink(missing_ok=True)
+            shutil.rmtree(self.folder / CHECKPOINT, ignore_errors=True)
             state = None
         if state is not None:
             self._check(state)
         self.state = state
         self.history = History(self.folder / HISTORY_FILE)
         return state
-
-    def discard(self) -> None:
-        """Remove this training's files (state, history, weights, checkpoint); other files stay."""
-        for name in (STATE_FILE, HISTORY_FILE, BEST_WEIGHTS):
-            (self.folder / name).unlink(missing_ok=True)
-        shutil.rmtree(self.folder / CHECKPOINT, ignore_errors=True)
 
     def _check(self, state: RunState) -> None:
         earlier, now = state.built_from, self.built_from
@@ -150,11 +139,8 @@ class TrainingRun:
             best = initial[self.monitor]
         self.state = RunState(settings=self.settings, built_from=self.built_from, best_value=best,
                               featx_version=__version__, details=details)
-        self._save()
-        return self.state
-
-    def _save(self) -> None:
         self.state.write(self.state_path)
+        return self.state
 
     def callbacks(self, patience: int | None) -> list:
         """The Keras callbacks of one :meth:`fit` (tests wrap this to interrupt a run)."""
@@ -184,7 +170,7 @@ class TrainingRun:
                 if value is not None and (best is None or (value < best if mode == "min" else value > best)):
                     run.state.best_value, run.state.best_epoch = float(value), epoch + 1
                 run.state.epochs_done = epoch + 1
-                run._save()
+                run.state.write(run.state_path)
 
         callbacks = [
             # Weights only (not the whole model), which works under MirroredStrategy as well.
@@ -201,44 +187,42 @@ class TrainingRun:
         return callbacks
 
     def fit(self, model, train, val, epochs: int, patience: int | None = None, callbacks: Sequence = (),
-            verbose: int = 0) -> int:
-        """Train up to ``epochs`` in all (a resumed run counts those already done); returns the epochs run.
+            verbose: int = 0) -> tuple[int, float]:
+        """Train up to ``epochs`` in all (a resumed run counts those already done), then load the best
+        epoch's weights into ``model``; returns the epochs run and their seconds.
 
         A run that stopped early continues only when asked for more epochs than it was given.
         ``train`` may have ``set_epoch(n)``: a resumed run then draws the batches epoch ``n`` would.
         """
-        import keras
-
-        done, stopped = int(self.state.epochs_done), self.state.stopped_early_at_epochs
-        if int(epochs) <= done or (stopped is not None and int(epochs) <= stopped):
-            return 0
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(done)
-        own = self.callbacks(patience)
-        model.fit(train, validation_data=val, epochs=int(epochs), callbacks=own + list(callbacks), shuffle=False,
-                  verbose=verbose)  # the data shuffle themselves, seeded
-        early = [c for c in own if isinstance(c, keras.callbacks.EarlyStopping)]
-        if early and early[0].stopped_epoch > 0:
-            self.state.stopped_early_at_epochs = int(epochs)
-            self._save()
-        return int(self.state.epochs_done) - done
-
-    def restore_best(self, model) -> None:
-        """Load the best epoch's weights into ``model``."""
         import warnings
 
+        import keras
+
+        started = time.perf_counter()
+        done, stopped = int(self.state.epochs_done), self.state.stopped_early_at_epochs
+        if int(epochs) > done and (stopped is None or int(epochs) > stopped):
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(done)
+            own = self.callbacks(patience)
+            model.fit(train, validation_data=val, epochs=int(epochs), callbacks=own + list(callbacks),
+                      shuffle=False, verbose=verbose)  # the data shuffle themselves, seeded
+            early = [c for c in own if isinstance(c, keras.callbacks.EarlyStopping)]
+            if early and early[0].stopped_epoch > 0:
+                self.state.stopped_early_at_epochs = int(epochs)
+                self.state.write(self.state_path)
+        seconds = time.perf_counter() - started
         with warnings.catch_warnings():  # an epoch-0 file has no optimizer state; only the model's weights matter
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(self.best_weights))
+        return int(self.state.epochs_done) - done, seconds
 
 
 def score_and_write(folder: str | os.PathLike, model, val, test, label_names: Sequence[str], history: list[dict],
                     n_boot: int, seed: int, title: str, batch_size: int = 64, **columns) -> dict:
     """Score the kept weights and write ``model.keras``, ``results.csv``, ``predictions.npz`` and ``curves.png``.
 
-    ``val`` and ``test`` are :class:`featx.datasets.ImageSet`: val accuracy and log loss select (the
-    sweep's ``select_*`` columns), test gets the metrics with bootstrap intervals. The one results row
-    is ``columns`` (features, head, params...) with those scores; every file is written atomically.
+    ``val`` and ``test`` are :class:`featx.datasets.ImageSet`: val gives the sweep's ``select_*`` columns,
+    test the metrics with bootstrap intervals, beside ``columns`` (features, head, params...) in the one row.
     """
     from featx.artifacts.results import metric_columns, write_rows_csv
     from featx.datasets import predict_proba
@@ -264,46 +248,20 @@ def score_and_write(folder: str | os.PathLike, model, val, test, label_names: Se
     return row
 
 
-# ---------------------------------------------------------------------------
-# Serializable layers (registered so model.keras reloads without featx code paths)
-# ---------------------------------------------------------------------------
-_LAYER_NAMES = ("ChannelAffine", "TwoColumnProbabilities", "NormalizeRows", "L2Normalize")
-# Defined by _define_layers() on first use, so importing this module does not import Keras.
-ChannelAffine = TwoColumnProbabilities = NormalizeRows = L2Normalize = None
-
-
+@functools.cache
 def custom_objects() -> dict:
     """featx's Keras layers by name, registered; call before ``keras.models.load_model("model.keras")``.
 
     Defining them here (not at import) keeps ``import featx.finetune`` free of Keras.
     CaffeNet's own layers are registered too, so a CaffeNet fine-tune reloads.
-
-    Examples
-    --------
-    >>> sorted(custom_objects())  # doctest: +SKIP
-    ['ChannelAffine', 'L2Normalize', 'NormalizeRows', 'TwoColumnProbabilities']
     """
-    if ChannelAffine is None:
-        _define_layers()
-    try:
-        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
-    except ImportError:  # pragma: no cover - caffenet needs only keras
-        pass
-    return {name: globals()[name] for name in _LAYER_NAMES}
-
-
-def _define_layers() -> None:
     import keras
     from keras import ops
 
     @keras.saving.register_keras_serializable(package="featx")
     class ChannelAffine(keras.layers.Layer):
-        """Per-pixel affine map of the colour channels: ``x @ matrix + offset``.
-
-        Reproduces every featx backbone's numpy ``preprocess`` (BGR reordering,
-        mean subtraction, scaling) inside the model, so it takes raw RGB in [0, 255].
-        Always computes in float32.
-        """
+        """Per-pixel affine map of the colour channels in float32, ``x @ matrix + offset``: a backbone's
+        numpy ``preprocess`` (BGR reordering, mean, scale) inside the model, which then takes raw RGB."""
 
         def __init__(self, matrix, offset, **kwargs):
             kwargs.setdefault("dtype", "float32")
@@ -316,9 +274,6 @@ def _define_layers() -> None:
             return ops.matmul(x, ops.convert_to_tensor(self.matrix, "float32")) + ops.convert_to_tensor(
                 self.offset, "float32")
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
         def get_config(self):
             return {**super().get_config(), "matrix": self.matrix, "offset": self.offset}
 
@@ -328,9 +283,6 @@ def _define_layers() -> None:
 
         def call(self, inputs):
             return ops.concatenate([1.0 - inputs, inputs], axis=-1)
-
-        def compute_output_shape(self, input_shape):
-            return (*input_shape[:-1], 2)
 
     @keras.saving.register_keras_serializable(package="featx")
     class NormalizeRows(keras.layers.Layer):
@@ -342,9 +294,6 @@ def _define_layers() -> None:
             uniform = ops.ones_like(inputs) / n_classes
             return ops.where(total > 0, inputs / ops.where(total > 0, total, 1.0), uniform)
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
     @keras.saving.register_keras_serializable(package="featx")
     class L2Normalize(keras.layers.Layer):
         """Row-wise L2 normalisation as scikit-learn's ``Normalizer`` (zero rows stay zero)."""
@@ -353,11 +302,31 @@ def _define_layers() -> None:
             norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
             return inputs / ops.where(norm > 0, norm, 1.0)
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
+    try:
+        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
+    except ImportError:  # pragma: no cover - caffenet needs only keras
+        pass
+    return {layer.__name__: layer for layer in (ChannelAffine, TwoColumnProbabilities, NormalizeRows, L2Normalize)}
 
-    globals().update(ChannelAffine=ChannelAffine, TwoColumnProbabilities=TwoColumnProbabilities,
-                     NormalizeRows=NormalizeRows, L2Normalize=L2Normalize)
+
+def compile_classifier(model, optimizer) -> None:
+    """Sparse categorical cross-entropy with an ``accuracy`` metric (the columns of ``history.csv``)."""
+    import keras
+
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def augmentation(seed: int, rotation: float, zoom: float, translation: float = 0.0):
+    """Random horizontal flip, rotation, zoom (and translation), active only while training."""
+    import keras
+
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+              keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed + 1),
+              keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2)]
+    if translation:
+        layers.append(keras.layers.RandomTranslation(translation, translation, fill_mode="reflect", seed=seed + 3))
+    return keras.Sequential(layers, name="augmentation")
 
 
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> Path:
