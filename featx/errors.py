@@ -18,11 +18,7 @@ class UserError(Exception):
 
 
 def _subclasses(cls: type) -> list[type]:
-    found = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_subclasses(sub))
-    return found
+    return [found for sub in cls.__subclasses__() for found in (sub, *_subclasses(sub))]
 
 
 def unwrap_tf_error(exc: BaseException) -> BaseException:

@@ -96,23 +96,18 @@ class ItemsPerSecondColumn(ProgressColumn):
 
 
 class RichBar(Progress):
-    """A Rich progress bar on stderr; a :class:`LineProgress` there when it is not a terminal;
-    nothing with ``quiet``."""
+    """A Rich progress bar on stderr; a :class:`LineProgress` there when it is not a terminal."""
 
-    def __init__(self, console: Console | None = None, unit: str = "img", quiet: bool = False,
-                 interval: float | None = None):
+    def __init__(self, console: Console | None = None, unit: str = "img", interval: float | None = None):
         if interval is None:  # seconds between lines off a terminal
             interval = float(os.environ.get("FEATX_PROGRESS_SECONDS", "5"))
         self.console = console or Console(stderr=True)
-        self.quiet = quiet
         self._bar: RichProgress | None = None
         self._task = None
         self._lines = None if self.console.is_terminal else LineProgress(self.console.file, interval, unit)
 
     def start(self, description: str, total: int) -> None:
         self.stop()
-        if self.quiet:
-            return
         if self._lines is not None:
             self._lines.start(description, total)
             return
@@ -125,7 +120,7 @@ class RichBar(Progress):
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, n: int = 1) -> None:
-        if self._lines is not None and not self.quiet:
+        if self._lines is not None:
             self._lines.advance(n)
         elif self._bar is not None and n:
             self._bar.advance(self._task, n)
