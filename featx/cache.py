@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from featx import __version__
-from featx.data import Manifest, iter_labels
+from featx.data import Manifest
 from featx.errors import UserError
 from featx.storage import BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, locked
 
@@ -343,7 +343,8 @@ class CacheBuilder:
             features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype, chunks=(chunk_rows, dim))
             self._copy_rows(features, rows, computed, old)
             h5.create_dataset("paths", data=[r.path for r in rows], dtype=text)
-            h5.create_dataset("labels", data=np.array(iter_labels(rows, manifest.label_names), dtype=np.int32))
+            label_index = {name: i for i, name in enumerate(manifest.label_names)}  # -1: unlabeled
+            h5.create_dataset("labels", data=np.array([label_index.get(r.label, -1) for r in rows], dtype=np.int32))
             h5.create_dataset("split", data=[r.split for r in rows], dtype=text)
             h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=text)
             h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2), dtype=text)
@@ -481,13 +482,11 @@ class FeatureCache:
 
     def summary(self) -> dict:
         """What ``featx inspect`` shows."""
-        split = self.split
-        labels = self.labels
-        names = self.label_names
+        split, labels, names = self.split, self.labels, self.label_names
         counts = {}
         for s in sorted(set(split)):
-            mask = split == s
-            counts[s] = {(names[i] if i >= 0 else "-"): int(np.sum(labels[mask] == i)) for i in sorted(set(labels[mask]))}
+            present, n_rows = np.unique(labels[split == s], return_counts=True)
+            counts[s] = {(names[i] if i >= 0 else "-"): int(n) for i, n in zip(present, n_rows)}
         attrs = self.attrs
         return {
             "path": str(self.path), "rows": self.n_rows, "dim": self.dim,

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from featx.errors import UserError
 from featx.storage import atomic_write_csv
@@ -293,9 +293,3 @@ def load_dataset(source: str | os.PathLike, **index_options) -> Manifest:
     if source.is_dir():
         return build_manifest(source, **index_options)
     raise DataError(f"{source} does not exist; give a folder of images or a manifest made by featx index")
-
-
-def iter_labels(records: Iterable[Record], label_names: list[str]) -> list[int]:
-    """Integer labels (index into ``label_names``, -1 when unlabeled)."""
-    index = {name: i for i, name in enumerate(label_names)}
-    return [index[r.label] if r.label is not None else -1 for r in records]

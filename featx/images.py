@@ -52,6 +52,9 @@ _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
 
+_ERRNO_REASONS = {errno.ENOENT: "file not found", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EISDIR: "is a directory, not a file"}
+
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 # EXIF orientation -> (flip rows, flip columns, then transpose): PIL.ImageOps.exif_transpose's convention.
@@ -324,13 +327,7 @@ def _equalize(pixels: np.ndarray) -> np.ndarray:
 
 
 def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOENT:
-        return "file not found"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno == errno.EISDIR:
-        return "is a directory, not a file"
-    return f"cannot open: {exc.strerror or exc}"
+    return _ERRNO_REASONS.get(exc.errno) or f"cannot open: {exc.strerror or exc}"
 
 
 def _header_reason(handle, exc: Exception | None = None) -> str:

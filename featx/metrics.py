@@ -93,8 +93,7 @@ def bootstrap_ci(y_true, proba, metric: str | Callable, n_boot: int = 1000, alph
     """
     y_index, proba = _prepare(y_true, proba, classes)
     indices = _resample_indices(len(y_index), n_boot, seed)
-    values = _bootstrap_values(y_index, proba, metric, indices)
-    return _interval(values, alpha)
+    return _interval(_bootstrap_values(y_index, proba, metric, indices), alpha)
 
 
 def metrics_with_ci(y_true, proba, classes, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
@@ -126,9 +125,7 @@ def metrics_with_ci(y_true, proba, classes, n_boot: int = 1000, alpha: float = 0
     result: dict = {}
     for name in METRICS:
         low, high = _interval(_bootstrap_values(y_index, proba, name, indices), alpha)
-        result[name] = point[name]
-        result[f"{name}_low"] = low
-        result[f"{name}_high"] = high
+        result.update({name: point[name], f"{name}_low": low, f"{name}_high": high})
     result["n_samples"] = point["n_samples"]
     result["n_boot"] = int(n_boot)
     return result
@@ -137,8 +134,7 @@ def metrics_with_ci(y_true, proba, classes, n_boot: int = 1000, alpha: float = 0
 def _resample_indices(n_samples: int, n_boot: int, seed: int) -> np.ndarray:
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be a positive integer; got {n_boot!r}")
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, n_samples, size=(int(n_boot), n_samples))
+    return np.random.default_rng(seed).integers(0, n_samples, size=(int(n_boot), n_samples))
 
 
 def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:

@@ -88,11 +88,9 @@ class SweepModel:
         from featx.cache import open_cache
         from featx.pipeline import build_cache
 
-        results = []
-        for extractor, spec_extra in map(_rebuild_extractor, self.bundle.extractors):
-            results.append(build_cache(manifest, extractor, cache_dir=cache_dir, batch_size=batch_size,
-                                       workers=workers, progress=progress, fit=False, spec_extra=spec_extra,
-                                       runtime=runtime))
+        results = [build_cache(manifest, extractor, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
+                               progress=progress, fit=False, spec_extra=spec_extra, runtime=runtime)
+                   for extractor, spec_extra in map(_rebuild_extractor, self.bundle.extractors)]
         with contextlib.ExitStack() as stack:
             caches = [stack.enter_context(open_cache(result.path)) for result in results]
             for cache, entry, dim in zip(caches, self.bundle.extractors, self.bundle.dims):

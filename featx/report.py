@@ -538,33 +538,26 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
     if dense_rows or experiment.stage_histories:
         plotters["dense_history"] = lambda: plot_history(experiment, dense_rows)
 
-    staged: list[tuple[Path, Path]] = []
+    staged: list[Path] = []  # final paths, each written under its temp_path first
     try:
         figures, captions = {}, {}
         for key, plotter in plotters.items():
             figure, captions[key] = plotter()
-            final = directory / PLOT_FILES[key]
-            figure.savefig(_stage(final, staged), format="png")
-            figures[key] = final.name
+            staged.append(directory / PLOT_FILES[key])
+            figure.savefig(temp_path(staged[-1]), format="png")
+            figures[key] = PLOT_FILES[key]
         markdown = render_markdown(experiment, figures, captions)
         html_page = render_html(markdown, f"featx report: {directory.name}")
         for name, text in (("report.md", markdown), ("report.html", html_page)):
-            _stage(directory / name, staged).write_text(text, encoding="utf-8")
-        for temporary, final in staged:
-            os.replace(temporary, final)
+            staged.append(directory / name)
+            temp_path(staged[-1]).write_text(text, encoding="utf-8")
+        for final in staged:
+            os.replace(temp_path(final), final)
     finally:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
+        for final in staged:
+            temp_path(final).unlink(missing_ok=True)
     for key, name in PLOT_FILES.items():
         if key not in figures:
             (directory / name).unlink(missing_ok=True)  # a plot of an earlier report that no longer applies
-    paths = {"markdown": directory / "report.md", "html": directory / "report.html"}
-    paths.update({key: directory / name for key, name in figures.items()})
-    return paths
-
-
-def _stage(final: Path, staged: list[tuple[Path, Path]]) -> Path:
-    """A temporary name beside ``final``, remembered for the rename (or the clean-up)."""
-    temporary = temp_path(final)
-    staged.append((temporary, final))
-    return temporary
+    return {"markdown": directory / "report.md", "html": directory / "report.html",
+            **{key: directory / name for key, name in figures.items()}}

@@ -2,9 +2,7 @@
 
 :func:`atomic_write` (and its ``_text`` / ``_json`` / ``_csv`` / ``_npz`` forms) writes a temporary file
 beside the target, fsyncs it and ``os.replace``-s it over the target: a reader sees the old file or
-the new one, never half of one. :func:`locked` takes a ``filelock`` lock on ``<target>.lock`` and
-records who holds it, so a second writer gets a :class:`BusyError` naming the holder.
-:func:`stage_folder` builds a whole folder beside its target and publishes it with one rename.
+the new one, never half of one. One writer at a time: :func:`locked`; a whole folder: :func:`stage_folder`.
 """
 
 from __future__ import annotations
