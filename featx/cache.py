@@ -21,12 +21,12 @@ import h5py
 import numpy as np
 
 from featx import __version__
-from featx.data import Manifest, iter_labels
+from featx.data import Manifest
 from featx.errors import UserError
 from featx.storage import BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, locked
 
 __all__ = ["CacheError", "CacheLockedError", "CacheBuilder", "FeatureCache", "open_cache",
-           "cache_file_name", "cache_path", "cache_key", "state_sha256", "kill_point", "DTYPES", "KILL_POINTS"]
+           "cache_path", "cache_key", "state_sha256", "kill_point", "DTYPES"]
 
 CACHE_FORMAT = 1
 DTYPES = ("float32", "float16")
@@ -40,14 +40,11 @@ class CacheLockedError(CacheError, BusyError):
     """Another process is writing the same cache (also a :class:`featx.storage.BusyError`)."""
 
 
-# Steps at which FEATX_KILL_AT can kill a cache build; ``shard:N`` is after shard N is stored.
-KILL_POINTS = ("fit", "save_state", "shard:N", "publish:before_rename", "publish:after_rename")
-
-
 def kill_point(step: str) -> None:
     """SIGKILL this process when the environment variable ``FEATX_KILL_AT`` equals ``step``.
 
-    Crash tests kill a build at a named step instead of hoping a random moment lands there.
+    Crash tests kill a build at a named step instead of hoping a random moment lands there: ``fit``,
+    ``save_state``, ``shard:N`` (after shard N is stored), ``publish:before_rename``, ``publish:after_rename``.
     """
     if os.environ.get("FEATX_KILL_AT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -78,19 +75,11 @@ def state_sha256(state: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def cache_file_name(dataset: str, spec: dict, dtype: str = "float32", data_key: str | None = None) -> str:
-    """``<dataset>-<extractor>-<hash>-<data_key>.h5`` (``data_key``: ``Manifest.fingerprint()``).
-
-    Without ``data_key``, the name featx used before it (``<dataset>-<extractor>-<hash>.h5``).
-    """
-    extractor = spec["name"].replace(":", "_").replace("/", "_")
-    tail = f"-{data_key}" if data_key else ""
-    return f"{dataset}-{extractor}-{cache_key(spec, dtype)}{tail}.h5"
-
-
 def cache_path(cache_dir: str | os.PathLike, manifest: Manifest, spec: dict, dtype: str = "float32") -> Path:
-    """Where the cache of ``manifest`` under ``spec`` lives in ``cache_dir``."""
-    return Path(cache_dir) / cache_file_name(manifest.name, spec, dtype, manifest.fingerprint())
+    """Where the cache of ``manifest`` under ``spec`` lives in ``cache_dir``:
+    ``<dataset>-<extractor>-<hash>-<Manifest.fingerprint()>.h5``."""
+    extractor = spec["name"].replace(":", "_").replace("/", "_")
+    return Path(cache_dir) / f"{manifest.name}-{extractor}-{cache_key(spec, dtype)}-{manifest.fingerprint()}.h5"
 
 
 def _now() -> str:
@@ -154,7 +143,6 @@ class CacheBuilder:
         self.todo_records = list(manifest.records)
         self.n_reused = 0
 
-    # -- locking -------------------------------------------------------
     def __enter__(self) -> "CacheBuilder":
         stack = contextlib.ExitStack()
         try:
@@ -173,7 +161,6 @@ class CacheBuilder:
         if self._lock is None:
             raise CacheError("CacheBuilder must be used inside a `with` block (it holds the writer's lock)")
 
-    # -- state of the final file --------------------------------------
     def is_complete(self) -> bool:
         """True when the final file exists, is readable and matches this manifest and spec.
 
@@ -191,7 +178,6 @@ class CacheBuilder:
             shutil.rmtree(self.journal, ignore_errors=True)
         return complete
 
-    # -- journal -------------------------------------------------------
     def prepare(self, shard_rows: int = 256) -> CachePlan:
         """Start or resume the journal; returns the plan."""
         self._require_lock()
@@ -236,13 +222,8 @@ class CacheBuilder:
                 old_paths, old_sha1 = h5["paths"].asstr()[:], h5["sha1"].asstr()[:]
         except (OSError, KeyError, TypeError):
             return {}
-        old = {p: (i, s) for i, (p, s) in enumerate(zip(old_paths, old_sha1))}
-        reuse = {}
-        for record in self.manifest.records:
-            hit = old.get(record.path)
-            if hit is not None and record.sha1 and hit[1] == record.sha1:
-                reuse[record.path] = hit[0]
-        return reuse
+        old = {(p, s): i for i, (p, s) in enumerate(zip(old_paths, old_sha1))}
+        return {r.path: old[r.path, r.sha1] for r in self.manifest.records if r.sha1 and (r.path, r.sha1) in old}
 
     def _plan_reuse(self) -> None:
         """Pick the candidate file with the most checked reusable rows."""
@@ -310,7 +291,6 @@ class CacheBuilder:
         atomic_save_npz(self.journal / "state.npz", **state)
         kill_point("save_state")
 
-    # -- publish -------------------------------------------------------
     def publish(self, attrs: dict | None = None) -> Path:
         """Assemble shards (and reused rows) into the final file, atomically."""
         self._require_lock()
@@ -327,14 +307,10 @@ class CacheBuilder:
                 ok, reasons, n_feat = data["ok"], list(data["reasons"]), data["features"].shape
             if n_feat[0]:
                 dim = n_feat[1]
-            row = 0
-            bad = iter(reasons)
-            for record, good in zip(self.records_of(shard), ok):
-                if good:
-                    computed[record.path] = (shard.index, row)
-                    row += 1
-                else:
-                    failed.append((record.path, str(next(bad))))
+            paths = [record.path for record in self.records_of(shard)]
+            good = [path for path, flag in zip(paths, ok) if flag]
+            computed.update({path: (shard.index, row) for row, path in enumerate(good)})
+            failed.extend(zip([path for path, flag in zip(paths, ok) if not flag], map(str, reasons)))
         old = h5py.File(self._reuse_path, "r") if self._reuse else None
         try:
             if dim is None and old is not None:
@@ -367,7 +343,8 @@ class CacheBuilder:
             features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype, chunks=(chunk_rows, dim))
             self._copy_rows(features, rows, computed, old)
             h5.create_dataset("paths", data=[r.path for r in rows], dtype=text)
-            h5.create_dataset("labels", data=np.array(iter_labels(rows, manifest.label_names), dtype=np.int32))
+            label_index = {name: i for i, name in enumerate(manifest.label_names)}  # -1: unlabeled
+            h5.create_dataset("labels", data=np.array([label_index.get(r.label, -1) for r in rows], dtype=np.int32))
             h5.create_dataset("split", data=[r.split for r in rows], dtype=text)
             h5.create_dataset("sha1", data=[r.sha1 for r in rows], dtype=text)
             h5.create_dataset("failed", data=np.array(failed, dtype=object).reshape(-1, 2), dtype=text)
@@ -412,13 +389,7 @@ class CacheBuilder:
 
 
 class FeatureCache:
-    """Read a cache file.
-
-    Examples
-    --------
-    >>> with open_cache("cache/train-hog-1a2b3c4d5e.h5") as cache:  # doctest: +SKIP
-    ...     X, y = cache.load("train")
-    """
+    """Read a cache file (:func:`open_cache`; a context manager)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -499,15 +470,9 @@ class FeatureCache:
     def state(self) -> dict[str, np.ndarray]:
         return {k: self.h5["state"][k][()] for k in self.h5.get("state", {})}
 
-    def rows(self, split: str | None = None) -> np.ndarray:
-        """Row indices of a split (all rows when None)."""
-        if split is None:
-            return np.arange(self.n_rows)
-        return np.flatnonzero(self.split == split)
-
     def load(self, split: str | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """Features and integer labels of a split, as in-memory arrays."""
-        index = self.rows(split)
+        """Features and integer labels of a split (all rows when None), as in-memory arrays."""
+        index = np.arange(self.n_rows) if split is None else np.flatnonzero(self.split == split)
         features = self.h5["features"]
         if len(index) == self.n_rows:
             X = features[:]
@@ -517,13 +482,11 @@ class FeatureCache:
 
     def summary(self) -> dict:
         """What ``featx inspect`` shows."""
-        split = self.split
-        labels = self.labels
-        names = self.label_names
+        split, labels, names = self.split, self.labels, self.label_names
         counts = {}
         for s in sorted(set(split)):
-            mask = split == s
-            counts[s] = {(names[i] if i >= 0 else "-"): int(np.sum(labels[mask] == i)) for i in sorted(set(labels[mask]))}
+            present, n_rows = np.unique(labels[split == s], return_counts=True)
+            counts[s] = {(names[i] if i >= 0 else "-"): int(n) for i, n in zip(present, n_rows)}
         attrs = self.attrs
         return {
             "path": str(self.path), "rows": self.n_rows, "dim": self.dim,

@@ -36,18 +36,9 @@ class UsageProblem(UserError):
     """A problem with what the user asked for (printed as one line, exit 2)."""
 
 
-def _user_errors():
-    from featx.storage import BusyError
-    from featx.weights import WeightsError
-
-    # Only featx's user-error classes (and a path the user gave that does not exist): any other
-    # exception, a plain ValueError included, is a featx bug and keeps its traceback.
-    return (UserError, WeightsError, BusyError, FileNotFoundError)
-
-
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    raise typer.Exit(2)
 
 
 def _run(fn, *args, **kwargs):
@@ -55,8 +46,13 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
+        from featx.storage import BusyError
+        from featx.weights import WeightsError
+
         error = unwrap_tf_error(exc)
-        if not isinstance(error, _user_errors()):
+        # Only featx's user-error classes (and a path the user gave that does not exist): any other
+        # exception, a plain ValueError included, is a featx bug and keeps its traceback.
+        if not isinstance(error, (UserError, WeightsError, BusyError, FileNotFoundError)):
             raise
         _fail(str(error))
 
@@ -83,10 +79,14 @@ def index(
 
     Example: [bold]featx index data/train -o cache/train.csv --val 0.1 --test 0.1[/]
     """
-    from featx.data import build_manifest
+    from featx.data import build_manifest, find_images
 
+    try:
+        total = len(find_images(directory)) if directory.is_dir() else 0
+    except OSError:
+        total = 0
     bar = RichBar()
-    bar.start("index + sha1", len(_count_files(directory)))
+    bar.start("index + sha1", total)
     try:
         manifest = _run(build_manifest, directory, layout=layout, val=val, test=test, seed=seed,
                         progress=bar.advance)
@@ -99,15 +99,6 @@ def index(
     _print_counts(manifest.counts(), manifest.label_names)
     manifest.write(output)
     out.print(f"{output}: {len(manifest.records)} images, {len(manifest.label_names)} classes", highlight=False)
-
-
-def _count_files(directory: Path) -> list:
-    try:
-        from featx.data import find_images
-
-        return find_images(directory) if Path(directory).is_dir() else []
-    except OSError:
-        return []
 
 
 def _table(columns, rows, title: str | None = None, right_from: int | None = None) -> Table:

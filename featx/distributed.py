@@ -40,7 +40,6 @@ class ClusterError(UserError, ValueError):
     """The cluster cannot run the job as asked; the message says why and what to do."""
 
 
-# -- connecting ------------------------------------------------------------------------------
 def parse_scheduler(text: str) -> tuple[str, object]:
     """``("local", n_workers)``, ``("file", path)`` or ``("address", address)``.
 
@@ -135,7 +134,6 @@ def _workers(client) -> dict:
     return client.scheduler_info(n_workers=-1)["workers"]
 
 
-# -- the worker side ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExtractorRecipe:
     """What a worker needs to build the client's extractor: never the model, never a refit."""
@@ -220,7 +218,6 @@ def compute_shard(recipe: ExtractorRecipe, root: str, index: int, paths: Sequenc
                        _BUILDS[recipe.key])
 
 
-# -- the client side ---------------------------------------------------------------------------
 def _scheduler_lost(client) -> bool:
     return client.status not in ("running", "connecting", "newly-created") or client.scheduler_comm is None
 
@@ -341,7 +338,6 @@ def build_cache(manifest, extractor, scheduler: str, cache_dir="cache", batch_si
                              shards=len(by_index), shards_by_worker=dict(shards_by_worker), builds_by_worker=builds)
 
 
-# -- sweeps ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def joblib_on_cluster(scheduler: str, scatter: Sequence = (), report: Callable[[str], None] | None = None):
     """Inside: ``joblib.Parallel(n_jobs=-1)`` (backend left unset) runs on the cluster.

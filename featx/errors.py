@@ -18,11 +18,7 @@ class UserError(Exception):
 
 
 def _subclasses(cls: type) -> list[type]:
-    found = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_subclasses(sub))
-    return found
+    return [found for sub in cls.__subclasses__() for found in (sub, *_subclasses(sub))]
 
 
 def unwrap_tf_error(exc: BaseException) -> BaseException:
@@ -33,9 +29,7 @@ def unwrap_tf_error(exc: BaseException) -> BaseException:
     exception is of a user-error class (found by name: the original object does not survive
     TensorFlow); otherwise ``exc`` itself, unchanged, so a real bug keeps its own type and traceback.
     """
-    if isinstance(exc, UserError):
-        return exc
-    if not any(c.__name__ == "OpError" for c in type(exc).__mro__):
+    if isinstance(exc, UserError) or not any(c.__name__ == "OpError" for c in type(exc).__mro__):
         return exc
     names = sorted({c.__name__ for c in (UserError, *_subclasses(UserError))}, key=len, reverse=True)
     text = getattr(exc, "message", None) or str(exc)

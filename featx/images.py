@@ -52,6 +52,9 @@ _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
 
+_ERRNO_REASONS = {errno.ENOENT: "file not found", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EISDIR: "is a directory, not a file"}
+
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 # EXIF orientation -> (flip rows, flip columns, then transpose): PIL.ImageOps.exif_transpose's convention.
@@ -148,7 +151,10 @@ def load_image(path: str | os.PathLike, size: int | Sequence[int] | None = None,
         if os.fstat(handle.fileno()).st_size == 0:
             raise ImageError(path, "zero-byte file")
         image, orientation = _decode(handle, path, target, max_pixels, draft)
-        pixels = _to_rgb_array(image, path)
+        try:
+            pixels = _convert_mode(image)
+        except Exception as exc:  # noqa: BLE001 - e.g. a broken palette, or LAB in an odd build
+            raise ImageError(path, f"unsupported colour mode {image.mode}: {_short(exc)}") from None
     if target is not None:
         # Work at the stored orientation; the small result is rotated last.
         stored_target = target[::-1] if orientation in _SWAPS_AXES else target
@@ -191,7 +197,6 @@ def file_sha1(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# -- argument checks ------------------------------------------------------
 def _check_size(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -215,7 +220,6 @@ def _check_interpolation(interpolation: str) -> int:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}") from None
 
 
-# -- decoding ---------------------------------------------------------------
 def _decode(handle, path, target, max_pixels, draft):
     """Open, check the header, decode; return (PIL image fully loaded, orientation)."""
     try:
@@ -234,7 +238,10 @@ def _decode(handle, path, target, max_pixels, draft):
     try:
         orientation = _exif_orientation(image) if kind in _DRAFT_FORMATS else 1
         if target is not None and draft and kind in _DRAFT_FORMATS:
-            image.draft("RGB", _draft_request(target, orientation))
+            # (width, height) at stored orientation that the reduced decode must cover: Pillow picks the
+            # largest DCT scale (1/8, 1/4, 1/2) that keeps both sides at least this large. It serves
+            # ``keep_aspect`` too: a centred crop of the target's aspect is at least ``target`` when the image is.
+            image.draft("RGB", target if orientation in _SWAPS_AXES else target[::-1])
         image.load()
         if kind not in _DRAFT_FORMATS:
             orientation = _exif_orientation(image)
@@ -249,17 +256,6 @@ def _decode(handle, path, target, max_pixels, draft):
         if "truncated" in str(exc).lower():
             raise ImageError(path, f"truncated {kind}") from None
         raise ImageError(path, f"corrupt {kind}: {_short(exc)}") from None
-
-
-def _draft_request(target, orientation):
-    """(width, height) at stored orientation that the reduced decode must cover.
-
-    Pillow picks the largest DCT scale (1/8, 1/4, 1/2) that keeps both sides at least this large.
-    It serves ``keep_aspect`` too: a centred crop of the target's aspect ratio is at least
-    ``target`` exactly when the decoded image is.
-    """
-    height, width = target
-    return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
 def _exif_orientation(image: Image.Image) -> int:
@@ -277,16 +273,8 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels.swapaxes(0, 1) if transpose else pixels
 
 
-# -- colour ----------------------------------------------------------------
-def _to_rgb_array(image: Image.Image, path: str) -> np.ndarray:
-    """Loaded PIL image -> uint8 array, (H, W) for grayscale or (H, W, 3) RGB."""
-    try:
-        return _convert_mode(image)
-    except Exception as exc:  # noqa: BLE001 - e.g. a broken palette, or LAB in an odd build
-        raise ImageError(path, f"unsupported colour mode {image.mode}: {_short(exc)}") from None
-
-
 def _convert_mode(image: Image.Image) -> np.ndarray:
+    """Loaded PIL image -> uint8 array, (H, W) for grayscale or (H, W, 3) RGB."""
     mode = image.mode
     if mode in ("P", "L", "RGB", "1") and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
@@ -296,16 +284,11 @@ def _convert_mode(image: Image.Image) -> np.ndarray:
         return np.asarray(image.convert("L"))
     if mode in ("I", "F") or mode.startswith("I;16"):
         return _rescale_gray(np.asarray(image))
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-        return _composite_on_white(np.asarray(image.convert("RGBA")))
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):  # composited on white
+        rgba = np.asarray(image.convert("RGBA")).astype(np.uint32)
+        alpha = rgba[..., 3:4]
+        return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
     return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX
-
-
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    alpha = rgba[..., 3:4].astype(np.uint32)
-    rgb = rgba[..., :3].astype(np.uint32)
-    blended = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
-    return blended.astype(np.uint8)
 
 
 def _rescale_gray(values: np.ndarray) -> np.ndarray:
@@ -326,7 +309,6 @@ def _rescale_gray(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-# -- geometry and contrast ---------------------------------------------------
 def _centre_crop_to_aspect(pixels: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """Largest centred box with the aspect ratio of ``target`` (height, width)."""
     height, width = pixels.shape[:2]
@@ -344,15 +326,8 @@ def _equalize(pixels: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-# -- reasons -----------------------------------------------------------------
 def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOENT:
-        return "file not found"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno == errno.EISDIR:
-        return "is a directory, not a file"
-    return f"cannot open: {exc.strerror or exc}"
+    return _ERRNO_REASONS.get(exc.errno) or f"cannot open: {exc.strerror or exc}"
 
 
 def _header_reason(handle, exc: Exception | None = None) -> str:

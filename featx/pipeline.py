@@ -17,11 +17,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from featx.cache import CacheBuilder, Shard, cache_path, open_cache
+from featx.cache import CacheBuilder, cache_path, open_cache
 from featx.data import DataError, Manifest
 from featx.extractors.base import Extractor
 from featx.datasets import decode_group, decode_threads, iter_batches, n_cores
@@ -178,8 +178,7 @@ def plan_build(manifest: Manifest, extractor: Extractor, cache_dir="cache", dtyp
 def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.PathLike = "cache",
                 batch_size: int = 32, workers: int | None = None, dtype: str = "float32",
                 shard_rows: int | None = None, fit_max_images: int = 2000, progress: Progress | None = None,
-                on_shard: Callable[[Shard], None] | None = None, fit: bool = True, spec_extra: dict | None = None,
-                runtime: str = "auto") -> CacheResult:
+                fit: bool = True, spec_extra: dict | None = None, runtime: str = "auto") -> CacheResult:
     """Compute (or finish, or update) the feature cache of a dataset in ``cache_dir``.
 
     Parameters
@@ -227,7 +226,7 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
             if workers is None:
                 workers = decode_threads(runner.model_threads)
         compute_started = time.perf_counter()
-        writer = _ShardWriter(builder, on_shard)
+        writer = _ShardWriter(builder)
         try:
             for shard, features, ok, reasons in extract_images(extractor, manifest.root, units,
                                                                workers, batch_size, runner=runner):
@@ -256,9 +255,8 @@ def publish_build(job: BuildPlan, compute_started: float, fit_max_images: int, r
 class _ShardWriter:
     """Writes shards on a background thread so disk I/O overlaps compute."""
 
-    def __init__(self, builder: CacheBuilder, on_shard=None):
+    def __init__(self, builder: CacheBuilder):
         self.builder = builder
-        self.on_shard = on_shard
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="featx-writer", daemon=True)
@@ -272,10 +270,7 @@ class _ShardWriter:
             if self.error is not None:
                 continue
             try:
-                shard, features, ok, reasons = item
-                self.builder.write_shard(shard, features, ok, reasons)
-                if self.on_shard is not None:
-                    self.on_shard(shard)
+                self.builder.write_shard(*item)
             except BaseException as exc:  # re-raised in the main thread
                 self.error = exc
 

@@ -1,13 +1,9 @@
 """Saved model -> predictions: Kaggle submissions, and evaluation on a labelled folder.
 
-:func:`load_model` opens either kind of saved model. A sweep's ``best.joblib`` is a
-:class:`SweepModel`: a scikit-learn head on cached features, whose extractors are rebuilt from
-their specs and checked against the weights recorded at sweep time; the features of new images go
-into the cache folder, so a second run on the same folder reuses them. A ``finetune/`` folder is a
-:class:`FineTunedModel`: ``model.keras`` (RGB pixels in [0, 255] -> class probabilities) and
-``model.json``. Unreadable images get no prediction and are listed in :attr:`Predictions.failed`.
-
-Only load models you trust: ``best.joblib`` is a pickle.
+:func:`load_model` opens either kind of saved model: a sweep's ``best.joblib`` (:class:`SweepModel`,
+whose features of new images go into the cache folder, so a second run on the same folder reuses
+them) or a ``finetune/`` folder (:class:`FineTunedModel`). Only load models you trust:
+``best.joblib`` is a pickle.
 """
 
 from __future__ import annotations
@@ -65,11 +61,6 @@ class Predictions:
     failed: list[tuple[str, str]] = field(default_factory=list)
     caches: list = field(default_factory=list)
 
-    @property
-    def predicted_names(self) -> list[str]:
-        """The most probable class of each image."""
-        return [self.label_names[i] for i in np.argmax(self.proba, axis=1)]
-
 
 class SweepModel:
     """A head from ``featx sweep`` with the extractors that feed it.
@@ -77,8 +68,6 @@ class SweepModel:
     ``bundle`` is the :class:`featx.artifacts.results.SweepBundle` of ``best.joblib``; ``path``, where it
     was read from (for messages).
     """
-
-    kind = "sweep"
 
     def __init__(self, bundle: SweepBundle, path: str | os.PathLike | None = None) -> None:
         self.bundle = bundle
@@ -91,16 +80,6 @@ class SweepModel:
         names = "+".join(entry["spec"]["name"] for entry in self.bundle.extractors)
         return f"{self.bundle.head} on {names} features ({sum(self.bundle.dims)} dims)"
 
-    def extractors(self) -> list[tuple[Extractor, dict | None]]:
-        """Each extractor rebuilt from its spec, checked, with its learned state restored.
-
-        Returns ``(extractor, spec_extra)`` pairs: ``spec_extra`` is ``{"state_sha256": ...}`` for an
-        extractor whose state came from the bundle (it goes into the cache's name), else None. Raises
-        :class:`ModelError` when the weights changed since the sweep, or the extractor now describes
-        itself differently (its features would not be the ones the head was trained on).
-        """
-        return [_rebuild_extractor(entry) for entry in self.bundle.extractors]
-
     def predict_manifest(self, manifest: Manifest, cache_dir: str | os.PathLike = "cache",
                          batch_size: int = 32, workers: int | None = None, progress=None,
                          runtime: str = "auto") -> Predictions:
@@ -109,11 +88,9 @@ class SweepModel:
         from featx.cache import open_cache
         from featx.pipeline import build_cache
 
-        results = []
-        for extractor, spec_extra in self.extractors():
-            results.append(build_cache(manifest, extractor, cache_dir=cache_dir, batch_size=batch_size,
-                                       workers=workers, progress=progress, fit=False, spec_extra=spec_extra,
-                                       runtime=runtime))
+        results = [build_cache(manifest, extractor, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
+                               progress=progress, fit=False, spec_extra=spec_extra, runtime=runtime)
+                   for extractor, spec_extra in map(_rebuild_extractor, self.bundle.extractors)]
         with contextlib.ExitStack() as stack:
             caches = [stack.enter_context(open_cache(result.path)) for result in results]
             for cache, entry, dim in zip(caches, self.bundle.extractors, self.bundle.dims):
@@ -154,6 +131,13 @@ def _read_rows(features, rows: Sequence[int]) -> np.ndarray:
 
 
 def _rebuild_extractor(entry: dict) -> tuple[Extractor, dict | None]:
+    """A bundle's extractor rebuilt from its spec, checked, with its learned state restored.
+
+    Returns ``(extractor, spec_extra)``: ``spec_extra`` is ``{"state_sha256": ...}`` for an extractor
+    whose state came from the bundle (it goes into the cache's name), else None. Raises
+    :class:`ModelError` when the weights changed since the sweep, or the extractor now describes
+    itself differently (its features would not be the ones the head was trained on).
+    """
     from featx.extractors import get_extractor
     from featx.extractors.keras_base import KerasExtractor
 
@@ -225,8 +209,6 @@ class FineTunedModel:
     ``model.json``: ``label_names``, ``input_size`` ``[height, width]``, ``preprocessing``
     (:func:`featx.images.load_image` keyword arguments). ``path`` is the folder (for messages).
     """
-
-    kind = "finetune"
 
     def __init__(self, keras_model, info: dict, path: str | os.PathLike | None = None) -> None:
         where = path or "model.json"
@@ -403,7 +385,7 @@ def write_submission(predictions: Predictions, output: str | os.PathLike = "subm
     numeric = ids and all(re.fullmatch(r"\d+", i) for i in ids)
     order = sorted(range(len(ids)), key=lambda i: int(ids[i]) if numeric else ids[i])
     if hard:
-        header, values = ["id", "label"], [[name] for name in predictions.predicted_names]
+        header, values = ["id", "label"], [[names[i]] for i in np.argmax(predictions.proba, axis=1)]
     elif positive is not None or len(names) == 2:
         column = names.index(positive) if positive is not None else 1
         header, values = ["id", "label"], [[format(p, ".6g")] for p in predictions.proba[:, column].tolist()]
@@ -438,6 +420,8 @@ def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_di
     (:func:`featx.metrics.metrics_with_ci`); ``n_images``; ``n_boot``; ``label_names``; ``confusion``
     (rows: true class, columns: predicted); ``failed`` (unreadable images, not counted); ``model``.
     """
+    from sklearn.metrics import confusion_matrix
+
     from featx.metrics import metrics_with_ci
 
     model = _as_model(model)
@@ -461,8 +445,7 @@ def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_di
     proba = predictions.proba[labelled]
     classes = np.arange(len(model.label_names))
     result = metrics_with_ci(y_true, proba, classes, n_boot=n_boot, seed=seed)
-    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(confusion, (y_true, proba.argmax(axis=1)), 1)
+    confusion = confusion_matrix(y_true, proba.argmax(axis=1), labels=classes)
     result.update({"n_images": len(y_true), "label_names": list(model.label_names),
                    "confusion": confusion.tolist(), "failed": predictions.failed, "model": model.describe()})
     return result

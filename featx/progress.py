@@ -55,15 +55,13 @@ class LineProgress(Progress):
         self.stop()
         self._description, self.total, self.done = description, int(total), 0
         self._started = self._last = self.clock()
-        self._first_advance = True
-        self._base = 0
+        self._base: int | None = None  # set by the first advance
 
     def advance(self, n: int = 1) -> None:
         if self._description is None or not n:
             return
-        if self._first_advance and self.clock() - self._started < 0.05:
-            self._base = n  # rows done before this run (the pipeline advances them at once)
-        self._first_advance = False
+        if self._base is None:  # rows done before this run come at once, right after start
+            self._base = n if self.clock() - self._started < 0.05 else 0
         self.done += n
         if self.clock() - self._last >= self.interval:
             self._print()
@@ -75,7 +73,7 @@ class LineProgress(Progress):
 
     def line(self) -> str:
         elapsed = max(self.clock() - self._started, 1e-9)
-        rate = (self.done - self._base) / elapsed
+        rate = (self.done - (self._base or 0)) / elapsed
         percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         left = self.total - self.done
         eta = _duration(left / rate) if rate > 0 and left > 0 else "-" if left > 0 else "done"
@@ -96,23 +94,18 @@ class ItemsPerSecondColumn(ProgressColumn):
 
 
 class RichBar(Progress):
-    """A Rich progress bar on stderr; a :class:`LineProgress` there when it is not a terminal;
-    nothing with ``quiet``."""
+    """A Rich progress bar on stderr; a :class:`LineProgress` there when it is not a terminal."""
 
-    def __init__(self, console: Console | None = None, unit: str = "img", quiet: bool = False,
-                 interval: float | None = None):
+    def __init__(self, console: Console | None = None, unit: str = "img", interval: float | None = None):
         if interval is None:  # seconds between lines off a terminal
             interval = float(os.environ.get("FEATX_PROGRESS_SECONDS", "5"))
         self.console = console or Console(stderr=True)
-        self.quiet = quiet
         self._bar: RichProgress | None = None
         self._task = None
         self._lines = None if self.console.is_terminal else LineProgress(self.console.file, interval, unit)
 
     def start(self, description: str, total: int) -> None:
         self.stop()
-        if self.quiet:
-            return
         if self._lines is not None:
             self._lines.start(description, total)
             return
@@ -125,7 +118,7 @@ class RichBar(Progress):
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, n: int = 1) -> None:
-        if self._lines is not None and not self.quiet:
+        if self._lines is not None:
             self._lines.advance(n)
         elif self._bar is not None and n:
             self._bar.advance(self._task, n)

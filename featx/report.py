@@ -43,7 +43,6 @@ class ReportError(UserError):
     """The experiment folder cannot be reported on; the message names the file and the fix."""
 
 
-# -- Reading
 @dataclass
 class Experiment:
     """What the earlier stages wrote into one experiment folder, ranked.
@@ -214,7 +213,6 @@ def _label_features(rows: list[dict]) -> None:
         row["label"] = label
 
 
-# -- Formatting
 TABLE_HEADER = ("rank", "source", "features", "head", "params", "selected by", "test accuracy [95% CI]",
                 "ROC AUC", "AP", "log loss", "fit s")
 
@@ -273,8 +271,6 @@ def _mcnemar_line(experiment: Experiment) -> str | None:
 
 def _learning_curve_lines(experiment: Experiment) -> list[str]:
     curve = experiment.summary.learning_curve or []
-    if not curve:
-        return []
     lines = [f"{point['n_train']:,} training images: test accuracy {point['test_accuracy']:.4f}" for point in curve]
     if len(curve) >= 2:
         last, before = curve[-1], curve[-2]
@@ -362,8 +358,8 @@ def render_html(markdown: str, title: str) -> str:
             f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 
 
-# -- Plots (matplotlib's object API on the Agg canvas: no display, no pyplot global state)
 def _figure(width: float = 6.4, height: float = 4.8):
+    """A matplotlib figure on the Agg canvas (the object API: no display, no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -511,7 +507,6 @@ def plot_history(experiment: Experiment, rows: list[dict]):
     return figure, f"Per-epoch loss and accuracy of {what}: train solid, val dashed."
 
 
-# -- Writing
 def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories: int = 4) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG plots into an experiment folder.
 
@@ -543,33 +538,26 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
     if dense_rows or experiment.stage_histories:
         plotters["dense_history"] = lambda: plot_history(experiment, dense_rows)
 
-    staged: list[tuple[Path, Path]] = []
+    staged: list[Path] = []  # final paths, each written under its temp_path first
     try:
         figures, captions = {}, {}
         for key, plotter in plotters.items():
             figure, captions[key] = plotter()
-            final = directory / PLOT_FILES[key]
-            figure.savefig(_stage(final, staged), format="png")
-            figures[key] = final.name
+            staged.append(directory / PLOT_FILES[key])
+            figure.savefig(temp_path(staged[-1]), format="png")
+            figures[key] = PLOT_FILES[key]
         markdown = render_markdown(experiment, figures, captions)
         html_page = render_html(markdown, f"featx report: {directory.name}")
         for name, text in (("report.md", markdown), ("report.html", html_page)):
-            _stage(directory / name, staged).write_text(text, encoding="utf-8")
-        for temporary, final in staged:
-            os.replace(temporary, final)
+            staged.append(directory / name)
+            temp_path(staged[-1]).write_text(text, encoding="utf-8")
+        for final in staged:
+            os.replace(temp_path(final), final)
     finally:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
+        for final in staged:
+            temp_path(final).unlink(missing_ok=True)
     for key, name in PLOT_FILES.items():
         if key not in figures:
             (directory / name).unlink(missing_ok=True)  # a plot of an earlier report that no longer applies
-    paths = {"markdown": directory / "report.md", "html": directory / "report.html"}
-    paths.update({key: directory / name for key, name in figures.items()})
-    return paths
-
-
-def _stage(final: Path, staged: list[tuple[Path, Path]]) -> Path:
-    """A temporary name beside ``final``, remembered for the rename (or the clean-up)."""
-    temporary = temp_path(final)
-    staged.append((temporary, final))
-    return temporary
+    return {"markdown": directory / "report.md", "html": directory / "report.html",
+            **{key: directory / name for key, name in figures.items()}}

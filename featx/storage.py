@@ -2,9 +2,7 @@
 
 :func:`atomic_write` (and its ``_text`` / ``_json`` / ``_csv`` / ``_npz`` forms) writes a temporary file
 beside the target, fsyncs it and ``os.replace``-s it over the target: a reader sees the old file or
-the new one, never half of one. :func:`locked` takes a ``filelock`` lock on ``<target>.lock`` and
-records who holds it, so a second writer gets a :class:`BusyError` naming the holder.
-:func:`stage_folder` builds a whole folder beside its target and publishes it with one rename.
+the new one, never half of one. One writer at a time: :func:`locked`; a whole folder: :func:`stage_folder`.
 """
 
 from __future__ import annotations
@@ -33,16 +31,12 @@ class BusyError(RuntimeError):
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (after a rename) where the platform allows it."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def temp_path(target: str | os.PathLike, suffix: str = "") -> Path:
@@ -62,13 +56,11 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def clean_stale_temps(target: str | os.PathLike) -> int:
-    """Remove temporaries that a killed writer of ``target`` left behind; returns how many."""
+def clean_stale_temps(target: str | os.PathLike) -> None:
+    """Remove temporaries that a killed writer of ``target`` left behind."""
     target = Path(target)
-    stale = list(target.parent.glob(f".{target.name}{TMP_MARK}*")) if target.parent.is_dir() else []
-    for path in stale:
+    for path in list(target.parent.glob(f".{target.name}{TMP_MARK}*")):
         _remove(path)
-    return len(stale)
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any], suffix: str = "") -> Path:
@@ -164,20 +156,17 @@ def locked(target: str | os.PathLike, what: str | None = None) -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def stage_folder(target: str | os.PathLike, keep: tuple[str, ...] = (), what: str | None = None,
-                 lock: bool = True) -> Iterator[Path]:
+def stage_folder(target: str | os.PathLike, keep: tuple[str, ...] = (), what: str | None = None) -> Iterator[Path]:
     """Build a folder beside ``target`` and publish it over ``target`` with an atomic rename.
 
     Yields the temporary folder to fill. Entries named in ``keep`` (sub-folders or files that later
     stages own, such as ``finetune/``) are carried from the old folder into the new one *after* the
     block succeeds, by rename, just before the publish; until then they never move, so an exception
     or Ctrl-C inside the block cannot lose them. On failure only the temporary folder is removed.
-
-    With ``lock`` (the default) the whole build runs under :func:`locked` on ``target``.
+    The whole build runs under :func:`locked` on ``target``.
     """
     target = Path(target)
-    guard = locked(target, what) if lock else contextlib.nullcontext(target)
-    with guard:
+    with locked(target, what):
         clean_stale_temps(target)
         tmp = temp_path(target)
         tmp.mkdir(parents=True)

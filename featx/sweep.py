@@ -127,12 +127,11 @@ def _run_config(fs: FeatureSet, head: str, params: dict, preprocessing, seeds: l
     row: dict[str, Any] = {"features": fs.name, "caches": "+".join(fs.cache_paths), "head": head,
                            "params": json.dumps(_jsonable(params), sort_keys=True),
                            "preprocessing": preprocessing if isinstance(preprocessing, str) else ",".join(preprocessing),
-                           "selected_by": "val" if select_on_val else f"cv{cv}", "repeats": len(seeds)}
+                           "selected_by": "val" if select_on_val else f"cv{cv}", "repeats": len(seeds),
+                           "n_train": int(len(fs.rows(SPLIT_TRAIN))), "n_test": int(len(test))}
     for key in ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds"):
         row[key] = float(np.mean([r[key] for r in runs]))
     row.update(metric_columns(per_seed))
-    row["n_train"] = int(len(fs.rows(SPLIT_TRAIN)))
-    row["n_test"] = int(len(test))
     return {"row": row, "test_proba": runs[0]["test_proba"], "history": runs[0]["history"],
             "model": runs[0]["model"] if keep_model else None}
 
@@ -239,20 +238,16 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         rows[i]["rank"] = rank
     best_index = ranking[0]
     best_row = rows[best_index]
-    y_test = feature_sets[jobs[best_index][0]].y[feature_sets[jobs[best_index][0]].rows(SPLIT_TEST)]
+    best_set, best_head, best_params, _ = jobs[best_index]
+    best_fs = feature_sets[best_set]
+    y_test = best_fs.y[best_fs.rows(SPLIT_TEST)]
     mcnemar_result = None
     if len(ranking) > 1:
         second = ranking[1]
-        pred_a = results[best_index]["test_proba"].argmax(axis=1)
-        pred_b = results[second]["test_proba"].argmax(axis=1)
+        pred_a, pred_b = (results[i]["test_proba"].argmax(axis=1) for i in (best_index, second))
         mcnemar_result = {"a": best_index, "b": second, **mcnemar(y_test, pred_a, pred_b)}
+    curve = _learning_curve(best_fs, best_head, best_params, preprocessing, seed) if learning_curve else None
 
-    curve = None
-    if learning_curve:
-        set_index, head, params, select_on_val = jobs[best_index]
-        curve = _learning_curve(feature_sets[set_index], head, params, preprocessing, seed)
-
-    best_fs = feature_sets[jobs[best_index][0]]
     bundle = SweepBundle(
         model=results[best_index]["model"], label_names=label_names, extractors=best_fs.extractors,
         dims=best_fs.dims, head=best_row["head"], params=json.loads(best_row["params"]),

@@ -3,8 +3,8 @@
 Every contract between stages (``results.json``, ``model.json``, ``state.json``...) is a
 :class:`Record` dataclass declared with its ``kind`` and ``version``, written atomically as JSON
 with a ``"schema": {"kind": ..., "version": ...}`` header and read back with a check of both: a file
-without the header (version 0, written before records existed) goes through :meth:`Record.migrate`,
-a newer version is refused with one line, and a missing, unreadable or foreign file is one
+without the header (version 0, written before records existed) is read as it is when it has every
+field, a newer version is refused with one line, and a missing, unreadable or foreign file is one
 :class:`ArtifactError` naming the file and the fix. :mod:`featx.artifacts.results` holds the result
 rows, ranking and sweep records; :mod:`featx.artifacts.runs` the training stages' records.
 """
@@ -65,19 +65,9 @@ class Record:
         if fix is not None:
             cls.FIX = fix
 
-    # -- conversion --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data[SCHEMA_KEY] = {"kind": self.KIND, "version": self.VERSION}
-        return data
-
-    @classmethod
-    def migrate(cls, data: dict[str, Any], version: int, where: str) -> dict[str, Any]:
-        """Turn ``data`` written at an older ``version`` into the current shape.
-
-        The default accepts a version-0 file (no header) as it is when it has every field; a
-        subclass overrides this where the shape changed.
-        """
         return data
 
     @classmethod
@@ -98,8 +88,6 @@ class Record:
         if version > cls.VERSION:
             raise ArtifactError(f"{where} was written by a newer featx ({cls.KIND} version {version}; this "
                                 f"featx reads up to {cls.VERSION}): upgrade featx, or {cls.FIX}")
-        if version < cls.VERSION:
-            data = cls.migrate(data, version, where)
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -109,7 +97,6 @@ class Record:
                                 f"{cls.FIX}")
         return cls(**{key: value for key, value in data.items() if key in names})
 
-    # -- files -------------------------------------------------------------------------------
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically as JSON (a reader sees the old file or the new one, never half)."""
         return atomic_write_json(path, self.to_dict())
