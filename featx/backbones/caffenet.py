@@ -41,8 +41,6 @@ CONFIG = BackboneConfig(
     default_layer="fc7",
     default_pool="avg",
     output_dim=4096,
-    layers=("conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5",
-            "fc6", "fc7", "fc8", "prob"),
     vector_layers=("flatten", "fc6", "drop6", "fc7", "drop7", "fc8", "prob"),
     description="BVLC reference CaffeNet (AlexNet variant), 227×227 BGR; layers conv1-conv5, pool5, fc6, fc7, fc8",
 )
@@ -85,9 +83,6 @@ class LocalResponseNormalization(keras.layers.Layer):
         scale = self.k + (self.alpha / self.local_size) * window_sum
         return inputs * ops.power(scale, -self.beta)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(local_size=self.local_size, alpha=self.alpha, beta=self.beta, k=self.k)
@@ -110,10 +105,6 @@ class CaffeMaxPooling2D(keras.layers.Layer):
 
     def _output_size(self, size: int) -> int:
         return -(-(size - self.pool_size) // self.strides) + 1
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        return (batch, self._output_size(height), self._output_size(width), channels)
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]

@@ -106,7 +106,6 @@ CONFIGS: dict[str, BackboneConfig] = {
         default_layer="top_activation",
         default_pool="avg",
         output_dim=HEAD_FILTERS,
-        layers=("stem_activation", "block7a_project_bn", "top_conv", "top_activation"),
         description=(f"EfficientNet-Lite{name[-1]} (ImageNet, {variant.default_size} px), "
                      "1280-d top_activation, average-pooled"),
     )
@@ -145,10 +144,6 @@ class BlockSpec:
     filters_out: int
     expand_ratio: int
     stride: int
-
-    @property
-    def has_skip(self) -> bool:
-        return self.stride == 1 and self.filters_in == self.filters_out
 
 
 def block_plan(variant: str | LiteVariant) -> list[BlockSpec]:
@@ -262,7 +257,7 @@ def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
     x = _batch_norm(x, f"{prefix}bn", f"{prefix}activation")
     x = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False, name=f"{prefix}project_conv")(x)
     x = _batch_norm(x, f"{prefix}project_bn")
-    if spec.has_skip:
+    if spec.stride == 1 and spec.filters_in == spec.filters_out:
         if drop_rate > 0:
             # Stochastic depth: drops the whole residual branch per sample while training.
             x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}drop")(x)

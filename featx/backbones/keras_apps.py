@@ -31,7 +31,6 @@ def _config(name: str, constructor: str, module: str, size: int, min_size: int, 
         default_layer=layer,
         default_pool="avg",
         output_dim=channels,
-        layers=(layer,),
         min_input_size=min_size,
         description=f"keras.applications.{constructor} at {size} px, {layer} + avg pool",
     )

@@ -166,10 +166,6 @@ class EfficientNetLiteExtractor(KerasExtractor):
     variant: LiteVariant = LITE_VARIANTS["efficientnet_lite0"]
     config: BackboneConfig = CONFIGS["efficientnet_lite0"]
 
-    def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
-
     @property
     def output_dim(self) -> int:
         # avg and max pooling of the 1280-channel top give 1280 values: known without building.

@@ -49,9 +49,9 @@ class KerasApplicationExtractor(KerasExtractor):
                  weights: str | None = "imagenet", precision: str = "fp32",
                  input_size: int | Sequence[int] | None = None) -> None:
         self.config = get_application(application)
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision,
-                         application=short_name(self.config),
-                         input_size=list(_input_size(self.config, input_size)))
+        size = _input_size(self.config, input_size)
+        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
+        self.params.update(application=short_name(self.config), input_size=list(size))
         self._weights_path: Path | None = None
         self._classifier = None
 

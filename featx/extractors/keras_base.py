@@ -10,7 +10,7 @@ cutting, pooling, precision, batching) is here.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -55,17 +55,17 @@ class KerasExtractor(Extractor):
     config: BackboneConfig
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32", **params: Any) -> None:
+                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
         config = self.config
         self._pool_given = pool is not None and pool != config.default_pool
         layer = layer or config.default_layer
         pool = pool or config.default_pool
-        if pool not in config.pools:
-            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(config.pools)}; "
+        if pool not in POOLS:
+            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(POOLS)}; "
                                        f"got {pool!r}")
         if self._pool_given and layer in config.vector_layers:
             self._refuse_pool(layer, pool)
-        super().__init__(layer=layer, pool=pool, weights=weights, **params)
+        super().__init__(layer=layer, pool=pool, weights=weights)
         self.precision = precision  # checked against self.precisions
         self._model = None
 
