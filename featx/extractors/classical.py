@@ -99,12 +99,18 @@ def _single_threaded_opencv() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _preprocessing(size_hw: tuple[int, int]) -> dict:
-    return {"size": [size_hw[0], size_hw[1]], "interpolation": "area", "equalize": False}
+class _ResizingExtractor(Extractor):
+    """An extractor whose images are decoded to ``size_hw`` (area interpolation)."""
+
+    size_hw: tuple[int, int]
+
+    @property
+    def preprocessing(self) -> dict:
+        return {"size": list(self.size_hw), "interpolation": "area", "equalize": False}
 
 
 # -- HoG -----------------------------------------------------------------
-class HogExtractor(Extractor):
+class HogExtractor(_ResizingExtractor):
     """Histogram of oriented gradients (``skimage.feature.hog``) of the whole image.
 
     Parameters
@@ -132,8 +138,6 @@ class HogExtractor(Extractor):
     """
 
     name = "hog"
-    parallel = "processes"
-    needs_fit = False
 
     def __init__(self, size: int | Sequence[int] = 128, orientations: int = 9,
                  pixels_per_cell: int | Sequence[int] = 8, cells_per_block: int | Sequence[int] = 2,
@@ -150,14 +154,6 @@ class HogExtractor(Extractor):
             color=bool(color),
             transform_sqrt=bool(transform_sqrt),
         )
-        self._check_blocks_fit()
-
-    def _blocks_hw(self) -> tuple[int, int]:
-        """Number of block positions (rows, columns), as skimage counts them."""
-        return tuple(size // cell - block + 1
-                     for size, cell, block in zip(self.size_hw, self.cell_hw, self.block_cells))
-
-    def _check_blocks_fit(self) -> None:
         if min(self._blocks_hw()) < 1:
             need = [cell * block for cell, block in zip(self.cell_hw, self.block_cells)]
             raise ExtractorOptionError(
@@ -166,9 +162,10 @@ class HogExtractor(Extractor):
                 "or smaller pixels_per_cell / cells_per_block"
             )
 
-    @property
-    def preprocessing(self) -> dict:
-        return _preprocessing(self.size_hw)
+    def _blocks_hw(self) -> tuple[int, int]:
+        """Number of block positions (rows, columns), as skimage counts them."""
+        return tuple(size // cell - block + 1
+                     for size, cell, block in zip(self.size_hw, self.cell_hw, self.block_cells))
 
     @property
     def output_dim(self) -> int:
@@ -198,7 +195,7 @@ class HogExtractor(Extractor):
 
 
 # -- SIFT bag of visual words ------------------------------------------------
-class SiftBovwExtractor(Extractor):
+class SiftBovwExtractor(_ResizingExtractor):
     """Bag of visual words over OpenCV SIFT descriptors.
 
     :meth:`fit` clusters SIFT descriptors of the training images into ``k``
@@ -250,7 +247,6 @@ class SiftBovwExtractor(Extractor):
     """
 
     name = "sift_bovw"
-    parallel = "processes"
     needs_fit = True
 
     def __init__(self, k: int = 500, size: int | Sequence[int] = 256, dense: bool = False,
@@ -277,10 +273,6 @@ class SiftBovwExtractor(Extractor):
         self.vocabulary_: np.ndarray | None = None
         self._word_sq_norms: np.ndarray | None = None
         self._sift = None  # cv2.SIFT, built on first use in each process (it does not pickle)
-
-    @property
-    def preprocessing(self) -> dict:
-        return _preprocessing(self.size_hw)
 
     @property
     def output_dim(self) -> int:
@@ -443,10 +435,6 @@ def _normalise_rows(histograms: np.ndarray, norm: str) -> np.ndarray:
 
 
 # -- registry ---------------------------------------------------------------
-def _no_weights_needed() -> tuple[bool, str]:
-    return True, "no weights needed"
-
-
 def _register(cls: type[Extractor], description: str) -> None:
     """Register ``cls`` under ``cls.name``; its options and defaults come from its signature."""
     import inspect
@@ -454,7 +442,7 @@ def _register(cls: type[Extractor], description: str) -> None:
     defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                 if name != "self"}
     register(ExtractorInfo(name=cls.name, factory=cls, description=description,
-                           default_opts=defaults, weights_status=_no_weights_needed,
+                           default_opts=defaults, weights_status=lambda: (True, "no weights needed"),
                            output_dim=cls().output_dim))
 
 
