@@ -282,7 +282,16 @@ def efficientnet_lite_model(variant: str | LiteVariant, include_top: bool = True
     from keras import layers
 
     variant = get_variant(variant)
-    input_shape = _check_input_shape(input_shape, variant.default_size)
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "EfficientNet-Lite is built channels_last; got keras image_data_format "
+            f"{keras.config.image_data_format()!r}. Call keras.config.set_image_data_format('channels_last')."
+        )
+    input_shape = (variant.default_size, variant.default_size, 3) if input_shape is None else tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3); got {input_shape!r}")
+    if any(side is not None and side < 32 for side in input_shape[:2]):
+        raise ValueError(f"input_shape sides must be at least 32 pixels; got {input_shape!r}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}")
 
@@ -321,27 +330,6 @@ def efficientnet_lite_model(variant: str | LiteVariant, include_top: bool = True
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-    else:
-        inputs = img_input
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     return keras.Model(inputs, x, name=name or variant.name)
 
-
-def _check_input_shape(input_shape, default_size: int) -> tuple:
-    import keras
-
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "EfficientNet-Lite is built channels_last; got keras image_data_format "
-            f"{keras.config.image_data_format()!r}. Call keras.config.set_image_data_format('channels_last')."
-        )
-    if input_shape is None:
-        return (default_size, default_size, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3); got {input_shape!r}")
-    for side in input_shape[:2]:
-        if side is not None and side < 32:
-            raise ValueError(f"input_shape sides must be at least 32 pixels; got {input_shape!r}")
-    return input_shape

@@ -32,7 +32,21 @@ def EfficientNetLite(variant: str | LiteVariant, include_top: bool = True,
     ``weights`` is as in :func:`EfficientNetLite0`; the other arguments are the builder's.
     """
     variant = get_variant(variant)
-    weights = _check_weights_argument(weights, include_top, kwargs.get("classes", 1000))
+    classes = kwargs.get("classes", 1000)
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            f"weights='imagenet' with include_top=True needs classes=1000; got classes={classes}. "
+            "Use include_top=False (or weights=None) for another number of classes."
+        )
+    if weights not in (None, "imagenet"):
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(f"weights must be 'imagenet', None or a path to a .weights.h5 file; got {weights!r}")
+        weights = os.fspath(weights)
+        if not os.path.exists(weights):
+            raise FileNotFoundError(
+                f"weights file {weights!r} does not exist; pass weights='imagenet', None, "
+                "or the path of a .weights.h5 file saved from an EfficientNet-Lite model"
+            )
     model = efficientnet_lite_model(variant, include_top, **kwargs)
     if weights == "imagenet":
         weights = import_lite_weights(variant.name)
@@ -87,24 +101,6 @@ def EfficientNetLite2(include_top=True, weights="imagenet", input_tensor=None, i
     return EfficientNetLite("efficientnet_lite2", include_top, weights, input_tensor=input_tensor,
                             input_shape=input_shape, pooling=pooling, classes=classes,
                             classifier_activation=classifier_activation, name=name)
-
-
-def _check_weights_argument(weights, include_top: bool, classes: int):
-    if weights is None or weights == "imagenet":
-        if weights == "imagenet" and include_top and classes != 1000:
-            raise ValueError(
-                f"weights='imagenet' with include_top=True needs classes=1000; got classes={classes}. "
-                "Use include_top=False (or weights=None) for another number of classes."
-            )
-        return weights
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be 'imagenet', None or a path to a .weights.h5 file; got {weights!r}")
-    if not os.path.exists(weights):
-        raise FileNotFoundError(
-            f"weights file {os.fspath(weights)!r} does not exist; pass weights='imagenet', None, "
-            "or the path of a .weights.h5 file saved from an EfficientNet-Lite model"
-        )
-    return os.fspath(weights)
 
 
 def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVariant) -> None:
@@ -197,16 +193,6 @@ class EfficientNetLiteExtractor(KerasExtractor):
         return EfficientNetLite(self.variant, include_top=include_top, weights=self.resolve_weights_file())
 
 
-def _extractor_class(variant: LiteVariant) -> type[EfficientNetLiteExtractor]:
-    index = variant.name[-1]
-    return type(f"EfficientNetLite{index}Extractor", (EfficientNetLiteExtractor,), {
-        "variant": variant,
-        "config": CONFIGS[variant.name],
-        "__doc__": f"{EfficientNetLiteExtractor.__doc__.splitlines()[0]} ({variant.default_size} px input).",
-        "__module__": __name__,
-    })
-
-
 def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
     """(available offline, how) for the ImageNet weights of ``variant``; never imports torch."""
     variant = get_variant(variant)
@@ -221,7 +207,12 @@ def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
 
 
 for _variant_spec in LITE_VARIANTS.values():
-    _cls = _extractor_class(_variant_spec)
+    _cls = type(f"EfficientNetLite{_variant_spec.name[-1]}Extractor", (EfficientNetLiteExtractor,), {
+        "variant": _variant_spec,
+        "config": CONFIGS[_variant_spec.name],
+        "__doc__": f"{EfficientNetLiteExtractor.__doc__.splitlines()[0]} ({_variant_spec.default_size} px input).",
+        "__module__": __name__,
+    })
     globals()[_cls.__name__] = _cls
     register_backbone(_cls.config, _cls, lambda spec=_variant_spec: weights_status(spec))
 del _variant_spec, _cls
