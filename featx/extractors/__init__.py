@@ -26,9 +26,7 @@ _FAMILIES = {
     "sift_bovw": "featx.extractors.classical",
     "vgg16": "featx.extractors.vgg16",
     "caffenet": "featx.extractors.caffenet",
-    "efficientnet_lite0": "featx.extractors.efficientnet_lite",
-    "efficientnet_lite1": "featx.extractors.efficientnet_lite",
-    "efficientnet_lite2": "featx.extractors.efficientnet_lite",
+    **{f"efficientnet_lite{index}": "featx.extractors.efficientnet_lite" for index in range(3)},
 }
 
 

@@ -183,14 +183,11 @@ class EfficientNetLiteExtractor(KerasExtractor):
         return str(weights)
 
     def build_backbone(self):
-        return self._build(include_top=False)
+        return EfficientNetLite(self.variant, include_top=False, weights=self.resolve_weights_file())
 
     def classifier_model(self):
         """The full ImageNet classifier (softmax over 1000 classes), for :func:`featx.imagenet.top_k`."""
-        return self._build(include_top=True)
-
-    def _build(self, include_top: bool):
-        return EfficientNetLite(self.variant, include_top=include_top, weights=self.resolve_weights_file())
+        return EfficientNetLite(self.variant, include_top=True, weights=self.resolve_weights_file())
 
 
 def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:

@@ -86,11 +86,6 @@ class KerasApplicationExtractor(KerasExtractor):
             self._classifier = self._keras_model(include_top=True, input_size=size, weights_path=path)
         return self._classifier
 
-    @property
-    def classifier_input_size(self) -> tuple[int, int]:
-        """(height, width) the classifier top was trained for (the application's native size)."""
-        return self.config.input_size
-
     def _keras_model(self, include_top: bool, input_size: tuple[int, int], weights_path: str | Path | None):
         import keras
 

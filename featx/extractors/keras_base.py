@@ -100,6 +100,11 @@ class KerasExtractor(Extractor):
         return (int(size[0]), int(size[1]))
 
     @property
+    def classifier_input_size(self) -> tuple[int, int]:
+        """(height, width) a ``classifier_model()`` top was trained for: the native size, whatever ``input_size``."""
+        return self.config.input_size
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (*self.input_size, 3)
 

@@ -33,16 +33,10 @@ class VGG16Extractor(KerasExtractor):
     """
 
     config = CONFIG
-
-    def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
-        self._weights_path: Path | None = None
-        self._full_backbone = None  # the backbone, when it was built with its classifier top
-        self._classifier = None
-
-    #: (height, width) of :meth:`classifier_model`'s input, the same for every VGG16 cut.
-    classifier_input_size = (224, 224)
+    # Built or resolved on first use, then kept on the instance.
+    _weights_path: Path | None = None
+    _full_backbone = None  # the backbone, when it was built with its classifier top
+    _classifier = None
 
     @property
     def needs_top(self) -> bool:
