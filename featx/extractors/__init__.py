@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from .base import Extractor, ExtractorOptionError, unknown_options_error
-from .registry import _REGISTRY, ExtractorInfo, register, registered
+from .registry import _REGISTRY, ExtractorInfo, register
 
 __all__ = ["Extractor", "ExtractorInfo", "ExtractorOptionError", "get_extractor", "list_extractors",
            "register", "parse_opts"]
@@ -31,7 +31,7 @@ _FAMILIES = {
 
 
 def _info(name: str) -> ExtractorInfo:
-    if registered(name) is None:
+    if name not in _REGISTRY:
         if name.startswith("keras:"):
             from .keras_apps import register_application
 
@@ -41,7 +41,7 @@ def _info(name: str) -> ExtractorInfo:
                 raise ExtractorOptionError(str(error)) from None
         elif name in _FAMILIES:
             importlib.import_module(_FAMILIES[name])
-    info = registered(name)
+    info = _REGISTRY.get(name)
     if info is None:
         known = ", ".join(sorted(set(_FAMILIES) | {"keras:<application>"}))
         raise ExtractorOptionError(f"unknown extractor {name!r}; expected one of: {known}")

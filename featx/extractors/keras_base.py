@@ -61,8 +61,7 @@ class KerasExtractor(Extractor):
         layer = layer or config.default_layer
         pool = pool or config.default_pool
         if pool not in POOLS:
-            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(POOLS)}; "
-                                       f"got {pool!r}")
+            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(POOLS)}; got {pool!r}")
         if self._pool_given and layer in config.vector_layers:
             self._refuse_pool(layer, pool)
         super().__init__(layer=layer, pool=pool, weights=weights)
