@@ -46,7 +46,6 @@ CONFIG = BackboneConfig(
 )
 
 
-# -- Caffe layers --------------------------------------------------------------
 @keras.saving.register_keras_serializable(package="featx")
 class LocalResponseNormalization(keras.layers.Layer):
     """Caffe's across-channel local response normalisation (channels last).
@@ -124,7 +123,6 @@ class CaffeMaxPooling2D(keras.layers.Layer):
         return config
 
 
-# -- The network ---------------------------------------------------------------
 def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int = 1000, name: str = "caffenet"):
     """BVLC reference CaffeNet as a Keras functional model with random weights, ``classes`` outputs in ``fc8``.
 

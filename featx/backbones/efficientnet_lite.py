@@ -201,8 +201,6 @@ def get_variant(variant: str | LiteVariant) -> LiteVariant:
     return LITE_VARIANTS[key]
 
 
-# -- the Keras model ---------------------------------------------------------
-
 def _same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
     """TensorFlow/reference "same" padding (before, after) along one axis."""
     out = -(-size // stride)

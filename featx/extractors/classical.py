@@ -31,7 +31,6 @@ BOVW_NORMS = ("l1", "l2", "hellinger")
 SIFT_DESCRIPTOR_DIM = 128
 
 
-# -- shared helpers -------------------------------------------------------
 def _size_pair(value: Any, option: str) -> tuple[int, int]:
     """``64`` or ``[h, w]`` -> ``(h, w)``, both positive ints."""
     pair = (value, value) if np.isscalar(value) else tuple(value) if isinstance(value, (list, tuple)) else ()
@@ -109,7 +108,6 @@ class _ResizingExtractor(Extractor):
         return {"size": list(self.size_hw), "interpolation": "area", "equalize": False}
 
 
-# -- HoG -----------------------------------------------------------------
 class HogExtractor(_ResizingExtractor):
     """Histogram of oriented gradients (``skimage.feature.hog``) of the whole image.
 
@@ -194,7 +192,6 @@ class HogExtractor(_ResizingExtractor):
         return features
 
 
-# -- SIFT bag of visual words ------------------------------------------------
 class SiftBovwExtractor(_ResizingExtractor):
     """Bag of visual words over OpenCV SIFT descriptors.
 
@@ -283,7 +280,6 @@ class SiftBovwExtractor(_ResizingExtractor):
         state["_sift"] = None
         return state
 
-    # -- descriptors ------------------------------------------------------
     def _sift_detector(self):
         import cv2
 
@@ -325,7 +321,6 @@ class SiftBovwExtractor(_ResizingExtractor):
         with _single_threaded_opencv():
             return [self.descriptors(image) for image in images]
 
-    # -- learning ---------------------------------------------------------
     def fit(self, images: Iterable[np.ndarray]) -> "SiftBovwExtractor":
         """Learn the visual vocabulary from training images (the train split only).
 
@@ -399,7 +394,6 @@ class SiftBovwExtractor(_ResizingExtractor):
                 "or set_state({'vocabulary': ...}) with the one stored in its cache"
             )
 
-    # -- work -------------------------------------------------------------
     def nearest_words(self, descriptors: np.ndarray) -> np.ndarray:
         """Index of the nearest visual word (Euclidean) for each descriptor row."""
         self._check_fitted()
@@ -434,7 +428,6 @@ def _normalise_rows(histograms: np.ndarray, norm: str) -> np.ndarray:
     return np.sqrt(out) if norm == "hellinger" else out
 
 
-# -- registry ---------------------------------------------------------------
 def _register(cls: type[Extractor], description: str) -> None:
     """Register ``cls`` under ``cls.name``; its options and defaults come from its signature."""
     import inspect

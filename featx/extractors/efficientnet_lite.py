@@ -143,8 +143,6 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
         raise ValueError(f"no layer of {model.name!r} matches a layer in {os.fspath(path)!r}")
 
 
-# -- the featx extractor ------------------------------------------------------
-
 class EfficientNetLiteExtractor(KerasExtractor):
     """featx extractor for EfficientNet-Lite: 1,280-d ``top_activation`` features, average-pooled.
 

@@ -87,7 +87,6 @@ class KerasExtractor(Extractor):
         """Path of the weights file in use (for the fingerprint), None when random."""
         return None
 
-    # -- description -----------------------------------------------------
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.config.name
@@ -146,7 +145,6 @@ class KerasExtractor(Extractor):
     def output_dim(self) -> int:
         return int(np.prod(self.model.output_shape[1:]))
 
-    # -- shared machinery ----------------------------------------------
     def _build_cut_model(self):
         import keras
 

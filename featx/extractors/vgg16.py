@@ -43,14 +43,12 @@ class VGG16Extractor(KerasExtractor):
         """Whether ``layer`` exists only in the model with its classifier top."""
         return self.params["layer"] in LAYERS_NEEDING_TOP
 
-    # -- weights ---------------------------------------------------------
     def resolve_weights_file(self) -> str | None:
         if self._weights_path is None and self.params["weights"] is not None:
             self._weights_path = resolve_weights_option(self.params["weights"], "vgg16",
                                                         include_top=self.needs_top)
         return None if self._weights_path is None else str(self._weights_path)
 
-    # -- model -------------------------------------------------------------
     def build_backbone(self):
         """VGG16 with weights loaded; with its classifier top when ``layer`` or the file needs it."""
         backbone = self._build_loaded_backbone()
