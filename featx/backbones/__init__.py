@@ -1,9 +1,9 @@
 """CNN architectures featx can cut for features, each with its configuration kept as data.
 
 One module per family holds the architecture and a :class:`BackboneConfig` beside it (as timm
-keeps ``pretrained_cfg``): input size, preprocessing, weight sources, the default cut and the cuts
-and pools it offers. ``featx.weights`` and ``featx.extractors`` read these records instead of
-repeating the numbers; this package imports neither.
+keeps ``pretrained_cfg``): input size, preprocessing, weight sources, the default cut and pool, and
+the cuts that already give a vector. ``featx.weights`` and ``featx.extractors`` read these records
+instead of repeating the numbers; this package imports neither.
 
 Examples
 --------
