@@ -1,9 +1,9 @@
 """CNN architectures featx can cut for features, each with its configuration kept as data.
 
 One module per family holds the architecture and a :class:`BackboneConfig` beside it (as timm
-keeps ``pretrained_cfg``): input size, preprocessing, weight sources, the default cut and the cuts
-and pools it offers. ``featx.weights`` and ``featx.extractors`` read these records instead of
-repeating the numbers; this package imports neither.
+keeps ``pretrained_cfg``): input size, preprocessing, weight sources, the default cut and pool, and
+the cuts that already give a vector. ``featx.weights`` and ``featx.extractors`` read these records
+instead of repeating the numbers; this package imports neither.
 
 Examples
 --------
@@ -53,14 +53,10 @@ class BackboneConfig:
         ``(weights= value, where it comes from)``: ``imagenet``, ``path``, ``none``.
     default_layer, default_pool : str
         The cut and pool a bare ``get_extractor(name)`` uses.
-    layers : tuple of str
-        Named cuts a user can type (any Keras layer name of the model is accepted).
     vector_layers : tuple of str
         Cuts whose output is already one vector per image: ``pool`` does not apply to them.
     output_dim : int
         Feature length of the default cut.
-    pools, precisions : tuple of str
-        What ``pool=`` and ``precision=`` accept.
     min_input_size : int, optional
         Smallest square input the backbone accepts when ``input_size=`` may change it; None
         when the input size is fixed.
@@ -79,13 +75,10 @@ class BackboneConfig:
     default_layer: str
     default_pool: str
     output_dim: int
-    layers: tuple[str, ...] = ()
     vector_layers: tuple[str, ...] = ()
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     keras_module: str | None = None
-    pools: tuple[str, ...] = POOLS
-    precisions: tuple[str, ...] = CNN_PRECISIONS
     min_input_size: int | None = None
     keras_constructor: str | None = None
     interpolation: str = "area"
@@ -95,8 +88,8 @@ class BackboneConfig:
         if self.preprocessing not in PREPROCESSING_MODES:
             raise ValueError(f"{self.name}: preprocessing must be one of {PREPROCESSING_MODES}; "
                              f"got {self.preprocessing!r}")
-        if self.default_pool not in self.pools:
-            raise ValueError(f"{self.name}: default_pool {self.default_pool!r} is not in {self.pools}")
+        if self.default_pool not in POOLS:
+            raise ValueError(f"{self.name}: default_pool {self.default_pool!r} is not in {POOLS}")
 
     @property
     def default_opts(self) -> dict[str, Any]:

@@ -41,14 +41,11 @@ CONFIG = BackboneConfig(
     default_layer="fc7",
     default_pool="avg",
     output_dim=4096,
-    layers=("conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5",
-            "fc6", "fc7", "fc8", "prob"),
     vector_layers=("flatten", "fc6", "drop6", "fc7", "drop7", "fc8", "prob"),
     description="BVLC reference CaffeNet (AlexNet variant), 227×227 BGR; layers conv1-conv5, pool5, fc6, fc7, fc8",
 )
 
 
-# -- Caffe layers --------------------------------------------------------------
 @keras.saving.register_keras_serializable(package="featx")
 class LocalResponseNormalization(keras.layers.Layer):
     """Caffe's across-channel local response normalisation (channels last).
@@ -85,9 +82,6 @@ class LocalResponseNormalization(keras.layers.Layer):
         scale = self.k + (self.alpha / self.local_size) * window_sum
         return inputs * ops.power(scale, -self.beta)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(local_size=self.local_size, alpha=self.alpha, beta=self.beta, k=self.k)
@@ -111,10 +105,6 @@ class CaffeMaxPooling2D(keras.layers.Layer):
     def _output_size(self, size: int) -> int:
         return -(-(size - self.pool_size) // self.strides) + 1
 
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        return (batch, self._output_size(height), self._output_size(width), channels)
-
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:
@@ -133,7 +123,6 @@ class CaffeMaxPooling2D(keras.layers.Layer):
         return config
 
 
-# -- The network ---------------------------------------------------------------
 def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int = 1000, name: str = "caffenet"):
     """BVLC reference CaffeNet as a Keras functional model with random weights, ``classes`` outputs in ``fc8``.
 

@@ -106,7 +106,6 @@ CONFIGS: dict[str, BackboneConfig] = {
         default_layer="top_activation",
         default_pool="avg",
         output_dim=HEAD_FILTERS,
-        layers=("stem_activation", "block7a_project_bn", "top_conv", "top_activation"),
         description=(f"EfficientNet-Lite{name[-1]} (ImageNet, {variant.default_size} px), "
                      "1280-d top_activation, average-pooled"),
     )
@@ -145,10 +144,6 @@ class BlockSpec:
     filters_out: int
     expand_ratio: int
     stride: int
-
-    @property
-    def has_skip(self) -> bool:
-        return self.stride == 1 and self.filters_in == self.filters_out
 
 
 def block_plan(variant: str | LiteVariant) -> list[BlockSpec]:
@@ -206,8 +201,6 @@ def get_variant(variant: str | LiteVariant) -> LiteVariant:
     return LITE_VARIANTS[key]
 
 
-# -- the Keras model ---------------------------------------------------------
-
 def _same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
     """TensorFlow/reference "same" padding (before, after) along one axis."""
     out = -(-size // stride)
@@ -262,7 +255,7 @@ def _mbconv_block(x, spec: BlockSpec, drop_rate: float):
     x = _batch_norm(x, f"{prefix}bn", f"{prefix}activation")
     x = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False, name=f"{prefix}project_conv")(x)
     x = _batch_norm(x, f"{prefix}project_bn")
-    if spec.has_skip:
+    if spec.stride == 1 and spec.filters_in == spec.filters_out:
         if drop_rate > 0:
             # Stochastic depth: drops the whole residual branch per sample while training.
             x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}drop")(x)
@@ -287,7 +280,16 @@ def efficientnet_lite_model(variant: str | LiteVariant, include_top: bool = True
     from keras import layers
 
     variant = get_variant(variant)
-    input_shape = _check_input_shape(input_shape, variant.default_size)
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "EfficientNet-Lite is built channels_last; got keras image_data_format "
+            f"{keras.config.image_data_format()!r}. Call keras.config.set_image_data_format('channels_last')."
+        )
+    input_shape = (variant.default_size, variant.default_size, 3) if input_shape is None else tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3); got {input_shape!r}")
+    if any(side is not None and side < 32 for side in input_shape[:2]):
+        raise ValueError(f"input_shape sides must be at least 32 pixels; got {input_shape!r}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}")
 
@@ -326,27 +328,6 @@ def efficientnet_lite_model(variant: str | LiteVariant, include_top: bool = True
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-    else:
-        inputs = img_input
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     return keras.Model(inputs, x, name=name or variant.name)
 
-
-def _check_input_shape(input_shape, default_size: int) -> tuple:
-    import keras
-
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "EfficientNet-Lite is built channels_last; got keras image_data_format "
-            f"{keras.config.image_data_format()!r}. Call keras.config.set_image_data_format('channels_last')."
-        )
-    if input_shape is None:
-        return (default_size, default_size, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3); got {input_shape!r}")
-    for side in input_shape[:2]:
-        if side is not None and side < 32:
-            raise ValueError(f"input_shape sides must be at least 32 pixels; got {input_shape!r}")
-    return input_shape

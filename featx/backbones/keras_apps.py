@@ -31,18 +31,13 @@ def _config(name: str, constructor: str, module: str, size: int, min_size: int, 
         default_layer=layer,
         default_pool="avg",
         output_dim=channels,
-        layers=(layer,),
         min_input_size=min_size,
         description=f"keras.applications.{constructor} at {size} px, {layer} + avg pool",
     )
 
 
-def _apps(*rows: tuple) -> dict[str, BackboneConfig]:
-    return {row[0]: _config(*row) for row in rows}
-
-
 # Sizes, minimums and layer names from keras/src/applications/*.py (Keras 3).
-KERAS_APPLICATIONS: dict[str, BackboneConfig] = _apps(
+KERAS_APPLICATIONS: dict[str, BackboneConfig] = {row[0]: _config(*row) for row in [
     # name, constructor, preprocess module, input, min input, default layer, channels
     ("resnet50", "ResNet50", "resnet50", 224, 32, "conv5_block3_out", 2048),
     ("resnet101", "ResNet101", "resnet", 224, 32, "conv5_block3_out", 2048),
@@ -63,7 +58,7 @@ KERAS_APPLICATIONS: dict[str, BackboneConfig] = _apps(
     ("convnext_small", "ConvNeXtSmall", "convnext", 224, 32, BACKBONE_OUTPUT, 768),
     ("convnext_base", "ConvNeXtBase", "convnext", 224, 32, BACKBONE_OUTPUT, 1024),
     ("nasnetmobile", "NASNetMobile", "nasnet", 224, 32, BACKBONE_OUTPUT, 1056),
-)
+]}
 
 
 def short_name(config: BackboneConfig) -> str:

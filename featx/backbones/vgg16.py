@@ -35,8 +35,6 @@ CONFIG = BackboneConfig(
     default_layer="block5_pool",
     default_pool="flatten",
     output_dim=7 * 7 * 512,
-    layers=tuple(f"block{b}_{kind}" for b in range(1, 6) for kind in ("conv3" if b > 2 else "conv2", "pool"))
-    + LAYERS_NEEDING_TOP,
     vector_layers=LAYERS_NEEDING_TOP,
     description="VGG16 (Keras): block5_pool+flatten 25,088-d by default; layer=fc1|fc2 4,096-d, pool=avg 512-d",
 )

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from .base import Extractor, ExtractorOptionError, unknown_options_error
-from .registry import _REGISTRY, ExtractorInfo, register, registered
+from .registry import _REGISTRY, ExtractorInfo, register
 
 __all__ = ["Extractor", "ExtractorInfo", "ExtractorOptionError", "get_extractor", "list_extractors",
            "register", "parse_opts"]
@@ -26,14 +26,12 @@ _FAMILIES = {
     "sift_bovw": "featx.extractors.classical",
     "vgg16": "featx.extractors.vgg16",
     "caffenet": "featx.extractors.caffenet",
-    "efficientnet_lite0": "featx.extractors.efficientnet_lite",
-    "efficientnet_lite1": "featx.extractors.efficientnet_lite",
-    "efficientnet_lite2": "featx.extractors.efficientnet_lite",
+    **{f"efficientnet_lite{index}": "featx.extractors.efficientnet_lite" for index in range(3)},
 }
 
 
 def _info(name: str) -> ExtractorInfo:
-    if registered(name) is None:
+    if name not in _REGISTRY:
         if name.startswith("keras:"):
             from .keras_apps import register_application
 
@@ -43,7 +41,7 @@ def _info(name: str) -> ExtractorInfo:
                 raise ExtractorOptionError(str(error)) from None
         elif name in _FAMILIES:
             importlib.import_module(_FAMILIES[name])
-    info = registered(name)
+    info = _REGISTRY.get(name)
     if info is None:
         known = ", ".join(sorted(set(_FAMILIES) | {"keras:<application>"}))
         raise ExtractorOptionError(f"unknown extractor {name!r}; expected one of: {known}")

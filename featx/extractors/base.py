@@ -95,7 +95,6 @@ class Extractor:
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)
 
-    # -- precision -----------------------------------------------------
     @property
     def precision(self) -> str:
         """The compute precision; setting it checks it against :attr:`precisions`."""
@@ -127,7 +126,6 @@ class Extractor:
             )
         return precision
 
-    # -- description ---------------------------------------------------
     @property
     def preprocessing(self) -> dict:
         """How images must be decoded for this extractor (JSON-able)."""
@@ -159,7 +157,6 @@ class Extractor:
         blob = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
-    # -- learning ------------------------------------------------------
     def fit(self, images: Iterable[np.ndarray]) -> "Extractor":
         """Learn from training images (default: nothing to learn)."""
         return self
@@ -172,7 +169,6 @@ class Extractor:
         """Restore what :meth:`get_state` returned."""
         return self
 
-    # -- work ----------------------------------------------------------
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Features for a batch of uint8 RGB images, shape (len(images), output_dim), float32."""
         raise NotImplementedError

@@ -70,10 +70,6 @@ class CaffeNetExtractor(KerasExtractor):
 
     config = CONFIG
 
-    def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
-
     def build_backbone(self):
         return CaffeNet(weights=self.params["weights"], input_shape=INPUT_SHAPE)
 

@@ -31,7 +31,6 @@ BOVW_NORMS = ("l1", "l2", "hellinger")
 SIFT_DESCRIPTOR_DIM = 128
 
 
-# -- shared helpers -------------------------------------------------------
 def _size_pair(value: Any, option: str) -> tuple[int, int]:
     """``64`` or ``[h, w]`` -> ``(h, w)``, both positive ints."""
     pair = (value, value) if np.isscalar(value) else tuple(value) if isinstance(value, (list, tuple)) else ()
@@ -99,12 +98,17 @@ def _single_threaded_opencv() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _preprocessing(size_hw: tuple[int, int]) -> dict:
-    return {"size": [size_hw[0], size_hw[1]], "interpolation": "area", "equalize": False}
+class _ResizingExtractor(Extractor):
+    """An extractor whose images are decoded to ``size_hw`` (area interpolation)."""
+
+    size_hw: tuple[int, int]
+
+    @property
+    def preprocessing(self) -> dict:
+        return {"size": list(self.size_hw), "interpolation": "area", "equalize": False}
 
 
-# -- HoG -----------------------------------------------------------------
-class HogExtractor(Extractor):
+class HogExtractor(_ResizingExtractor):
     """Histogram of oriented gradients (``skimage.feature.hog``) of the whole image.
 
     Parameters
@@ -132,8 +136,6 @@ class HogExtractor(Extractor):
     """
 
     name = "hog"
-    parallel = "processes"
-    needs_fit = False
 
     def __init__(self, size: int | Sequence[int] = 128, orientations: int = 9,
                  pixels_per_cell: int | Sequence[int] = 8, cells_per_block: int | Sequence[int] = 2,
@@ -150,14 +152,6 @@ class HogExtractor(Extractor):
             color=bool(color),
             transform_sqrt=bool(transform_sqrt),
         )
-        self._check_blocks_fit()
-
-    def _blocks_hw(self) -> tuple[int, int]:
-        """Number of block positions (rows, columns), as skimage counts them."""
-        return tuple(size // cell - block + 1
-                     for size, cell, block in zip(self.size_hw, self.cell_hw, self.block_cells))
-
-    def _check_blocks_fit(self) -> None:
         if min(self._blocks_hw()) < 1:
             need = [cell * block for cell, block in zip(self.cell_hw, self.block_cells)]
             raise ExtractorOptionError(
@@ -166,9 +160,10 @@ class HogExtractor(Extractor):
                 "or smaller pixels_per_cell / cells_per_block"
             )
 
-    @property
-    def preprocessing(self) -> dict:
-        return _preprocessing(self.size_hw)
+    def _blocks_hw(self) -> tuple[int, int]:
+        """Number of block positions (rows, columns), as skimage counts them."""
+        return tuple(size // cell - block + 1
+                     for size, cell, block in zip(self.size_hw, self.cell_hw, self.block_cells))
 
     @property
     def output_dim(self) -> int:
@@ -197,8 +192,7 @@ class HogExtractor(Extractor):
         return features
 
 
-# -- SIFT bag of visual words ------------------------------------------------
-class SiftBovwExtractor(Extractor):
+class SiftBovwExtractor(_ResizingExtractor):
     """Bag of visual words over OpenCV SIFT descriptors.
 
     :meth:`fit` clusters SIFT descriptors of the training images into ``k``
@@ -250,7 +244,6 @@ class SiftBovwExtractor(Extractor):
     """
 
     name = "sift_bovw"
-    parallel = "processes"
     needs_fit = True
 
     def __init__(self, k: int = 500, size: int | Sequence[int] = 256, dense: bool = False,
@@ -279,10 +272,6 @@ class SiftBovwExtractor(Extractor):
         self._sift = None  # cv2.SIFT, built on first use in each process (it does not pickle)
 
     @property
-    def preprocessing(self) -> dict:
-        return _preprocessing(self.size_hw)
-
-    @property
     def output_dim(self) -> int:
         return self.params["k"]
 
@@ -291,7 +280,6 @@ class SiftBovwExtractor(Extractor):
         state["_sift"] = None
         return state
 
-    # -- descriptors ------------------------------------------------------
     def _sift_detector(self):
         import cv2
 
@@ -333,7 +321,6 @@ class SiftBovwExtractor(Extractor):
         with _single_threaded_opencv():
             return [self.descriptors(image) for image in images]
 
-    # -- learning ---------------------------------------------------------
     def fit(self, images: Iterable[np.ndarray]) -> "SiftBovwExtractor":
         """Learn the visual vocabulary from training images (the train split only).
 
@@ -407,7 +394,6 @@ class SiftBovwExtractor(Extractor):
                 "or set_state({'vocabulary': ...}) with the one stored in its cache"
             )
 
-    # -- work -------------------------------------------------------------
     def nearest_words(self, descriptors: np.ndarray) -> np.ndarray:
         """Index of the nearest visual word (Euclidean) for each descriptor row."""
         self._check_fitted()
@@ -442,11 +428,6 @@ def _normalise_rows(histograms: np.ndarray, norm: str) -> np.ndarray:
     return np.sqrt(out) if norm == "hellinger" else out
 
 
-# -- registry ---------------------------------------------------------------
-def _no_weights_needed() -> tuple[bool, str]:
-    return True, "no weights needed"
-
-
 def _register(cls: type[Extractor], description: str) -> None:
     """Register ``cls`` under ``cls.name``; its options and defaults come from its signature."""
     import inspect
@@ -454,7 +435,7 @@ def _register(cls: type[Extractor], description: str) -> None:
     defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                 if name != "self"}
     register(ExtractorInfo(name=cls.name, factory=cls, description=description,
-                           default_opts=defaults, weights_status=_no_weights_needed,
+                           default_opts=defaults, weights_status=lambda: (True, "no weights needed"),
                            output_dim=cls().output_dim))
 
 

@@ -32,7 +32,21 @@ def EfficientNetLite(variant: str | LiteVariant, include_top: bool = True,
     ``weights`` is as in :func:`EfficientNetLite0`; the other arguments are the builder's.
     """
     variant = get_variant(variant)
-    weights = _check_weights_argument(weights, include_top, kwargs.get("classes", 1000))
+    classes = kwargs.get("classes", 1000)
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            f"weights='imagenet' with include_top=True needs classes=1000; got classes={classes}. "
+            "Use include_top=False (or weights=None) for another number of classes."
+        )
+    if weights not in (None, "imagenet"):
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(f"weights must be 'imagenet', None or a path to a .weights.h5 file; got {weights!r}")
+        weights = os.fspath(weights)
+        if not os.path.exists(weights):
+            raise FileNotFoundError(
+                f"weights file {weights!r} does not exist; pass weights='imagenet', None, "
+                "or the path of a .weights.h5 file saved from an EfficientNet-Lite model"
+            )
     model = efficientnet_lite_model(variant, include_top, **kwargs)
     if weights == "imagenet":
         weights = import_lite_weights(variant.name)
@@ -89,24 +103,6 @@ def EfficientNetLite2(include_top=True, weights="imagenet", input_tensor=None, i
                             classifier_activation=classifier_activation, name=name)
 
 
-def _check_weights_argument(weights, include_top: bool, classes: int):
-    if weights is None or weights == "imagenet":
-        if weights == "imagenet" and include_top and classes != 1000:
-            raise ValueError(
-                f"weights='imagenet' with include_top=True needs classes=1000; got classes={classes}. "
-                "Use include_top=False (or weights=None) for another number of classes."
-            )
-        return weights
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be 'imagenet', None or a path to a .weights.h5 file; got {weights!r}")
-    if not os.path.exists(weights):
-        raise FileNotFoundError(
-            f"weights file {os.fspath(weights)!r} does not exist; pass weights='imagenet', None, "
-            "or the path of a .weights.h5 file saved from an EfficientNet-Lite model"
-        )
-    return os.fspath(weights)
-
-
 def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVariant) -> None:
     """Load a ``.weights.h5`` saved from an EfficientNet-Lite model into ``model``.
 
@@ -147,8 +143,6 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
         raise ValueError(f"no layer of {model.name!r} matches a layer in {os.fspath(path)!r}")
 
 
-# -- the featx extractor ------------------------------------------------------
-
 class EfficientNetLiteExtractor(KerasExtractor):
     """featx extractor for EfficientNet-Lite: 1,280-d ``top_activation`` features, average-pooled.
 
@@ -165,10 +159,6 @@ class EfficientNetLiteExtractor(KerasExtractor):
 
     variant: LiteVariant = LITE_VARIANTS["efficientnet_lite0"]
     config: BackboneConfig = CONFIGS["efficientnet_lite0"]
-
-    def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
 
     @property
     def output_dim(self) -> int:
@@ -191,24 +181,11 @@ class EfficientNetLiteExtractor(KerasExtractor):
         return str(weights)
 
     def build_backbone(self):
-        return self._build(include_top=False)
+        return EfficientNetLite(self.variant, include_top=False, weights=self.resolve_weights_file())
 
     def classifier_model(self):
         """The full ImageNet classifier (softmax over 1000 classes), for :func:`featx.imagenet.top_k`."""
-        return self._build(include_top=True)
-
-    def _build(self, include_top: bool):
-        return EfficientNetLite(self.variant, include_top=include_top, weights=self.resolve_weights_file())
-
-
-def _extractor_class(variant: LiteVariant) -> type[EfficientNetLiteExtractor]:
-    index = variant.name[-1]
-    return type(f"EfficientNetLite{index}Extractor", (EfficientNetLiteExtractor,), {
-        "variant": variant,
-        "config": CONFIGS[variant.name],
-        "__doc__": f"{EfficientNetLiteExtractor.__doc__.splitlines()[0]} ({variant.default_size} px input).",
-        "__module__": __name__,
-    })
+        return EfficientNetLite(self.variant, include_top=True, weights=self.resolve_weights_file())
 
 
 def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
@@ -225,7 +202,12 @@ def weights_status(variant: str | LiteVariant) -> tuple[bool, str]:
 
 
 for _variant_spec in LITE_VARIANTS.values():
-    _cls = _extractor_class(_variant_spec)
+    _cls = type(f"EfficientNetLite{_variant_spec.name[-1]}Extractor", (EfficientNetLiteExtractor,), {
+        "variant": _variant_spec,
+        "config": CONFIGS[_variant_spec.name],
+        "__doc__": f"{EfficientNetLiteExtractor.__doc__.splitlines()[0]} ({_variant_spec.default_size} px input).",
+        "__module__": __name__,
+    })
     globals()[_cls.__name__] = _cls
     register_backbone(_cls.config, _cls, lambda spec=_variant_spec: weights_status(spec))
 del _variant_spec, _cls

@@ -49,9 +49,9 @@ class KerasApplicationExtractor(KerasExtractor):
                  weights: str | None = "imagenet", precision: str = "fp32",
                  input_size: int | Sequence[int] | None = None) -> None:
         self.config = get_application(application)
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision,
-                         application=short_name(self.config),
-                         input_size=list(_input_size(self.config, input_size)))
+        size = _input_size(self.config, input_size)
+        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
+        self.params.update(application=short_name(self.config), input_size=list(size))
         self._weights_path: Path | None = None
         self._classifier = None
 
@@ -85,11 +85,6 @@ class KerasApplicationExtractor(KerasExtractor):
                                           include_top=True, input_size=size)
             self._classifier = self._keras_model(include_top=True, input_size=size, weights_path=path)
         return self._classifier
-
-    @property
-    def classifier_input_size(self) -> tuple[int, int]:
-        """(height, width) the classifier top was trained for (the application's native size)."""
-        return self.config.input_size
 
     def _keras_model(self, include_top: bool, input_size: tuple[int, int], weights_path: str | Path | None):
         import keras

@@ -10,7 +10,7 @@ cutting, pooling, precision, batching) is here.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -55,17 +55,16 @@ class KerasExtractor(Extractor):
     config: BackboneConfig
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32", **params: Any) -> None:
+                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
         config = self.config
         self._pool_given = pool is not None and pool != config.default_pool
         layer = layer or config.default_layer
         pool = pool or config.default_pool
-        if pool not in config.pools:
-            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(config.pools)}; "
-                                       f"got {pool!r}")
+        if pool not in POOLS:
+            raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(POOLS)}; got {pool!r}")
         if self._pool_given and layer in config.vector_layers:
             self._refuse_pool(layer, pool)
-        super().__init__(layer=layer, pool=pool, weights=weights, **params)
+        super().__init__(layer=layer, pool=pool, weights=weights)
         self.precision = precision  # checked against self.precisions
         self._model = None
 
@@ -88,7 +87,6 @@ class KerasExtractor(Extractor):
         """Path of the weights file in use (for the fingerprint), None when random."""
         return None
 
-    # -- description -----------------------------------------------------
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.config.name
@@ -98,6 +96,11 @@ class KerasExtractor(Extractor):
         """(height, width) images are resized to: ``input_size=`` where the family takes it, else native."""
         size = self.params.get("input_size") or self.config.input_size
         return (int(size[0]), int(size[1]))
+
+    @property
+    def classifier_input_size(self) -> tuple[int, int]:
+        """(height, width) a ``classifier_model()`` top was trained for: the native size, whatever ``input_size``."""
+        return self.config.input_size
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -142,7 +145,6 @@ class KerasExtractor(Extractor):
     def output_dim(self) -> int:
         return int(np.prod(self.model.output_shape[1:]))
 
-    # -- shared machinery ----------------------------------------------
     def _build_cut_model(self):
         import keras
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .base import Extractor
 
-__all__ = ["ExtractorInfo", "register", "register_backbone", "registered", "options_of"]
+__all__ = ["ExtractorInfo", "register", "register_backbone", "options_of"]
 
 
 @dataclass
@@ -59,11 +59,6 @@ def register_backbone(config, factory: Callable[..., Extractor], weights_status:
     described = {"name": config.name, "description": config.description, "default_opts": config.default_opts,
                  "output_dim": config.output_dim, "config": config}
     return register(ExtractorInfo(factory=factory, weights_status=weights_status, **{**described, **fields}))
-
-
-def registered(name: str) -> ExtractorInfo | None:
-    """The entry for ``name``, None when no imported family registered it."""
-    return _REGISTRY.get(name)
 
 
 def options_of(factory: Callable) -> tuple[str, ...] | None:

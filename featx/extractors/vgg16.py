@@ -33,30 +33,22 @@ class VGG16Extractor(KerasExtractor):
     """
 
     config = CONFIG
-
-    def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
-        self._weights_path: Path | None = None
-        self._full_backbone = None  # the backbone, when it was built with its classifier top
-        self._classifier = None
-
-    #: (height, width) of :meth:`classifier_model`'s input, the same for every VGG16 cut.
-    classifier_input_size = (224, 224)
+    # Built or resolved on first use, then kept on the instance.
+    _weights_path: Path | None = None
+    _full_backbone = None  # the backbone, when it was built with its classifier top
+    _classifier = None
 
     @property
     def needs_top(self) -> bool:
         """Whether ``layer`` exists only in the model with its classifier top."""
         return self.params["layer"] in LAYERS_NEEDING_TOP
 
-    # -- weights ---------------------------------------------------------
     def resolve_weights_file(self) -> str | None:
         if self._weights_path is None and self.params["weights"] is not None:
             self._weights_path = resolve_weights_option(self.params["weights"], "vgg16",
                                                         include_top=self.needs_top)
         return None if self._weights_path is None else str(self._weights_path)
 
-    # -- model -------------------------------------------------------------
     def build_backbone(self):
         """VGG16 with weights loaded; with its classifier top when ``layer`` or the file needs it."""
         backbone = self._build_loaded_backbone()

@@ -84,12 +84,11 @@ def ir_folder(extractor) -> Path:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Images an int8 model is calibrated on: absolute ``paths``, their ``fingerprint``."""
+    """Images an int8 model is calibrated on: ``paths`` relative to ``root``, and their ``fingerprint``."""
 
     root: str
     paths: tuple[str, ...]
     fingerprint: str
-    seed: int
 
 
 def calibration_set(manifest, size: int = 300, seed: int = 0) -> Calibration:
@@ -110,8 +109,7 @@ def calibration_set(manifest, size: int = 300, seed: int = 0) -> Calibration:
     root = str(manifest.root)
     pairs = [[r.path, r.sha1 or file_sha1(Path(root) / r.path)] for r in records]
     blob = json.dumps({"images": pairs, "seed": int(seed)}, sort_keys=True)
-    return Calibration(root, tuple(r.path for r in records), hashlib.sha256(blob.encode()).hexdigest()[:16],
-                       int(seed))
+    return Calibration(root, tuple(r.path for r in records), hashlib.sha256(blob.encode()).hexdigest()[:16])
 
 
 class OpenVinoRunner:
@@ -151,7 +149,8 @@ class OpenVinoRunner:
         self.converted = False
         self.fp32_xml = self.xml = ir_folder(extractor) / "model.xml"
         if not self.fp32_xml.exists():
-            self._convert(ov)
+            self._publish(ov, ov.convert_model(_keras_model(extractor)), self.fp32_xml)
+            CONVERSIONS["convert"] += 1
         if precision == "int8":
             folder = self.fp32_xml.parent
             self.xml = folder.with_name(f"{folder.name}-int8-{calibration.fingerprint}") / "model.xml"
@@ -179,10 +178,6 @@ class OpenVinoRunner:
         with stage_folder(xml.parent) as build:
             ov.save_model(ov_model, str(Path(build) / xml.name), compress_to_fp16=False)
         self.converted = True
-
-    def _convert(self, ov) -> None:
-        self._publish(ov, ov.convert_model(_keras_model(self.extractor)), self.fp32_xml)
-        CONVERSIONS["convert"] += 1
 
     def _quantize(self, ov) -> None:
         try:

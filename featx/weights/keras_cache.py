@@ -16,7 +16,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import tempfile
@@ -190,12 +189,24 @@ def resolve_keras_weights(application: str, include_top: bool = False,
     wanted = keras_weights_file(application, include_top, input_size)
     if wanted.path.is_file():
         return wanted.path
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
     try:
-        downloaded = _download(wanted)
+        import keras
+
+        return Path(keras.utils.get_file(wanted.fname, wanted.origin, cache_subdir="models",
+                                         file_hash=wanted.file_hash, cache_dir=str(keras_models_dir().parent)))
     except Exception as error:  # urllib, hash mismatch, disk full...: all mean "not available"
         reason = f"{type(error).__name__}: {error}".strip().rstrip(".")
-        raise WeightsError(_missing_message(wanted, reason)) from error
-    return Path(downloaded)
+        kind = "with its ImageNet classifier" if wanted.include_top else "without its classifier top"
+        raise WeightsError(
+            f"{wanted.application} ImageNet weights ({kind}) are not in the Keras cache and could not be "
+            f"downloaded ({reason}). On a connected machine fetch {wanted.origin} and save it as "
+            f"{wanted.path} (file {wanted.fname} in folder {wanted.path.parent}; $KERAS_HOME moves "
+            f"the folder), or pass a local weights file with --opt weights=PATH."
+        ) from error
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
 
 
 def resolve_weights_option(weights: str | os.PathLike | None, application: str, include_top: bool = False,
@@ -246,9 +257,13 @@ def load_keras_weights(model, path: str | os.PathLike) -> None:
     applications and the ``.weights.h5`` files ``Model.save_weights`` writes
     (told apart by their content, so a renamed file still loads).
     """
+    import h5py
+
     path = Path(path)
     try:
-        if _is_keras3_weights_file(path) and not path.name.endswith(".weights.h5"):
+        with h5py.File(path, "r") as handle:  # the legacy layout has ``layer_names`` or ``model_weights``
+            keras3_file = "layer_names" not in handle.attrs and "model_weights" not in handle
+        if keras3_file and not path.name.endswith(".weights.h5"):
             # Keras picks the reader from the file name: give it the name it expects.
             with tempfile.TemporaryDirectory(prefix="featx-weights-") as folder:
                 alias = Path(folder) / "renamed.weights.h5"
@@ -262,42 +277,3 @@ def load_keras_weights(model, path: str | os.PathLike) -> None:
             f"({len(model.weights)} weight arrays): {type(error).__name__}: {error}"
         ) from error
 
-
-def _is_keras3_weights_file(path: Path) -> bool:
-    """True for a Keras 3 ``save_weights`` file, False for the legacy layout (``layer_names``)."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        return "layer_names" not in handle.attrs and "model_weights" not in handle
-
-
-def _download(wanted: KerasWeightsFile) -> str:
-    """Keras' normal download (same name, origin, hash, folder) with a stall timeout."""
-    import keras
-
-    cache_dir = keras_models_dir().parent
-    with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
-        return keras.utils.get_file(
-            wanted.fname, wanted.origin, cache_subdir="models",
-            file_hash=wanted.file_hash, cache_dir=str(cache_dir),
-        )
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _missing_message(wanted: KerasWeightsFile, reason: str) -> str:
-    kind = "with its ImageNet classifier" if wanted.include_top else "without its classifier top"
-    return (
-        f"{wanted.application} ImageNet weights ({kind}) are not in the Keras cache and could not be "
-        f"downloaded ({reason}). On a connected machine fetch {wanted.origin} and save it as "
-        f"{wanted.path} (file {wanted.fname} in folder {wanted.path.parent}; $KERAS_HOME moves "
-        f"the folder), or pass a local weights file with --opt weights=PATH."
-    )
