@@ -302,10 +302,7 @@ def custom_objects() -> dict:
             norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
             return inputs / ops.where(norm > 0, norm, 1.0)
 
-    try:
-        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
-    except ImportError:  # pragma: no cover - caffenet needs only keras
-        pass
+    import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
     return {layer.__name__: layer for layer in (ChannelAffine, TwoColumnProbabilities, NormalizeRows, L2Normalize)}
 
 
@@ -329,7 +326,7 @@ def augmentation(seed: int, rotation: float, zoom: float, translation: float = 0
     return keras.Sequential(layers, name="augmentation")
 
 
-def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> Path:
+def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> None:
     """Loss and accuracy per epoch (train and val) as a PNG; epoch 0 is the warm start."""
     import matplotlib
 
@@ -351,7 +348,5 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine
         axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
     figure.savefig(path, dpi=100)
     plt.close(figure)
-    return path
