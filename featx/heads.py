@@ -338,9 +338,7 @@ class KerasDenseClassifier(_Head):
         _store_params(self, locals())
 
     def fit(self, X, y, validation_data=None):
-        """Train the network on ``X``, ``y``; returns ``self``. ``validation_data`` (``(X_val, y_val)``) drives
-        early stopping and the ``val_*`` history; when None and ``patience`` is set, a stratified
-        ``validation_fraction`` of ``X`` is held out instead."""
+        """Train the network on ``X``, ``y`` (``validation_data``: ``(X_val, y_val)``, see above); returns ``self``."""
         import keras
 
         X, y = validate_data(self, X, y, dtype=np.float32)
@@ -430,6 +428,7 @@ class KerasDenseClassifier(_Head):
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
+        import keras
         from scipy.special import expit, softmax
 
         check_is_fitted(self)
@@ -437,8 +436,6 @@ class KerasDenseClassifier(_Head):
         # The forward pass in float64 NumPy from the trained weights (dropout is off at inference):
         # float32 kernels round a row differently depending on the rows batched with it, so a
         # row's probabilities would change with the order of the others (sklearn checks they do not).
-        import keras
-
         dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
         out = X.astype(np.float64)
         for layer in dense[:-1]:
