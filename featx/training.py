@@ -67,7 +67,7 @@ class TrainingRun:
     Parameters
     ----------
     monitor : {"val_loss", "val_accuracy"}
-        Picks the best epoch.
+        Picks the best epoch (a key of :data:`MONITORS`; the stage checks a user's choice).
     built_from : dict
         What the folder is built from (a sweep configuration and cache, a manifest and architecture).
     settings : dict
@@ -80,8 +80,6 @@ class TrainingRun:
 
     def __init__(self, folder: str | os.PathLike, monitor: str, built_from: dict, settings: dict,
                  resume_keys: Sequence[str], describe: Callable[[dict], str] = str, error: type = UserError):
-        if monitor not in MONITORS:
-            raise error(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
         self.folder, self.monitor, self.built_from, self.settings = Path(folder), monitor, built_from, settings
         self.resume_keys, self.describe, self.error = tuple(resume_keys), describe, error
         self.state_path, self.best_weights = self.folder / STATE_FILE, self.folder / BEST_WEIGHTS
@@ -161,10 +159,8 @@ class TrainingRun:
                         generator.state.assign(np.array([seed, epoch << 20], dtype=generator.state.dtype))
 
             def on_epoch_end(self, epoch, logs=None):
-                logs = dict(logs or {})
-                rate = self.model.optimizer.learning_rate
-                logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(rate)))
-                logs["seconds"] = time.perf_counter() - self.started
+                rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                logs = dict(logs or {}, learning_rate=rate, seconds=time.perf_counter() - self.started)
                 run.history.put(epoch + 1, logs)
                 value, best = logs.get(run.monitor), run.state.best_value
                 if value is not None and (best is None or (value < best if mode == "min" else value > best)):
