@@ -21,15 +21,14 @@ import numpy as np
 
 from featx import __version__, training
 from featx.artifacts import runs
-from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, training_batches
 from featx.errors import UserError
+from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, load_feature_set
 from featx.storage import locked
 
 __all__ = ["FinetuneError", "FinetuneResult", "BaseHead", "load_base_head", "build_finetune_model", "set_trainable",
            "check_warm_start", "run_finetune", "UNFREEZE_TOP"]
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 BACKBONE_LAYER = "backbone"
 #: Largest max |p_model - p_head| the warm start may show before training is refused (bug 3):
 #: fp32 reproduces the head to ~1e-6; float16 mixed precision to ~1e-3.
@@ -88,7 +87,6 @@ class BaseHead:
     cache_path: str
     label_names: list
     row: dict  # the sweep's results row of this configuration
-    experiment_dir: Path
     seed: int
 
     @property
@@ -141,7 +139,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
                             "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
                             "pick such a config with --config N")
     return BaseHead(model=model, extractor_spec=spec, cache_path=_find_cache(extractors[0]["cache"], experiment_dir),
-                    label_names=list(bundle.label_names), row=row, experiment_dir=experiment_dir, seed=seed)
+                    label_names=list(bundle.label_names), row=row, seed=seed)
 
 
 def _find_cache(cache_path: str, experiment_dir: Path) -> str:
@@ -160,12 +158,11 @@ def _find_cache(cache_path: str, experiment_dir: Path) -> str:
 def _refit_config(row: dict, seed: int, experiment_dir: Path):
     """Refit one results row on its caches' train split, as the sweep did."""
     from featx.heads import make_head
-    from featx.features import SPLIT_TRAIN as TRAIN, load_feature_set
 
     feature_set = load_feature_set([_find_cache(path, experiment_dir) for path in row["caches"].split("+")])
     model = make_head(row["head"], [s for s in str(row["preprocessing"]).split(",") if s], random_state=seed)
     model.set_params(**json.loads(row["params"]))
-    train = feature_set.rows(TRAIN)
+    train = feature_set.rows(SPLIT_TRAIN)
     model.fit(feature_set.X[train], feature_set.y[train])
     return model, feature_set.extractors
 
@@ -279,9 +276,8 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
                 W, b = (np.asarray(v, np.float64) for v in source.get_weights())
                 if source is dense_layers[0]:
                     W, b = _fold_affine(pending, W, b)
-                last = source is dense_layers[-1]
-                activation = source.get_config()["activation"]
-                layers.append(_dense(W, b, activation, f"head_{source.name}", "float32" if last else dtype_policy))
+                layers.append(_dense(W, b, source.get_config()["activation"], f"head_{source.name}",
+                                     "float32" if source is dense_layers[-1] else dtype_policy))
         if len(head.classes_) == 2:
             layers.append(featx_layers["TwoColumnProbabilities"](name="head_probabilities", dtype="float32"))
         return layers
@@ -443,14 +439,6 @@ class FinetuneResult:
     trainable_layers: list
 
 
-def _strategy():
-    """MirroredStrategy over every visible GPU when there are several, else the default strategy."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return (tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()), len(gpus)
-
-
 #: The settings that must match for a fine-tune folder to be resumed.
 RESUME_KEYS = ("config", "unfreeze", "augment", "optimizer", "learning_rate", "batch_size", "monitor", "backbone")
 
@@ -495,6 +483,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         (the gap exceeds :data:`WARM_START_TOLERANCE`); the gap is recorded either way.
     """
     import keras
+    import tensorflow as tf
 
     from featx.heads import OPTIMIZERS, make_optimizer
 
@@ -525,8 +514,9 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         state = run.open(restart=restart)
 
         keras.utils.set_random_seed(int(seed))
-        strategy, n_gpus = _strategy()
-        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
+        gpus = tf.config.list_logical_devices("GPU")  # MirroredStrategy over them when there are several
+        strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and len(gpus) > 0)
         extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
         preprocessing = extractor.preprocessing
         with strategy.scope():
@@ -577,11 +567,10 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
         config=int(base.row["config"]), features=f"{base.extractor_spec['name']}+finetune", head="finetune",
         params=json.dumps(params, sort_keys=True), preprocessing=base.row["preprocessing"],
         fit_seconds=train_seconds, n_train=len(splits.rows(SPLIT_TRAIN)), caches=base.cache_path)
-    height, width = preprocessing["size"]
-    ModelCard(label_names=base.label_names, input_size=[int(height), int(width)], preprocessing=preprocessing,
-              best_epoch=state.best_epoch, featx_version=__version__,
-              details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
-                       "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
+    runs.ModelCard(label_names=base.label_names, input_size=[int(side) for side in preprocessing["size"]],
+                   preprocessing=preprocessing, best_epoch=state.best_epoch, featx_version=__version__,
+                   details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
+                            "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(details["warm_start_difference"]),
                           val_before=details["val_before"],
