@@ -23,16 +23,15 @@ import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
-from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, training_batches
 from featx.training import TrainingRun, augmentation, compile_classifier, score_and_write
 from featx.errors import UserError
+from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from featx.storage import atomic_write_json, locked
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
            "load_splits", "run_scratch", "ScratchOptions"]
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 TUNERS = ("bayesian", "random")
 MONITOR = "val_accuracy"
 
@@ -95,10 +94,8 @@ class Architecture:
 
 #: Architectures of published from-scratch recipes (sources in docs/training.md; 128 px input by default).
 PRESETS: dict[str, Architecture] = {
-    "keras-blog": Architecture(filters=(32, 32, 64), dense_units=64, dropout=0.5, optimizer="rmsprop",
-                               learning_rate=1e-3),
-    "vgg-mini": Architecture(filters=(32, 64, 128, 128), dense_units=512, dropout=0.5, optimizer="rmsprop",
-                             learning_rate=1e-4),
+    "keras-blog": Architecture(),  # Architecture's defaults are this recipe
+    "vgg-mini": Architecture(filters=(32, 64, 128, 128), dense_units=512, learning_rate=1e-4),
     # vgg-mini's blocks in the modern form: far fewer weights, trains faster and overfits less.
     "bn-gap": Architecture(filters=(32, 64, 128, 256), padding="same", batch_norm=True, top="gap",
                            dense_units=128, dropout=0.3, optimizer="adam", learning_rate=1e-3),
@@ -315,17 +312,10 @@ def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory
 
     seed = int(o.seed)
 
-    class ScratchHyperModel(keras_tuner.HyperModel):
-        """Builds the preset with the trial's values; every trial starts from the same seed."""
-
-        def build(self, hp):
-            keras.utils.set_random_seed(seed)
-            return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, o.image_size, o.augment,
-                               seed)
-
-        def fit(self, hp, model, train, *args, **kwargs):
-            train.set_epoch(0)  # the same batch order in every trial, resumed or not
-            return model.fit(train, *args, **kwargs)
+    def build_trial_model(hp):
+        """The preset with the trial's values; every trial starts from the same seed."""
+        keras.utils.set_random_seed(seed)
+        return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, o.image_size, o.augment, seed)
 
     tuner_class = {"bayesian": keras_tuner.BayesianOptimization, "random": keras_tuner.RandomSearch}[o.tuner]
 
@@ -342,12 +332,13 @@ def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory
             if deadline is not None and time.monotonic() >= deadline:
                 raise _TimeBudgetSpent()
 
-        def _build_and_fit_model(self, trial, *args, callbacks=(), **kwargs):
+        def _build_and_fit_model(self, trial, train, *args, callbacks=(), **kwargs):
+            train.set_epoch(0)  # the same batch order in every trial, resumed or not
             # Keras Tuner has deep-copied the search's callbacks by now; the progress bar must stay one object.
             if progress is not None:
                 callbacks = [*callbacks, _progress_callback(progress, n_train, o.batch_size, o.trial_epochs,
                                                             f"trial {trial.trial_id}")]
-            return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+            return super()._build_and_fit_model(trial, train, *args, callbacks=callbacks, **kwargs)
 
         def on_trial_end(self, trial):
             if progress is not None:
@@ -360,7 +351,7 @@ def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory
     extra = ({"num_initial_points": max(2, min(3 * len(SEARCH_SPACE), int(o.max_trials) // 2))}
              if o.tuner == "bayesian" else {})
     return BudgetedTuner(
-        hypermodel=ScratchHyperModel(), objective=keras_tuner.Objective(MONITOR, direction="max"),
+        hypermodel=build_trial_model, objective=keras_tuner.Objective(MONITOR, direction="max"),
         max_trials=int(o.max_trials), seed=seed, directory=str(directory), project_name="search",
         overwrite=False, **extra)
 
@@ -536,8 +527,7 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
             shutil.rmtree(stage_dir, ignore_errors=True)
         stage_dir.mkdir(parents=True, exist_ok=True)
         _seed(o.seed, o.deterministic)
-        trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
-        architecture = base
+        architecture, trials, new_trials, search_seconds, tuning = base, [], 0, 0.0, None
         if o.tune:
             settings = {"preset": o.preset, "image_size": int(o.image_size), "augment": bool(o.augment),
                         "batch_size": int(o.batch_size), "trial_epochs": o.trial_epochs, "tuner": o.tuner,
@@ -586,9 +576,9 @@ def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: 
     details = {"model": stage, "architecture": architecture.to_dict(), "settings": settings,
                "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
                "manifest_sha256": manifest.sha256(), **({"tuning": tuning} if tuning else {})}
-    ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
-              preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
-              details=details).write(stage_dir / "model.json")
+    runs.ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
+                   preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
+                   details=details).write(stage_dir / "model.json")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
     (stage_dir / "failed.csv").unlink(missing_ok=True)
     if failed:
