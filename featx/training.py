@@ -286,8 +286,7 @@ def custom_objects() -> dict:
 
         def call(self, inputs):
             total = ops.sum(inputs, axis=-1, keepdims=True)
-            n_classes = ops.cast(ops.shape(inputs)[-1], inputs.dtype)
-            uniform = ops.ones_like(inputs) / n_classes
+            uniform = ops.ones_like(inputs) / ops.cast(ops.shape(inputs)[-1], inputs.dtype)
             return ops.where(total > 0, inputs / ops.where(total > 0, total, 1.0), uniform)
 
     @keras.saving.register_keras_serializable(package="featx")
