@@ -8,8 +8,10 @@ split for training, which :func:`training_batches` serves to Keras.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -47,9 +49,7 @@ def decode_threads(model_threads: int | None = None) -> int:
     free, and at least two threads so one batch decodes while the next file is read.
     """
     cores = n_cores()
-    if model_threads is None:
-        return max(2, cores)
-    return max(2, cores - int(model_threads) + 1)
+    return max(2, cores if model_threads is None else cores - int(model_threads) + 1)
 
 
 def decode_into(out: np.ndarray | None, root: str, paths: Sequence[str], preprocessing: dict):
@@ -109,20 +109,13 @@ def iter_batches(root: str, groups: Sequence[Sequence[str]], preprocessing: dict
             yield decode_group(root, paths, preprocessing)
         return
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="featx-decode") as pool:
-        pending: list[Future] = []
-        submitted = 0
-
-        def fill() -> None:
-            nonlocal submitted
-            while submitted < len(groups) and len(pending) < prefetch:
-                pending.append(pool.submit(decode_group, root, groups[submitted], preprocessing))
-                submitted += 1
-
-        for _ in range(len(groups)):
-            fill()
-            future = pending.pop(0)
-            fill()  # ``prefetch`` groups decode while the caller works on this one
-            yield future.result()
+        pending: deque[Future] = deque()
+        for paths in groups:
+            pending.append(pool.submit(decode_group, root, paths, preprocessing))
+            if len(pending) > prefetch:  # ``prefetch`` groups decode while the caller works on this one
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass
@@ -174,7 +167,34 @@ class ImageSet:
         return self
 
 
-_Batches = None
+@functools.cache
+def _image_batches():
+    """The PyDataset class of :func:`training_batches`, defined on first use (keeps Keras out of imports)."""
+    import keras
+
+    class ImageBatches(keras.utils.PyDataset):
+        def __init__(self, images, batch_size, shuffle, seed):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.images, self.batch_size, self.shuffle, self.seed = images, int(batch_size), shuffle, int(seed)
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+            n = len(self.images)
+            self.order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+        def __len__(self) -> int:
+            return math.ceil(len(self.images) / self.batch_size)
+
+        def __getitem__(self, index):
+            rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+            pixels, kept = self.images.pixels(rows)
+            return pixels.astype(np.float32), self.images.labels[rows[kept]].astype(np.int32)
+
+        def on_epoch_end(self) -> None:
+            self.set_epoch(self.epoch + 1)
+
+    return ImageBatches
 
 
 def training_batches(images: ImageSet, batch_size: int, shuffle: bool = False, seed: int = 0):
@@ -184,35 +204,7 @@ def training_batches(images: ImageSet, batch_size: int, shuffle: bool = False, s
     run, and ``set_epoch(n)`` (a resumed run) continues the order an uninterrupted run would draw.
     One worker thread keeps the order fixed; decoding is threaded inside :meth:`ImageSet.pixels`.
     """
-    global _Batches
-    if _Batches is None:
-        import keras
-
-        class ImageBatches(keras.utils.PyDataset):
-            def __init__(self, images, batch_size, shuffle, seed):
-                super().__init__(workers=1, use_multiprocessing=False)
-                self.images, self.batch_size, self.shuffle, self.seed = images, int(batch_size), shuffle, int(seed)
-                self.set_epoch(0)
-
-            def set_epoch(self, epoch: int) -> None:
-                self.epoch = int(epoch)
-                n = len(self.images)
-                self.order = (np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
-                              else np.arange(n))
-
-            def __len__(self) -> int:
-                return math.ceil(len(self.images) / self.batch_size)
-
-            def __getitem__(self, index):
-                rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-                pixels, kept = self.images.pixels(rows)
-                return pixels.astype(np.float32), self.images.labels[rows[kept]].astype(np.int32)
-
-            def on_epoch_end(self) -> None:
-                self.set_epoch(self.epoch + 1)
-
-        _Batches = ImageBatches
-    return _Batches(images, batch_size, shuffle, seed)
+    return _image_batches()(images, batch_size, shuffle, seed)
 
 
 def predict_proba(model, images: ImageSet, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

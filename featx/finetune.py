@@ -21,15 +21,14 @@ import numpy as np
 
 from featx import __version__, training
 from featx.artifacts import runs
-from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, training_batches
 from featx.errors import UserError
+from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, load_feature_set
 from featx.storage import locked
 
 __all__ = ["FinetuneError", "FinetuneResult", "BaseHead", "load_base_head", "build_finetune_model", "set_trainable",
            "check_warm_start", "run_finetune", "UNFREEZE_TOP"]
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 BACKBONE_LAYER = "backbone"
 #: Largest max |p_model - p_head| the warm start may show before training is refused (bug 3):
 #: fp32 reproduces the head to ~1e-6; float16 mixed precision to ~1e-3.
@@ -42,8 +41,7 @@ UNFREEZE_TOP: dict[str, tuple[str, ...]] = {
     "caffenet": ("conv5", "pool5", "fc6", "fc7", "fc8"),
     # The last two stages and the head convolution of EfficientNet-Lite.
     **{f"efficientnet_lite{i}": ("block6", "block7", "top_") for i in range(3)},
-    "keras:resnet50": ("conv5_",),
-    "keras:resnet101": ("conv5_",),
+    **{f"keras:resnet{depth}": ("conv5_",) for depth in (50, 101)},
     "keras:densenet121": ("conv5_", "bn", "relu"),
     "keras:mobilenet_v2": ("block_15_", "block_16_", "Conv_1", "out_relu"),
     "keras:xception": ("block13", "block14"),
@@ -71,8 +69,7 @@ def preprocessing_layer(extractor, name: str = "preprocess"):
     out = np.asarray(extractor.preprocess(probes.copy()), dtype=np.float64)
     offset = out[0, 0, 0]
     matrix = (out[1:, 0, 0] - offset) / 255.0  # row c: response to input channel c
-    rng = np.random.default_rng(0)
-    sample = rng.uniform(0, 255, (2, height, width, 3)).astype(np.float32)
+    sample = np.random.default_rng(0).uniform(0, 255, (2, height, width, 3)).astype(np.float32)
     expected = np.asarray(extractor.preprocess(sample.copy()), dtype=np.float64)
     got = sample.astype(np.float64) @ matrix + offset
     if not np.allclose(got, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
@@ -90,7 +87,6 @@ class BaseHead:
     cache_path: str
     label_names: list
     row: dict  # the sweep's results row of this configuration
-    experiment_dir: Path
     seed: int
 
     @property
@@ -99,13 +95,8 @@ class BaseHead:
 
 
 def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None) -> BaseHead:
-    """The sweep's best head (or the configuration ``config`` of its results, refit on train).
-
-    Parameters
-    ----------
-    config : int, optional
-        The ``config`` column of ``results.csv``; another configuration than the best is refit on the
-        cache's train split with the sweep's seed.
+    """The sweep's best head, or the configuration ``config`` (the ``config`` column of ``results.csv``)
+    refit on the cache's train split with the sweep's seed.
 
     Raises
     ------
@@ -136,10 +127,8 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
                 if usable else "; sweep with --heads logreg,linsvm,dense")
         raise FinetuneError(f"config {chosen} is an RBF-kernel SVM, which cannot be written as Dense layers "
                             f"on the backbone{hint}")
-    if chosen == best_config:
-        model, extractors = bundle.model, bundle.extractors
-    else:
-        model, extractors = _refit_config(row, seed, experiment_dir)
+    model, extractors = ((bundle.model, bundle.extractors) if chosen == best_config
+                         else _refit_config(row, seed, experiment_dir))
     if len(extractors) != 1:
         names = " + ".join(e["spec"]["name"] for e in extractors)
         raise FinetuneError(f"config {chosen} uses concatenated caches ({names}); only a head on one CNN "
@@ -150,7 +139,7 @@ def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None)
                             "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
                             "pick such a config with --config N")
     return BaseHead(model=model, extractor_spec=spec, cache_path=_find_cache(extractors[0]["cache"], experiment_dir),
-                    label_names=list(bundle.label_names), row=row, experiment_dir=experiment_dir, seed=seed)
+                    label_names=list(bundle.label_names), row=row, seed=seed)
 
 
 def _find_cache(cache_path: str, experiment_dir: Path) -> str:
@@ -169,13 +158,11 @@ def _find_cache(cache_path: str, experiment_dir: Path) -> str:
 def _refit_config(row: dict, seed: int, experiment_dir: Path):
     """Refit one results row on its caches' train split, as the sweep did."""
     from featx.heads import make_head
-    from featx.features import SPLIT_TRAIN as TRAIN, load_feature_set
 
     feature_set = load_feature_set([_find_cache(path, experiment_dir) for path in row["caches"].split("+")])
-    steps = [s for s in str(row["preprocessing"]).split(",") if s]
-    model = make_head(row["head"], steps[0] if len(steps) == 1 else steps, random_state=seed)
+    model = make_head(row["head"], [s for s in str(row["preprocessing"]).split(",") if s], random_state=seed)
     model.set_params(**json.loads(row["params"]))
-    train = feature_set.rows(TRAIN)
+    train = feature_set.rows(SPLIT_TRAIN)
     model.fit(feature_set.X[train], feature_set.y[train])
     return model, feature_set.extractors
 
@@ -188,14 +175,11 @@ def _extractor_options(spec: dict) -> dict:
     return options
 
 
-def make_extractor(spec: dict, precision: str | None = None):
+def make_extractor(spec: dict, precision: str):
     """Rebuild the cache's extractor from its spec, checking the weights are the same file."""
     from featx.extractors import get_extractor
 
-    options = _extractor_options(spec)
-    if precision is not None:
-        options["precision"] = precision
-    extractor = get_extractor(spec["name"], **options)
+    extractor = get_extractor(spec["name"], **dict(_extractor_options(spec), precision=precision))
     wanted = spec.get("weights_sha256")
     if wanted and extractor.weights_fingerprint() != wanted:
         raise FinetuneError(f"the weights of {spec['name']} ({spec['params'].get('weights')}) are not those the "
@@ -234,22 +218,20 @@ def _linear_head_weights(head) -> tuple[np.ndarray, np.ndarray, str]:
 
     from featx.heads import LinearSVMClassifier
 
-    n_classes = len(head.classes_)
+    if not isinstance(head, (LogisticRegression, LinearSVMClassifier)):
+        raise FinetuneError(f"cannot express a {type(head).__name__} head as Dense layers")
+    binary = len(head.classes_) == 2
+    W, b = head.coef_.T.astype(np.float64), np.asarray(head.intercept_, np.float64)
     if isinstance(head, LogisticRegression):
-        W, b = head.coef_.T.astype(np.float64), np.asarray(head.intercept_, np.float64)
-        return W, b, "sigmoid2" if n_classes == 2 else "softmax"
-    if isinstance(head, LinearSVMClassifier):
-        # ensemble=False: one calibrated classifier; p_k = sigmoid(-(a_k * f_k + b_k)), f = x @ coef.T + intercept.
-        calibrated = head.calibrated_.calibrated_classifiers_[0]
-        calibrators = calibrated.calibrators
-        if not all(hasattr(c, "a_") and hasattr(c, "b_") for c in calibrators):
-            raise FinetuneError("only a sigmoid-calibrated linear SVM can be written as a Dense layer; "
-                                f"got calibrators {[type(c).__name__ for c in calibrators]}")
-        W, b = head.coef_.T.astype(np.float64), np.asarray(head.intercept_, np.float64)
-        slope = -np.array([c.a_ for c in calibrators], dtype=np.float64)
-        shift = -np.array([c.b_ for c in calibrators], dtype=np.float64)
-        return W * slope, b * slope + shift, "sigmoid2" if n_classes == 2 else "ovr_sigmoid"
-    raise FinetuneError(f"cannot express a {type(head).__name__} head as Dense layers")
+        return W, b, "sigmoid2" if binary else "softmax"
+    # ensemble=False: one calibrated classifier; p_k = sigmoid(-(a_k * f_k + b_k)), f = x @ coef.T + intercept.
+    calibrators = head.calibrated_.calibrated_classifiers_[0].calibrators
+    if not all(hasattr(c, "a_") and hasattr(c, "b_") for c in calibrators):
+        raise FinetuneError("only a sigmoid-calibrated linear SVM can be written as a Dense layer; "
+                            f"got calibrators {[type(c).__name__ for c in calibrators]}")
+    slope = -np.array([c.a_ for c in calibrators], dtype=np.float64)
+    shift = -np.array([c.b_ for c in calibrators], dtype=np.float64)
+    return W * slope, b * slope + shift, "sigmoid2" if binary else "ovr_sigmoid"
 
 
 def _head_layers(pipeline, n_features: int, dtype_policy=None):
@@ -294,19 +276,16 @@ def _head_layers(pipeline, n_features: int, dtype_policy=None):
                 W, b = (np.asarray(v, np.float64) for v in source.get_weights())
                 if source is dense_layers[0]:
                     W, b = _fold_affine(pending, W, b)
-                last = source is dense_layers[-1]
-                activation = source.get_config()["activation"]
-                layers.append(_dense(W, b, activation, f"head_{source.name}", "float32" if last else dtype_policy))
+                layers.append(_dense(W, b, source.get_config()["activation"], f"head_{source.name}",
+                                     "float32" if source is dense_layers[-1] else dtype_policy))
         if len(head.classes_) == 2:
             layers.append(featx_layers["TwoColumnProbabilities"](name="head_probabilities", dtype="float32"))
         return layers
 
     W, b, kind = _linear_head_weights(head)
     W, b = _fold_affine(pending, W, b)
-    if kind == "softmax":
-        layers.append(_dense(W, b, "softmax", "head_output", "float32"))
-    else:
-        layers.append(_dense(W, b, "sigmoid", "head_output", "float32"))
+    layers.append(_dense(W, b, "softmax" if kind == "softmax" else "sigmoid", "head_output", "float32"))
+    if kind != "softmax":
         to_probabilities = featx_layers["TwoColumnProbabilities" if kind == "sigmoid2" else "NormalizeRows"]
         layers.append(to_probabilities(name="head_probabilities", dtype="float32"))
     return layers
@@ -321,15 +300,15 @@ def _dense(W, b, activation, name, dtype):
     return layer
 
 
-def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, seed: int = 0,
+def build_finetune_model(base: BaseHead, extractor, augment: bool = False, seed: int = 0,
                          mixed_precision: bool = False):
     """Backbone + the base head as one Keras model: float RGB in [0, 255] in, K probabilities out; the cut
     backbone (its pooling included) is the nested model ``backbone``.
 
     Parameters
     ----------
-    extractor : KerasExtractor, optional
-        The backbone's extractor (rebuilt from ``base.extractor_spec`` when None).
+    extractor : KerasExtractor
+        The backbone's extractor (:func:`make_extractor` of ``base.extractor_spec``).
     augment : bool
         Put the augmentation layers (training only, seeded by ``seed``) after the input.
     mixed_precision : bool
@@ -337,8 +316,6 @@ def build_finetune_model(base: BaseHead, extractor=None, augment: bool = False, 
     """
     import keras
 
-    if extractor is None:
-        extractor = make_extractor(base.extractor_spec, precision="fp16" if mixed_precision else "fp32")
     height, width = extractor.preprocessing["size"]
     backbone = keras.Model(extractor.model.inputs[0], extractor.model.outputs[0], name=BACKBONE_LAYER)
     n_features = int(np.prod(backbone.output_shape[1:]))
@@ -438,9 +415,7 @@ def check_warm_start(model, base: BaseHead, n_images: int = 32, split: str = SPL
 
     splits = read_image_splits(base.cache_path)
     rows = splits.rows(split)
-    if len(rows) == 0:
-        rows = splits.rows(SPLIT_TRAIN)
-    rows = np.sort(rows[:n_images])
+    rows = (rows if len(rows) else splits.rows(SPLIT_TRAIN))[:n_images]  # ascending, as h5py reads them
     with open_cache(base.cache_path) as cache:
         features = cache.features[rows].astype(np.float32)
     expected = base.model.predict_proba(features)
@@ -462,16 +437,6 @@ class FinetuneResult:
     val_after: dict
     seconds: float
     trainable_layers: list
-
-
-def _strategy():
-    """MirroredStrategy over every visible GPU when there are several, else the default strategy."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(), len(gpus)
-    return tf.distribute.get_strategy(), len(gpus)
 
 
 #: The settings that must match for a fine-tune folder to be resumed.
@@ -507,8 +472,6 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         Peak learning rate; cosine decay to 0 over ``epochs``.
     batch_size : int
         Global batch (split over GPUs under MirroredStrategy).
-    config : int, optional
-        Another configuration of the sweep (``config`` column), refit on train.
     patience : int or None
         Early stopping on ``monitor`` (the validation metric that picks the best weights); None: never.
     restart : bool
@@ -520,6 +483,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         (the gap exceeds :data:`WARM_START_TOLERANCE`); the gap is recorded either way.
     """
     import keras
+    import tensorflow as tf
 
     from featx.heads import OPTIMIZERS, make_optimizer
 
@@ -550,16 +514,16 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         state = run.open(restart=restart)
 
         keras.utils.set_random_seed(int(seed))
-        strategy, n_gpus = _strategy()
-        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
+        gpus = tf.config.list_logical_devices("GPU")  # MirroredStrategy over them when there are several
+        strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and len(gpus) > 0)
         extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
         preprocessing = extractor.preprocessing
-        steps_per_epoch = math.ceil(len(train) / int(batch_size))
         with strategy.scope():
             model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
             trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
-            schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
-                                                              decay_steps=max(1, int(epochs) * steps_per_epoch))
+            steps = max(1, int(epochs) * math.ceil(len(train) / int(batch_size)))
+            schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate), decay_steps=steps)
             training_optimizer = make_optimizer(optimizer, schedule)
             if use_mixed:  # float16 gradients need loss scaling
                 training_optimizer = keras.optimizers.LossScaleOptimizer(training_optimizer)
@@ -603,11 +567,10 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
         config=int(base.row["config"]), features=f"{base.extractor_spec['name']}+finetune", head="finetune",
         params=json.dumps(params, sort_keys=True), preprocessing=base.row["preprocessing"],
         fit_seconds=train_seconds, n_train=len(splits.rows(SPLIT_TRAIN)), caches=base.cache_path)
-    height, width = preprocessing["size"]
-    ModelCard(label_names=base.label_names, input_size=[int(height), int(width)], preprocessing=preprocessing,
-              best_epoch=state.best_epoch, featx_version=__version__,
-              details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
-                       "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
+    runs.ModelCard(label_names=base.label_names, input_size=[int(side) for side in preprocessing["size"]],
+                   preprocessing=preprocessing, best_epoch=state.best_epoch, featx_version=__version__,
+                   details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
+                            "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(details["warm_start_difference"]),
                           val_before=details["val_before"],

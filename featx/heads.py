@@ -34,9 +34,6 @@ __all__ = ["HeadError", "HEADS", "PREPROCESSING", "DEFAULT_GRIDS", "KerasDenseCl
            "RBFSVMClassifier", "make_head", "make_preprocessing", "class_probabilities"]
 
 HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
-# Batches per compiled call: a dense head on cached features is so small that Keras'
-# per-step Python overhead dominates; running many steps per call removes most of it.
-_STEPS_PER_EXECUTION = 32
 PREPROCESSING = ("standard", "l2", "pca:N", "pca:F", "none")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
@@ -82,9 +79,6 @@ class _CalibratedSVM(_Head):
     probabilities' argmax is the reported prediction, reproducible from ``random_state``.
     """
 
-    def _make_svm(self):  # pragma: no cover - provided by subclasses
-        raise NotImplementedError
-
     def _fit_inputs(self, X, y):
         """What the SVM is fitted on (subclasses may subsample rows or map to a kernel)."""
         return X, y
@@ -117,20 +111,18 @@ class _CalibratedSVM(_Head):
 
     def decision_function(self, X):
         """SVM scores before calibration, shape (n_samples,) binary or (n_samples, n_classes)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
-        return _in_chunks(lambda rows: self.svm_.decision_function(self._svm_inputs(rows)), X)
+        return self._in_chunks(lambda inputs: self.svm_.decision_function(inputs), X)
 
     def predict_proba(self, X):
         """Calibrated class probabilities, columns in the order of ``classes_``."""
+        return self._in_chunks(lambda inputs: self.calibrated_.predict_proba(inputs), X)
+
+    def _in_chunks(self, function, X, rows_per_chunk: int = 4096):
+        """``function`` of the SVM inputs of row blocks of ``X``, stacked (bounds kernel-matrix memory)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
-        return _in_chunks(lambda rows: self.calibrated_.predict_proba(self._svm_inputs(rows)), X)
-
-
-def _in_chunks(function, X, rows_per_chunk: int = 4096):
-    """Apply ``function`` to row blocks of ``X`` and stack the results (bounds kernel-matrix memory)."""
-    return np.concatenate([function(X[rows]) for rows in gen_batches(X.shape[0], rows_per_chunk)], axis=0)
+        return np.concatenate([function(self._svm_inputs(X[rows])) for rows in gen_batches(X.shape[0], rows_per_chunk)],
+                              axis=0)
 
 
 class _SquaredHingeSVM(ClassifierMixin, BaseEstimator):
@@ -238,7 +230,7 @@ class LinearSVMClassifier(_CalibratedSVM):
 
     @property
     def n_iter_(self):
-        """L-BFGS iterations of the SVM fitted on all rows."""
+        """L-BFGS iterations of the SVM fitted on all rows (sklearn's checks expect it beside ``max_iter``)."""
         check_is_fitted(self)
         return self.svm_.n_iter_
 
@@ -346,9 +338,7 @@ class KerasDenseClassifier(_Head):
         _store_params(self, locals())
 
     def fit(self, X, y, validation_data=None):
-        """Train the network on ``X``, ``y``; returns ``self``. ``validation_data`` (``(X_val, y_val)``) drives
-        early stopping and the ``val_*`` history; when None and ``patience`` is set, a stratified
-        ``validation_fraction`` of ``X`` is held out instead."""
+        """Train the network on ``X``, ``y`` (``validation_data``: ``(X_val, y_val)``, see above); returns ``self``."""
         import keras
 
         X, y = validate_data(self, X, y, dtype=np.float32)
@@ -380,17 +370,15 @@ class KerasDenseClassifier(_Head):
         if self.patience is not None and X_val is not None:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                            restore_best_weights=True))
-        sample_weight = None
-        if self.class_weight is not None:
-            sample_weight = _class_weights(self.class_weight, self.classes_, y)[y_train].astype(np.float32)
+        sample_weight = (None if self.class_weight is None
+                         else _class_weights(self.class_weight, self.classes_, y)[y_train].astype(np.float32))
         fitted = self.model_.fit(
             X_train, self._targets(y_train), sample_weight=sample_weight,
             validation_data=None if X_val is None else (X_val, self._targets(y_val)),
             epochs=int(self.epochs), batch_size=int(self.batch_size), shuffle=True,
             callbacks=callbacks, verbose=self.verbose,
         )
-        history = fitted.history
-        self.history_ = {key: [float(v) for v in history.get(key, [])]
+        self.history_ = {key: [float(v) for v in fitted.history.get(key, [])]
                          for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
         self.n_epochs_ = len(self.history_["loss"])
         return self
@@ -402,8 +390,7 @@ class KerasDenseClassifier(_Head):
             raise HeadError(f"dropout must be in [0, 1); got {self.dropout!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise HeadError(f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}")
-        units = self._hidden_layers()
-        if any(int(u) < 1 for u in units):
+        if any(units < 1 for units in self._hidden_layers()):
             raise HeadError(f"hidden_units must be positive integers; got {self.hidden_units!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
@@ -428,19 +415,20 @@ class KerasDenseClassifier(_Head):
         for depth, units in enumerate(self._hidden_layers()):
             x = keras.layers.Dropout(float(self.dropout), name=f"dropout_{depth}")(x)
             x = keras.layers.Dense(units, activation="relu", name=f"hidden_{depth}")(x)
-        if n_classes == 2:
-            outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(x)
-            loss = "binary_crossentropy"
-        else:
-            outputs = keras.layers.Dense(n_classes, activation="softmax", name="output")(x)
-            loss = "sparse_categorical_crossentropy"
+        binary = n_classes == 2
+        outputs = keras.layers.Dense(1 if binary else n_classes, activation="sigmoid" if binary else "softmax",
+                                     name="output")(x)
         model = keras.Model(inputs, outputs, name="featx_dense_head")
-        model.compile(optimizer=make_optimizer(self.optimizer, float(self.learning_rate)), loss=loss,
-                      metrics=["accuracy"], steps_per_execution=_STEPS_PER_EXECUTION)
+        # 32 batches per compiled call: a dense head on cached features is so small that Keras'
+        # per-step Python overhead dominates; running many steps per call removes most of it.
+        model.compile(optimizer=make_optimizer(self.optimizer, float(self.learning_rate)),
+                      loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                      metrics=["accuracy"], steps_per_execution=32)
         return model
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
+        import keras
         from scipy.special import expit, softmax
 
         check_is_fitted(self)
@@ -448,8 +436,6 @@ class KerasDenseClassifier(_Head):
         # The forward pass in float64 NumPy from the trained weights (dropout is off at inference):
         # float32 kernels round a row differently depending on the rows batched with it, so a
         # row's probabilities would change with the order of the others (sklearn checks they do not).
-        import keras
-
         dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
         out = X.astype(np.float64)
         for layer in dense[:-1]:

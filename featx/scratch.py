@@ -23,20 +23,17 @@ import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
-from featx.artifacts.runs import ModelCard
 from featx.datasets import ImageSet, training_batches
 from featx.training import TrainingRun, augmentation, compile_classifier, score_and_write
 from featx.errors import UserError
+from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from featx.storage import atomic_write_json, locked
 
 __all__ = ["ScratchError", "Architecture", "PRESETS", "TUNERS", "ScratchResult", "build_model",
            "load_splits", "run_scratch", "ScratchOptions"]
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 TUNERS = ("bayesian", "random")
 MONITOR = "val_accuracy"
-INTERPOLATION = "area"
-TUNER_PROJECT = "search"
 
 
 class ScratchError(UserError, ValueError):
@@ -86,29 +83,19 @@ class Architecture:
         ])
         return self
 
-    def feature_map_size(self, image_size: int) -> int:
-        """Side of the last block's output for a square input of ``image_size`` (< 1: too small)."""
-        side = int(image_size)
-        for _ in self.filters:
-            if self.padding == "valid":
-                side -= int(self.convs_per_block) * (int(self.kernel_size) - 1)
-            side //= 2
-        return side
-
     def min_image_size(self) -> int:
         """Smallest square input that leaves at least a 1x1 map after the last block."""
+        shrink = int(self.convs_per_block) * (int(self.kernel_size) - 1) if self.padding == "valid" else 0
         size = 1
-        while self.feature_map_size(size) < 1:
-            size += 1
+        for _ in self.filters:  # a block's input is twice its output plus what its convolutions trim
+            size = 2 * size + shrink
         return size
 
 
 #: Architectures of published from-scratch recipes (sources in docs/training.md; 128 px input by default).
 PRESETS: dict[str, Architecture] = {
-    "keras-blog": Architecture(filters=(32, 32, 64), dense_units=64, dropout=0.5, optimizer="rmsprop",
-                               learning_rate=1e-3),
-    "vgg-mini": Architecture(filters=(32, 64, 128, 128), dense_units=512, dropout=0.5, optimizer="rmsprop",
-                             learning_rate=1e-4),
+    "keras-blog": Architecture(),  # Architecture's defaults are this recipe
+    "vgg-mini": Architecture(filters=(32, 64, 128, 128), dense_units=512, learning_rate=1e-4),
     # vgg-mini's blocks in the modern form: far fewer weights, trains faster and overfits less.
     "bn-gap": Architecture(filters=(32, 64, 128, 256), padding="same", batch_norm=True, top="gap",
                            dense_units=128, dropout=0.3, optimizer="adam", learning_rate=1e-3),
@@ -135,7 +122,7 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
     architecture.validate()
     if int(n_classes) < 2:
         raise ScratchError(f"a classifier needs at least 2 classes; got {n_classes}")
-    if architecture.feature_map_size(image_size) < 1:
+    if int(image_size) < architecture.min_image_size():
         raise ScratchError(f"{len(architecture.filters)} blocks of {architecture.kernel_size}x"
                            f"{architecture.kernel_size} {architecture.padding} convolutions need images of at "
                            f"least {architecture.min_image_size()} px; got {image_size} (raise --image-size "
@@ -151,10 +138,8 @@ def build_model(architecture: Architecture, n_classes: int, image_size: int = 12
                 x = keras.layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
             x = keras.layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    if architecture.top == "gap":
-        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    else:
-        x = keras.layers.Flatten(name="flatten")(x)
+    x = (keras.layers.GlobalAveragePooling2D(name="gap") if architecture.top == "gap"
+         else keras.layers.Flatten(name="flatten"))(x)
     if int(architecture.dense_units) > 0:
         x = keras.layers.Dense(int(architecture.dense_units), activation="relu", name="dense")(x)
     if float(architecture.dropout) > 0:
@@ -174,7 +159,7 @@ def load_splits(manifest, image_size: int = 128, workers: int = 4, memory_limit_
 
     progress = progress or Progress()
     index = {name: i for i, name in enumerate(manifest.label_names)}
-    preprocessing = {"size": [int(image_size), int(image_size)], "interpolation": INTERPOLATION}
+    preprocessing = {"size": [int(image_size), int(image_size)], "interpolation": "area"}
     splits = {}
     for name in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST):
         records = [r for r in manifest.records if r.split == name and r.label is not None]
@@ -233,18 +218,11 @@ def _progress_callback(progress, n_train: int, batch_size: int, epochs: int, des
     """Drive a Progress bar in images over all epochs (it shows images/s and the ETA)."""
     import keras
 
-    class ImagesSeen(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            progress.start(description, int(n_train) * int(epochs))
-
-        def on_train_batch_end(self, batch, logs=None):
-            start = batch * int(batch_size)
-            progress.advance(max(0, min(int(batch_size), int(n_train) - start)))
-
-        def on_train_end(self, logs=None):
-            progress.stop()
-
-    return ImagesSeen()
+    n_train, batch_size = int(n_train), int(batch_size)
+    return keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: progress.start(description, n_train * int(epochs)),
+        on_train_batch_end=lambda batch, logs: progress.advance(max(0, min(batch_size, n_train - batch * batch_size))),
+        on_train_end=lambda logs: progress.stop())
 
 
 def _time_limit(train_minutes: float):
@@ -334,17 +312,10 @@ def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory
 
     seed = int(o.seed)
 
-    class ScratchHyperModel(keras_tuner.HyperModel):
-        """Builds the preset with the trial's values; every trial starts from the same seed."""
-
-        def build(self, hp):
-            keras.utils.set_random_seed(seed)
-            return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, o.image_size, o.augment,
-                               seed)
-
-        def fit(self, hp, model, train, *args, **kwargs):
-            train.set_epoch(0)  # the same batch order in every trial, resumed or not
-            return model.fit(train, *args, **kwargs)
+    def build_trial_model(hp):
+        """The preset with the trial's values; every trial starts from the same seed."""
+        keras.utils.set_random_seed(seed)
+        return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, o.image_size, o.augment, seed)
 
     tuner_class = {"bayesian": keras_tuner.BayesianOptimization, "random": keras_tuner.RandomSearch}[o.tuner]
 
@@ -361,27 +332,27 @@ def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory
             if deadline is not None and time.monotonic() >= deadline:
                 raise _TimeBudgetSpent()
 
-        def _build_and_fit_model(self, trial, *args, callbacks=(), **kwargs):
+        def _build_and_fit_model(self, trial, train, *args, callbacks=(), **kwargs):
+            train.set_epoch(0)  # the same batch order in every trial, resumed or not
             # Keras Tuner has deep-copied the search's callbacks by now; the progress bar must stay one object.
             if progress is not None:
                 callbacks = [*callbacks, _progress_callback(progress, n_train, o.batch_size, o.trial_epochs,
                                                             f"trial {trial.trial_id}")]
-            return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+            return super()._build_and_fit_model(trial, train, *args, callbacks=callbacks, **kwargs)
 
         def on_trial_end(self, trial):
             if progress is not None:
                 progress.stop()  # also after a failed trial
             super().on_trial_end(trial)
 
-    extra = {}
-    if o.tuner == "bayesian":
-        # Keras Tuner's default is 3 random trials per hyperparameter (15 here) before the Gaussian
-        # process proposes any: a small budget would be a random search. Half the trials are random
-        # (at least 2, at most that default); a resumed search keeps the value it started with.
-        extra["num_initial_points"] = max(2, min(3 * len(SEARCH_SPACE), int(o.max_trials) // 2))
+    # Keras Tuner's default is 3 random trials per hyperparameter (15 here) before the Gaussian
+    # process proposes any: a small budget would be a random search. Half the trials are random
+    # (at least 2, at most that default); a resumed search keeps the value it started with.
+    extra = ({"num_initial_points": max(2, min(3 * len(SEARCH_SPACE), int(o.max_trials) // 2))}
+             if o.tuner == "bayesian" else {})
     return BudgetedTuner(
-        hypermodel=ScratchHyperModel(), objective=keras_tuner.Objective(MONITOR, direction="max"),
-        max_trials=int(o.max_trials), seed=seed, directory=str(directory), project_name=TUNER_PROJECT,
+        hypermodel=build_trial_model, objective=keras_tuner.Objective(MONITOR, direction="max"),
+        max_trials=int(o.max_trials), seed=seed, directory=str(directory), project_name="search",
         overwrite=False, **extra)
 
 
@@ -540,7 +511,7 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
     if o.learning_rate is not None and not o.tune:
         base = replace(base, learning_rate=float(o.learning_rate))
     base.validate()
-    if not o.tune and base.feature_map_size(o.image_size) < 1:
+    if not o.tune and int(o.image_size) < base.min_image_size():
         raise ScratchError(f"preset {o.preset} needs images of at least {base.min_image_size()} px; got "
                            f"--image-size {o.image_size}")
     manifest = load_dataset(source, layout=o.layout, val=o.val, test=o.test, seed=o.seed)
@@ -556,8 +527,7 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
             shutil.rmtree(stage_dir, ignore_errors=True)
         stage_dir.mkdir(parents=True, exist_ok=True)
         _seed(o.seed, o.deterministic)
-        trials, new_trials, search_seconds, tuning = [], 0, 0.0, None
-        architecture = base
+        architecture, trials, new_trials, search_seconds, tuning = base, [], 0, 0.0, None
         if o.tune:
             settings = {"preset": o.preset, "image_size": int(o.image_size), "augment": bool(o.augment),
                         "batch_size": int(o.batch_size), "trial_epochs": o.trial_epochs, "tuner": o.tuner,
@@ -606,9 +576,9 @@ def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: 
     details = {"model": stage, "architecture": architecture.to_dict(), "settings": settings,
                "select_accuracy": row["select_accuracy"], "manifest_root": str(manifest.root),
                "manifest_sha256": manifest.sha256(), **({"tuning": tuning} if tuning else {})}
-    ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
-              preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
-              details=details).write(stage_dir / "model.json")
+    runs.ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
+                   preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
+                   details=details).write(stage_dir / "model.json")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
     (stage_dir / "failed.csv").unlink(missing_ok=True)
     if failed:

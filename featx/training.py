@@ -67,7 +67,7 @@ class TrainingRun:
     Parameters
     ----------
     monitor : {"val_loss", "val_accuracy"}
-        Picks the best epoch.
+        Picks the best epoch (a key of :data:`MONITORS`; the stage checks a user's choice).
     built_from : dict
         What the folder is built from (a sweep configuration and cache, a manifest and architecture).
     settings : dict
@@ -80,8 +80,6 @@ class TrainingRun:
 
     def __init__(self, folder: str | os.PathLike, monitor: str, built_from: dict, settings: dict,
                  resume_keys: Sequence[str], describe: Callable[[dict], str] = str, error: type = UserError):
-        if monitor not in MONITORS:
-            raise error(f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
         self.folder, self.monitor, self.built_from, self.settings = Path(folder), monitor, built_from, settings
         self.resume_keys, self.describe, self.error = tuple(resume_keys), describe, error
         self.state_path, self.best_weights = self.folder / STATE_FILE, self.folder / BEST_WEIGHTS
@@ -161,10 +159,8 @@ class TrainingRun:
                         generator.state.assign(np.array([seed, epoch << 20], dtype=generator.state.dtype))
 
             def on_epoch_end(self, epoch, logs=None):
-                logs = dict(logs or {})
-                rate = self.model.optimizer.learning_rate
-                logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(rate)))
-                logs["seconds"] = time.perf_counter() - self.started
+                rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                logs = dict(logs or {}, learning_rate=rate, seconds=time.perf_counter() - self.started)
                 run.history.put(epoch + 1, logs)
                 value, best = logs.get(run.monitor), run.state.best_value
                 if value is not None and (best is None or (value < best if mode == "min" else value > best)):
@@ -290,8 +286,7 @@ def custom_objects() -> dict:
 
         def call(self, inputs):
             total = ops.sum(inputs, axis=-1, keepdims=True)
-            n_classes = ops.cast(ops.shape(inputs)[-1], inputs.dtype)
-            uniform = ops.ones_like(inputs) / n_classes
+            uniform = ops.ones_like(inputs) / ops.cast(ops.shape(inputs)[-1], inputs.dtype)
             return ops.where(total > 0, inputs / ops.where(total > 0, total, 1.0), uniform)
 
     @keras.saving.register_keras_serializable(package="featx")
@@ -302,10 +297,7 @@ def custom_objects() -> dict:
             norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
             return inputs / ops.where(norm > 0, norm, 1.0)
 
-    try:
-        import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
-    except ImportError:  # pragma: no cover - caffenet needs only keras
-        pass
+    import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
     return {layer.__name__: layer for layer in (ChannelAffine, TwoColumnProbabilities, NormalizeRows, L2Normalize)}
 
 
@@ -329,7 +321,7 @@ def augmentation(seed: int, rotation: float, zoom: float, translation: float = 0
     return keras.Sequential(layers, name="augmentation")
 
 
-def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> Path:
+def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine-tune") -> None:
     """Loss and accuracy per epoch (train and val) as a PNG; epoch 0 is the warm start."""
     import matplotlib
 
@@ -351,7 +343,5 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "fine
         axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
     figure.savefig(path, dpi=100)
     plt.close(figure)
-    return path
