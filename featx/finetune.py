@@ -472,6 +472,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         Peak learning rate; cosine decay to 0 over ``epochs``.
     batch_size : int
         Global batch (split over GPUs under MirroredStrategy).
+    config : int, optional
+        Start from this configuration of the sweep (``config`` column of ``results.csv``), refit on train.
     patience : int or None
         Early stopping on ``monitor`` (the validation metric that picks the best weights); None: never.
     restart : bool
