@@ -94,7 +94,8 @@ class Architecture:
 
 #: Architectures of published from-scratch recipes (sources in docs/training.md; 128 px input by default).
 PRESETS: dict[str, Architecture] = {
-    "keras-blog": Architecture(),  # Architecture's defaults are this recipe
+    "keras-blog": Architecture(filters=(32, 32, 64), dense_units=64, dropout=0.5, optimizer="rmsprop",
+                               learning_rate=1e-3),
     "vgg-mini": Architecture(filters=(32, 64, 128, 128), dense_units=512, learning_rate=1e-4),
     # vgg-mini's blocks in the modern form: far fewer weights, trains faster and overfits less.
     "bn-gap": Architecture(filters=(32, 64, 128, 256), padding="same", batch_norm=True, top="gap",
