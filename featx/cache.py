@@ -307,10 +307,9 @@ class CacheBuilder:
                 ok, reasons, n_feat = data["ok"], list(data["reasons"]), data["features"].shape
             if n_feat[0]:
                 dim = n_feat[1]
-            paths = [record.path for record in self.records_of(shard)]
-            good = [path for path, flag in zip(paths, ok) if flag]
-            computed.update({path: (shard.index, row) for row, path in enumerate(good)})
-            failed.extend(zip([path for path, flag in zip(paths, ok) if not flag], map(str, reasons)))
+            paths = np.array([record.path for record in self.records_of(shard)], dtype=object)
+            computed.update({path: (shard.index, row) for row, path in enumerate(paths[ok])})
+            failed.extend(zip(paths[~ok], map(str, reasons)))
         old = h5py.File(self._reuse_path, "r") if self._reuse else None
         try:
             if dim is None and old is not None:
