@@ -24,8 +24,6 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from featx.backbones.caffenet import CHW_FLATTENED, INPUT_SHAPE, WEIGHTS_FILE_NAME, caffenet_model
-
 from . import WeightsError, save_weights_atomic, sha256_file, weights_home
 
 __all__ = ["CaffeLayer", "CaffeModelError", "read_caffemodel", "write_caffemodel", "caffe_to_keras",
@@ -428,15 +426,18 @@ def _check_size(name: str, array: np.ndarray, caffe_shape: tuple[int, ...]) -> N
 
 
 # -- The importer --------------------------------------------------------------
-def converted_caffenet_path(caffemodel: str | os.PathLike,
-                            input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Path:
-    """Where :func:`import_caffemodel` keeps the Keras weights converted from ``caffemodel``."""
+def converted_caffenet_path(caffemodel: str | os.PathLike, input_shape: tuple[int, int, int] | None = None) -> Path:
+    """Where :func:`import_caffemodel` keeps the Keras weights converted from ``caffemodel`` (``input_shape``:
+    CaffeNet's own, 227x227x3, when None)."""
+    from featx.backbones.caffenet import INPUT_SHAPE  # Keras loads only when a model is converted
+
+    input_shape = tuple(input_shape or INPUT_SHAPE)
     digest = sha256_file(caffemodel)[:12]
     suffix = "" if tuple(input_shape) == INPUT_SHAPE else "-{}x{}".format(*input_shape[:2])
     return weights_home() / f"caffenet-{digest}{suffix}.weights.h5"
 
 
-def import_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Path:
+def import_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int] | None = None) -> Path:
     """Convert a CaffeNet ``.caffemodel`` into Keras weights once, and reuse them afterwards.
 
     ``path`` holds the BVLC reference CaffeNet weights or a CaffeNet fine-tuned from them (``fc8``
@@ -445,16 +446,19 @@ def import_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int]
     :func:`featx.extractors.caffenet.CaffeNet`. Raises :class:`CaffeModelError` when the file is
     missing, corrupt, or does not hold CaffeNet's layers.
     """
+    from featx.backbones.caffenet import CHW_FLATTENED, INPUT_SHAPE, caffenet_model
+
     path = Path(path)
     if not path.is_file():
         raise CaffeModelError(f"no such caffemodel file: {path}")
+    input_shape = tuple(input_shape or INPUT_SHAPE)
     target = converted_caffenet_path(path, input_shape)
     if target.is_file():
         return target
     layers = {layer.name: layer.blobs for layer in read_caffemodel(path)}
     fc8 = layers.get("fc8") or []
     classes = int(np.prod(fc8[-1].shape)) if fc8 else 1000
-    model = caffenet_model(input_shape=tuple(input_shape), classes=classes)
+    model = caffenet_model(input_shape=input_shape, classes=classes)
     for name, arrays in caffe_to_keras(layers, model, CHW_FLATTENED).items():
         model.get_layer(name).set_weights(arrays)
 
@@ -471,6 +475,8 @@ def resolve_caffenet_weights(weights: str | os.PathLike | None) -> Path | None:
         ``"imagenet"`` (not downloadable: the message says what to do), a
         missing file, or a file that is neither ``.caffemodel`` nor ``.h5``.
     """
+    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
+
     if weights is None:
         return None
     if str(weights).lower() == "imagenet":
@@ -514,6 +520,8 @@ def classes_in_weights(path: Path) -> int:
 
 def caffenet_weights_status() -> tuple[bool, str]:
     """(available offline, detail) for ``featx extractors``."""
+    from featx.backbones.caffenet import WEIGHTS_FILE_NAME
+
     converted = sorted(weights_home().glob("caffenet-*.weights.h5"))
     if converted:
         return True, f"converted weights: {converted[-1]} (pass --opt weights=PATH)"
