@@ -300,19 +300,17 @@ def _dense(W, b, activation, name, dtype):
     return layer
 
 
-def build_finetune_model(base: BaseHead, extractor, augment: bool = False, seed: int = 0,
-                         mixed_precision: bool = False):
+def build_finetune_model(base: BaseHead, extractor, augment: bool = False, seed: int = 0):
     """Backbone + the base head as one Keras model: float RGB in [0, 255] in, K probabilities out; the cut
     backbone (its pooling included) is the nested model ``backbone``.
 
     Parameters
     ----------
     extractor : KerasExtractor
-        The backbone's extractor (:func:`make_extractor` of ``base.extractor_spec``).
+        The backbone's extractor (:func:`make_extractor` of ``base.extractor_spec``). An ``fp16`` one builds
+        the backbone and the head's hidden layers in ``mixed_float16`` (GPU); outputs stay float32.
     augment : bool
         Put the augmentation layers (training only, seeded by ``seed``) after the input.
-    mixed_precision : bool
-        Build the backbone and hidden layers in ``mixed_float16`` (GPU); outputs stay float32.
     """
     import keras
 
@@ -328,7 +326,7 @@ def build_finetune_model(base: BaseHead, extractor, augment: bool = False, seed:
     # training=False: batch normalisation in inference mode even for unfrozen layers (the recipe for
     # fine-tuning a pretrained network on a small dataset).
     x = backbone(x, training=False)
-    for layer in _head_layers(base.model, n_features, "mixed_float16" if mixed_precision else None):
+    for layer in _head_layers(base.model, n_features, "mixed_float16" if extractor.precision == "fp16" else None):
         x = layer(x)
     name = "featx_finetune_" + "".join(c if c.isalnum() else "_" for c in base.extractor_spec["name"])
     return keras.Model(inputs, x, name=name)
@@ -522,7 +520,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
         preprocessing = extractor.preprocessing
         with strategy.scope():
-            model = build_finetune_model(base, extractor, augment=augment, seed=seed, mixed_precision=use_mixed)
+            model = build_finetune_model(base, extractor, augment=augment, seed=seed)
             trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
             steps = max(1, int(epochs) * math.ceil(len(train) / int(batch_size)))
             schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate), decay_steps=steps)
