@@ -437,6 +437,7 @@ def evaluate(
 
     Example: [bold]featx evaluate experiments/effnet/best.joblib data/holdout[/]
     """
+    from featx.metrics import METRICS
     from featx.predict import evaluate as evaluate_folder, load_model
 
     loaded = _run(load_model, model)
@@ -447,8 +448,7 @@ def evaluate(
     if as_json:
         out.print_json(json.dumps(result, default=str))
         return
-    metrics = ("accuracy", "roc_auc", "average_precision", "log_loss")
-    rows = [(m, f"{result[m]:.4f}", f"[{result[m + '_low']:.4f}, {result[m + '_high']:.4f}]") for m in metrics]
+    rows = [(m, f"{result[m]:.4f}", f"[{result[m + '_low']:.4f}, {result[m + '_high']:.4f}]") for m in METRICS]
     out.print(_table(("metric", "value", "95% interval"), rows, right_from=1))
     out.print(_table(("", *result["label_names"]),
                      [(name, *map(str, row)) for name, row in zip(result["label_names"], result["confusion"])],
