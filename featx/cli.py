@@ -186,6 +186,9 @@ def cache(
         _fail(f"--device must be auto, cpu or gpu; got {device!r}")
     if device == "cpu":  # before TensorFlow is imported by a CNN extractor
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    if runtime != "auto":  # an unknown or missing runtime: one line, before TensorFlow loads
+        from featx.runtime import resolve_runtime
+        _run(resolve_runtime, runtime)
     ext = _run(get_extractor, extractor, **options)
     if precision != "auto":  # hog computes in fp32 only: --precision bf16 is refused, never ignored
         _run(ext.check_precision, precision)
