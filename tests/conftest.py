@@ -19,6 +19,21 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
+def pytest_unconfigure(config):
+    """An xdist worker has sent all its reports by now and its process is about to end: leave without the
+    interpreter's teardown of TensorFlow, OpenVINO and torch (seconds per worker, at the end of every run)."""
+    if hasattr(config, "workerinput"):
+        import atexit
+        import sys
+
+        def leave():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+        atexit.register(leave)  # registered last, so it runs after every other exit handler
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _weights_home_of_the_session(tmp_path_factory):
     """Converted weights and OpenVINO IRs go to a folder of this test session, never to the user's
