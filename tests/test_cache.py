@@ -146,7 +146,7 @@ def test_open_cache_errors_are_clear(tmp_path):
 
 # -- kill -9 at random points, then resume ------------------------------------------------------
 SLOW_EXTRACTOR = '''
-"""A deliberately slow extractor that learns state, for the crash test."""
+"""A deliberately slow extractor that learns state, for the crash test (``delay``: seconds per image)."""
 import time
 import numpy as np
 from featx.extractors import ExtractorInfo, register
@@ -156,6 +156,7 @@ class SlowBlocks(Extractor):
     name = "slow_blocks"
     parallel = "model"
     needs_fit = True
+    delay = 0.04
 
     @property
     def preprocessing(self):
@@ -166,7 +167,7 @@ class SlowBlocks(Extractor):
         return 48
 
     def fit(self, images):
-        time.sleep(0.3)
+        time.sleep(7.5 * self.delay)
         self.mean_ = np.mean([im.reshape(-1, 3).mean(0) for im in images], axis=0).astype(np.float32)
         return self
 
@@ -178,7 +179,7 @@ class SlowBlocks(Extractor):
         return self
 
     def transform(self, images):
-        time.sleep(0.04 * len(images))
+        time.sleep(self.delay * len(images))
         x = np.stack(images).astype(np.float32).reshape(len(images), 4, 4, 4, 4, 3).mean(axis=(2, 4))
         return (x - self.mean_).reshape(len(images), -1)
 
@@ -189,6 +190,7 @@ RUN = '''
 import sys
 sys.path.insert(0, {plugin_dir!r})
 import slowext
+slowext.SlowBlocks.delay = {delay!r}
 from featx.data import build_manifest
 from featx.extractors import get_extractor
 from featx.pipeline import build_cache
@@ -198,26 +200,28 @@ print("DONE", r.rows, r.computed)
 '''
 
 
-def _crash_setup(kaggle_dir, tmp_path):
+def _crash_setup(kaggle_dir, tmp_path, delay):
     """The slow extractor registered here and in child processes, a clean cache to compare with,
-    and the script, final file and journal of the build that gets killed."""
+    and the script, final file and journal of the build that gets killed (slowed down by ``delay``
+    seconds per image, so that random kills land while it works)."""
     plugin_dir = tmp_path / "plugin"
     plugin_dir.mkdir()
     (plugin_dir / "slowext.py").write_text(SLOW_EXTRACTOR)
     sys.path.insert(0, str(plugin_dir))
-    import slowext  # noqa: F401  registers slow_blocks here too
+    import slowext  # registers slow_blocks here too
 
+    slowext.SlowBlocks.delay = 0.0  # the clean build is never killed
     clean = build_cache(build_manifest(kaggle_dir), get_extractor("slow_blocks"), cache_dir=tmp_path / "clean",
                         batch_size=2, shard_rows=4, workers=2)
     cache_dir = tmp_path / "crashy"
-    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(cache_dir))
+    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(cache_dir), delay=delay)
     final = cache_dir / clean.path.name
     journal = final.with_name(final.name + ".partial")
     return clean, plugin_dir, cache_dir, script, final, journal
 
 
 def test_kill_dash_9_at_random_points_then_resume_equals_clean_run(kaggle_dir, tmp_path):
-    clean, plugin_dir, cache_dir, script, final, journal = _crash_setup(kaggle_dir, tmp_path)
+    clean, plugin_dir, cache_dir, script, final, journal = _crash_setup(kaggle_dir, tmp_path, delay=0.04)
     rng = random.Random(1234)
     kills = 0
     for attempt in range(8):
@@ -255,7 +259,8 @@ def test_kill_at_each_named_step_leaves_no_half_file_and_resume_finishes_only_wh
     """FEATX_KILL_AT SIGKILLs the build at a named step: inside the fit, after the state is saved,
     after shard N, inside the publish before and after the rename. After each kill the final file
     is absent or complete; the run that follows computes only the shards the journal lacks."""
-    clean, plugin_dir, cache_dir, script, final, journal = _crash_setup(kaggle_dir, tmp_path)
+    # The kills are deterministic here, so the extractor need not be slow.
+    clean, plugin_dir, cache_dir, script, final, journal = _crash_setup(kaggle_dir, tmp_path, delay=0.0)
 
     def run(step: str | None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "FEATX_KILL_AT"}
@@ -285,7 +290,7 @@ def test_kill_at_each_named_step_leaves_no_half_file_and_resume_finishes_only_wh
     assert not journal.exists()
 
     again = tmp_path / "after_rename"
-    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(again))
+    script = RUN.format(plugin_dir=str(plugin_dir), root=str(kaggle_dir), cache_dir=str(again), delay=0.0)
     died = run("publish:after_rename")  # published, killed before the journal was cleaned
     assert died.returncode == -signal.SIGKILL
     with open_cache(again / clean.path.name) as cache:
