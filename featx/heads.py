@@ -365,7 +365,8 @@ class KerasDenseClassifier(_Head):
         elif self.patience is not None and self.validation_fraction > 0:
             X_train, X_val, y_train, y_val = _holdout(X, y_index, self.validation_fraction, seed)
 
-        self.model_ = self._build_model(X.shape[1], len(self.classes_))
+        steps = int(self.epochs) * -(-len(X_train) // int(self.batch_size))
+        self.model_ = self._build_model(X.shape[1], len(self.classes_), steps)
         callbacks = []
         if self.patience is not None and X_val is not None:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
@@ -407,7 +408,7 @@ class KerasDenseClassifier(_Head):
             return y_index.astype(np.float32).reshape(-1, 1)
         return y_index.astype(np.int32)
 
-    def _build_model(self, n_features: int, n_classes: int):
+    def _build_model(self, n_features: int, n_classes: int, steps: int):
         import keras
 
         inputs = keras.Input(shape=(n_features,), name="features")
@@ -419,11 +420,12 @@ class KerasDenseClassifier(_Head):
         outputs = keras.layers.Dense(1 if binary else n_classes, activation="sigmoid" if binary else "softmax",
                                      name="output")(x)
         model = keras.Model(inputs, outputs, name="featx_dense_head")
-        # 32 batches per compiled call: a dense head on cached features is so small that Keras'
-        # per-step Python overhead dominates; running many steps per call removes most of it.
+        # A dense head on cached features is so small that Keras' per-step Python overhead dominates: 32 batches
+        # per compiled call remove most of it, for a second trace (~0.1 s). Under ~100 steps in all (small fits:
+        # learning-curve points, estimator checks) one batch per call is faster (benchmarks/dense_head_steps.py).
         model.compile(optimizer=make_optimizer(self.optimizer, float(self.learning_rate)),
                       loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], steps_per_execution=32)
+                      metrics=["accuracy"], steps_per_execution=32 if steps >= 100 else 1)
         return model
 
     def predict_proba(self, X):
