@@ -77,9 +77,9 @@ def tiny_extractor(tmp_path_factory):
     return get_extractor(tiny_backbone.NAME, weights=str(path))
 
 
-def _cache(root: Path, extractor, out: Path) -> Path:
+def _cache(root: Path, extractor, out: Path, runtime: str = "auto") -> Path:
     manifest = build_manifest(root, val=0.25, test=0.25, seed=0)
-    return build_cache(manifest, extractor, cache_dir=out / "cache", batch_size=16, workers=2).path
+    return build_cache(manifest, extractor, cache_dir=out / "cache", batch_size=16, workers=2, runtime=runtime).path
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +351,7 @@ def test_second_finetune_of_one_experiment_gets_one_line_naming_the_holder(binar
 
 def _own_experiment(tmp_path, extractor, heads) -> Path:
     root = make_kaggle_images(tmp_path / "train", 8)
-    cache = _cache(root, extractor, tmp_path)
+    cache = _cache(root, extractor, tmp_path, runtime="keras")  # these claims hold whatever computed the cache
     out = tmp_path / "experiments" / "own"
     run_sweep([[cache]], out, heads=heads, grids=GRIDS, n_boot=20, learning_curve=False, seed=0)
     return out
