@@ -151,7 +151,9 @@ def test_same_seed_gives_the_same_weights_and_val_accuracy(two_runs):
 
 
 def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
-    options = dict(FAST, tune=True, tuner="random", max_trials=2, trial_epochs=1, seed=0)
+    # No augmentation in the search tests (tracing its layers costs ~0.5 s a trial); the resume and
+    # same-seed tests keep it.
+    options = dict(FAST, tune=True, tuner="random", max_trials=2, trial_epochs=1, seed=0, augment=False)
     result = run_scratch(kaggle_dir, tmp_path / "exp", **options)
     assert result.out_dir.name == "scratch-tuned"
     assert result.new_trials == 2 and len(result.trials) == 2
@@ -242,7 +244,7 @@ def test_second_writer_of_one_stage_folder_gets_one_line_naming_the_holder(kaggl
 def test_bayesian_search_proposes_after_its_random_start(kaggle_dir, tmp_path):
     # 3 trials: 2 random initial points, then one proposed by the Gaussian process
     result = run_scratch(kaggle_dir, tmp_path / "exp", **dict(FAST, tune=True, tuner="bayesian", max_trials=3,
-                                                              trial_epochs=1))
+                                                              trial_epochs=1, augment=False))
     assert result.new_trials == 3
     oracle = json.loads((result.out_dir / "tuner" / "search" / "oracle.json").read_text())
     assert oracle["num_initial_points"] == 2
