@@ -19,7 +19,7 @@ import numpy as np
 
 from featx.backbones.caffenet import CONFIG, INPUT_SHAPE, caffenet_model
 from featx.weights import WeightsError
-from featx.weights.caffe import (caffenet_weights_status, classes_in_weights, import_caffemodel,
+from featx.weights.caffe import (caffenet_weights_status, classes_in_weights, convert_caffemodel,
                                  resolve_caffenet_weights)
 
 from .keras_base import KerasExtractor
@@ -39,11 +39,13 @@ def CaffeNet(weights: str | os.PathLike | None = None,
     get the BVLC file. ``classes`` defaults to the weights file's, else 1000; the other
     arguments are the builder's.
     """
-    weights_path = resolve_caffenet_weights(weights)
+    weights_path, converted = resolve_caffenet_weights(weights), None
     if weights_path is not None and weights_path.suffix == ".caffemodel":
-        weights_path = import_caffemodel(weights_path, input_shape=tuple(input_shape))
+        weights_path, converted = convert_caffemodel(weights_path, input_shape=tuple(input_shape))
     if classes is None:
         classes = classes_in_weights(weights_path) if weights_path is not None else 1000
+    if converted is not None and converted.name == name and converted.output_shape[-1] == classes:
+        return converted  # just converted: its weights are the file's, no second build and load
 
     model = caffenet_model(tuple(input_shape), classes, name)
 

@@ -27,8 +27,8 @@ import numpy as np
 from . import WeightsError, save_weights_atomic, sha256_file, weights_home
 
 __all__ = ["CaffeLayer", "CaffeModelError", "read_caffemodel", "write_caffemodel", "caffe_to_keras",
-           "import_caffemodel", "converted_caffenet_path", "resolve_caffenet_weights", "classes_in_weights",
-           "caffenet_weights_status"]
+           "import_caffemodel", "convert_caffemodel", "converted_caffenet_path", "resolve_caffenet_weights",
+           "classes_in_weights", "caffenet_weights_status"]
 
 # -- field numbers (BVLC/caffe src/caffe/proto/caffe.proto) -------------
 _NET_NAME, _NET_LAYERS_V1, _NET_LAYER = 1, 2, 100
@@ -446,6 +446,11 @@ def import_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int]
     :func:`featx.extractors.caffenet.CaffeNet`. Raises :class:`CaffeModelError` when the file is
     missing, corrupt, or does not hold CaffeNet's layers.
     """
+    return convert_caffemodel(path, input_shape)[0]
+
+
+def convert_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int] | None = None) -> tuple:
+    """:func:`import_caffemodel`, and the Keras model it converted into (None when the file was converted before)."""
     from featx.backbones.caffenet import CHW_FLATTENED, INPUT_SHAPE, caffenet_model
 
     path = Path(path)
@@ -454,15 +459,14 @@ def import_caffemodel(path: str | os.PathLike, input_shape: tuple[int, int, int]
     input_shape = tuple(input_shape or INPUT_SHAPE)
     target = converted_caffenet_path(path, input_shape)
     if target.is_file():
-        return target
+        return target, None
     layers = {layer.name: layer.blobs for layer in read_caffemodel(path)}
     fc8 = layers.get("fc8") or []
     classes = int(np.prod(fc8[-1].shape)) if fc8 else 1000
     model = caffenet_model(input_shape=input_shape, classes=classes)
     for name, arrays in caffe_to_keras(layers, model, CHW_FLATTENED).items():
         model.get_layer(name).set_weights(arrays)
-
-    return save_weights_atomic(model, target)
+    return save_weights_atomic(model, target), model
 
 
 # -- The weights= option of CaffeNet -------------------------------------------
