@@ -367,6 +367,7 @@ class KerasDenseClassifier(_Head):
 
         steps = int(self.epochs) * -(-len(X_train) // int(self.batch_size))
         self.model_ = self._build_model(X.shape[1], len(self.classes_), steps)
+        build_fit_state(self.model_, X_train[:1], self._targets(y_train[:1]))
         callbacks = []
         if self.patience is not None and X_val is not None:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
@@ -459,6 +460,23 @@ def make_optimizer(name: str, learning_rate: float):
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+
+
+def build_fit_state(model, x, y) -> None:
+    """Create a compiled model's optimizer slots and loss/metric state from one example row ``x``, ``y``.
+
+    Keras 3 on TensorFlow, without a distribution strategy, creates them inside the first trace of the
+    train step, and tf.function then traces it a second time; built beforehand, the first fit traces it
+    once (a small fit runs ~1.5x faster, same numbers). Under a strategy Keras builds them itself.
+    """
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        y_pred = model(x, training=False)
+        model.compute_loss(x, y, y_pred)
+        model.compute_metrics(x, y, y_pred, sample_weight=None)
+        model.optimizer.build(model.trainable_variables)
+        model.reset_metrics()
 
 
 def _holdout(X, y_index, fraction: float, seed):

@@ -305,8 +305,11 @@ def compile_classifier(model, optimizer) -> None:
     """Sparse categorical cross-entropy with an ``accuracy`` metric (the columns of ``history.csv``)."""
     import keras
 
+    from featx.heads import build_fit_state
+
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    build_fit_state(model, np.zeros((1, *model.input_shape[1:]), "float32"), np.zeros((1,), "int32"))
 
 
 def augmentation(seed: int, rotation: float, zoom: float, translation: float = 0.0):

@@ -182,6 +182,34 @@ def test_dense_head_history_and_early_stopping(two_classes):
     assert len(explicit.history_["val_accuracy"]) == 2
 
 
+def test_first_fit_traces_the_train_step_once_with_the_numbers_keras_gives(two_classes, monkeypatch):
+    """Keras 3 on TensorFlow creates the optimizer and metric state inside the first trace of the train step
+    and then traces it again; featx creates that state beforehand (heads.build_fit_state), for the dense
+    head and for the fine-tune and scratch models (training.compile_classifier)."""
+    import keras
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    import featx.heads as heads
+    from featx.training import compile_classifier
+
+    X, y = two_classes
+    traces = []
+    train_step = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, data: traces.append(1) or train_step(self, data))
+    built = KerasDenseClassifier(random_state=0, validation_fraction=0.2, **{**FAST_DENSE, "patience": 3}).fit(X, y)
+    assert len(traces) == 1
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(2, activation="softmax")])
+    compile_classifier(model, heads.make_optimizer("adam", 1e-2))
+    model.fit(X, y, epochs=1, verbose=0)
+    assert len(traces) == 2
+
+    monkeypatch.setattr(heads, "build_fit_state", lambda *args: None)  # what Keras does on its own
+    lazy = KerasDenseClassifier(random_state=0, validation_fraction=0.2, **{**FAST_DENSE, "patience": 3}).fit(X, y)
+    assert len(traces) == 4
+    assert built.history_ == lazy.history_ and len(built.history_["val_loss"]) == built.n_epochs_ > 1
+    np.testing.assert_array_equal(built.predict_proba(X), lazy.predict_proba(X))
+
+
 def test_dense_head_clone_and_grid_search(two_classes):
     X, y = two_classes
     clf = KerasDenseClassifier(random_state=0, **FAST_DENSE)
