@@ -153,6 +153,13 @@ def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-reada
 _RUNTIME_HELP = "auto | keras | openvino: what runs the CNN (auto: OpenVINO on a CPU, Keras on a GPU)."
 
 
+def _check_runtime(runtime: str) -> None:
+    """An unknown --runtime, or one that is not installed: one line, before TensorFlow loads."""
+    if runtime != "auto":
+        from featx.runtime import resolve_runtime
+        _run(resolve_runtime, runtime)
+
+
 @app.command()
 def cache(
     source: Path = typer.Argument(..., help="Folder of images, or a manifest CSV from featx index."),
@@ -186,9 +193,7 @@ def cache(
         _fail(f"--device must be auto, cpu or gpu; got {device!r}")
     if device == "cpu":  # before TensorFlow is imported by a CNN extractor
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    if runtime != "auto":  # an unknown or missing runtime: one line, before TensorFlow loads
-        from featx.runtime import resolve_runtime
-        _run(resolve_runtime, runtime)
+    _check_runtime(runtime)
     ext = _run(get_extractor, extractor, **options)
     if precision != "auto":  # hog computes in fp32 only: --precision bf16 is refused, never ignored
         _run(ext.check_precision, precision)
@@ -358,6 +363,7 @@ def imagenet(
     from featx.extractors import parse_opts
     from featx.imagenet import top_k
 
+    _check_runtime(runtime)
     options = _run(parse_opts, opt)
     results = _run(top_k, extractor, [str(p) for p in images], k=top, runtime=runtime, precision=precision,
                    **options)
@@ -409,6 +415,7 @@ def predict(
     """
     from featx.predict import check_submission_options, load_model, predict as predict_folder, write_submission
 
+    _check_runtime(runtime)
     loaded = _run(load_model, model)
     _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
     err.print(f"model: {loaded.describe()}", highlight=False)
@@ -443,6 +450,7 @@ def evaluate(
     from featx.metrics import METRICS
     from featx.predict import evaluate as evaluate_folder, load_model
 
+    _check_runtime(runtime)
     loaded = _run(load_model, model)
     err.print(f"model: {loaded.describe()}", highlight=False)
     result = _run(evaluate_folder, loaded, directory, layout=layout, cache_dir=cache_dir, batch_size=batch_size,

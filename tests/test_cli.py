@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
+import pytest
 from typer.testing import CliRunner
 
 from featx.cli import app
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def invoke(*args):
@@ -84,3 +90,28 @@ def test_help_has_examples():
     for command in ("index", "cache", "inspect", "extractors"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output
+
+
+@pytest.mark.parametrize("command", ["cache", "predict", "evaluate", "imagenet"])
+def test_runtime_openvino_without_openvino_is_one_line_before_tensorflow_loads(command, kaggle_dir, tmp_path):
+    args = {"cache": [str(kaggle_dir), "--extractor", "vgg16", "--opt", "weights=none", "--cache-dir",
+                      str(tmp_path / "c")],
+            "predict": [str(tmp_path / "best.joblib"), str(kaggle_dir), "-o", str(tmp_path / "submission.csv"),
+                        "--cache-dir", str(tmp_path / "c")],
+            "evaluate": [str(tmp_path / "best.joblib"), str(kaggle_dir), "--cache-dir", str(tmp_path / "c")],
+            "imagenet": [str(kaggle_dir / "cat.0.png"), "--extractor", "vgg16"]}[command]
+    script = ("import sys; sys.modules['openvino'] = None\n"  # `import openvino` now raises ImportError
+              "from featx.cli import app\n"
+              "try:\n"
+              f"    app({[command, *args, '--runtime', 'openvino']!r}, prog_name='featx')\n"
+              "finally:\n"
+              "    print('tensorflow loaded:', 'tensorflow' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "300"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    # The runtime is checked first: not "no such model", and before TensorFlow loads.
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["error: --runtime openvino: openvino is not installed; pip install 'openvino>=2024.0' "
+                     "(or use --runtime keras)"], done.stderr
+    assert "tensorflow loaded: False" in done.stdout
+    assert not (tmp_path / "c").exists() and not (tmp_path / "submission.csv").exists()
