@@ -212,10 +212,8 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
         if job.done is not None:
             return job.done
         builder, units = job.builder, job.units
-        progress.start(f"{extractor.name} features", builder.plan.n_rows)
-        progress.advance(builder.plan.n_rows - job.todo)  # rows already in the journal
         runner, calibration = None, None
-        if extractor.parallel == "model" and units:
+        if extractor.parallel == "model" and units:  # the model, before the bar: it may fail to load
             from featx.runtime import make_runner, resolve_runtime
 
             if precision == "int8" and resolve_runtime(runtime, extractor, precision) == "openvino":
@@ -225,6 +223,8 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
             runner = make_runner(extractor, runtime, precision, calibration=calibration)
             if workers is None:
                 workers = decode_threads(runner.model_threads)
+        progress.start(f"{extractor.name} features", builder.plan.n_rows)
+        progress.advance(builder.plan.n_rows - job.todo)  # rows already in the journal
         compute_started = time.perf_counter()
         writer = _ShardWriter(builder)
         try:

@@ -66,6 +66,23 @@ def test_cli_cache_with_pooling_option_is_one_line_exit_2(tmp_path, extractor):
     assert not list((tmp_path / "cache").glob("*.h5")) if (tmp_path / "cache").exists() else True
 
 
+@pytest.mark.parametrize("name", ("notes.txt", "junk.weights.h5"))
+def test_cli_cache_with_a_lite_weights_file_that_does_not_load_is_one_line(tmp_path, name):
+    """A file that is not EfficientNet-Lite weights (not HDF5 at all) is a user mistake: one line naming it,
+    exit 2, and no cache file or journal left behind."""
+    folder = make_kaggle_images(tmp_path / "photos", 2)
+    weights = tmp_path / name
+    weights.write_text("not weights")
+    result = runner.invoke(app, ["cache", str(folder), "--extractor", "efficientnet_lite0", "--opt",
+                                 f"weights={weights}", "--runtime", "keras", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: weights file {str(weights)!r} does not match efficientnet_lite0 (with or without "
+                     "its classifier); pass a .weights.h5 saved from this architecture, weights=imagenet or "
+                     "weights=none"], result.output
+    assert not list((tmp_path / "cache").glob("*.h5")) and not list((tmp_path / "cache").glob("*.partial"))
+
+
 # -- bug 6: precisions ------------------------------------------------------------------
 
 @pytest.mark.parametrize("precision", ("bf16", "fp64"))

@@ -15,7 +15,7 @@ import os
 from featx.backbones import BackboneConfig
 from featx.backbones.efficientnet_lite import (CONFIGS, HEAD_FILTERS, LITE_VARIANTS, LiteVariant,
                                                efficientnet_lite_model, get_variant)
-from featx.weights import weights_home
+from featx.weights import WeightsError, weights_home
 from featx.weights.torch_lite import import_lite_weights
 
 from .keras_base import KerasExtractor
@@ -115,19 +115,20 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
     try:
         model.load_weights(path)
         return
-    except ValueError:
+    except (ValueError, OSError):
         pass  # structure differs (no top, other classes): match layers by name below
     for include_top in (True, False):
         reference = efficientnet_lite_model(variant, include_top=include_top)
         try:
             reference.load_weights(path)
             break
-        except ValueError:
+        except (ValueError, OSError):  # OSError: not an HDF5 file at all
             continue
     else:
-        raise ValueError(
+        raise WeightsError(
             f"weights file {os.fspath(path)!r} does not match {get_variant(variant).name} "
-            "(with or without its classifier); was it saved from another architecture?"
+            "(with or without its classifier); pass a .weights.h5 saved from this architecture, "
+            "weights=imagenet or weights=none"
         )
     source = {layer.name: layer for layer in reference.layers if layer.weights}
     n_copied = 0
@@ -140,7 +141,7 @@ def load_weights_by_name(model, path: str | os.PathLike, variant: str | LiteVari
             layer.set_weights(values)
             n_copied += 1
     if n_copied == 0:
-        raise ValueError(f"no layer of {model.name!r} matches a layer in {os.fspath(path)!r}")
+        raise WeightsError(f"no layer of {model.name!r} matches a layer in {os.fspath(path)!r}")
 
 
 class EfficientNetLiteExtractor(KerasExtractor):

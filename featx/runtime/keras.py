@@ -20,6 +20,7 @@ class KerasRunner:
             warnings.warn("--precision bf16: this CPU has no avx512_bf16 or AMX; TensorFlow emulates bf16 "
                           "(features rounded to bf16, slower than fp32)", stacklevel=2)
         self.extractor = extractor
+        getattr(extractor, "model", None)  # built (weights loaded) now, as OpenVINO's: a bad file fails here
 
     def __call__(self, images) -> np.ndarray:
         return np.asarray(self.extractor.transform(images), dtype=np.float32)
