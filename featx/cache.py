@@ -142,6 +142,7 @@ class CacheBuilder:
         self._reuse_path: Path | None = None  # the older file rows are reused from
         self.todo_records = list(manifest.records)
         self.n_reused = 0
+        self._started_journal = False  # by this builder, in prepare()
 
     def __enter__(self) -> "CacheBuilder":
         stack = contextlib.ExitStack()
@@ -152,7 +153,10 @@ class CacheBuilder:
         self._lock = stack
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
+        # A build that failed before any work (a weights file that does not load, say) leaves no journal.
+        if exc_type is not None and self._started_journal and not any(self.journal.glob("*.npz")):
+            shutil.rmtree(self.journal, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -199,7 +203,7 @@ class CacheBuilder:
             shutil.rmtree(self.journal)  # a different job: start over
         self.journal.mkdir(parents=True, exist_ok=True)
         atomic_write_text(plan_file, json.dumps(plan.__dict__))
-        self.plan = plan
+        self.plan, self._started_journal = plan, True
         return plan
 
     def reuse_candidates(self) -> list[Path]:

@@ -136,6 +136,34 @@ def test_new_images_reuse_rows_of_the_existing_cache(kaggle_dir, tmp_path):
         np.testing.assert_array_equal(cache.load()[0], np.stack([after[p] for p in cache.paths]))
 
 
+@pytest.mark.parametrize("good_batches", [0, 2])
+def test_a_failed_build_keeps_its_journal_only_when_it_holds_work(kaggle_dir, tmp_path, good_batches):
+    """An exception before the first shard (a model that does not load, say) leaves no journal; after
+    some shards the journal stays, and the next run computes only the rest."""
+    manifest = build_manifest(kaggle_dir)
+    extractor = get_extractor("hog", size=32)
+    transform, calls = extractor.transform, []
+
+    def failing(images):
+        calls.append(len(images))
+        if len(calls) > good_batches:
+            raise RuntimeError("the model went away")
+        return transform(images)
+
+    extractor.transform = failing
+    with pytest.raises(RuntimeError, match="went away"):
+        build_cache(manifest, extractor, cache_dir=tmp_path, workers=1, shard_rows=8)
+    journals = list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.h5"))
+    if good_batches == 0:
+        assert journals == []
+    else:
+        assert len(list(journals[0].glob("shard-*.npz"))) == good_batches
+        extractor.transform = transform
+        resumed = build_cache(manifest, extractor, cache_dir=tmp_path, workers=1, shard_rows=8)
+        assert (resumed.rows, resumed.computed) == (40, 40 - 8 * good_batches)
+
+
 def test_open_cache_errors_are_clear(tmp_path):
     with pytest.raises(CacheError, match="does not exist"):
         open_cache(tmp_path / "missing.h5")
