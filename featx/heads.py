@@ -34,6 +34,8 @@ __all__ = ["HeadError", "HEADS", "PREPROCESSING", "DEFAULT_GRIDS", "KerasDenseCl
            "RBFSVMClassifier", "make_head", "make_preprocessing", "class_probabilities"]
 
 HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
+#: Steps (epochs x batches) from which a dense head runs 32 batches per compiled call instead of one.
+MANY_STEPS = 100
 PREPROCESSING = ("standard", "l2", "pca:N", "pca:F", "none")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
@@ -422,11 +424,11 @@ class KerasDenseClassifier(_Head):
                                      name="output")(x)
         model = keras.Model(inputs, outputs, name="featx_dense_head")
         # A dense head on cached features is so small that Keras' per-step Python overhead dominates: 32 batches
-        # per compiled call remove most of it, for a second trace (~0.1 s). Under ~100 steps in all (small fits:
-        # learning-curve points, estimator checks) one batch per call is faster (benchmarks/dense_head_steps.py).
+        # per compiled call remove most of it, for a second trace (~0.1 s). Under MANY_STEPS in all (small fits:
+        # learning-curve points, estimator checks) one batch per call is faster (benchmarks/bench_dense_steps.py).
         model.compile(optimizer=make_optimizer(self.optimizer, float(self.learning_rate)),
                       loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], steps_per_execution=32 if steps >= 100 else 1)
+                      metrics=["accuracy"], steps_per_execution=32 if steps >= MANY_STEPS else 1)
         return model
 
     def predict_proba(self, X):
