@@ -1,14 +1,15 @@
 """Find images, read their labels, split them deterministically, and keep it all in a manifest.
 
 The layouts (``kaggle``, ``folders``, ``unlabeled``, ``auto``), the split rule (a hash of the seed and
-the relative path alone, so adding images never moves one already placed) and the manifest CSV are
-described in README.md, "Layouts" and "The manifest".
+the file's content hash alone, so identical files share a split and adding images never moves one
+already placed) and the manifest CSV are described in README.md, "Layouts" and "The manifest".
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import io
 import json
 import os
@@ -32,6 +33,8 @@ MANIFEST_TAG = "# featx-manifest "
 # ``label.N.ext``; a label is any word in any script (``dög``, ``猫``), starting with a letter.
 KAGGLE_NAME = re.compile(r"^(?P<label>[^\W\d_][\w-]*)\.[^.]+\.\w+$")
 MANIFEST_COLUMNS = ("path", "label", "split")
+# 1: splits keyed on the relative path (no "version" in the settings line); 2: keyed on the file's sha1.
+MANIFEST_VERSION = 2
 
 
 class DataError(UserError, ValueError):
@@ -61,6 +64,7 @@ class Manifest:
     layout_reason: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) not indexed
     warnings: list[str] = field(default_factory=list)  # things the user should look at
+    version: int = MANIFEST_VERSION  # how the splits were keyed (see MANIFEST_VERSION)
 
     @property
     def name(self) -> str:
@@ -84,6 +88,20 @@ class Manifest:
             table.setdefault(record.split, Counter())[record.label or "-"] += 1
         return table
 
+    def duplicate_groups(self) -> list[list[Record]]:
+        """Records with the same content (sha1) under different paths: groups of two or more, in
+        manifest order (records without a sha1 are in none)."""
+        groups: dict[str, list[Record]] = {}
+        for record in self.records:
+            if record.sha1:
+                groups.setdefault(record.sha1, []).append(record)
+        return [group for group in groups.values() if len(group) > 1]
+
+    def label_conflicts(self) -> list[list[Record]]:
+        """The duplicate groups whose copies carry different labels (unlabeled copies aside)."""
+        return [group for group in self.duplicate_groups()
+                if len({r.label for r in group if r.label is not None}) > 1]
+
     def sha256(self) -> str:
         """Fingerprint of the images, labels and splits (not of where the root lives)."""
         text = "".join(f"{r.path}\t{r.label or ''}\t{r.split}\t{r.sha1}\n" for r in self.records)
@@ -102,14 +120,20 @@ class Manifest:
     def write(self, path: str | os.PathLike) -> Path:
         """Write the manifest CSV atomically (a reader never sees half a file)."""
         settings = {"root": str(self.root), "layout": self.layout, "seed": self.seed,
-                    "val": self.val, "test": self.test}
+                    "val": self.val, "test": self.test, "version": self.version}
         rows = [[r.path, r.label or "", r.split, r.sha1] for r in self.records]
         return atomic_write_csv(path, [["path", "label", "split", "sha1"], *rows],
                                 preamble=MANIFEST_TAG + json.dumps(settings, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Manifest":
-        """Read a manifest written by :meth:`write` (or by hand with the same columns)."""
+        """Read a manifest written by :meth:`write` (or by hand with the same columns).
+
+        A settings line without ``"version"`` is a version 1 manifest (splits keyed on the path): its
+        records are read as they are. A row with no sha1 (hand-edited, or no ``sha1`` column) gets
+        its file hashed now, so no stage ever sees an empty sha1; a :class:`DataError` names the rows
+        whose file cannot be read.
+        """
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -127,9 +151,13 @@ class Manifest:
             settings = json.loads(first[len(MANIFEST_TAG):])
             root = Path(settings["root"])
             options = dict(layout=settings["layout"], seed=int(settings["seed"]),
-                           val=float(settings["val"]), test=float(settings["test"]))
+                           val=float(settings["val"]), test=float(settings["test"]),
+                           version=int(settings.get("version", 1)))
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: the settings line is not valid ({type(exc).__name__}: {exc}); {fix}") from None
+        if not 1 <= options["version"] <= MANIFEST_VERSION:
+            raise DataError(f"{path}: manifest version {options['version']} is not one this featx reads "
+                            f"(1 to {MANIFEST_VERSION}); upgrade featx, or {fix}")
         if not root.is_absolute():
             root = (path.parent / root).resolve()
         reader = csv.DictReader(io.StringIO(rest))
@@ -144,25 +172,102 @@ class Manifest:
                 raise DataError(f"{path}: line {line} (path {row['path']!r}) has split {split!r}; "
                                 f"expected one of {', '.join(SPLITS)}")
             records.append(Record(row["path"], row["label"] or None, split, row.get("sha1") or ""))
-        return cls(root=root, records=records, layout_reason=f"read from {path}", **options)
+        records = _hash_missing(records, root, path)
+        manifest = cls(root=root, records=records, layout_reason=f"read from {path}", **options)
+        manifest.warnings.extend(_leak_warnings(manifest, fix=f"re-index with: featx index {root} -o {path}"))
+        return manifest
+
+
+def _hash_missing(records: list[Record], root: Path, manifest_path: Path) -> list[Record]:
+    """``records`` with every empty sha1 computed from its file under ``root``."""
+    if all(r.sha1 for r in records):
+        return records
+    from featx.images import ImageError, file_sha1
+
+    hashed, unreadable = [], []
+    for line, record in enumerate(records, start=3):
+        if not record.sha1:
+            try:
+                record = Record(record.path, record.label, record.split, file_sha1(root / record.path))
+            except ImageError as exc:
+                unreadable.append((line, record.path, exc.reason))
+        hashed.append(record)
+    if unreadable:
+        line, name, reason = unreadable[0]
+        raise DataError(f"{manifest_path}: {len(unreadable)} row(s) have no sha1 and their file cannot be read "
+                        f"to compute it, first line {line}: {root / name} ({reason}); fill in the sha1 column, "
+                        f"remove those rows, or re-index with: featx index {root} -o {manifest_path}")
+    return hashed
+
+
+def _leak_warnings(manifest: Manifest, fix: str) -> list[str]:
+    """Warnings about identical files that carry different labels or sit in different splits."""
+    def examples(groups: list[list[Record]], show: Callable[[Record], str]) -> str:
+        listed = "; ".join(" = ".join(show(r) for r in group) for group in groups[:3])
+        return listed + (f"; and {len(groups) - 3} more" if len(groups) > 3 else "")
+
+    warnings = []
+    conflicts = manifest.label_conflicts()
+    if conflicts:
+        warnings.append(f"{len(conflicts)} group(s) of identical files carry different labels: "
+                        f"{examples(conflicts, lambda r: f'{r.path} ({r.label})')}; each group stays in one "
+                        f"split with its labels as they are: fix the labels or delete the wrong copies, then "
+                        f"run featx index again")
+    straddling = [g for g in manifest.duplicate_groups() if len({r.split for r in g}) > 1]
+    if straddling:
+        warnings.append(f"{len(straddling)} group(s) of identical files sit in more than one split, so the same "
+                        f"image is trained on and scored: {examples(straddling, lambda r: f'{r.path} ({r.split})')}; "
+                        f"{fix} (splits keyed on content)")
+    return warnings
 
 
 def find_images(root: str | os.PathLike) -> list[str]:
     """Image files under ``root`` (by extension), as sorted POSIX paths relative to it.
 
-    Hidden files and folders (``.name``) are skipped.
+    Hidden files and folders (``.name``) are skipped. Symbolic links are followed, but a folder or
+    file reached more than once (a link back to a parent folder, two links or hard links to one file)
+    is listed once, under the path that crosses the fewest links, then the first in sorted order:
+    a loop never multiplies the dataset, and a real folder's name wins over a link's (its label).
     """
     from featx.images import is_image_name
 
     root = Path(root)
-    found = []
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_folder = Path(folder).relative_to(root)
-        for name in filenames:
-            if not name.startswith(".") and is_image_name(name):
-                found.append((rel_folder / name).as_posix())
-    return sorted(found)
+    # Folders in order of (links crossed, relative path): a parent sorts before its children, so the
+    # first visit of a folder is by its best path and later visits (a loop, a second link) are skipped.
+    queue: list[tuple[int, str, str]] = [(0, "", str(root))]
+    folders_seen: set[tuple[int, int]] = set()
+    best: dict[object, tuple[int, str]] = {}  # file identity -> (links crossed, relative path)
+    while queue:
+        links, rel_folder, folder = heapq.heappop(queue)
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in folders_seen:
+                continue
+            folders_seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError:  # an unreadable folder is passed over, as os.walk does
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel_path = rel_folder + entry.name
+            crossed = links + entry.is_symlink()
+            try:
+                is_folder = entry.is_dir()
+            except OSError:
+                is_folder = False
+            if is_folder:
+                heapq.heappush(queue, (crossed, rel_path + "/", entry.path))
+            elif is_image_name(entry.name):
+                try:
+                    target = entry.stat()
+                    identity: object = (target.st_dev, target.st_ino)
+                except OSError:  # a broken link: listed, and reported unreadable when it is hashed
+                    identity = rel_path
+                if identity not in best or (crossed, rel_path) < best[identity]:
+                    best[identity] = (crossed, rel_path)
+    return sorted(rel_path for _, rel_path in best.values())
 
 
 def detect_layout(paths: list[str]) -> tuple[str, str]:
@@ -203,12 +308,14 @@ def label_for(path: str, layout: str) -> str | None:
     raise DataError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
 
 
-def assign_split(path: str, seed: int, val: float, test: float) -> str:
-    """Split of one image, from a hash of (seed, relative path) alone.
+def assign_split(key: str, seed: int, val: float, test: float) -> str:
+    """Split of one image, from a hash of (seed, key) alone.
 
-    The same path always lands in the same split for a seed, whatever else is in the dataset.
+    ``key`` is the file's sha1 (version 2 manifests: identical files share a split) or its relative
+    path (version 1). The same key always lands in the same split for a seed, whatever else is in
+    the dataset, and every class is split by the same rule (stratified in expectation).
     """
-    digest = hashlib.sha256(f"{seed}\x00{path}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0**64
     if u < test:
         return "test"
@@ -228,7 +335,9 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
         Fractions of labelled images for validation and test (the rest is train); ``seed`` changes
         which images go to which split.
     hash_files : bool
-        Record each file's sha1 (lets a cache notice a changed file).
+        Record each file's sha1: it keys the split (identical files share one; a version 2
+        manifest) and lets a cache notice a changed file. ``False`` (benchmarks that only list
+        files) keys the split on the relative path instead, as version 1 manifests did.
     progress : callable, optional
         Called with the number of files hashed since the last call.
     """
@@ -258,7 +367,6 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
         if layout != "unlabeled" and label is None:
             unlabeled_paths.append(path)
             continue
-        split = "unlabeled" if label is None else assign_split(path, seed, val, test)
         try:
             sha1 = file_sha1(root / path) if hash_files else ""
         except ImageError as exc:  # one unreadable file is reported, the rest indexed
@@ -267,6 +375,7 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
         finally:
             if progress is not None:
                 progress(1)
+        split = "unlabeled" if label is None else assign_split(sha1 or path, seed, val, test)
         records.append(Record(path, label, split, sha1))
     if unlabeled_paths:
         reason += (f"; skipped {len(unlabeled_paths)} file(s) with no label under layout {layout}, "
@@ -281,8 +390,11 @@ def build_manifest(root: str | os.PathLike, layout: str = "auto", val: float = 0
                             f"{skipped[0][0]}: {skipped[0][1]})")
         raise DataError(f"no image under {root} has a label in layout {layout!r}; "
                         f"try --layout unlabeled or --layout folders")
-    return Manifest(root=root.resolve(), layout=layout, seed=seed, val=val, test=test,
-                    records=records, layout_reason=reason, skipped=skipped, warnings=warnings)
+    manifest = Manifest(root=root.resolve(), layout=layout, seed=seed, val=val, test=test,
+                        version=MANIFEST_VERSION if hash_files else 1, records=records,
+                        layout_reason=reason, skipped=skipped, warnings=warnings)
+    manifest.warnings.extend(_leak_warnings(manifest, fix=f"run featx index {root} again"))
+    return manifest
 
 
 def load_dataset(source: str | os.PathLike, **index_options) -> Manifest:
