@@ -75,7 +75,8 @@ def index(
     test: float = typer.Option(0.1, help="Fraction of labelled images for test."),
     seed: int = typer.Option(0, help="Seed of the split hash."),
 ) -> None:
-    """Find images, read labels, split train/val/test, write a manifest.
+    """Find images (each file once, links followed), read labels, split train/val/test by content
+    hash (identical files share a split), report duplicates, write a manifest.
 
     Example: [bold]featx index data/train -o cache/train.csv --val 0.1 --test 0.1[/]
     """
@@ -96,6 +97,12 @@ def index(
     for warning in manifest.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     _print_skipped(manifest.skipped)
+    duplicates = manifest.duplicate_groups()
+    if duplicates:  # kept, each group in one split (keyed on content); conflicting labels are a warning above
+        example = " = ".join(r.path for r in duplicates[0][:3]) + (" = ..." if len(duplicates[0]) > 3 else "")
+        err.print(f"duplicates: {len(duplicates)} group(s) of identical files under different paths "
+                  f"({sum(map(len, duplicates))} images, {len(manifest.label_conflicts())} with conflicting "
+                  f"labels), e.g. {example}; each group sits in one split", highlight=False, soft_wrap=True)
     _print_counts(manifest.counts(), manifest.label_names)
     manifest.write(output)
     out.print(f"{output}: {len(manifest.records)} images, {len(manifest.label_names)} classes", highlight=False)
@@ -281,22 +288,29 @@ def sweep(
     caches: List[str] = typer.Argument(..., help="Cache files; join with '+' to concatenate features (a.h5+b.h5). Each argument is swept."),
     heads: str = typer.Option("logreg,linsvm,rbfsvm,dense", help="Comma-separated heads."),
     preprocessing: str = typer.Option("standard", help="Steps before the head, comma-separated: standard, l2, pca:256, none."),
-    cv: int = typer.Option(5, min=2, help="Folds for selection when the caches have no val split."),
-    repeats: int = typer.Option(1, min=1, help="Seeds per configuration (mean and std in the table)."),
+    select: str = typer.Option("auto", help="How configs are scored: cv (k-fold on train+val, out-of-fold log loss) | val (fit on train, val log loss) | auto (cv up to 20,000 train+val rows)."),
+    cv: int = typer.Option(5, min=2, help="Folds of the cross-validation that selects."),
+    refit: str = typer.Option("train+val", help="What best.joblib is fit on: train+val | all (test too, after scoring: for a final submission)."),
+    ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Add the greedy ensemble of the configs (across heads and caches) as one more row."),
+    repeats: int = typer.Option(1, min=1, help="Seeds per configuration (fold shuffles and model seeds; mean and std in the table)."),
     out_dir: Path = typer.Option(Path("experiments/sweep"), "--out", help="Results folder."),
     n_jobs: int = typer.Option(-1, "--n-jobs", help="Parallel configurations (classical heads)."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     grid: Optional[Path] = typer.Option(None, help="JSON file {head: [{param: [values]}]} replacing default grids."),
-    learning_curve: bool = typer.Option(True, "--learning-curve/--no-learning-curve", help="Refit the best config on 10..100% of train."),
+    learning_curve: bool = typer.Option(True, "--learning-curve/--no-learning-curve", help="Refit the best config on 10..100% of train+val."),
     seed: int = typer.Option(0, help="Seed."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the configurations on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (--n-jobs is then the cluster's threads)."),
 ) -> None:
-    """Fit heads x hyperparameters on cached features; select on val (or CV), report on test.
+    """Fit heads x hyperparameters on cached features; select by out-of-fold log loss on train+val, refit, report on test.
 
     Example: [bold]featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs[/]
     """
-    from featx.sweep import run_sweep
+    from featx.sweep import REFITS, SELECTS, run_sweep
 
+    if select not in SELECTS:
+        _fail(f"--select must be one of {', '.join(SELECTS)}; got {select!r}")
+    if refit not in REFITS:
+        _fail(f"--refit must be one of {', '.join(REFITS)}; got {refit!r}")
     _seed_everything(seed)
     cache_sets = [[Path(p) for p in arg.split("+")] for arg in caches]
     grids = None
@@ -309,19 +323,39 @@ def sweep(
     result = _run(run_sweep, cache_sets, out_dir, heads=[h.strip() for h in heads.split(",") if h.strip()],
                   grids=grids, preprocessing=steps[0] if len(steps) == 1 else steps, cv=cv, repeats=repeats,
                   seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"),
-                  scheduler=scheduler, report=lambda line: err.print(line, highlight=False))
-    rows = [(str(row["rank"]), row["features"], row["head"], row["params"], f"{row['select_accuracy']:.4f}",
+                  scheduler=scheduler, report=lambda line: err.print(line, highlight=False), select=select,
+                  refit=refit, ensemble=ensemble)
+    rows = [(str(row["rank"]), str(row["config"]), row["features"], row["head"], _short_params(row),
+             f"{row['select_log_loss']:.4f}", f"{row['select_accuracy']:.4f} ± {row['select_accuracy_std']:.4f}",
              f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
-             f"{row['roc_auc']:.4f}", f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
+             f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
             for row in sorted(result.rows, key=lambda r: r["rank"])[:15]]
-    err.print(_table(("rank", "features", "head", "params", "select", "test acc [95% CI]", "auc", "log loss", "fit s"),
-                     rows))
+    selected_by = result.best["selected_by"]
+    err.print(_table(("rank", "config", "features", "head", "params", f"{selected_by} log loss", f"{selected_by} acc",
+                      "test acc [95% CI]", "test log loss", "fit s"), rows))
     if result.mcnemar:
         m = result.mcnemar
         err.print(f"McNemar best vs runner-up: n01={m['n01']} n10={m['n10']} p={m['p_value']:.3g}", highlight=False)
+    summary = _read_summary(result.out_dir)
+    err.print(f"protocol: {summary.protocol}", highlight=False)
     best = result.best
-    out.print(f"{result.out_dir}: best {best['features']} {best['head']} {best['params']} "
-              f"{_test_accuracy(best)} ({len(result.rows)} configs, {result.seconds:.0f} s)", highlight=False)
+    out.print(f"{result.out_dir}: best config {best['config']} {best['features']} {best['head']} "
+              f"{_short_params(best)} {selected_by} log loss {best['select_log_loss']:.4f}, {_test_accuracy(best)} "
+              f"({len(result.rows)} configs, {result.seconds:.0f} s)", highlight=False)
+
+
+def _short_params(row: dict) -> str:
+    """A row's params for a table: an ensemble's as ``config:weight`` pairs."""
+    if row["head"] != "ensemble":
+        return row["params"]
+    members = json.loads(row["params"])["members"]
+    return " ".join(f"#{m['config']}:{m['weight']:.2f}" for m in members)
+
+
+def _read_summary(out_dir: Path):
+    from featx.artifacts.results import SweepSummary
+
+    return SweepSummary.read(out_dir / "results.json")
 
 
 def _test_accuracy(row: dict) -> str:

@@ -38,6 +38,7 @@ class FeatureSet:
     label_names: list[str]
     extractors: list[dict] = field(default_factory=list)  # spec + state of each cache, in column order
     dims: list[int] = field(default_factory=list)
+    sha1: list[str] = field(default_factory=list)  # content hash of each row's image ("" when unknown)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -54,7 +55,8 @@ def load_feature_set(paths: Sequence[str | os.PathLike]) -> FeatureSet:
         with open_cache(path) as cache:
             X = cache.features[:].astype(np.float32, copy=False)
             cache_paths = cache.paths
-            info = {"cache": str(path), "labels": cache.labels, "split": cache.split,
+            sha1 = cache.h5["sha1"].asstr()[:].tolist() if "sha1" in cache.h5 else [""] * len(cache_paths)
+            info = {"sha1": sha1, "cache": str(path), "labels": cache.labels, "split": cache.split,
                     "paths": cache_paths, "label_names": cache.label_names}
             extractors.append({"spec": cache.spec, "state": cache.state, "cache": str(path),
                                "dataset": cache.attrs.get("dataset")})
@@ -85,7 +87,7 @@ def load_feature_set(paths: Sequence[str | os.PathLike]) -> FeatureSet:
     name = "+".join(_short_name(e) for e in extractors)
     return FeatureSet(name=name, cache_paths=[str(p) for p in paths], X=X, y=reference["labels"],
                       split=reference["split"], paths=reference["paths"], label_names=reference["label_names"],
-                      extractors=extractors, dims=dims)
+                      extractors=extractors, dims=dims, sha1=reference["sha1"])
 
 
 def _short_name(extractor: dict) -> str:

@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from featx.errors import UserError
 
 __all__ = ["HeadError", "HEADS", "PREPROCESSING", "DEFAULT_GRIDS", "KerasDenseClassifier", "LinearSVMClassifier",
-           "RBFSVMClassifier", "make_head", "make_preprocessing", "class_probabilities"]
+           "RBFSVMClassifier", "WeightedEnsemble", "make_head", "make_preprocessing", "class_probabilities"]
 
 HEADS = ("logreg", "linsvm", "rbfsvm", "dense")
 #: Steps (epochs x batches) from which a dense head runs 32 batches per compiled call instead of one.
@@ -599,3 +599,76 @@ def class_probabilities(model, X, n_classes: int) -> np.ndarray:
     full = np.zeros((len(X), n_classes))
     full[:, seen] = proba
     return full
+
+
+class WeightedEnsemble(_Head):
+    """A weighted mean of heads' probabilities, each head reading its own columns of ``X``.
+
+    The estimator behind an ensemble row of ``featx sweep`` (greedy ensemble selection, Caruana et al.,
+    2004): members may be heads on different feature sets, so ``X`` is the features of every member's
+    caches side by side and ``columns[i]`` picks member ``i``'s block.
+
+    Parameters
+    ----------
+    estimators : list of estimators
+        The members (``make_head`` pipelines). :meth:`fit` fits clones of them; :meth:`from_fitted`
+        wraps members that are fitted already.
+    weights : list of float
+        One per member; normalised to sum to 1.
+    columns : list of array-like of int
+        Column indices of ``X`` each member reads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0, 5.0], [1.0, 4.0], [2.0, 1.0], [3.0, 0.0]]); y = np.array([0, 0, 1, 1])
+    >>> ens = WeightedEnsemble([make_head("logreg"), make_head("logreg")], [3, 1], [[0], [1]]).fit(X, y)
+    >>> ens.predict(X).tolist()
+    [0, 0, 1, 1]
+    """
+
+    def __init__(self, estimators=(), weights=(), columns=()):
+        _store_params(self, locals())
+
+    def _check_members(self):
+        if not len(self.estimators) or len(self.estimators) != len(self.weights) \
+                or len(self.estimators) != len(self.columns):
+            raise HeadError(f"an ensemble needs as many weights and column sets as members; got "
+                            f"{len(self.estimators)} member(s), {len(self.weights)} weight(s), "
+                            f"{len(self.columns)} column set(s)")
+        weights = np.asarray(self.weights, dtype=np.float64)
+        if np.any(weights < 0) or weights.sum() <= 0:
+            raise HeadError(f"ensemble weights must be non-negative with a positive sum; got {weights.tolist()}")
+        return weights / weights.sum()
+
+    def fit(self, X, y):
+        """Fit a clone of every member on its columns of ``X``."""
+        from sklearn.base import clone
+
+        weights = self._check_members()
+        X = np.asarray(X)
+        check_classification_targets(y)
+        self._set_classes(y)
+        self.estimators_ = [clone(estimator).fit(X[:, np.asarray(cols)], y)
+                            for estimator, cols in zip(self.estimators, self.columns)]
+        self.weights_ = weights
+        return self
+
+    @classmethod
+    def from_fitted(cls, estimators, weights, columns, classes) -> "WeightedEnsemble":
+        """An ensemble of members that are fitted already (on the same rows and classes)."""
+        ensemble = cls(list(estimators), list(weights), [list(map(int, c)) for c in columns])
+        ensemble.weights_ = ensemble._check_members()
+        ensemble.estimators_ = list(estimators)
+        ensemble.classes_ = np.asarray(classes)
+        return ensemble
+
+    def predict_proba(self, X):
+        """The weighted mean of the members' probabilities (columns follow ``classes_``)."""
+        check_is_fitted(self, "estimators_")
+        X = np.asarray(X)
+        n_classes = len(self.classes_)
+        proba = np.zeros((len(X), n_classes))
+        for estimator, cols, weight in zip(self.estimators_, self.columns, self.weights_):
+            proba += weight * class_probabilities(estimator, X[:, np.asarray(cols)], n_classes)
+        return proba

@@ -42,9 +42,12 @@ def read_rows(folder):
 def test_sweep_writes_ranked_table_and_a_usable_best_model(hog_cache, tmp_path):
     result = run_sweep([[hog_cache]], tmp_path / "exp", **FAST)
     rows = read_rows(tmp_path / "exp")
-    assert len(rows) == 4 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
-    assert {r["head"] for r in rows} == {"logreg", "linsvm"}
-    assert all(r["selected_by"] == "val" for r in rows)
+    singles = [r for r in rows if r["head"] != "ensemble"]
+    assert len(singles) == 4 and [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert {r["head"] for r in singles} == {"logreg", "linsvm"}
+    assert all(r["selected_by"] == "cv5" and r["refit"] == "train+val" for r in rows)
+    losses = [float(r["select_log_loss"]) for r in rows]
+    assert losses == sorted(losses)  # ranked by out-of-fold log loss
     for row in rows:
         acc, low, high = float(row["accuracy"]), float(row["accuracy_low"]), float(row["accuracy_high"])
         assert low <= acc <= high and 0 <= low and high <= 1
@@ -55,7 +58,7 @@ def test_sweep_writes_ranked_table_and_a_usable_best_model(hog_cache, tmp_path):
     assert summary["mcnemar"]["p_value"] <= 1 and summary["best"]["rank"] == 1
     assert [p["n_train"] for p in summary["learning_curve"]] == sorted(p["n_train"] for p in summary["learning_curve"])
     bundle = joblib.load(tmp_path / "exp" / "best.joblib")
-    assert bundle["label_names"] == ["cat", "dog"]
+    assert bundle["label_names"] == ["cat", "dog"] and bundle["config"] == result.best["config"]
     assert bundle["extractors"][0]["spec"]["name"] == "hog"
     with open_cache(hog_cache) as cache:
         X, y = cache.load("test")
@@ -86,8 +89,8 @@ def test_concatenated_caches_and_several_sweeps_in_one_call(kaggle_dir, hog_cach
     other = build_cache(manifest, get_extractor("hog", size=24, orientations=6), cache_dir=tmp_path / "cache",
                         workers=1).path
     result = run_sweep([[hog_cache], [hog_cache, other]], tmp_path / "exp", **dict(FAST, heads=["logreg"]))
-    features = {r["features"] for r in result.rows}
-    assert features == {"hog", "hog+hog"} and len(result.rows) == 4
+    features = {r["features"] for r in result.rows if r["head"] != "ensemble"}
+    assert features == {"hog", "hog+hog"} and len([r for r in result.rows if r["head"] != "ensemble"]) == 4
     summary = json.loads((tmp_path / "exp" / "results.json").read_text())
     with open_cache(hog_cache) as a, open_cache(other) as b:
         assert summary["feature_sets"][1]["dims"] == [a.dim, b.dim]
@@ -98,6 +101,9 @@ def test_cross_validation_when_there_is_no_val_split(kaggle_dir, tmp_path):
     cache = build_cache(manifest, get_extractor("hog", size=32), cache_dir=tmp_path, workers=1).path
     result = run_sweep([[cache]], tmp_path / "exp", cv=3, **dict(FAST, heads=["logreg"]))
     assert {r["selected_by"] for r in result.rows} == {"cv3"}
+    with pytest.raises(SweepError, match="--select val needs a val split"):
+        run_sweep([[cache]], tmp_path / "exp2", select="val", **dict(FAST, heads=["logreg"]))
+    assert not (tmp_path / "exp2").exists()
 
 
 def test_clear_errors(kaggle_dir, tmp_path, hog_cache):
@@ -133,7 +139,8 @@ def test_cli_sweep(hog_cache, tmp_path):
                                       "--n-boot", "50", "--n-jobs", "1", "--out", str(tmp_path / "exp")])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert "best hog logreg" in last and "test accuracy" in last
+    assert "best config 0 hog logreg" in last and "cv5 log loss" in last and "test accuracy" in last
+    assert "protocol: selected by 5-fold cross-validation on train + val" in result.output
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "e2")])
     assert result.exit_code == 2 and "does not exist" in result.output
 

@@ -24,9 +24,11 @@ __all__ = ["METRICS", "RESULT_COLUMNS", "metric_columns", "write_rows_csv", "ran
            "SweepBundle"]
 
 # Every result row has the test METRICS, each with ``_low``/``_high`` (bootstrap 95% CI) and ``_std``.
-RESULT_COLUMNS = ["rank", "config", "features", "head", "params", "preprocessing", "selected_by", "select_accuracy",
-                  "select_log_loss", *[f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_std")],
-                  "fit_seconds", "predict_seconds", "n_train", "n_test", "repeats", "caches"]
+RESULT_COLUMNS = ["rank", "config", "features", "head", "params", "preprocessing", "selected_by", "select_log_loss",
+                  "select_accuracy", "select_accuracy_std",
+                  *[f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_std")],
+                  "fit_seconds", "predict_seconds", "n_train", "n_select", "n_test", "refit", "finetunable", "repeats",
+                  "caches"]
 
 
 def metric_columns(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -63,27 +65,32 @@ def write_rows_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
 
 
 def rank_rows(rows: Sequence[Mapping[str, Any]]) -> list:
-    """``rows`` best first, the one ranking of featx (sweep and report): higher ``select_accuracy``, ties
-    broken by lower ``select_log_loss``, then by the order given; NaN (a row never scored) ranks last.
+    """``rows`` best first, the one ranking of featx (sweep and report): lower ``select_log_loss`` (a proper
+    scoring rule: out-of-fold or val log loss), ties broken by higher ``select_accuracy``, then by the order
+    given; NaN (a row never scored) ranks last. Test figures never enter the ranking.
+
+    Only rows selected under one protocol (one ``selected_by``) are comparable; the report ranks each
+    protocol's rows in a table of their own.
 
     Examples
     --------
-    >>> rows = [{"select_accuracy": 0.9, "select_log_loss": 0.3}, {"select_accuracy": 0.9, "select_log_loss": 0.2},
-    ...         {"select_accuracy": float("nan"), "select_log_loss": 0.1}]
+    >>> rows = [{"select_accuracy": 0.9, "select_log_loss": 0.3}, {"select_accuracy": 0.8, "select_log_loss": 0.2},
+    ...         {"select_accuracy": float("nan"), "select_log_loss": float("nan")},
+    ...         {"select_accuracy": 0.95, "select_log_loss": 0.2}]
     >>> [rows.index(r) for r in rank_rows(rows)]
-    [1, 0, 2]
+    [3, 1, 0, 2]
     """
 
     def key(item):
         index, row = item
         accuracy, loss = float(row["select_accuracy"]), float(row["select_log_loss"])
-        return (math.inf if math.isnan(accuracy) else -accuracy, math.inf if math.isnan(loss) else loss, index)
+        return (math.inf if math.isnan(loss) else loss, math.inf if math.isnan(accuracy) else -accuracy, index)
 
     return [row for _, row in sorted(enumerate(rows), key=key)]
 
 
 @dataclasses.dataclass
-class SweepSummary(Record, kind="sweep_results", fix="run featx sweep again to write it"):
+class SweepSummary(Record, kind="sweep_results", version=2, fix="run featx sweep again to write it"):
     """``results.json``: the sweep's rows, protocol, McNemar, learning curve and dense-head histories."""
 
     label_names: list
@@ -100,10 +107,17 @@ class SweepSummary(Record, kind="sweep_results", fix="run featx sweep again to w
     learning_curve: list | None = None
     histories: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    # Since version 2: how the rows were chosen and what the saved model was refit on.
+    sweep_id: str = ""
+    select: str = ""  # "cv" (k-fold out-of-fold on train + val) or "val" (fit on train, scored on val)
+    refit: str = ""  # "train+val", or "all" (the saved model refit on test too, after scoring)
+    clip: float = 1e-15  # eps for probabilities of the saved model, chosen by out-of-fold log loss
+    clip_losses: dict = dataclasses.field(default_factory=dict)  # eps -> selection log loss of the best model
+    ensemble: dict | None = None  # the greedy ensemble's members and weights, when one was built
 
 
 @dataclasses.dataclass
-class SweepBundle(Record, kind="sweep_bundle",
+class SweepBundle(Record, kind="sweep_bundle", version=2,
                   fix="give the best.joblib written by featx sweep (or run featx sweep again)"):
     """``best.joblib``: the sweep's fitted head with the extractor spec(s) and learned state that feed it.
 
@@ -124,6 +138,12 @@ class SweepBundle(Record, kind="sweep_bundle",
     metrics: dict = dataclasses.field(default_factory=dict)
     featx_version: str = ""
     seed: int = 0
+    # Since version 2.
+    config: int | None = None  # the results row the model is (results.csv ``config``)
+    class_prior: list | None = None  # label frequencies of the rows the model was fit on
+    clip: float = 1e-15  # probabilities are clipped to [clip, 1 - clip] (chosen by out-of-fold log loss)
+    refit: str = "train"  # the rows the model was fit on: "train" (version 1), "train+val" or "all"
+    members: list | None = None  # an ensemble's members: config, head, params, caches, weight
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "the bundle") -> "SweepBundle":
