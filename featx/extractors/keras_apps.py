@@ -47,10 +47,10 @@ class KerasApplicationExtractor(KerasExtractor):
 
     def __init__(self, application: str, layer: str | None = None, pool: str | None = None,
                  weights: str | None = "imagenet", precision: str = "fp32",
-                 input_size: int | Sequence[int] | None = None) -> None:
+                 input_size: int | Sequence[int] | None = None, tta: str | None = "none") -> None:
         self.config = get_application(application)
         size = _input_size(self.config, input_size)
-        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision)
+        super().__init__(layer=layer, pool=pool, weights=weights, precision=precision, tta=tta)
         self.params.update(application=short_name(self.config), input_size=list(size))
         self._weights_path: Path | None = None
         self._classifier = None
@@ -130,13 +130,13 @@ def register_application(name: str) -> ExtractorInfo:
 
     def factory(layer: str | None = None, pool: str | None = None, weights: str | None = "imagenet",
                 precision: str = "fp32", input_size: int | Sequence[int] | None = None,
-                application: str | None = None) -> KerasApplicationExtractor:
+                application: str | None = None, tta: str | None = "none") -> KerasApplicationExtractor:
         # ``application``: a saved spec's params name it; the registry name already does.
         if application is not None and application != short_name(app):
             raise ExtractorOptionError(f"{app.name}: application={application!r} names another "
                                        f"application; use the extractor keras:{application}")
         return KerasApplicationExtractor(short_name(app), layer=layer, pool=pool, weights=weights,
-                                         precision=precision, input_size=input_size)
+                                         precision=precision, input_size=input_size, tta=tta)
 
     def weights_status() -> tuple[bool, str]:
         return keras_weights_status(short_name(app), include_top=False, input_size=app.input_size)

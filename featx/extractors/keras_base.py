@@ -18,7 +18,39 @@ from featx.backbones import CNN_PRECISIONS, POOLS, BackboneConfig, preprocess
 
 from .base import Extractor, ExtractorOptionError
 
-__all__ = ["KerasExtractor", "POOLS", "set_precision"]
+__all__ = ["KerasExtractor", "POOLS", "TTAS", "set_precision", "with_tta"]
+
+#: Test-time augmentations a CNN extractor takes (``--opt tta=flip``); ``none`` leaves the spec as it was.
+TTAS = ("none", "flip")
+
+
+def with_tta(run, batch: np.ndarray, tta: str = "none") -> np.ndarray:
+    """``run(batch)``, or with ``tta="flip"`` the mean of ``run`` on ``batch`` and on its left-right mirror.
+
+    The one place both runtimes (``KerasExtractor.transform`` and the OpenVINO runner) apply test-time
+    augmentation. The mirrored copies go through ``run`` in the same call as the originals (one batch
+    of 2N images), so the model sees a batch twice as large rather than being called twice.
+
+    Parameters
+    ----------
+    run : callable
+        ``(N, H, W, 3) array -> (N, D) features``.
+    batch : ndarray
+        Images, ``(N, H, W, 3)`` (uint8 or already preprocessed: the mirror is the same either way).
+    tta : {"none", "flip"}
+
+    Examples
+    --------
+    >>> batch = np.arange(2 * 1 * 3 * 1, dtype=np.float32).reshape(2, 1, 3, 1)
+    >>> with_tta(lambda x: x.reshape(len(x), -1), batch, "flip")
+    array([[1., 1., 1.],
+           [4., 4., 4.]], dtype=float32)
+    """
+    if tta == "none":
+        return run(batch)
+    n = len(batch)
+    out = np.asarray(run(np.concatenate([batch, batch[:, :, ::-1]])), dtype=np.float32)
+    return (out[:n] + out[n:]) / 2
 
 
 class KerasExtractor(Extractor):
@@ -36,6 +68,10 @@ class KerasExtractor(Extractor):
         ``"imagenet"``, a file path, or None (random initialisation, for tests).
     precision : {"fp32", "bf16", "fp16"}
         Compute precision; features are always returned as float32.
+    tta : {"none", "flip"}
+        Test-time augmentation: ``flip`` makes an image's features the mean of those of the image and
+        of its left-right mirror (twice the compute). In the spec only when ``flip``, so ``none``
+        caches keep the names they had.
 
     Attributes
     ----------
@@ -55,7 +91,7 @@ class KerasExtractor(Extractor):
     config: BackboneConfig
 
     def __init__(self, layer: str | None = None, pool: str | None = None,
-                 weights: str | None = "imagenet", precision: str = "fp32") -> None:
+                 weights: str | None = "imagenet", precision: str = "fp32", tta: str | None = "none") -> None:
         config = self.config
         self._pool_given = pool is not None and pool != config.default_pool
         layer = layer or config.default_layer
@@ -64,9 +100,20 @@ class KerasExtractor(Extractor):
             raise ExtractorOptionError(f"{config.name}: pool must be one of {', '.join(POOLS)}; got {pool!r}")
         if self._pool_given and layer in config.vector_layers:
             self._refuse_pool(layer, pool)
+        tta = tta or "none"  # --opt tta=none parses to None
+        if tta not in TTAS:
+            raise ExtractorOptionError(f"{config.name}: tta must be one of {', '.join(TTAS)}; got {tta!r} "
+                                       f"(--opt tta=flip averages the features of each image and its mirror)")
         super().__init__(layer=layer, pool=pool, weights=weights)
+        if tta != "none":
+            self.params["tta"] = tta
         self.precision = precision  # checked against self.precisions
         self._model = None
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation, ``none`` or ``flip`` (see :func:`with_tta`)."""
+        return self.params.get("tta", "none")
 
     def _refuse_pool(self, layer: str, pool: str):
         raise ExtractorOptionError(
@@ -174,9 +221,12 @@ class KerasExtractor(Extractor):
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         batch = np.stack(images) if not isinstance(images, np.ndarray) else images
-        x = self.preprocess(batch.astype(np.float32))
-        out = self.model.predict_on_batch(x)
-        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+
+        def run(pixels):
+            out = self.model.predict_on_batch(self.preprocess(pixels.astype(np.float32)))
+            return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
+
+        return with_tta(run, batch, self.tta)
 
 
 _POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}

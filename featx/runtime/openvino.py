@@ -47,6 +47,8 @@ def _fp32_spec(extractor) -> dict:
     spec = json.loads(json.dumps(extractor.spec(), sort_keys=True, default=str))
     if isinstance(spec.get("params"), dict) and "precision" in spec["params"]:
         spec["params"]["precision"] = "fp32"
+    if isinstance(spec.get("params"), dict):
+        spec["params"].pop("tta", None)  # the runner flips the images; the network (and its IR) is the same
     return spec
 
 
@@ -207,7 +209,12 @@ class OpenVinoRunner:
         self._outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
     def __call__(self, images) -> np.ndarray:
+        from featx.extractors.keras_base import with_tta
+
         batch = self._prepare(images)
+        return with_tta(self._infer, batch, getattr(self.extractor, "tta", "none"))
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         # One slice per infer request, so every stream works on the batch.
         slices = np.array_split(np.arange(len(batch)), min(self.n_requests, len(batch)))
         self._outputs.clear()
