@@ -36,8 +36,8 @@ from featx.artifacts.results import METRICS, SweepBundle, SweepSummary, rank_row
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
 from featx.progress import Progress
 
-__all__ = ["SweepError", "run_sweep", "SweepResult", "greedy_ensemble", "SELECTS", "REFITS", "CV_MAX_ROWS",
-           "CLIP_CANDIDATES"]
+__all__ = ["SweepError", "run_sweep", "SweepResult", "greedy_ensemble", "selection_plan", "SELECTS", "REFITS",
+           "CV_MAX_ROWS", "CLIP_CANDIDATES"]
 
 SELECTS = ("auto", "cv", "val")
 REFITS = ("train+val", "all")
@@ -129,7 +129,7 @@ def _by_path(fs: FeatureSet, rows: np.ndarray) -> np.ndarray:
     return np.asarray(sorted(rows.tolist(), key=lambda i: fs.paths[i]), dtype=np.int64)
 
 
-def _plan(fs: FeatureSet, protocol: str, cv: int, seeds: Sequence[int]) -> dict:
+def selection_plan(fs: FeatureSet, protocol: str, cv: int, seeds: Sequence[int]) -> dict:
     """The rows of one feature set under the protocol, each group in image-path order (so every feature set
     of one manifest lines its selection and test rows up the same way).
 
@@ -393,7 +393,7 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
             raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
                              f"results would not be comparable: make all caches from one manifest")
     protocol = _choose_protocol(feature_sets, select, cv)
-    plans = [_plan(fs, protocol, cv, seeds) for fs in feature_sets]
+    plans = [selection_plan(fs, protocol, cv, seeds) for fs in feature_sets]
 
     configs = {head: _checked_configs(head, grids[head], preprocessing) for head in heads}
     jobs = [(set_index, head, params) for set_index in range(len(feature_sets))
