@@ -1,14 +1,21 @@
 """Saved model -> predictions: Kaggle submissions, and evaluation on a labelled folder.
 
 :func:`load_model` opens either kind of saved model: a sweep's ``best.joblib`` (:class:`SweepModel`,
-whose features of new images go into the cache folder, so a second run on the same folder reuses
+whose features of new images go into ``<cache_dir>/scored/``, so a second run on the same folder reuses
 them) or a ``finetune/`` folder (:class:`FineTunedModel`). Only load models you trust:
 ``best.joblib`` is a pickle.
+
+Every image file of a scored folder gets a row: one that cannot be read gets the model's class prior
+and is flagged (``Predictions.imputed``), so a submission has every id Kaggle expects while
+:func:`evaluate` counts only images the model actually saw. Scored folders are indexed with every
+image in split ``unlabeled`` (labels kept) and cached under ``scored/``, so a scored folder's cache
+never looks like, or is globbed as, a training cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -20,18 +27,24 @@ import numpy as np
 
 from featx.artifacts.results import SweepBundle
 from featx.cache import state_sha256
-from featx.data import Manifest, load_dataset
+from featx.data import Manifest, label_for, load_dataset
 from featx.errors import UserError
 from featx.storage import atomic_write_csv
 from featx.extractors.base import Extractor
 
 __all__ = ["ModelError", "Predictions", "SweepModel", "FineTunedModel", "load_model", "predict", "evaluate",
-           "write_submission", "check_submission_options", "state_sha256", "SWEEP_MODEL_FILE",
-           "FINETUNE_MODEL_FILE", "FINETUNE_INFO_FILE"]
+           "write_submission", "check_submission_options", "check_clip", "clip_probabilities", "scoring_manifest",
+           "state_sha256", "SWEEP_MODEL_FILE", "FINETUNE_MODEL_FILE", "FINETUNE_INFO_FILE", "SCORED_CACHE_FOLDER",
+           "DEFAULT_CLIP"]
 
 SWEEP_MODEL_FILE = "best.joblib"
 FINETUNE_MODEL_FILE = "model.keras"
 FINETUNE_INFO_FILE = "model.json"
+# Features of scored folders go to this sub-folder of the cache folder: `ls cache/*.h5` (the README's way of
+# naming training caches) never matches them, so a holdout cannot be swept by mistake.
+SCORED_CACHE_FOLDER = "scored"
+# Clipping at 1e-15 changes no probability a float64 can tell from 0 or 1 in a log: no effective clipping.
+DEFAULT_CLIP = 1e-15
 
 # Cached feature rows read and classified at a time: bounds memory to this many rows of the
 # concatenated features, whatever the number of images.
@@ -44,13 +57,15 @@ class ModelError(UserError):
 
 @dataclass
 class Predictions:
-    """Class probabilities of the readable images of a folder.
+    """Class probabilities of every image of a folder, unreadable ones included.
 
     ``proba[i, j]`` is the probability that ``paths[i]`` (relative to ``root``, in the folder's index
-    order) is ``label_names[j]``. ``labels`` holds each image's label under the folder's layout (None
-    when unlabeled), ``failed`` the ``(path, reason)`` of images that could not be read (they have no
-    row), ``caches`` what feature extraction did (a ``CacheResult`` per extractor; none for a
-    fine-tuned model).
+    order, images that could not be indexed last) is ``label_names[j]``. ``labels`` holds each image's
+    label under the folder's layout (None when unlabeled). ``failed`` lists the ``(path, reason)`` of
+    images that could not be read: their rows hold the model's ``prior`` and are True in ``imputed``
+    (the model never saw them; :func:`evaluate` leaves them out). ``caches`` is what feature
+    extraction did (a ``CacheResult`` per extractor; none for a fine-tuned model); ``clip`` the eps
+    :func:`write_submission` clips to by default (the model's).
     """
 
     root: Path
@@ -60,6 +75,85 @@ class Predictions:
     labels: list[str | None]
     failed: list[tuple[str, str]] = field(default_factory=list)
     caches: list = field(default_factory=list)
+    imputed: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    clip: float = DEFAULT_CLIP
+
+    def __post_init__(self) -> None:
+        if self.imputed is None:
+            self.imputed = np.zeros(len(self.paths), dtype=bool)
+        self.imputed = np.asarray(self.imputed, dtype=bool)
+
+    @property
+    def n_predicted(self) -> int:
+        """Rows the model computed (the others hold the prior)."""
+        return int(len(self.paths) - self.imputed.sum())
+
+
+def check_clip(eps: float) -> float:
+    """``eps`` as a float when probabilities may be clipped to ``[eps, 1 - eps]``; :class:`ModelError` otherwise.
+
+    Examples
+    --------
+    >>> check_clip(0.001)
+    0.001
+    """
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ModelError(f"--clip must be a number in [0, 0.5); got {eps!r}") from None
+    if not 0 <= eps < 0.5:  # also refuses NaN
+        raise ModelError(f"--clip must be in [0, 0.5) (probabilities are clipped to [EPS, 1-EPS]); got {eps:g}")
+    return eps
+
+
+def clip_probabilities(proba: np.ndarray, eps: float) -> np.ndarray:
+    """``proba`` clipped to ``[eps, 1 - eps]``: what a submission holds and what evaluate's log loss scores.
+
+    A confident mistake then costs at most ``-log(eps)`` in a log loss instead of ~34.5 (at 1e-15).
+    Rows are not renormalised (Kaggle and :mod:`featx.metrics` rescale multi-class rows themselves).
+
+    Examples
+    --------
+    >>> clip_probabilities(np.array([[0.0, 1.0], [0.3, 0.7]]), 0.01).tolist()
+    [[0.01, 0.99], [0.3, 0.7]]
+    """
+    eps = check_clip(eps)
+    return np.clip(np.asarray(proba, dtype=np.float64), eps, 1.0 - eps)
+
+
+def _class_prior(values, n_classes: int, where: str) -> np.ndarray:
+    """A model's class prior as probabilities (uniform when it records none)."""
+    if values is None:
+        return np.full(n_classes, 1.0 / n_classes)
+    prior = np.asarray(values, dtype=np.float64).ravel()
+    if len(prior) != n_classes or not np.all(np.isfinite(prior)) or prior.min() < 0 or prior.sum() <= 0:
+        raise ModelError(f"{where}: class_prior {np.asarray(values).tolist()} is not {n_classes} non-negative "
+                         f"frequencies, one per class; the file is damaged: train the model again")
+    return prior / prior.sum()
+
+
+def _with_prior_rows(model, manifest: Manifest, kept: Sequence[str], proba: np.ndarray,
+                     failed: list[tuple[str, str]], caches: list | None = None) -> Predictions:
+    """Every image of ``manifest`` (records, then the files it could not index) as one row: those in
+    ``kept`` with their row of ``proba``, the others with the model's class prior, flagged imputed."""
+    row_of = {path: i for i, path in enumerate(kept)}
+    failed = list(failed) + [item for item in manifest.skipped if item[0] not in row_of]
+    paths = [r.path for r in manifest.records] + [path for path, _ in manifest.skipped]
+    imputed = np.array([path not in row_of for path in paths], dtype=bool)
+    full = np.tile(model.class_prior, (len(paths), 1))
+    full[~imputed] = proba[[row_of[path] for path in paths if path in row_of]]
+    label = {r.path: r.label for r in manifest.records}
+    labels = [label[path] if path in label else _label_or_none(path, manifest.layout) for path in paths]
+    return Predictions(manifest.root, paths, full, list(model.label_names), labels, failed, list(caches or []),
+                       imputed, model.class_prior, model.clip)
+
+
+def _label_or_none(path: str, layout: str) -> str | None:
+    try:
+        return label_for(path, layout)
+    except ValueError:  # a layout this featx does not know (a hand-made manifest): no label
+        return None
 
 
 class SweepModel:
@@ -74,6 +168,10 @@ class SweepModel:
         self.path = Path(path) if path is not None else None
         self.model = bundle.model
         self.label_names = list(bundle.label_names)
+        where = str(self.path or SWEEP_MODEL_FILE)
+        self.class_prior = _class_prior(getattr(bundle, "class_prior", None), len(self.label_names), where)
+        clip = getattr(bundle, "clip", None)  # chosen by the sweep from out-of-fold log loss
+        self.clip = DEFAULT_CLIP if clip is None else check_clip(clip)
 
     def describe(self) -> str:
         """One line: the head and its features."""
@@ -105,8 +203,7 @@ class SweepModel:
                 blocks = [_read_rows(cache.features, [position[p] for p in chunk])
                           for cache, position in zip(caches, positions)]
                 proba[start:start + len(chunk)] = self.predict_proba(np.hstack(blocks))
-        return Predictions(manifest.root, paths, proba, self.label_names, _labels_of(manifest, paths),
-                           failed, results)
+        return _with_prior_rows(self, manifest, paths, proba, failed, results)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """The head's probabilities with one column per class of ``label_names``."""
@@ -196,11 +293,6 @@ def _aligned_paths(manifest: Manifest, positions: Sequence[dict], failures: Sequ
     return kept, failed
 
 
-def _labels_of(manifest: Manifest, paths: Sequence[str]) -> list[str | None]:
-    label = {r.path: r.label for r in manifest.records}
-    return [label[p] for p in paths]
-
-
 class FineTunedModel:
     """A Keras model from RGB pixels to class probabilities, as ``featx finetune`` saves it.
 
@@ -218,6 +310,8 @@ class FineTunedModel:
         self.info = info
         self.path = Path(path) if path is not None else None
         self.label_names = [str(name) for name in info["label_names"]]
+        self.class_prior = _class_prior(info.get("class_prior"), len(self.label_names), str(where))
+        self.clip = DEFAULT_CLIP  # a training stage chooses no eps: --clip sets one
         self.preprocessing = dict(info.get("preprocessing") or {})
         if self.preprocessing.get("size") is None:
             if not info.get("input_size"):
@@ -275,7 +369,7 @@ class FineTunedModel:
         finally:
             progress.stop()
         proba = np.concatenate(parts) if parts else np.zeros((0, len(self.label_names)))
-        return Predictions(manifest.root, kept, proba, self.label_names, _labels_of(manifest, kept), failed)
+        return _with_prior_rows(self, manifest, kept, proba, failed)
 
     def _columns(self, proba: np.ndarray) -> np.ndarray:
         n_classes = len(self.label_names)
@@ -314,7 +408,9 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
 
     ``path`` is ``experiments/NAME/best.joblib`` (or the folder ``experiments/NAME``), or a fine-tune
     folder ``experiments/NAME/finetune`` holding ``model.keras`` and ``model.json`` (or either file of
-    it). Both kinds have ``label_names``, ``describe()`` and ``predict_manifest(...)``.
+    it). Both kinds have ``label_names``, ``class_prior`` (what an unreadable image gets: the label
+    frequencies the model was fit on when it records them, else uniform), ``clip`` (the default eps of
+    :func:`clip_probabilities`), ``describe()`` and ``predict_manifest(...)``.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -340,9 +436,24 @@ def _as_model(model) -> SweepModel | FineTunedModel:
     return model if isinstance(model, (SweepModel, FineTunedModel)) else load_model(model)
 
 
+def scoring_manifest(source: str | os.PathLike, layout: str = "auto") -> Manifest:
+    """The images of a folder (or manifest CSV) to score: every one in split ``unlabeled``, labels kept.
+
+    A scored folder is never split: its cache then holds no train, val or test rows, so ``featx sweep``
+    cannot train on it.
+    """
+    manifest = load_dataset(source, layout=layout, val=0.0, test=0.0)
+    records = [dataclasses.replace(record, split="unlabeled") for record in manifest.records]
+    return dataclasses.replace(manifest, records=records, val=0.0, test=0.0)
+
+
+def _score(model, manifest: Manifest, cache_dir, **options) -> Predictions:
+    return model.predict_manifest(manifest, cache_dir=Path(cache_dir) / SCORED_CACHE_FOLDER, **options)
+
+
 def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
             batch_size: int = 32, workers: int | None = None, progress=None, runtime: str = "auto") -> Predictions:
-    """Class probabilities for every readable image of a folder (unreadable ones are listed in ``failed``).
+    """Class probabilities for every image of a folder; unreadable ones get the class prior (listed in ``failed``).
 
     Parameters
     ----------
@@ -353,32 +464,36 @@ def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir
     layout : {"auto", "kaggle", "folders", "unlabeled"}
         How labels are read from a folder (they are carried along, never needed here).
     cache_dir : path
-        Where features are cached (sweep models); a second run on the same folder reuses them.
+        Features are cached in its ``scored/`` sub-folder (sweep models); a second run on the same
+        folder reuses them.
     batch_size, workers : int
         Images per model call; decoding threads or worker processes (default: all cores).
     runtime : {"auto", "keras", "openvino"}
         What runs the CNN extractors (``featx.runtime``; auto: OpenVINO on a CPU).
     """
     model = _as_model(model)
-    manifest = load_dataset(source, layout=layout)
-    return model.predict_manifest(manifest, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
-                                  progress=progress, runtime=runtime)
+    return _score(model, scoring_manifest(source, layout), cache_dir, batch_size=batch_size, workers=workers,
+                  progress=progress, runtime=runtime)
 
 
 def write_submission(predictions: Predictions, output: str | os.PathLike = "submission.csv", *,
-                     hard: bool = False, positive: str | None = None) -> Path:
+                     hard: bool = False, positive: str | None = None, clip: float | None = None) -> Path:
     """Write a Kaggle submission CSV atomically (a reader never sees half a file).
 
-    The ``id`` of an image is its path relative to the folder without the extension
-    (``test1/123.jpg`` -> ``123``); rows are sorted by id, numerically when every id is a number.
+    One row per image of the folder, unreadable ones included (they hold the class prior). The ``id``
+    of an image is its path relative to the folder without the extension (``test1/123.jpg`` -> ``123``);
+    rows are sorted by id, numerically when every id is a number.
 
     Columns: ``id,label`` with the probability of the class ``positive`` (by default, of a binary
     model, the second of ``label_names``: ``dog`` for cats/dogs); with ``hard=True``, ``id,label`` with
     the most probable class's name; for a multi-class model without ``positive``,
-    ``id,<class 1>,<class 2>...`` with one probability column per class.
+    ``id,<class 1>,<class 2>...`` with one probability column per class. Probabilities are clipped to
+    ``[clip, 1 - clip]`` (:func:`clip_probabilities`; default ``predictions.clip``, the model's) and
+    written exactly (shortest round-trip decimal), so the clip survives the formatting.
     """
     names = predictions.label_names
     check_submission_options(names, hard=hard, positive=positive)
+    proba = clip_probabilities(predictions.proba, predictions.clip if clip is None else clip)
     ids = [PurePosixPath(p).with_suffix("").as_posix() for p in predictions.paths]
     if len(set(ids)) != len(ids):
         raise ModelError("two images share an id (file name without extension); a submission needs unique ids")
@@ -388,9 +503,9 @@ def write_submission(predictions: Predictions, output: str | os.PathLike = "subm
         header, values = ["id", "label"], [[names[i]] for i in np.argmax(predictions.proba, axis=1)]
     elif positive is not None or len(names) == 2:
         column = names.index(positive) if positive is not None else 1
-        header, values = ["id", "label"], [[format(p, ".6g")] for p in predictions.proba[:, column].tolist()]
+        header, values = ["id", "label"], [[repr(p)] for p in proba[:, column].tolist()]
     else:
-        header, values = ["id", *names], [[format(p, ".6g") for p in row] for row in predictions.proba.tolist()]
+        header, values = ["id", *names], [[repr(p) for p in row] for row in proba.tolist()]
     return atomic_write_csv(output, [header, *([ids[i], *values[i]] for i in order)])
 
 
@@ -411,21 +526,25 @@ def check_submission_options(label_names: Sequence[str], hard: bool = False, pos
 
 def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir: str | os.PathLike = "cache",
              batch_size: int = 32, workers: int | None = None, n_boot: int = 1000, seed: int = 0,
-             progress=None, runtime: str = "auto") -> dict:
+             progress=None, runtime: str = "auto", clip: float | None = None) -> dict:
     """Metrics of a saved model on a labelled folder, with bootstrap 95% intervals (``n_boot`` resamples).
 
-    Every image of ``source`` (``kaggle`` names, ``folders`` layout, or a manifest CSV) counts, whatever
-    split an index would give it; the other arguments are as in :func:`predict`. Returns ``accuracy``,
-    ``roc_auc``, ``average_precision``, ``log_loss``, each with ``_low`` and ``_high``
-    (:func:`featx.metrics.metrics_with_ci`); ``n_images``; ``n_boot``; ``label_names``; ``confusion``
-    (rows: true class, columns: predicted); ``failed`` (unreadable images, not counted); ``model``.
+    Every readable image of ``source`` (``kaggle`` names, ``folders`` layout, or a manifest CSV) counts,
+    whatever split an index would give it; unreadable ones (the class prior in a submission) do not.
+    The log loss is that of the probabilities clipped to ``[clip, 1 - clip]`` as :func:`write_submission`
+    writes them (default: the model's ``clip``); the other arguments are as in :func:`predict`. Returns
+    ``accuracy``, ``roc_auc``, ``average_precision``, ``log_loss``, each with ``_low`` and ``_high``
+    (:func:`featx.metrics.metrics_with_ci`, the same resamples for all); ``clip``; ``n_images``;
+    ``n_boot``; ``label_names``; ``confusion`` (rows: true class, columns: predicted); ``failed``
+    (unreadable images, not counted); ``model``.
     """
     from sklearn.metrics import confusion_matrix
 
-    from featx.metrics import metrics_with_ci
+    from featx.metrics import bootstrap_ci, classification_metrics, metrics_with_ci
 
     model = _as_model(model)
-    manifest = load_dataset(source, layout=layout)
+    eps = model.clip if clip is None else check_clip(clip)
+    manifest = scoring_manifest(source, layout)
     if not manifest.label_names:
         raise ModelError(f"{manifest.root} has no labels (layout {manifest.layout}: {manifest.layout_reason}); "
                          f"evaluate needs label.N.jpg names or one folder per label")
@@ -434,9 +553,10 @@ def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_di
         raise ModelError(f"{manifest.root} has label(s) {', '.join(unknown)} that the model does not know; its "
                          f"classes are {', '.join(model.label_names)}: remove those images or use a model "
                          f"trained on them")
-    predictions = model.predict_manifest(manifest, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
-                                         progress=progress, runtime=runtime)
-    labelled = [i for i, label in enumerate(predictions.labels) if label is not None]  # a hand-made manifest may mix
+    predictions = _score(model, manifest, cache_dir, batch_size=batch_size, workers=workers, progress=progress,
+                         runtime=runtime)
+    # Only images the model saw; a hand-made manifest may also mix labelled and unlabeled ones.
+    labelled = [i for i, label in enumerate(predictions.labels) if label is not None and not predictions.imputed[i]]
     if not labelled:
         raise ModelError(f"no labelled image of {manifest.root} could be read ({len(predictions.failed)} failed); "
                          f"nothing to evaluate")
@@ -445,7 +565,12 @@ def evaluate(model, source: str | os.PathLike, *, layout: str = "auto", cache_di
     proba = predictions.proba[labelled]
     classes = np.arange(len(model.label_names))
     result = metrics_with_ci(y_true, proba, classes, n_boot=n_boot, seed=seed)
+    # The log loss of what a submission holds; the same seed gives the same resamples as above.
+    clipped = clip_probabilities(proba, eps)
+    result["log_loss"] = classification_metrics(y_true, clipped, classes)["log_loss"]
+    result["log_loss_low"], result["log_loss_high"] = bootstrap_ci(y_true, clipped, "log_loss", n_boot=n_boot,
+                                                                   seed=seed, classes=classes)
     confusion = confusion_matrix(y_true, proba.argmax(axis=1), labels=classes)
-    result.update({"n_images": len(y_true), "label_names": list(model.label_names),
+    result.update({"clip": eps, "n_images": len(y_true), "label_names": list(model.label_names),
                    "confusion": confusion.tolist(), "failed": predictions.failed, "model": model.describe()})
     return result

@@ -18,6 +18,7 @@ from featx.extractors import get_extractor
 from featx.images import load_image
 from featx.pipeline import build_cache
 from featx.artifacts import ArtifactError
+from featx.artifacts.results import SweepBundle
 from featx.predict import (FineTunedModel, ModelError, SweepModel, evaluate, load_model, predict, state_sha256,
                            write_submission)
 from featx.sweep import run_sweep
@@ -122,16 +123,19 @@ def test_second_predict_reuses_the_cached_features(hog_experiment, tmp_path):
     np.testing.assert_array_equal(second.proba, first.proba)
 
 
-def test_unreadable_images_are_skipped_and_reported(hog_experiment, tmp_path):
+def test_unreadable_images_are_reported_and_get_the_class_prior(hog_experiment, tmp_path):
     folder, _ = make_unlabeled_folder(tmp_path / "test1", 6)
     (folder / "7.png").write_bytes(b"this is not a PNG")
     (folder / "8.jpg").write_bytes(b"")
     predictions = predict(hog_experiment.bundle, folder, cache_dir=hog_experiment.cache_dir, workers=1)
     assert [path for path, _ in predictions.failed] == ["7.png", "8.jpg"]
     assert dict(predictions.failed)["8.jpg"] == "zero-byte file"
-    assert predictions.proba.shape == (6, 2) and predictions.paths == [f"{i}.png" for i in range(1, 7)]
+    # Every file is a row (Kaggle wants every id); the unreadable ones hold the prior and are flagged.
+    assert predictions.proba.shape == (8, 2) and predictions.paths == [*(f"{i}.png" for i in range(1, 8)), "8.jpg"]
+    assert predictions.imputed.tolist() == [False] * 6 + [True, True] and predictions.n_predicted == 6
+    np.testing.assert_allclose(predictions.proba[6:], [predictions.prior, predictions.prior])
     _, rows = read_csv(write_submission(predictions, tmp_path / "submission.csv"))
-    assert [row[0] for row in rows] == [str(i) for i in range(1, 7)]
+    assert [row[0] for row in rows] == [str(i) for i in range(1, 9)]
 
 
 def test_evaluate_on_a_labelled_held_out_folder(hog_experiment, tmp_path):
@@ -167,13 +171,11 @@ def test_evaluate_on_the_training_folder_keeps_the_sweeps_cache(hog_experiment):
                       workers=1, n_boot=50)
     assert result["n_images"] == 60 and result["accuracy"] > 0.8
     assert hog_experiment.training_cache.stat().st_mtime_ns == mtime_before
-    # The evaluation's own split is another dataset fingerprint, so it gets its own file (its rows
-    # are copied from the sweep's cache, checked by path and sha1), and the sweep's file is untouched.
-    caches = sorted(hog_experiment.cache_dir.glob("data-train-hog-*.h5"))
-    assert len(caches) == 2 and hog_experiment.training_cache in caches
-    other = next(c for c in caches if c != hog_experiment.training_cache)
+    # The evaluation's cache (every row unlabeled) is its own file under scored/, and the sweep's is untouched.
+    assert sorted(hog_experiment.cache_dir.glob("data-train-hog-*.h5")) == [hog_experiment.training_cache]
+    other, = (hog_experiment.cache_dir / "scored").glob("data-train-hog-*.h5")
     with open_cache(other) as cache:
-        assert cache.n_rows == 60
+        assert cache.n_rows == 60 and set(cache.split) == {"unlabeled"}
     with open_cache(hog_experiment.training_cache) as cache:
         np.testing.assert_array_equal(cache.split, split_before)
 
@@ -211,7 +213,7 @@ def test_load_model_finds_the_model_or_says_what_it_expected(hog_experiment, tmp
 def test_bundle_carries_a_schema_and_old_bundles_still_predict(hog_experiment, tmp_path):
     """best.joblib is a versioned record; one written before the header existed (version 0) still works."""
     bundle = joblib.load(hog_experiment.bundle)
-    assert bundle["schema"] == {"kind": "sweep_bundle", "version": 1}
+    assert bundle["schema"] == {"kind": "sweep_bundle", "version": SweepBundle.VERSION}
     folder, _ = make_unlabeled_folder(tmp_path / "test1", 4)
     expected = predict(hog_experiment.bundle, folder, cache_dir=tmp_path / "cache", workers=1)
     del bundle["schema"]
@@ -240,16 +242,17 @@ def test_concatenated_sift_and_hog_features_with_the_sweeps_vocabulary(tmp_path)
     folder, _ = make_unlabeled_folder(tmp_path / "test1", 8)
     (folder / "9.png").write_bytes(b"")
     predictions = predict(bundle_path, folder, cache_dir=cache_dir, workers=1)
-    assert predictions.failed == [("9.png", "zero-byte file")] and len(predictions.paths) == 8
+    assert predictions.failed == [("9.png", "zero-byte file")] and predictions.n_predicted == 8
+    assert predictions.paths[8] == "9.png" and predictions.imputed.tolist() == [False] * 8 + [True]
     with open_cache(predictions.caches[0].path) as folder_cache:
         np.testing.assert_array_equal(folder_cache.state["vocabulary"], state["vocabulary"])
         assert folder_cache.spec["state_sha256"] == state_sha256(state)
     sift = get_extractor("sift_bovw", n_jobs=1, **SIFT_OPTIONS).set_state(state)
     hog = get_extractor("hog", **HOG_OPTIONS)
-    images = [folder / p for p in predictions.paths]
+    images = [folder / p for p in predictions.paths[:8]]
     features = np.hstack([extractor.transform([load_image(p, **extractor.preprocessing) for p in images])
                           for extractor in (sift, hog)])
-    np.testing.assert_allclose(predictions.proba, bundle["model"].predict_proba(features), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(predictions.proba[:8], bundle["model"].predict_proba(features), rtol=1e-5, atol=1e-7)
 
     again = predict(bundle_path, folder, cache_dir=cache_dir, workers=1)
     assert [c.noop for c in again.caches] == [True, True]
@@ -368,9 +371,14 @@ def test_a_fine_tuned_model_folder_predicts_in_batches(tmp_path):
         predict(model, folder, runtime="openvino")  # refused, never silently run in Keras
     predictions = predict(model, folder, batch_size=4, workers=2)
     assert [path for path, _ in predictions.failed] == ["10.png"]
-    assert predictions.paths == [f"{i}.png" for i in range(1, 10)]
-    expected = keras_model.predict(pixels([folder / p for p in predictions.paths], (24, 20)), verbose=0)
+    assert sorted(predictions.paths) == sorted(f"{i}.png" for i in range(1, 11))
+    assert [p for p, imputed in zip(predictions.paths, predictions.imputed) if imputed] == ["10.png"]
+    readable = ~predictions.imputed
+    seen = [folder / p for p, ok in zip(predictions.paths, readable) if ok]
+    expected = np.tile([1 / 3] * 3, (10, 1))  # model.json records no prior: uniform for the unreadable image
+    expected[readable] = keras_model.predict(pixels(seen, (24, 20)), verbose=0)
     np.testing.assert_allclose(predictions.proba, expected, rtol=1e-5, atol=1e-6)
+    expected = expected[np.argsort([int(Path(p).stem) for p in predictions.paths])]  # submission order: by id
     assert set(np.argmax(expected, axis=1)) >= {0, 1}  # the test model tells stripes apart
 
     header, rows = read_csv(write_submission(predictions, tmp_path / "submission.csv"))
