@@ -305,6 +305,7 @@ def sweep(
 
     Example: [bold]featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs[/]
     """
+    from featx.artifacts.results import row_params
     from featx.sweep import REFITS, SELECTS, run_sweep
 
     if select not in SELECTS:
@@ -325,7 +326,7 @@ def sweep(
                   seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"),
                   scheduler=scheduler, report=lambda line: err.print(line, highlight=False), select=select,
                   refit=refit, ensemble=ensemble)
-    rows = [(str(row["rank"]), str(row["config"]), row["features"], row["head"], _short_params(row),
+    rows = [(str(row["rank"]), str(row["config"]), row["features"], row["head"], row_params(row),
              f"{row['select_log_loss']:.4f}", f"{row['select_accuracy']:.4f} ± {row['select_accuracy_std']:.4f}",
              f"{row['accuracy']:.4f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]",
              f"{row['log_loss']:.4f}", f"{row['fit_seconds']:.2f}")
@@ -340,16 +341,8 @@ def sweep(
     err.print(f"protocol: {summary.protocol}", highlight=False)
     best = result.best
     out.print(f"{result.out_dir}: best config {best['config']} {best['features']} {best['head']} "
-              f"{_short_params(best)} {selected_by} log loss {best['select_log_loss']:.4f}, {_test_accuracy(best)} "
+              f"{row_params(best)} {selected_by} log loss {best['select_log_loss']:.4f}, {_test_accuracy(best)} "
               f"({len(result.rows)} configs, {result.seconds:.0f} s)", highlight=False)
-
-
-def _short_params(row: dict) -> str:
-    """A row's params for a table: an ensemble's as ``config:weight`` pairs."""
-    if row["head"] != "ensemble":
-        return row["params"]
-    members = json.loads(row["params"])["members"]
-    return " ".join(f"#{m['config']}:{m['weight']:.2f}" for m in members)
 
 
 def _read_summary(out_dir: Path):
@@ -423,6 +416,16 @@ def demo(
     _run(run_demo, out_dir, seed=seed, console=out)
 
 
+def _print_unreadable(failed: list, fate: str) -> None:
+    """List the images predict or evaluate could not read, and what became of them, on stderr."""
+    if failed:  # markup=False: a file name like [draft].jpg is text, not a style
+        err.print(f"{len(failed)} unreadable image(s) {fate}:", style="yellow", highlight=False, markup=False)
+        for image, reason in failed[:20]:
+            err.print(f"  {image}: {reason}", highlight=False, markup=False)
+        if len(failed) > 20:
+            err.print(f"  ... and {len(failed) - 20} more", highlight=False)
+
+
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="best.joblib (or its experiment folder) from featx sweep, or the "
@@ -438,29 +441,47 @@ def predict(
     workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
     layout: str = typer.Option("auto", help="auto | kaggle | folders | unlabeled (labels are not needed)."),
     runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
+    clip: Optional[float] = typer.Option(None, "--clip", metavar="EPS", help="Clip written probabilities to "
+                                         "[EPS, 1-EPS] (log loss: one confident mistake costs at most -log EPS); "
+                                         "0 <= EPS < 0.5. Default: the eps the sweep chose from out-of-fold log "
+                                         "loss (best.joblib), 1e-15 (no effective clipping) for other models."),
 ) -> None:
     """Predict a folder of images with a saved model and write a Kaggle submission (id,label).
 
     Binary: label = probability of the second class (dog for cats/dogs), or of --positive;
     --hard writes class names. Multi-class: one probability column per class.
-    Unreadable images are skipped and listed.
+    Every image file is one row, ids in Kaggle's order (numeric when the names are numbers);
+    an unreadable image gets the model's class prior and is listed. Features are cached
+    under CACHE_DIR/scored/, never beside the training caches.
 
     Example: [bold]featx predict experiments/effnet/best.joblib data/test1 -o submission.csv[/]
     """
-    from featx.predict import check_submission_options, load_model, predict as predict_folder, write_submission
+    from featx.predict import (check_clip, check_submission_options, load_model, predict as predict_folder,
+                               write_submission)
 
     _check_runtime(runtime)
+    if clip is not None:
+        _run(check_clip, clip)
     loaded = _run(load_model, model)
     _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
+    eps, eps_from = (loaded.clip, "the model's") if clip is None else (clip, "--clip")
     err.print(f"model: {loaded.describe()}", highlight=False)
     predictions = _run(predict_folder, loaded, directory, layout=layout, cache_dir=cache_dir,
                        batch_size=batch_size, workers=workers, progress=RichBar(), runtime=runtime)
-    _print_skipped(predictions.failed)
-    path = _run(write_submission, predictions, output, hard=hard, positive=positive)
+    prior = ", ".join(f"{name} {p:.3g}" for name, p in zip(predictions.label_names, predictions.prior))
+    _print_unreadable(predictions.failed, f"get the class prior ({prior})")
+    path = _run(write_submission, predictions, output, hard=hard, positive=positive, clip=eps)
     all_cached = predictions.caches and all(c.noop for c in predictions.caches)
     reused = " (features reused from the cache)" if all_cached else ""
-    skipped = f", {len(predictions.failed)} unreadable skipped" if predictions.failed else ""
-    out.print(f"{path}: {len(predictions.paths)} predictions{skipped}{reused}", highlight=False)
+    line = f"{path}: {len(predictions.paths)} rows, {predictions.n_predicted} predicted{reused}"
+    if predictions.failed:
+        names = ", ".join(image for image, _ in predictions.failed[:5])
+        more = f" and {len(predictions.failed) - 5} more" if len(predictions.failed) > 5 else ""
+        line += (f"; {len(predictions.failed)} unreadable given the class prior ({prior}): "
+                 f"{names}{more}")
+    if not hard:
+        line += f"; probabilities clipped to [{eps:g}, 1-{eps:g}] ({eps_from} eps)"
+    out.print(line, highlight=False, markup=False)
 
 
 @app.command()
@@ -476,20 +497,28 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
+    clip: Optional[float] = typer.Option(None, "--clip", metavar="EPS", help="Log loss of the probabilities "
+                                         "clipped to [EPS, 1-EPS], as featx predict writes them (same default: "
+                                         "the sweep's eps, else 1e-15)."),
 ) -> None:
     """Accuracy, ROC AUC, average precision and log loss of a saved model on a labelled folder, with 95% intervals.
+
+    Unreadable images are listed and not counted. Features are cached under CACHE_DIR/scored/,
+    with every image in split unlabeled: a scored folder never becomes training data.
 
     Example: [bold]featx evaluate experiments/effnet/best.joblib data/holdout[/]
     """
     from featx.metrics import METRICS
-    from featx.predict import evaluate as evaluate_folder, load_model
+    from featx.predict import check_clip, evaluate as evaluate_folder, load_model
 
     _check_runtime(runtime)
+    if clip is not None:
+        _run(check_clip, clip)
     loaded = _run(load_model, model)
     err.print(f"model: {loaded.describe()}", highlight=False)
     result = _run(evaluate_folder, loaded, directory, layout=layout, cache_dir=cache_dir, batch_size=batch_size,
-                  workers=workers, n_boot=n_boot, seed=seed, progress=RichBar(), runtime=runtime)
-    _print_skipped(result["failed"])
+                  workers=workers, n_boot=n_boot, seed=seed, progress=RichBar(), runtime=runtime, clip=clip)
+    _print_unreadable(result["failed"], "not counted")
     if as_json:
         out.print_json(json.dumps(result, default=str))
         return
@@ -498,14 +527,18 @@ def evaluate(
     out.print(_table(("", *result["label_names"]),
                      [(name, *map(str, row)) for name, row in zip(result["label_names"], result["confusion"])],
                      title="confusion (rows: true, columns: predicted)", right_from=1))
+    eps_from = "the model's" if clip is None else "--clip"
+    not_counted = f" ({len(result['failed'])} unreadable not counted)" if result["failed"] else ""
     out.print(f"accuracy {result['accuracy']:.3f} [{result['accuracy_low']:.3f}, {result['accuracy_high']:.3f}] "
-              f"on {result['n_images']} images", highlight=False)
+              f"on {result['n_images']} images{not_counted}; log loss {result['log_loss']:.4f} with probabilities "
+              f"clipped to [{result['clip']:g}, 1-{result['clip']:g}] ({eps_from} eps)", highlight=False)
 
 
 @app.command()
 def finetune(
-    experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out (its best.joblib "
-                                                   "must hold a CNN cache and a dense, logreg or linsvm head)."),
+    experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out (starts from its "
+                                                   "best config that is a dense, logreg or linsvm head on one CNN "
+                                                   "cache)."),
     unfreeze: str = typer.Option("top", help="top (block5 for VGG16, the last stages for EfficientNet-Lite, "
                                              "fc6/fc7 for CaffeNet) | all | none | N (the last N layers)."),
     epochs: int = typer.Option(5, help="Total epochs (a resumed run counts the ones already done)."),

@@ -52,6 +52,7 @@ def run_demo(out_dir: str | Path = "experiments/demo", seed: int = 0, console=No
     from featx.predict import evaluate, load_model, predict, write_submission
     from featx.progress import RichBar
     from featx.report import write_report
+    from featx.artifacts.results import row_params
     from featx.sweep import run_sweep
     from featx.weights import WeightsError
 
@@ -86,9 +87,9 @@ def run_demo(out_dir: str | Path = "experiments/demo", seed: int = 0, console=No
     swept = run_sweep(cache_sets, experiment, heads=list(DEMO_GRIDS), grids=DEMO_GRIDS, seed=seed, n_jobs=-1,
                       n_boot=500, progress=RichBar())
     best = swept.best
-    say(f"3/6 sweep: {len(swept.rows)} configs in {swept.seconds:.0f} s; best {best['features']} {best['head']} "
-        f"{best['params']}: test accuracy {best['accuracy']:.4f} [{best['accuracy_low']:.4f}, "
-        f"{best['accuracy_high']:.4f}]")
+    say(f"3/6 sweep: {len(swept.rows)} configs in {swept.seconds:.0f} s; best (by {best['selected_by']} log loss "
+        f"{best['select_log_loss']:.4f}) {best['features']} {best['head']} {row_params(best)}: test accuracy "
+        f"{best['accuracy']:.4f} [{best['accuracy_low']:.4f}, {best['accuracy_high']:.4f}]")
     for features in dict.fromkeys(r["features"] for r in swept.rows):
         top = min((r for r in swept.rows if r["features"] == features), key=lambda r: r["rank"])
         say(f"      {features:32s} best {top['head']:7s} test accuracy {top['accuracy']:.4f}")

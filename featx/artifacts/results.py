@@ -20,7 +20,7 @@ from ..metrics import METRICS
 from ..storage import atomic_write
 from . import ArtifactError, Record
 
-__all__ = ["METRICS", "RESULT_COLUMNS", "metric_columns", "write_rows_csv", "rank_rows", "SweepSummary",
+__all__ = ["METRICS", "RESULT_COLUMNS", "metric_columns", "write_rows_csv", "rank_rows", "row_params", "SweepSummary",
            "SweepBundle"]
 
 # Every result row has the test METRICS, each with ``_low``/``_high`` (bootstrap 95% CI) and ``_std``.
@@ -87,6 +87,22 @@ def rank_rows(rows: Sequence[Mapping[str, Any]]) -> list:
         return (math.inf if math.isnan(loss) else loss, math.inf if math.isnan(accuracy) else -accuracy, index)
 
     return [row for _, row in sorted(enumerate(rows), key=key)]
+
+
+def row_params(row: Mapping[str, Any]) -> str:
+    """A row's parameters for a table or a summary line; an ensemble's as ``#config:weight`` pairs.
+
+    Examples
+    --------
+    >>> row_params({"head": "ensemble", "params": '{"members": [{"config": 3, "weight": 0.6}, {"config": 9, "weight": 0.4}]}'})
+    '#3:0.60 #9:0.40'
+    """
+    import json
+
+    if row.get("head") != "ensemble":
+        return str(row.get("params", ""))
+    members = json.loads(row["params"])["members"]
+    return " ".join(f"#{m['config']}:{m['weight']:.2f}" for m in members)
 
 
 @dataclasses.dataclass
