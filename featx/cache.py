@@ -2,7 +2,8 @@
 
 File names, the layout (readable with plain h5py), row reuse from older files and crash safety are in
 README.md, "The cache (HDF5)". ``FEATX_KILL_AT`` names a step at which a build SIGKILLs itself, for
-crash tests (:func:`kill_point`).
+crash tests (:func:`featx.storage.kill_point`). A full disk ends a build with one line
+(:class:`CacheDiskFullError`) that names the space it needs; the journal stays for the rerun.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,10 @@ import numpy as np
 from featx import __version__
 from featx.data import Manifest
 from featx.errors import UserError
-from featx.storage import BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, locked
+from featx.storage import (BusyError, atomic_save_npz, atomic_write, atomic_write_text, clean_stale_temps, is_disk_full,
+                           kill_point, locked)
 
-__all__ = ["CacheError", "CacheLockedError", "CacheBuilder", "FeatureCache", "open_cache",
+__all__ = ["CacheError", "CacheLockedError", "CacheDiskFullError", "CacheBuilder", "FeatureCache", "open_cache",
            "cache_path", "cache_key", "state_sha256", "kill_point", "DTYPES"]
 
 CACHE_FORMAT = 1
@@ -40,14 +42,8 @@ class CacheLockedError(CacheError, BusyError):
     """Another process is writing the same cache (also a :class:`featx.storage.BusyError`)."""
 
 
-def kill_point(step: str) -> None:
-    """SIGKILL this process when the environment variable ``FEATX_KILL_AT`` equals ``step``.
-
-    Crash tests kill a build at a named step instead of hoping a random moment lands there: ``fit``,
-    ``save_state``, ``shard:N`` (after shard N is stored), ``publish:before_rename``, ``publish:after_rename``.
-    """
-    if os.environ.get("FEATX_KILL_AT") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+class CacheDiskFullError(CacheError):
+    """The cache folder's file system is full; the message names the folder and the space the build needs."""
 
 
 def cache_key(spec: dict, dtype: str = "float32") -> str:
@@ -80,6 +76,13 @@ def cache_path(cache_dir: str | os.PathLike, manifest: Manifest, spec: dict, dty
     ``<dataset>-<extractor>-<hash>-<Manifest.fingerprint()>.h5``."""
     extractor = spec["name"].replace(":", "_").replace("/", "_")
     return Path(cache_dir) / f"{manifest.name}-{extractor}-{cache_key(spec, dtype)}-{manifest.fingerprint()}.h5"
+
+
+def _size(n_bytes: float, up: bool = False) -> str:
+    """``n_bytes`` in kB or MB, one decimal; ``up``: rounded up (a space needed is never understated)."""
+    unit, name = (1e3, "kB") if n_bytes < 1e6 else (1e6, "MB")
+    tenths = n_bytes / unit * 10
+    return f"{(math.ceil(tenths) if up else round(tenths)) / 10:.1f} {name}"
 
 
 def _now() -> str:
@@ -125,9 +128,14 @@ class CacheBuilder:
 
     ``path`` is the final ``.h5`` file, ``manifest`` the images in the order rows are stored, ``spec``
     the extractor's ``Extractor.spec()`` and ``dtype`` (float32 or float16) how features are stored.
+    ``fit_key`` says what a learned extractor's state comes from (``featx.pipeline``: a hash of the
+    train rows it is fit on, or of a state given from elsewhere); rows and state of an older file that
+    holds a state are reused only when its ``fit_key`` is the same (a SIFT vocabulary fit on another
+    split's or seed's train rows never is). None: the extractor learns nothing.
     """
 
-    def __init__(self, path: str | os.PathLike, manifest: Manifest, spec: dict, dtype: str = "float32"):
+    def __init__(self, path: str | os.PathLike, manifest: Manifest, spec: dict, dtype: str = "float32",
+                 fit_key: str | None = None):
         if dtype not in DTYPES:
             raise CacheError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         self.path = Path(path)
@@ -135,6 +143,7 @@ class CacheBuilder:
         self.spec = spec
         self.dtype = dtype
         self.key = cache_key(spec, dtype)
+        self.fit_key = fit_key or None
         self.journal = self.path.with_name(self.path.name + ".partial")
         self._lock: contextlib.ExitStack | None = None
         self.plan: CachePlan | None = None
@@ -189,21 +198,25 @@ class CacheBuilder:
         self._plan_reuse()
         plan = CachePlan(key=self.key, manifest_sha256=self.manifest.sha256(),
                          n_rows=len(self.todo_records), shard_rows=int(shard_rows),
-                         reuse_from=self._reuse_sha)
+                         reuse_from=self._reuse_sha, extra={"fit_key": self.fit_key})
         plan_file = self.journal / "plan.json"
         if plan_file.exists():
             try:
                 old = CachePlan(**json.loads(plan_file.read_text()))
             except (ValueError, TypeError):
                 old = None
-            if old is not None and (old.key, old.manifest_sha256, old.n_rows, old.reuse_from) == (
-                    plan.key, plan.manifest_sha256, plan.n_rows, plan.reuse_from):
+            # A journal started for other fit rows holds another state (and rows computed with it).
+            if old is not None and (old.key, old.manifest_sha256, old.n_rows, old.reuse_from,
+                                    old.extra.get("fit_key")) == (plan.key, plan.manifest_sha256, plan.n_rows,
+                                                                  plan.reuse_from, self.fit_key):
                 self.plan = old  # resume with the shard size the journal was started with
                 return old
             shutil.rmtree(self.journal)  # a different job: start over
-        self.journal.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(plan_file, json.dumps(plan.__dict__))
-        self.plan, self._started_journal = plan, True
+        with self._disk_full_is_one_line():
+            self.journal.mkdir(parents=True, exist_ok=True)
+            self._started_journal = True
+            atomic_write_text(plan_file, json.dumps(plan.__dict__))
+        self.plan = plan
         return plan
 
     def reuse_candidates(self) -> list[Path]:
@@ -216,13 +229,17 @@ class CacheBuilder:
         return ([self.path] if self.path.exists() else []) + siblings
 
     def _reusable_rows(self, candidate: Path) -> dict[str, int]:
-        """Rows of ``candidate`` this build may take: same spec, same root, and per row the same
-        path and sha1 as the manifest's record (a missing sha1 never matches)."""
+        """Rows of ``candidate`` this build may take: same spec, same root, a learned state (if it has
+        one) learned from the same rows (``fit_key``), and per row the same path and sha1 as the
+        manifest's record (a missing sha1 never matches)."""
         try:
             with h5py.File(candidate, "r") as h5:
                 if (h5.attrs.get("cache_key") != self.key
                         or str(h5.attrs.get("root", "")) != str(self.manifest.root)):
                     return {}
+                if len(h5.get("state", ())) and (self.fit_key is None
+                                                 or str(h5.attrs.get("fit_key", "")) != self.fit_key):
+                    return {}  # its rows were computed with a state learned from other rows
                 old_paths, old_sha1 = h5["paths"].asstr()[:], h5["sha1"].asstr()[:]
         except (OSError, KeyError, TypeError):
             return {}
@@ -272,12 +289,14 @@ class CacheBuilder:
             features = features.reshape(len(features), -1)
         if not np.all(np.isfinite(features)):
             raise CacheError(f"shard {shard.index}: the extractor produced NaN or infinite features")
-        atomic_save_npz(self.shard_path(shard), features=features.astype(self.dtype), ok=ok,
-                        reasons=np.array(reasons, dtype=object).astype(str) if reasons else np.zeros(0, "U1"))
+        with self._disk_full_is_one_line(features.shape[1] if len(features) else None):
+            atomic_save_npz(self.shard_path(shard), features=features.astype(self.dtype), ok=ok,
+                            reasons=np.array(reasons, dtype=object).astype(str) if reasons else np.zeros(0, "U1"))
         kill_point(f"shard:{shard.index}")
 
     def load_state(self) -> dict[str, np.ndarray] | None:
-        """Extractor state saved in the journal, or in the older file rows are reused from."""
+        """Extractor state saved in the journal, or in the older file rows are reused from (only ever one
+        whose state was learned from the same rows: see ``fit_key``)."""
         state_file = self.journal / "state.npz"
         if state_file.exists():
             with np.load(state_file) as data:
@@ -291,8 +310,9 @@ class CacheBuilder:
     def save_state(self, state: dict[str, np.ndarray]) -> None:
         self._require_lock()
         kill_point("fit")  # the extractor is fit, its state not yet stored
-        self.journal.mkdir(parents=True, exist_ok=True)
-        atomic_save_npz(self.journal / "state.npz", **state)
+        with self._disk_full_is_one_line():
+            self.journal.mkdir(parents=True, exist_ok=True)
+            atomic_save_npz(self.journal / "state.npz", **state)
         kill_point("save_state")
 
     def publish(self, attrs: dict | None = None) -> Path:
@@ -330,7 +350,13 @@ class CacheBuilder:
 
             # Reading ``old`` while its replacement is renamed over it is safe on POSIX (the open
             # handle keeps the old inode); the rename is storage's atomic one.
-            atomic_write(self.path, write)
+            # Checked first: HDF5 fails on a full disk with a RuntimeError at close, and may crash later.
+            # (A file system that reports no size at all is not refused.)
+            usage = shutil.disk_usage(self.path.parent)
+            if usage.total > 0 and usage.free < self.space_needed(dim)[1]:
+                raise CacheDiskFullError(self._disk_full_line(dim))
+            with self._disk_full_is_one_line(dim):
+                atomic_write(self.path, write)
         finally:
             if old is not None:
                 old.close()
@@ -340,7 +366,7 @@ class CacheBuilder:
 
     def _write_file(self, tmp, dim, rows, computed, failed, old, attrs) -> None:
         manifest, n = self.manifest, len(rows)
-        chunk_rows = int(max(1, min(n, (1 << 20) // max(1, dim * np.dtype(self.dtype).itemsize))))  # ~1 MiB chunks
+        chunk_rows = self._chunk_rows(n, dim)
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as h5:
             features = h5.create_dataset("features", shape=(n, dim), dtype=self.dtype, chunks=(chunk_rows, dim))
@@ -366,8 +392,68 @@ class CacheBuilder:
                 "dtype": self.dtype, "label_names": json.dumps(manifest.label_names),
                 "manifest_sha256": manifest.sha256(), "rows_done": n, "rows_failed": len(failed),
                 "rows_reused": len([r for r in rows if r.path not in computed]),
+                "fit_key": self.fit_key or "",
                 "created": created or _now(), "updated": _now(), **(attrs or {}),
             })
+
+    def space_needed(self, dim: int) -> tuple[int, int]:
+        """Bytes of the whole journal and of the final file, for rows of ``dim`` features (an upper estimate).
+
+        A build needs both at once: the journal is removed only after the final file is in place.
+        """
+        assert self.plan is not None, "call prepare() first"
+        row_bytes = dim * np.dtype(self.dtype).itemsize
+        page = 4096  # file systems allocate whole blocks
+        state = self.journal / "state.npz"
+        state_bytes = state.stat().st_size if state.exists() else 0
+        journal = 2 * page + state_bytes + sum(
+            -(-((shard.stop - shard.start) * (row_bytes + 1) + 2048) // page) * page for shard in self.plan.shards())
+        n = len(self.manifest.records)
+        chunk_rows = self._chunk_rows(n, dim)
+        features = -(-n // chunk_rows) * chunk_rows * row_bytes  # HDF5 stores whole chunks
+        text = sum(len(r.path.encode()) + len(r.sha1 or "") + len(r.split) + 3 * 16 + 8 for r in self.manifest.records)
+        final = features + text + state_bytes + 64 * 1024
+        return journal, final
+
+    def _chunk_rows(self, n_rows: int, dim: int) -> int:
+        """Rows per HDF5 chunk of ``features``: about 1 MiB."""
+        return int(max(1, min(n_rows, (1 << 20) // max(1, dim * np.dtype(self.dtype).itemsize))))
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self, dim: int | None = None):
+        """Turn a full disk into :class:`CacheDiskFullError`: the folder, the space the build needs at once
+        (journal plus final file), what is free, and that a rerun goes on from the journal."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            if not is_disk_full(exc):
+                raise
+            raise CacheDiskFullError(self._disk_full_line(dim)) from exc
+
+    def _disk_full_line(self, dim: int | None) -> str:
+        folder, free = self.path.parent, 0
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(folder).free
+        shards = sorted(self.journal.glob("shard-*.npz")) if self.journal.exists() else []
+        if dim is None and shards:
+            with contextlib.suppress(OSError, ValueError, KeyError), np.load(shards[0]) as data:
+                dim = int(data["features"].shape[1]) or None
+        written = sum(f.stat().st_size for f in self.journal.iterdir() if f.is_file()) if self.journal.exists() else 0
+        line = f"no space left in {folder} for the cache {self.path.name}"
+        if dim and self.plan is not None:
+            journal, final = self.space_needed(dim)
+            missing = journal + final - written - free
+            line += (f": it needs {_size(journal + final, up=True)} there at once (journal {_size(journal, up=True)} + "
+                     f"final file {_size(final, up=True)}; {_size(written)} of the journal written, {_size(free)} "
+                     f"free); free {f'at least {_size(missing, up=True)} more' if missing > 0 else 'some space'} there")
+        else:
+            line += f" ({_size(free)} free); free some space there"
+        line += ", then run the same command again"
+        if shards or (self.journal / "state.npz").exists():
+            n_shards = len(self.plan.shards()) if self.plan is not None else "?"
+            line += (f": the journal {self.journal.name}/ is kept ({len(shards)} of {n_shards} shards done) and the "
+                     f"rerun computes only what it lacks")
+        return line
 
     def _copy_rows(self, target, rows, computed, old) -> None:
         """Fill ``target`` row by row in manifest order, one shard in memory at a time."""

@@ -11,17 +11,20 @@ writes finished shards. Memory stays bounded by ``prefetch`` batches plus one sh
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from featx.cache import CacheBuilder, cache_path, open_cache
+from featx.cache import CacheBuilder, cache_path, open_cache, state_sha256
 from featx.data import DataError, Manifest
 from featx.extractors.base import Extractor
 from featx.datasets import decode_group, decode_threads, iter_batches, n_cores
@@ -65,8 +68,15 @@ def _run_processes(extractor, root, units, workers) -> Iterator:
     results = Parallel(n_jobs=workers, return_as="generator", backend="loky")(
         delayed(_decode_and_transform)(extractor, root, paths) for _, paths in units)
     # drive the loop by the results so joblib's generator is run to its end (no "tasks cancelled" warning)
-    for index, result in enumerate(results):
-        yield (units[index][0], *result)
+    try:
+        for index, result in enumerate(results):
+            yield (units[index][0], *result)
+    finally:
+        # Stopped early (the shard writer failed: a full disk, say), joblib cancels the tasks left and
+        # says so; the error that stopped it is the one line the user needs.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*tasks which were still being processed", category=UserWarning)
+            results.close()
 
 
 def _run_model(extractor, root, units, workers, batch_size, prefetch, runner=None) -> Iterator:
@@ -107,19 +117,42 @@ def extract_images(extractor: Extractor, root: str | os.PathLike, units, workers
                               prefetch or max(2, 2 * workers), runner)
 
 
+def _fit_rows(manifest: Manifest, fit_max_images: int, seed: int) -> list[str]:
+    """The train images a learned extractor is fit on: all of them, or a seeded sample of ``fit_max_images``."""
+    train = [r.path for r in manifest.records if r.split == "train"]
+    if len(train) > fit_max_images:
+        rng = np.random.default_rng(seed)
+        train = sorted(rng.choice(train, size=fit_max_images, replace=False).tolist())
+    return train
+
+
+def _fit_key(manifest: Manifest, extractor: Extractor, fit: bool, fit_max_images: int) -> str | None:
+    """What a learned extractor's state in a cache comes from (``CacheBuilder``'s ``fit_key``).
+
+    ``fit:`` and a hash of the paths and sha1s of the train images it is fit on, or ``state:`` and the
+    hash of a state given from elsewhere (``fit=False``); None for an extractor that learns nothing.
+    A state is only ever reused from a cache with the same key: a vocabulary fit on the train rows of
+    another split or seed would leak its val/test images into this one.
+    """
+    if not extractor.needs_fit:
+        return None
+    if not fit:
+        return "state:" + state_sha256(extractor.get_state())
+    sha1 = {r.path: r.sha1 for r in manifest.records}
+    rows = [[path, sha1[path]] for path in _fit_rows(manifest, fit_max_images, manifest.seed)]
+    return "fit:" + hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def _fit_extractor(extractor: Extractor, manifest: Manifest, builder: CacheBuilder,
                    fit_max_images: int, seed: int, progress: Progress) -> None:
     state = builder.load_state()
     if state:
         extractor.set_state(state)
         return
-    train = [r.path for r in manifest.records if r.split == "train"]
+    train = _fit_rows(manifest, fit_max_images, seed)
     if not train:
         raise DataError(f"{extractor.name} learns from the train split, but {manifest.root} has no "
                          f"train images (all are val/test/unlabeled); index with smaller --val/--test")
-    if len(train) > fit_max_images:
-        rng = np.random.default_rng(seed)
-        train = sorted(rng.choice(train, size=fit_max_images, replace=False).tolist())
     progress.start(f"decode {len(train)} train images to fit {extractor.name}", len(train))
     images = []
     for start in range(0, len(train), 64):
@@ -158,7 +191,7 @@ def plan_build(manifest: Manifest, extractor: Extractor, cache_dir="cache", dtyp
     spec = {**extractor.spec(), **(spec_extra or {})}
     path = cache_path(cache_dir, manifest, spec, dtype)
     started = time.perf_counter()
-    with CacheBuilder(path, manifest, spec, dtype) as builder:
+    with CacheBuilder(path, manifest, spec, dtype, _fit_key(manifest, extractor, fit, fit_max_images)) as builder:
         if builder.is_complete():
             with open_cache(path) as cache:
                 yield BuildPlan(builder, done=CacheResult(path, rows=cache.n_rows, failed=cache.failed, noop=True,
