@@ -392,10 +392,9 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
         if [fs.paths[i] for i in _by_path(fs, fs.rows(SPLIT_TEST))] != test_paths:
             raise SweepError(f"{fs.cache_paths[0]} has a different test split from {feature_sets[0].cache_paths[0]}; "
                              f"results would not be comparable: make all caches from one manifest")
+    configs = {head: _checked_configs(head, grids[head], preprocessing) for head in heads}
     protocol = _choose_protocol(feature_sets, select, cv)
     plans = [selection_plan(fs, protocol, cv, seeds) for fs in feature_sets]
-
-    configs = {head: _checked_configs(head, grids[head], preprocessing) for head in heads}
     jobs = [(set_index, head, params) for set_index in range(len(feature_sets))
             for head in heads for params in configs[head]]
     progress = progress or Progress()

@@ -202,7 +202,7 @@ def test_a_grid_that_does_not_fit_the_head_is_one_line(tmp_path):
                                   "--out", tmp_path / "exp"))
     assert "unknown preprocessing 'zscore'" in line
     grid.write_text('{"linsvm": [{"head__C": [-1]}]}')  # a value the head refuses when it fits (in a worker)
-    line = _one_error_line(invoke("sweep", cache, "--heads", "linsvm", "--grid", grid, "--n-jobs", "2",
+    line = _one_error_line(invoke("sweep", cache, "--heads", "linsvm", "--grid", grid, "--n-jobs", "2", "--cv", "2",
                                   "--out", tmp_path / "exp"))
     assert "C must be a positive number; got -1" in line
     assert not (tmp_path / "exp").exists()
