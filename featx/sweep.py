@@ -395,6 +395,10 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     configs = {head: _checked_configs(head, grids[head], preprocessing) for head in heads}
     protocol = _choose_protocol(feature_sets, select, cv)
     plans = [selection_plan(fs, protocol, cv, seeds) for fs in feature_sets]
+    from featx.artifacts.runs import STAGE_FOLDERS
+    from featx.storage import check_not_busy
+
+    check_not_busy(out_dir, STAGE_FOLDERS, "featx sweep")  # a running finetune/scratch stops us now, not after
     jobs = [(set_index, head, params) for set_index in range(len(feature_sets))
             for head in heads for params in configs[head]]
     progress = progress or Progress()
