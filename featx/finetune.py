@@ -1,9 +1,11 @@
-"""Keras fine-tuning warm-started from a sweep's best head.
+"""Keras fine-tuning warm-started from a sweep's best head that can be fine-tuned.
 
-``featx finetune experiments/<name>`` rebuilds the backbone that made the sweep's cache, puts the
-head on top as Keras layers (scaler, PCA and calibration folded into Dense weights; the backbone's
-preprocessing as a layer, so the model takes raw RGB in [0, 255]), checks that it reproduces the
-head's probabilities (:func:`check_warm_start`), then trains the unfrozen layers, resumably, into
+``featx finetune experiments/<name>`` picks the best-ranked row that is a logreg, linsvm or dense
+head on one CNN cache (:func:`choose_config`; an ensemble's best such member), fits that head on
+train, rebuilds the backbone that made the cache, puts the head on top as Keras layers (scaler, PCA
+and calibration folded into Dense weights; the backbone's preprocessing as a layer, so the model
+takes raw RGB in [0, 255]), checks that it reproduces the head's probabilities
+(:func:`check_warm_start`), then trains the unfrozen layers, resumably, into
 ``experiments/<name>/finetune/`` (files listed in docs/training.md).
 """
 
@@ -15,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -78,9 +80,17 @@ def preprocessing_layer(extractor, name: str = "preprocess"):
     return training.custom_objects()["ChannelAffine"](matrix, offset, name=name)
 
 
+#: Heads that can be written as Dense layers on a backbone (an RBF SVM cannot; an ensemble is several models).
+FINETUNABLE_HEADS = ("logreg", "linsvm", "dense")
+
+
 @dataclass
 class BaseHead:
-    """A fitted sweep head with everything needed to put it on its backbone."""
+    """A fitted sweep head with everything needed to put it on its backbone.
+
+    ``note`` says, in one line, why the fine-tune starts from another row than the sweep's best
+    (empty when it starts from the best, or from the ``--config`` asked for).
+    """
 
     model: Any  # Pipeline of pre_* steps then head, fitted on integer labels
     extractor_spec: dict  # of the backbone that made the cache (name, params, weights_sha256, ...)
@@ -88,65 +98,167 @@ class BaseHead:
     label_names: list
     row: dict  # the sweep's results row of this configuration
     seed: int
+    sweep_id: str = ""  # of the sweep (results.json); empty for a sweep written before sweep ids
+    note: str = ""
 
     @property
     def head_name(self) -> str:
         return self.row["head"]
 
 
+def _row_words(row: dict) -> str:
+    """``config 3 (logreg {"head__C": 1.0} on hog, rank 2)``."""
+    return f"config {row['config']} ({row['head']} {row['params']} on {row['features']}, rank {row.get('rank', '?')})"
+
+
+def _ensemble_members(row: dict) -> list[int]:
+    """The member configs of an ensemble row, as its ``params`` list them (``{"members": [{"config": i}]}``)."""
+    try:
+        members = json.loads(row["params"]).get("members", [])
+        return [int(member["config"]) for member in members]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
+def _flag(value) -> bool | None:
+    """A ``finetunable`` cell: a bool in results.json, text in a CSV; None when the row predates it."""
+    if isinstance(value, bool) or value is None:
+        return value
+    text = str(value).strip().lower()
+    return {"true": True, "1": True, "false": False, "0": False}.get(text)
+
+
+def why_not_finetunable(row: dict, experiment_dir: str | os.PathLike) -> str | None:
+    """Why a sweep row cannot be fine-tuned (a phrase), or None when it can: one CNN cache under a
+    logreg, linsvm or dense head. Rows written before the ``finetunable`` column are checked from
+    their cache's extractor spec."""
+    caches = [c for c in str(row.get("caches") or "").split("+") if c]
+    if row["head"] == "ensemble":
+        return f"an ensemble of {len(_ensemble_members(row)) or 'several'} models"
+    if len(caches) > 1:
+        return f"a concatenation of {len(caches)} caches ({row['features']})"
+    if row["head"] == "rbfsvm":
+        return "an RBF-kernel SVM (no Dense-layer form)"
+    if row["head"] not in FINETUNABLE_HEADS:
+        return f"a {row['head']} head (no Dense-layer form)"
+    finetunable = _flag(row.get("finetunable"))
+    if finetunable is None:
+        try:
+            finetunable = _is_cnn(_cache_spec(caches[0], Path(experiment_dir)))
+        except FinetuneError:  # its cache is gone: it cannot be fine-tuned, another row may
+            return f"a head on {row['features']} whose cache {caches[0]} is not here"
+    if not finetunable:
+        return f"a head on {row['features']} features (not from a neural network)"
+    return None
+
+
+def _cache_spec(cache_path: str, experiment_dir: Path) -> dict:
+    from featx.cache import open_cache
+
+    with open_cache(_find_cache(cache_path, experiment_dir)) as cache:
+        return cache.spec
+
+
+def _is_cnn(spec: dict) -> bool:
+    from featx.extractors import get_extractor
+    from featx.extractors.keras_base import KerasExtractor
+
+    return isinstance(get_extractor(spec["name"], **_extractor_options(spec)), KerasExtractor)
+
+
+def choose_config(summary, experiment_dir: str | os.PathLike, config: int | None = None) -> tuple[dict, str]:
+    """The results row to fine-tune and a one-line note when it is not the sweep's best.
+
+    Without ``config``: the best row when it can be fine-tuned; for an ensemble, its best-ranked member
+    that can; else the best-ranked row that can. With ``config``: that row, or a :class:`FinetuneError`
+    naming the best row that can be fine-tuned instead.
+    """
+    experiment_dir = Path(experiment_dir)
+    rows = {int(row["config"]): row for row in summary.rows}
+    ranked = sorted(rows.values(), key=lambda r: (float(r.get("rank", math.inf)), int(r["config"])))
+    reasons: dict[int, str | None] = {}
+
+    def reason(row: dict) -> str | None:
+        if int(row["config"]) not in reasons:
+            reasons[int(row["config"])] = why_not_finetunable(row, experiment_dir)
+        return reasons[int(row["config"])]
+
+    def first_usable(candidates) -> dict | None:
+        return next((row for row in candidates if reason(row) is None), None)
+
+    results_path = experiment_dir / "results.json"
+    if config is not None:
+        if int(config) not in rows:
+            raise FinetuneError(f"--config {config} is not a configuration of {results_path}; expected one of "
+                                f"{sorted(rows)} (the config column of results.csv)")
+        row = rows[int(config)]
+        if reason(row) is None:
+            return row, ""
+        usable = first_usable(ranked)
+        hint = (f"; the best-ranked config that can be fine-tuned is {_row_words(usable)}: pass --config "
+                f"{usable['config']}" if usable else
+                "; no config of this sweep can: sweep a CNN cache alone with --heads logreg,linsvm,dense")
+        raise FinetuneError(f"config {config} is {reason(row)}; only a logreg, linsvm or dense head on one CNN "
+                            f"cache can be fine-tuned{hint}")
+    best = rows.get(int(summary.best["config"]), ranked[0])
+    if reason(best) is None:
+        return best, ""
+    members = [rows[i] for i in _ensemble_members(best) if i in rows]
+    member = first_usable(sorted(members, key=ranked.index))
+    usable = member or first_usable(ranked)
+    if usable is None:
+        raise FinetuneError(f"no config of {results_path} can be fine-tuned (the best, config {best['config']}, "
+                            f"is {reason(best)}); fine-tuning needs a logreg, linsvm or dense head on one CNN "
+                            "cache: sweep such a cache alone with --heads logreg,linsvm,dense")
+    how = ("starting from its best single member" if member is not None else
+           "starting from the best-ranked config that can" + (" (none of its members can)" if members else ""))
+    return usable, (f"the sweep's best, config {best['config']}, is {reason(best)}, which cannot be fine-tuned; "
+                    f"{how}: {_row_words(usable)}")
+
+
 def load_base_head(experiment_dir: str | os.PathLike, config: int | None = None) -> BaseHead:
-    """The sweep's best head, or the configuration ``config`` (the ``config`` column of ``results.csv``)
-    refit on the cache's train split with the sweep's seed.
+    """The head to fine-tune (see :func:`choose_config`), fitted on the cache's train split.
+
+    The head is fitted on train alone, with the sweep's seed (the sweep's saved model, refit on train +
+    val, is used only when it was fitted on train too): fine-tuning picks its best epoch on val, and
+    the warm start it starts from must not have seen val either.
 
     Raises
     ------
     featx.artifacts.ArtifactError
         ``best.joblib`` or ``results.json`` missing, damaged or from a newer featx.
     FinetuneError
-        An unknown config, or a head not on one Keras CNN or not expressible as Dense layers (rbfsvm).
+        An unknown config, or one that cannot be fine-tuned (with the config that can).
     """
     from featx.artifacts.results import SweepBundle, SweepSummary
-    from featx.extractors import get_extractor
-    from featx.extractors.keras_base import KerasExtractor
 
     experiment_dir = Path(experiment_dir)
-    summary_path = experiment_dir / "results.json"
-    summary, bundle = SweepSummary.read(summary_path), SweepBundle.read(experiment_dir / "best.joblib")
-    rows = {int(row["config"]): row for row in summary.rows}
-    best_config = int(summary.best["config"])
-    chosen = best_config if config is None else int(config)
-    if chosen not in rows:
-        raise FinetuneError(f"--config {config} is not a configuration of {summary_path}; expected one of "
-                            f"{sorted(rows)} (the config column of results.csv)")
-    row = rows[chosen]
+    summary = SweepSummary.read(experiment_dir / "results.json")
+    bundle = SweepBundle.read(experiment_dir / "best.joblib")
+    row, note = choose_config(summary, experiment_dir, config)
     seed = int(summary.seed)
-    if row["head"] == "rbfsvm":
-        usable = sorted((r for r in rows.values() if r["head"] != "rbfsvm"), key=lambda r: r["rank"])
-        hint = (f"; the best linear/dense one is config {usable[0]['config']} ({usable[0]['head']} "
-                f"{usable[0]['params']}, rank {usable[0]['rank']}): pass --config {usable[0]['config']}"
-                if usable else "; sweep with --heads logreg,linsvm,dense")
-        raise FinetuneError(f"config {chosen} is an RBF-kernel SVM, which cannot be written as Dense layers "
-                            f"on the backbone{hint}")
-    model, extractors = ((bundle.model, bundle.extractors) if chosen == best_config
-                         else _refit_config(row, seed, experiment_dir))
-    if len(extractors) != 1:
-        names = " + ".join(e["spec"]["name"] for e in extractors)
-        raise FinetuneError(f"config {chosen} uses concatenated caches ({names}); only a head on one CNN "
-                            "backbone can be fine-tuned: pick a single-cache config with --config N")
+    bundle_config = bundle.config if getattr(bundle, "config", None) is not None else summary.best["config"]
+    if (int(bundle_config) == int(row["config"]) and getattr(bundle, "refit", "train") == "train"
+            and len(bundle.extractors) == 1):
+        model, extractors = bundle.model, bundle.extractors
+    else:
+        model, extractors = _fit_config(row, seed, experiment_dir)
     spec = extractors[0]["spec"]
-    if not isinstance(get_extractor(spec["name"], **_extractor_options(spec)), KerasExtractor):
-        raise FinetuneError(f"config {chosen} uses {spec['name']} features, which come from no neural network; "
-                            "fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, keras:*): "
-                            "pick such a config with --config N")
+    if not _is_cnn(spec):  # the row said it was finetunable; its cache says otherwise
+        raise FinetuneError(f"config {row['config']} uses {spec['name']} features, which come from no neural "
+                            "network; fine-tuning needs a CNN backbone (vgg16, caffenet, efficientnet_lite*, "
+                            "keras:*): pick such a config with --config N")
     return BaseHead(model=model, extractor_spec=spec, cache_path=_find_cache(extractors[0]["cache"], experiment_dir),
-                    label_names=list(bundle.label_names), row=row, seed=seed)
+                    label_names=list(bundle.label_names), row=row, seed=seed,
+                    sweep_id=str(getattr(summary, "sweep_id", "") or ""), note=note)
 
 
 def _find_cache(cache_path: str, experiment_dir: Path) -> str:
     """The cache file, also when the sweep recorded it relative to another working folder
     (``cache/x.h5`` is found again beside ``experiments/``, the project folder)."""
-    path = Path(cache_path)
-    candidates = [path] if path.is_absolute() else [path, experiment_dir.parent.parent / path, experiment_dir / path]
+    from featx.artifacts.runs import cache_candidates
+
+    candidates = cache_candidates(cache_path, experiment_dir)
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
@@ -155,8 +267,8 @@ def _find_cache(cache_path: str, experiment_dir: Path) -> str:
                         "featx sweep ran, or rebuild the cache there")
 
 
-def _refit_config(row: dict, seed: int, experiment_dir: Path):
-    """Refit one results row on its caches' train split, as the sweep did."""
+def _fit_config(row: dict, seed: int, experiment_dir: Path):
+    """Fit one results row on its cache's train split with the sweep's seed (val stays unseen)."""
     from featx.heads import make_head
 
     feature_set = load_feature_set([_find_cache(path, experiment_dir) for path in row["caches"].split("+")])
@@ -429,12 +541,18 @@ class FinetuneResult:
     out_dir: Path
     row: dict
     history: list
-    epochs_run: int
+    epochs_run: int  # by this call (a resumed run counts only the epochs it added)
     warm_start_difference: float
     val_before: dict
     val_after: dict
     seconds: float
     trainable_layers: list
+    state: runs.RunState | None = None  # epochs in all, the kept one, where it was resumed
+    note: str = ""  # why the run starts from another config than the sweep's best (BaseHead.note)
+
+    def epochs_text(self) -> str:
+        """``kept epoch 2 of 3; resumed at 2``, the warm start named when it is the one kept."""
+        return self.state.epochs_text(warm_start=True) if self.state else f"{self.epochs_run} epochs"
 
 
 #: The settings that must match for a fine-tune folder to be resumed.
@@ -443,13 +561,16 @@ RESUME_KEYS = ("config", "unfreeze", "augment", "optimizer", "learning_rate", "b
 
 def built_from(base: BaseHead) -> dict:
     """The sweep configuration and cache (its file name holds the extractor-spec and manifest hashes) a
-    fine-tune folder is built from: a resume with any of these changed would continue another model."""
-    return {"config": int(base.row["config"]), "head": base.row["head"], "params": base.row["params"],
-            "preprocessing": base.row["preprocessing"], "cache": Path(base.cache_path).name}
+    fine-tune folder is built from, and the sweep's id: a resume with any of these changed would continue
+    another model, and ``featx report`` marks a folder built from another sweep stale."""
+    origin = {"config": int(base.row["config"]), "head": base.row["head"], "params": base.row["params"],
+              "preprocessing": base.row["preprocessing"], "cache": Path(base.cache_path).name}
+    return {**origin, "sweep_id": base.sweep_id} if base.sweep_id else origin
 
 
 def _describe(origin: dict) -> str:
-    return f"config {origin['config']} ({origin['head']} {origin['params']}) on {origin['cache']}"
+    sweep = f" of sweep {origin['sweep_id']}" if origin.get("sweep_id") else ""
+    return f"config {origin['config']}{sweep} ({origin['head']} {origin['params']}) on {origin['cache']}"
 
 
 def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top", epochs: int = 5,
@@ -457,7 +578,7 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                  batch_size: int = 32, config: int | None = None, patience: int | None = 3, seed: int = 0,
                  monitor: str = "val_loss", restart: bool = False, mixed_precision: str = "auto",
                  workers: int = 4, n_boot: int = 1000, verbose: int = 0,
-                 allow_warm_start_gap: bool = False) -> FinetuneResult:
+                 allow_warm_start_gap: bool = False, report: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tune the backbone with the sweep's head on top; write ``experiment_dir/finetune/``.
 
     Parameters
@@ -471,7 +592,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     batch_size : int
         Global batch (split over GPUs under MirroredStrategy).
     config : int, optional
-        Start from this configuration of the sweep (``config`` column of ``results.csv``), refit on train.
+        Start from this configuration of the sweep (``config`` column of ``results.csv``); by default the
+        best one that can be fine-tuned (:func:`choose_config`). Its head is fitted on train.
     patience : int or None
         Early stopping on ``monitor`` (the validation metric that picks the best weights); None: never.
     restart : bool
@@ -481,6 +603,9 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
     allow_warm_start_gap : bool
         Train even when the model does not reproduce the head's probabilities before training
         (the gap exceeds :data:`WARM_START_TOLERANCE`); the gap is recorded either way.
+    report : callable, optional
+        Gets, before any training, the line saying why the run starts from another config than the
+        sweep's best (when it does).
     """
     import keras
     import tensorflow as tf
@@ -512,6 +637,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                     "patience": patience, "seed": int(seed)}
         run = training.TrainingRun(out_dir, monitor, built_from(base), settings, RESUME_KEYS, _describe, FinetuneError)
         state = run.open(restart=restart)
+        if base.note and report is not None:  # once the folder is ours: a refusal stays one line
+            report(base.note)
 
         keras.utils.set_random_seed(int(seed))
         gpus = tf.config.list_logical_devices("GPU")  # MirroredStrategy over them when there are several
@@ -547,8 +674,10 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
                               warm_start_difference=difference, warm_start_tolerance=tolerance, val_before=val_before,
                               trainable_layers=trainable)
         state.settings = settings
+        if state.note_resume(epochs) and state.resumed_at:
+            state.write(run.state_path)  # before training: a kill during it still counts this resume
         epochs_run, train_seconds = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
-        return _write_outputs(model, base, splits, preprocessing, state, run.history, out_dir, train_seconds,
+        return _write_outputs(model, base, splits, preprocessing, run.state, run.history, out_dir, train_seconds,
                               epochs_run, n_boot, started, workers)
 
 
@@ -559,21 +688,26 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
     settings, details = state.settings, state.details
     params = {"base_head": base.head_name, "base_params": json.loads(base.row["params"]),
               **{k: settings[k] for k in ("unfreeze", "augment", "optimizer", "learning_rate", "batch_size", "epochs",
-                                          "monitor")}, "best_epoch": state.best_epoch}
+                                          "monitor")}, "best_epoch": state.best_epoch,
+              "epochs_done": state.epochs_done}
     rows = history.as_list()
     row = training.score_and_write(
         out_dir, model, *(splits.image_set(splits.rows(s), preprocessing, workers) for s in (SPLIT_VAL, SPLIT_TEST)),
         base.label_names, rows, n_boot, base.seed, f"{base.extractor_spec['name']} fine-tune",
+        # val picked the kept epoch: its val figures are not comparable with a sweep's selection scores
+        selected_by="val-epoch",
         config=int(base.row["config"]), features=f"{base.extractor_spec['name']}+finetune", head="finetune",
         params=json.dumps(params, sort_keys=True), preprocessing=base.row["preprocessing"],
         fit_seconds=train_seconds, n_train=len(splits.rows(SPLIT_TRAIN)), caches=base.cache_path)
     runs.ModelCard(label_names=base.label_names, input_size=[int(side) for side in preprocessing["size"]],
                    preprocessing=preprocessing, best_epoch=state.best_epoch, featx_version=__version__,
                    details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
+                            "sweep_id": base.sweep_id, "note": base.note,
                             "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")
     return FinetuneResult(out_dir=out_dir, row=row, history=rows, epochs_run=epochs_run,
                           warm_start_difference=float(details["warm_start_difference"]),
                           val_before=details["val_before"],
                           # the kept epoch's Keras validation values, measured as val_before was
                           val_after={k: history.rows[state.best_epoch][k] for k in ("val_loss", "val_accuracy")},
-                          seconds=time.perf_counter() - started, trainable_layers=details["trainable_layers"])
+                          seconds=time.perf_counter() - started, trainable_layers=details["trainable_layers"],
+                          state=state, note=base.note)

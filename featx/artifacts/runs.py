@@ -9,11 +9,13 @@ files written before records existed read as they are.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 from . import SCHEMA_KEY, Record
 
-__all__ = ["FINETUNE", "SCRATCH", "SCRATCH_TUNED", "STAGE_FOLDERS", "ModelCard", "RunState"]
+__all__ = ["FINETUNE", "SCRATCH", "SCRATCH_TUNED", "STAGE_FOLDERS", "ModelCard", "RunState", "cache_candidates"]
 
 FINETUNE, SCRATCH, SCRATCH_TUNED = "finetune", "scratch", "scratch-tuned"
 #: Every folder a later stage writes in an experiment folder; a re-sweep keeps them all.
@@ -62,3 +64,37 @@ class RunState(_StageRecord, kind="run_state", fix="pass --restart to start the 
     epochs_done: int = 0
     stopped_early_at_epochs: int | None = None
     featx_version: str = ""
+    resumed_at: list = dataclasses.field(default_factory=list)  # epochs_done when each later call continued it
+
+    def note_resume(self, epochs: int) -> bool:
+        """Record that a call continues this run towards ``epochs`` in all; True when it will train
+        (the epoch it resumes at is recorded once)."""
+        done, stopped = int(self.epochs_done), self.stopped_early_at_epochs
+        if int(epochs) <= done or (stopped is not None and int(epochs) <= int(stopped)):
+            return False
+        if done and (not self.resumed_at or self.resumed_at[-1] != done):
+            self.resumed_at.append(done)
+        return True
+
+    def epochs_text(self, warm_start: bool = False) -> str:
+        """The run's epochs in words: ``kept epoch 2 of 3 (resumed at 2)``.
+
+        ``warm_start``: epoch 0 is the model before any training step (a fine-tune's starting head),
+        named as such when it is the one kept.
+        """
+        text = f"kept epoch {self.best_epoch} of {self.epochs_done}"
+        if warm_start and int(self.best_epoch) == 0:
+            text += ": the warm start (no epoch of training beat the starting head on val)"
+        extra = []
+        if self.resumed_at:
+            extra.append("resumed at " + ", ".join(str(epoch) for epoch in self.resumed_at))
+        if self.stopped_early_at_epochs is not None:
+            extra.append("stopped early")
+        return text + (f"; {', '.join(extra)}" if extra else "")
+
+
+def cache_candidates(cache_path: str | os.PathLike, experiment_dir: str | os.PathLike) -> list[Path]:
+    """Where a cache a sweep recorded may be now: as recorded, and, for a relative path, from the project
+    folder (``experiments/<name>/../..``, where ``featx sweep`` ran) and from the experiment folder."""
+    path, experiment_dir = Path(cache_path), Path(experiment_dir)
+    return [path] if path.is_absolute() else [path, experiment_dir.parent.parent / path, experiment_dir / path]
