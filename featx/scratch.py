@@ -188,6 +188,7 @@ class ScratchResult:
     history: list
     best_epoch: int  # from 1
     architecture: Architecture
+    resumed_at: list = field(default_factory=list)  # epochs done when a call continued the training
     trials: list = field(default_factory=list)
     new_trials: int = 0  # trials this call ran (the others were resumed from the tuner folder)
     failed: list = field(default_factory=list)  # unreadable images: (path, reason)
@@ -197,9 +198,10 @@ class ScratchResult:
         """The line ``featx scratch`` prints last: test accuracy with its interval, val, epochs, seconds."""
         row = self.row
         tuned = f", {len(self.trials)} trials ({self.new_trials} new)" if self.trials else ""
+        resumed = f", resumed at {', '.join(map(str, self.resumed_at))}" if self.resumed_at else ""
         line = (f"{self.out_dir}: {row['features']} test accuracy {row['accuracy']:.3f} "
                 f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}], val {row['select_accuracy']:.3f} "
-                f"(epoch {self.best_epoch}/{len(self.history)}{tuned}), {self.seconds:.0f} s")
+                f"(epoch {self.best_epoch}/{len(self.history)}{resumed}{tuned}), {self.seconds:.0f} s")
         if self.failed:
             line += f"; {len(self.failed)} unreadable image(s) skipped (failed.csv)"
         return line
@@ -262,6 +264,8 @@ def _train(o: ScratchOptions, architecture: Architecture, splits: dict, n_classe
     val = training_batches(splits[SPLIT_VAL], o.batch_size)
     if run.state is None:
         run.begin()
+    if run.state.note_resume(o.epochs) and run.state.resumed_at:
+        run.state.write(run.state_path)  # before training: a kill during it still counts this resume
     callbacks = [] if o.train_minutes is None else [_time_limit(o.train_minutes)]
     if progress is not None:
         callbacks.append(_progress_callback(progress, len(splits[SPLIT_TRAIN]), o.batch_size, o.epochs,
@@ -555,7 +559,8 @@ def run_scratch(source: str | os.PathLike, out_dir: str | os.PathLike = "experim
                              train_seconds + search_seconds, tuning, trials, stage_dir, manifest)
         failed = [entry for split in splits.values() for entry in split.failed]
         return ScratchResult(out_dir=stage_dir, row=row, history=history, best_epoch=best_epoch,
-                             architecture=architecture, trials=trials, new_trials=new_trials, failed=failed,
+                             architecture=architecture, resumed_at=list(run.state.resumed_at), trials=trials,
+                             new_trials=new_trials, failed=failed,
                              seconds=time.perf_counter() - started)
 
 
@@ -571,6 +576,7 @@ def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: 
               **({"tuner": tuning["tuner"], "trials": tuning["trials"]} if tuning else {})}
     row = score_and_write(stage_dir, model, splits[SPLIT_VAL], splits[SPLIT_TEST], label_names, history, o.n_boot,
                           o.seed, f"{stage} {o.preset} @ {image_size}px", o.batch_size, rank=0,
+                          selected_by="val-epoch",  # val picked the kept epoch (and the tuner's trial)
                           features=f"scratch:{o.preset}{'+tuned' if tuning else ''}@{image_size}px", head=stage,
                           params=json.dumps(params, sort_keys=True), preprocessing="rescale",
                           fit_seconds=float(fit_seconds), n_train=len(splits[SPLIT_TRAIN]))

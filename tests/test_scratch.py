@@ -65,7 +65,7 @@ def test_results_row_has_the_sweeps_columns_and_real_metrics(two_runs):
     assert len(rows) == 1
     row = rows[0]
     assert row["head"] == "scratch" and row["features"] == "scratch:keras-blog@32px"
-    assert row["selected_by"] == "val" and row["repeats"] == "1"
+    assert row["selected_by"] == "val-epoch" and row["repeats"] == "1"
     params = json.loads(row["params"])
     assert params["epochs"] == 1 and params["image_size"] == 32 and params["best_epoch"] == 1
     with np.load(result.out_dir / "predictions.npz") as saved:
