@@ -1,9 +1,14 @@
-"""``featx report``: the results of a sweep as a ranked table, statistics and plots.
+"""``featx report``: the results of a sweep as ranked tables, statistics and plots.
 
 Reads only what earlier stages wrote into ``experiments/<name>/`` (the sweep's files, and the rows,
-predictions and per-epoch history of later stages' sub-folders, ranked together with the sweep's),
-and writes ``report.md``, ``report.html`` and PNG plots beside them, each under a temporary name
-renamed into place. What each file holds: docs/stages.md.
+predictions, records and per-epoch history of later stages' sub-folders), and writes ``report.md``,
+``report.html`` and PNG plots beside them, each under a temporary name renamed into place. What each
+file holds: docs/stages.md.
+
+Two rules keep the tables honest. Rows selected under different protocols (``selected_by``: k-fold
+CV, val, a training's val-picked epoch) are ranked in separate tables, each by its selection log
+loss; test figures never rank anything. A later stage's folder built from another sweep or another
+dataset (:func:`stage_staleness`) is listed as stale and not ranked or drawn.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,18 +26,22 @@ from typing import Any
 
 import numpy as np
 
+from featx.artifacts import ArtifactError, runs
 from featx.artifacts.results import METRICS, SweepSummary, rank_rows
 from featx.errors import UserError
 from featx.storage import temp_path
 
-__all__ = ["PLOT_FILES", "Experiment", "ReportError", "load_experiment", "write_report"]
+__all__ = ["PLOT_FILES", "Experiment", "ReportError", "load_experiment", "write_report", "stage_staleness",
+           "plot_families"]
 
 #: Plot file names, keyed as in the dictionary :func:`write_report` returns.
 PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
               "learning_curve": "learning_curve.png", "dense_history": "dense_history.png"}
 
 SWEEP_SOURCE = "sweep"
-_FLOAT_COLUMNS = ("select_accuracy", "select_log_loss", "fit_seconds", "predict_seconds")
+#: ``selected_by`` of a later stage's rows: val picked the kept epoch (rows of older featx say "val").
+STAGE_PROTOCOL = "val-epoch"
+_FLOAT_COLUMNS = ("select_accuracy", "select_accuracy_std", "select_log_loss", "fit_seconds", "predict_seconds")
 _INT_COLUMNS = ("rank", "config", "n_train", "n_test", "repeats")
 # Columns a later stage's results.csv must have; the sweep's own also needs rank and config (its predictions' keys).
 _REQUIRED_COLUMNS = ("features", "head", "params", "selected_by", "select_accuracy", "select_log_loss", "accuracy",
@@ -45,16 +55,20 @@ class ReportError(UserError):
 
 @dataclass
 class Experiment:
-    """What the earlier stages wrote into one experiment folder, ranked.
+    """What the earlier stages wrote into one experiment folder, ranked per protocol.
 
-    ``rows`` holds every configuration, sweep and later stages together, best first: the
-    ``results.csv`` columns (numbers as numbers, ``params`` as a dict) plus ``source`` (``"sweep"`` or
-    the sub-folder name), ``overall_rank`` (1 = best), ``label`` (features, disambiguated when two
-    caches share a name), ``proba`` (test probabilities or None) and ``history`` (per-epoch dense-head
-    history or None). ``summary`` is the sweep's ``results.json``; ``y_test`` the test labels (indices
-    into ``label_names``) in the row order of every ``proba``; ``stage_histories`` the columns of
-    ``<stage>/history.csv`` by stage name (``epoch`` counts finished epochs: the fine-tune's epoch 0
-    is its warm start); ``sources`` the sweep and the stages that gave rows.
+    ``tables`` holds one ``(protocol, rows)`` pair per selection protocol (``selected_by``; a later
+    stage's rows are :data:`STAGE_PROTOCOL`), the table holding the sweep's best first; each table's
+    rows best first by :func:`~featx.artifacts.results.rank_rows`. ``rows`` is every ranked row, table
+    after table: the ``results.csv`` columns (numbers as numbers, ``params`` as a dict) plus ``source``
+    (``"sweep"`` or the sub-folder name), ``protocol``, ``table_rank`` (1 = best of its table),
+    ``label`` (features, disambiguated when two caches share a name), ``family`` (what the plots
+    compare: a feature set, the ensemble, fine-tuned, from scratch), ``proba`` (test probabilities in
+    the order of ``y_test``, or None), ``history`` (per-epoch dense-head history or None) and, for a
+    later stage, ``run`` (its ``state.json``, or None). ``stale`` lists the later stages' folders left
+    out, each ``{"source", "reason", "fix"}``. ``summary`` is the sweep's ``results.json``;
+    ``stage_histories`` the columns of ``<stage>/history.csv`` of the stages ranked (``epoch`` counts
+    finished epochs: the fine-tune's epoch 0 is its warm start); ``sources`` the sweep and those stages.
     """
 
     directory: Path
@@ -64,10 +78,22 @@ class Experiment:
     y_test: np.ndarray
     stage_histories: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[dict]]] = field(default_factory=list)
+    stale: list[dict] = field(default_factory=list)
+
+    @property
+    def sweep_best(self) -> dict | None:
+        """The row of the sweep's saved model (``best.joblib``)."""
+        best_config = self.summary.best.get("config")
+        return next((row for row in self.rows if row["source"] == SWEEP_SOURCE and row["config"] == best_config),
+                    None)
 
     @property
     def best_with_predictions(self) -> dict | None:
-        """The best-ranked row whose test probabilities are known (plots need them)."""
+        """The sweep's best row when its test probabilities are known, else the first ranked row that has them."""
+        best = self.sweep_best
+        if best is not None and best["proba"] is not None:
+            return best
         return next((row for row in self.rows if row["proba"] is not None), None)
 
 
@@ -85,56 +111,197 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
         raise ReportError(f"{directory}: no sweep results here (missing {', '.join(missing)}); {fix}")
     summary = SweepSummary.read(directory / "results.json")
     label_names = [str(name) for name in summary.label_names]
-    y_test, sweep_proba = _read_predictions(directory / "predictions.npz", fix)
+    sweep_test = _read_predictions(directory / "predictions.npz", fix)
+    y_test = sweep_test.y
     if not label_names:
         raise ReportError(f"{directory / 'results.json'} has no label_names; {fix}")
 
     rows = _read_rows(directory / "results.csv", SWEEP_SOURCE, fix, _SWEEP_COLUMNS)
     histories = summary.histories or {}
     for row in rows:
-        row["proba"] = sweep_proba.get(row["config"])
+        row["proba"] = sweep_test.proba.get(row["config"])
         history = histories.get(str(row["config"]))
         row["history"] = {k: [float(v) for v in values] for k, values in history.items()} if history else None
-    sources, stage_histories = [SWEEP_SOURCE], {}
+        row["protocol"] = row["selected_by"]
+    sources, stage_histories, stale = [SWEEP_SOURCE], {}, []
     for stage_csv in sorted(directory.glob("*/results.csv")):
         stage = stage_csv.parent.name
         if stage.startswith("."):
             continue
         stage_fix = f"re-run the stage that wrote {stage_csv.parent} or move that folder out of {directory}"
         stage_rows = _read_rows(stage_csv, stage, stage_fix, _REQUIRED_COLUMNS)
-        stage_proba = {}
+        stage_test = None
         if (stage_csv.parent / "predictions.npz").is_file():
-            stage_y, stage_proba = _read_predictions(stage_csv.parent / "predictions.npz", stage_fix)
-            if not np.array_equal(stage_y, y_test):
-                stage_proba = {}  # another test split: its curves would not be comparable
+            stage_test = _read_predictions(stage_csv.parent / "predictions.npz", stage_fix)
+        run = _read_run_state(stage_csv.parent)
+        reason = stage_staleness(directory, stage, summary, sweep_test, stage_test, run)
+        if reason:
+            stale.append({"source": stage, "reason": reason, "fix": _stale_fix(directory, stage)})
+            continue
+        stage_proba = _aligned(stage_test, sweep_test) if stage_test is not None else {}
         for row in stage_rows:
             row["proba"] = stage_proba.get(row.get("config"))
             if row["proba"] is None and len(stage_rows) == 1 and len(stage_proba) == 1:
                 # One model, one array (finetune keeps its base config's number but saves config_0).
                 row["proba"] = next(iter(stage_proba.values()))
             row["history"] = None
+            row["run"] = run
+            # Every later stage keeps the epoch val picked; older featx wrote that as plain "val".
+            row["protocol"] = STAGE_PROTOCOL if row["selected_by"] in ("", "val") else row["selected_by"]
         rows.extend(stage_rows)
         sources.append(stage)
         history = _read_history(stage_csv.parent / "history.csv", stage_fix)
         if history:
             stage_histories[stage] = history
-    rows[:] = rank_rows(rows)  # ties keep the reading order: the sweep first, then later stages
-    for rank, row in enumerate(rows, start=1):
-        row["overall_rank"] = rank
     _label_features(rows)
-    return Experiment(directory=directory, rows=rows, summary=summary, label_names=label_names, y_test=y_test,
-                      stage_histories=stage_histories, sources=sources)
+    tables = _rank_tables(rows, summary)
+    ranked = [row for _, table in tables for row in table]
+    return Experiment(directory=directory, rows=ranked, summary=summary, label_names=label_names, y_test=y_test,
+                      stage_histories=stage_histories, sources=sources, tables=tables, stale=stale)
 
 
-def _read_predictions(path: Path, fix: str) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def _rank_tables(rows: list[dict], summary: SweepSummary) -> list[tuple[str, list[dict]]]:
+    """One ranked table per protocol: the sweep's best's first, then the sweep's others, then the stages'."""
+    protocols: list[str] = []
+    best_config = summary.best.get("config")
+    best = next((r for r in rows if r["source"] == SWEEP_SOURCE and r["config"] == best_config), None)
+    if best is not None:
+        protocols.append(best["protocol"])
+    for row in sorted(rows, key=lambda r: r["source"] != SWEEP_SOURCE):  # stable: sweep rows first
+        if row["protocol"] not in protocols:
+            protocols.append(row["protocol"])
+    tables = []
+    for protocol in protocols:
+        table = rank_rows([row for row in rows if row["protocol"] == protocol])  # ties: the reading order
+        for rank, row in enumerate(table, start=1):
+            row["table_rank"] = rank
+        tables.append((protocol, table))
+    return tables
+
+
+@dataclass
+class _TestSplit:
+    """A ``predictions.npz``: test labels, test image paths (None in files that lack them), probabilities by config."""
+
+    y: np.ndarray
+    paths: list[str] | None
+    proba: dict[int, np.ndarray]
+
+
+def _aligned(stage: _TestSplit, sweep: _TestSplit) -> dict[int, np.ndarray]:
+    """A stage's test probabilities in the row order of the sweep's, or {} when the rows cannot be matched."""
+    if stage.paths is not None and sweep.paths is not None:
+        position = {path: i for i, path in enumerate(stage.paths)}
+        if sorted(position) != sorted(sweep.paths):
+            return {}
+        order = np.array([position[path] for path in sweep.paths], dtype=np.int64)
+        if not np.array_equal(stage.y[order], sweep.y):
+            return {}
+        return {config: proba[order] for config, proba in stage.proba.items()}
+    return stage.proba if np.array_equal(stage.y, sweep.y) else {}
+
+
+def _read_run_state(folder: Path) -> runs.RunState | None:
+    """A stage's ``state.json`` (None when absent or unreadable: the stage then records no origin)."""
+    try:
+        return runs.RunState.read(folder / "state.json") if (folder / "state.json").is_file() else None
+    except ArtifactError:
+        return None
+
+
+def _sweep_manifests(directory: Path, summary: SweepSummary) -> set[str]:
+    """The manifest fingerprints (``manifest_sha256``) of the sweep's caches that are still on disk."""
+    from featx.cache import open_cache
+
+    found = set()
+    for feature_set in summary.feature_sets:
+        for cache in feature_set.get("caches", []):
+            path = next((c for c in runs.cache_candidates(cache, directory) if c.is_file()), None)
+            if path is None:
+                continue
+            try:
+                with open_cache(path) as opened:
+                    fingerprint = opened.attrs.get("manifest_sha256")
+            except Exception:  # noqa: BLE001 -- an unreadable cache only means the fingerprint is unknown
+                continue
+            if fingerprint:
+                found.add(str(fingerprint))
+    return found
+
+
+def stage_staleness(directory: str | os.PathLike, stage: str, summary: SweepSummary, sweep_test: _TestSplit,
+                    stage_test: _TestSplit | None, run: runs.RunState | None) -> str | None:
+    """Why a later stage's folder cannot be ranked beside this sweep's rows (None: it can).
+
+    * Scored on other test images than the sweep's (paths and labels, when both files list them).
+    * A fine-tune (its ``state.json`` records a sweep config): built from another sweep. With sweep
+      ids (``results.json`` ``sweep_id``), the ids differ; for a sweep written before them, the config
+      it names is no longer this sweep's (another head, params, preprocessing or cache).
+    * A from-scratch run (it records a manifest): trained on another dataset or split, i.e. its
+      ``manifest_sha256`` is not that of the sweep's caches (checked when the caches are on disk; the
+      test-image check covers the rest).
+    * A folder that records neither (no ``state.json`` with ``built_from``) cannot be placed: stale.
+    """
+    directory = Path(directory)
+    if stage_test is not None and stage_test.paths is not None and sweep_test.paths is not None:
+        ours, theirs = set(zip(sweep_test.paths, sweep_test.y.tolist())), set(zip(stage_test.paths,
+                                                                                  stage_test.y.tolist()))
+        if ours != theirs:
+            return (f"scored on other test images ({len(theirs)}, {len(ours & theirs)} of them among the sweep's "
+                    f"{len(ours)} with the same label)")
+    origin = run.built_from if run is not None else None
+    if not origin:
+        return f"{stage}/state.json records nothing it was built from (written by hand or by an older featx)"
+    if "config" in origin:  # a fine-tune of a sweep configuration
+        sweep_id = str(getattr(summary, "sweep_id", "") or "")
+        built = (f"config {origin['config']} ({origin.get('head')} {origin.get('params')}) on "
+                 f"{origin.get('cache')}")
+        if sweep_id:
+            if origin.get("sweep_id") != sweep_id:
+                earlier = f"sweep {origin['sweep_id']}" if origin.get("sweep_id") else "a sweep without an id"
+                return f"built from {built} of {earlier}; this folder's sweep is {sweep_id}"
+            return None
+        row = next((r for r in summary.rows if int(r["config"]) == int(origin["config"])), None)
+        if row is None or any(str(row.get(k)) != str(origin.get(k)) for k in ("head", "params", "preprocessing")) \
+                or origin.get("cache") not in [Path(c).name for c in str(row.get("caches", "")).split("+")]:
+            now = f"{row['head']} {row['params']} on {row['features']}" if row else "absent"
+            return f"built from {built}; this sweep's config {origin['config']} is {now}"
+        return None
+    manifest = origin.get("manifest_sha256")
+    if manifest:
+        sweep_manifests = _sweep_manifests(directory, summary)
+        if sweep_manifests and manifest not in sweep_manifests:
+            return (f"trained on manifest {str(manifest)[:12]}, not the one the sweep's caches were made from "
+                    f"({', '.join(sorted(m[:12] for m in sweep_manifests))}): another dataset or split")
+        if sweep_manifests or (stage_test is not None and stage_test.paths is not None
+                               and sweep_test.paths is not None):
+            return None
+        return "neither the sweep's caches nor the test image lists are here to check it against this sweep"
+    return f"{stage}/state.json records an origin featx does not know ({sorted(origin)})"
+
+
+def _stale_fix(directory: Path, stage: str) -> str:
+    if stage == runs.FINETUNE:
+        return f"run `featx finetune {directory} --restart` to rebuild it from this sweep, or move it away"
+    if stage in (runs.SCRATCH, runs.SCRATCH_TUNED):
+        tune = " --tune" if stage == runs.SCRATCH_TUNED else ""
+        return (f"run `featx scratch MANIFEST.csv --out {directory}{tune} --restart` on the manifest of the sweep's "
+                "caches, or move it away")
+    return f"re-run the stage that wrote {directory / stage}, or move it out of {directory}"
+
+
+def _read_predictions(path: Path, fix: str) -> _TestSplit:
     try:
         with np.load(path, allow_pickle=False) as data:
             y_test = np.asarray(data["y_test"]).astype(int)
+            paths = [str(p) for p in data["paths"]] if "paths" in data.files else None
             proba = {int(key.split("_", 1)[1]): np.asarray(data[key], dtype=np.float64)
                      for key in data.files if key.startswith("config_")}
     except (OSError, ValueError, KeyError) as exc:
         raise ReportError(f"{path} is not a readable predictions file with y_test ({exc}); {fix}") from exc
-    return y_test, proba
+    if paths is not None and len(paths) != len(y_test):
+        paths = None  # a damaged list cannot match rows; the labels still can
+    return _TestSplit(y_test, paths, proba)
 
 
 def _read_csv(path: Path, what: str, fix: str) -> tuple[list[str], list[dict]]:
@@ -201,26 +368,37 @@ def _read_history(path: Path, fix: str) -> dict[str, list[float]] | None:
 
 
 def _label_features(rows: list[dict]) -> None:
-    """Features as named by the sweep, plus the cache's hash when two caches share that name."""
+    """Features as named by the sweep, plus a short hash when two caches share that name: the extractor
+    spec's (``<dataset>-<extractor>-<spec hash>-<manifest hash>.h5``), or the manifest's when the specs agree."""
     caches_by_name: dict[str, set] = {}
     for row in rows:
         caches_by_name.setdefault(row["features"], set()).add(row.get("caches", ""))
+
+    def hashes(caches: str, part: int) -> str:
+        return "+".join((Path(cache).stem.split("-")[part:] or [""])[0] for cache in caches.split("+"))
+
     for row in rows:
-        label = row["features"]
-        if len(caches_by_name[label]) > 1 and row.get("caches"):
-            hashes = [Path(cache).stem.rsplit("-", 1)[-1] for cache in row["caches"].split("+")]
-            label = f"{label} [{'+'.join(hashes)}]"
+        label, same_name = row["features"], caches_by_name[row["features"]]
+        if len(same_name) > 1 and row.get("caches") and row["head"] != "ensemble":
+            part = -2 if len({hashes(c, -2) for c in same_name}) == len(same_name) else -1
+            label = f"{label} [{hashes(row['caches'], part)}]"
         row["label"] = label
 
 
-TABLE_HEADER = ("rank", "source", "features", "head", "params", "selected by", "test accuracy [95% CI]",
-                "ROC AUC", "AP", "log loss", "fit s")
+TABLE_HEADER = ("rank", "config", "source", "features", "head", "params", "select log loss", "select accuracy",
+                "test accuracy [95% CI]", "ROC AUC", "AP", "test log loss", "fit s")
+#: Right-aligned (numeric) columns of the ranked tables.
+_NUMERIC = {0, 1, 6, 7, 8, 9, 10, 11, 12}
 
 
 def format_params(params: dict | str) -> str:
-    """``{"head__C": 1.0, "pre_0__n_components": 64}`` -> ``C=1.0, pre_0__n_components=64``."""
+    """``{"head__C": 1.0, "pre_0__n_components": 64}`` -> ``C=1.0, pre_0__n_components=64``; an ensemble's
+    ``{"members": [{"config": 3, "weight": 0.6}, ...]}`` -> ``config 3 x0.6, ...``."""
     if isinstance(params, str):
         return params
+    members = params.get("members")
+    if isinstance(members, list) and all(isinstance(m, dict) and "config" in m for m in members):
+        return ", ".join(f"config {m['config']} x{float(m.get('weight', 1.0)):.3g}" for m in members) or "-"
     parts = [f"{name.removeprefix('head__')}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
              for name, value in sorted(params.items())]
     return ", ".join(parts) or "-"
@@ -241,17 +419,73 @@ def format_accuracy(row: dict) -> str:
     return text
 
 
+def _select_accuracy(row: dict) -> str:
+    """``0.9500 ± 0.0120`` (the spread over folds, when the sweep recorded it)."""
+    spread = row.get("select_accuracy_std", math.nan)
+    text = _number(row["select_accuracy"])
+    return text + (f" ± {spread:.4f}" if not math.isnan(spread) and spread > 0 else "")
+
+
+def epochs_note(row: dict) -> str:
+    """A later stage's epochs in words (``kept epoch 0 of 3: the warm start ...; resumed at 2``), from its
+    ``state.json`` (or, without one, the ``best_epoch`` its params record)."""
+    run = row.get("run")
+    warm_start = row["source"] == runs.FINETUNE or row["head"] == "finetune"
+    if run is not None:
+        return run.epochs_text(warm_start=warm_start)
+    params = row["params"] if isinstance(row["params"], dict) else {}
+    if "best_epoch" not in params:
+        return ""
+    text = f"kept epoch {params['best_epoch']}"
+    return text + (": the warm start" if warm_start and int(params["best_epoch"]) == 0 else "")
+
+
+def _stage_params(row: dict) -> str:
+    """A later stage's params cell: what it started from, its main settings, its epochs."""
+    params = row["params"] if isinstance(row["params"], dict) else {}
+    if "base_head" in params:  # a fine-tune
+        base = {f"head__{k}" if not k.startswith(("head__", "pre_")) else k: v
+                for k, v in (params.get("base_params") or {}).items()} if isinstance(params.get("base_params"),
+                                                                                      dict) else {}
+        described = (f"from config {row.get('config', '?')} ({params['base_head']} {format_params(base)}); "
+                     f"unfreeze {params.get('unfreeze', '?')}, lr {params.get('learning_rate', '?')}")
+    else:
+        shown = {k: params[k] for k in ("filters", "learning_rate", "dropout", "image_size", "trials")
+                 if k in params}
+        described = format_params(shown) if shown else format_params(row["params"])
+    note = epochs_note(row)
+    return f"{described}; {note}" if note else described
+
+
 def table_cells(row: dict) -> list[str]:
-    """One row of the ranked table, in :data:`TABLE_HEADER` order."""
-    return [str(row["overall_rank"]), row["source"], row["label"], row["head"], format_params(row["params"]),
-            f"{row['selected_by']} {_number(row['select_accuracy'])}", format_accuracy(row),
-            _number(row["roc_auc"]), _number(row["average_precision"]), _number(row["log_loss"]),
-            _number(row["fit_seconds"], 2)]
+    """One row of a ranked table, in :data:`TABLE_HEADER` order."""
+    sweep = row["source"] == SWEEP_SOURCE
+    return [str(row["table_rank"]), str(row["config"]) if sweep else "-", row["source"], row["label"], row["head"],
+            format_params(row["params"]) if sweep else _stage_params(row), _number(row["select_log_loss"]),
+            _select_accuracy(row), format_accuracy(row), _number(row["roc_auc"]), _number(row["average_precision"]),
+            _number(row["log_loss"]), _number(row["fit_seconds"], 2)]
 
 
 def _row_name(row: dict) -> str:
-    """Short name of a configuration for legends and captions."""
-    return f"#{row['overall_rank']} {row['label']} {row['head']} ({format_params(row['params'])})"
+    """Short name of a row for captions: ``config 3 (hog logreg, C=1.0)``, ``finetune (tinycnn+finetune)``."""
+    if row["source"] == SWEEP_SOURCE:
+        return f"config {row['config']} ({row['label']} {row['head']}, {format_params(row['params'])})"
+    return f"{row['source']} ({row['label']})"
+
+
+def protocol_title(protocol: str, summary: SweepSummary) -> str:
+    """The heading of one ranked table: how its rows were selected and what their test figures come from."""
+    match = re.fullmatch(r"cv(\d+)", protocol)
+    refit = "; each row refit on train + val, then scored on test" if getattr(summary, "refit", "") else ""
+    if match:
+        where = "train + val" if getattr(summary, "select", "") == "cv" else "train"
+        return f"Selected by {match.group(1)}-fold cross-validation on {where}, ranked by out-of-fold log loss{refit}"
+    if protocol == "val":
+        return f"Selected on val after fitting on train, ranked by val log loss{refit}"
+    if protocol == STAGE_PROTOCOL:
+        return ("Trained CNNs, fine-tuned and from scratch: val picked each one's kept epoch (so its val figures "
+                "flatter it), ranked by val log loss")
+    return f"Selected by {protocol} (ranked by its selection log loss)"
 
 
 def _mcnemar_line(experiment: Experiment) -> str | None:
@@ -281,17 +515,25 @@ def _learning_curve_lines(experiment: Experiment) -> list[str]:
 
 def _headline(experiment: Experiment) -> list[str]:
     summary = experiment.summary
-    best = experiment.rows[0]
     sweep_rows = [row for row in experiment.rows if row["source"] == SWEEP_SOURCE]
     lines = [
-        (f"Protocol: {summary.protocol or 'see results.json'}; {sweep_rows[0].get('n_train', '?')} train and "
+        (f"Protocol: {summary.protocol or 'see results.json'}; {sweep_rows[0].get('n_train', '?')} "
+         f"{'train + val' if getattr(summary, 'refit', '') else 'train'} and "
          f"{len(experiment.y_test)} test images; classes: {', '.join(experiment.label_names)}; "
          f"seed {summary.seed}, {summary.repeats} repeat(s), "
          f"{summary.n_boot} bootstrap resamples for the 95% intervals."),
-        f"Best: {_row_name(best)}, test accuracy {format_accuracy(best)}.",
     ]
-    if len(experiment.sources) > 1:
-        lines.append(f"Rows from: {', '.join(experiment.sources)} (ranked together by their selection score).")
+    best = experiment.sweep_best
+    if best is not None:
+        lines.append(f"The sweep's pick (best.joblib): {_row_name(best)}, test accuracy {format_accuracy(best)}.")
+    for protocol, table in experiment.tables:
+        if table[0]["source"] != SWEEP_SOURCE:
+            top = table[0]
+            lines.append(f"Best of the trained CNNs (by val log loss): {_row_name(top)}, test accuracy "
+                         f"{format_accuracy(top)}" + (f"; {epochs_note(top)}" if epochs_note(top) else "") + ".")
+    if experiment.stale:
+        lines.append(f"Not ranked (built from another sweep or dataset): "
+                     f"{', '.join(item['source'] + '/' for item in experiment.stale)}; see the last section.")
     return lines
 
 
@@ -302,17 +544,19 @@ def _escape(text: str) -> str:
     return text
 
 
-#: Right-aligned (numeric) columns of the ranked table.
-_NUMERIC = {0, 5, 6, 7, 8, 9, 10}
-
-
 def render_markdown(experiment: Experiment, figures: dict[str, str], captions: dict[str, str]) -> str:
     """The report as Markdown; ``figures`` maps plot keys to file names beside the report."""
     lines = [f"# featx report: {_escape(experiment.directory.name)}", ""]
     lines += [f"{_escape(line)}  " for line in _headline(experiment)]
-    lines += ["", "## Ranked configurations", "", "| " + " | ".join(TABLE_HEADER) + " |",
-              "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(TABLE_HEADER))) + "|"]
-    lines += ["| " + " | ".join(_escape(c) for c in table_cells(row)) + " |" for row in experiment.rows]
+    lines += ["", "## Ranked configurations", "",
+              _escape("Each table ranks the rows selected under one protocol, by their selection log loss (lower is "
+                      "better); the test columns never rank anything. Selection scores of different tables are not "
+                      "comparable; their test columns are, on the same test images.")]
+    for protocol, table in experiment.tables:
+        lines += ["", f"### {_escape(protocol_title(protocol, experiment.summary))}", "",
+                  "| " + " | ".join(TABLE_HEADER) + " |",
+                  "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(TABLE_HEADER))) + "|"]
+        lines += ["| " + " | ".join(_escape(c) for c in table_cells(row)) + " |" for row in table]
 
     def section(title: str, paragraphs: list[str], figure: str | None = None) -> None:
         lines.extend(["", f"## {title}", ""])
@@ -340,6 +584,9 @@ def render_markdown(experiment: Experiment, figures: dict[str, str], captions: d
                      for fs in experiment.summary.feature_sets]
     if feature_lines:
         section("Feature caches", feature_lines)
+    if experiment.stale:
+        section("Not ranked: built from another sweep or dataset",
+                [f"{item['source']}/: {item['reason']}; {item['fix']}." for item in experiment.stale])
     return "\n".join(lines) + "\n"
 
 
@@ -376,44 +623,96 @@ def _curve_inputs(experiment: Experiment, proba: np.ndarray) -> tuple[np.ndarray
     return onehot.ravel(), proba.ravel(), "micro-average over one-vs-rest; the table's AUC and AP are macro"
 
 
+def family(row: dict) -> str:
+    """What a plot compares a row as: its feature set (``hog``, ``efficientnet_lite0``, ``a+b``), ``ensemble``,
+    ``fine-tuned <backbone>``, ``from scratch`` (``tuned``)."""
+    if row["source"] == SWEEP_SOURCE:
+        return "ensemble" if row["head"] == "ensemble" else row["label"]
+    if row["source"] == runs.FINETUNE or row["head"] == "finetune":
+        return f"fine-tuned {row['label'].removesuffix('+finetune')}"
+    if row["source"] in (runs.SCRATCH, runs.SCRATCH_TUNED):
+        return "from scratch" + (" (tuned)" if row["source"] == runs.SCRATCH_TUNED else "")
+    return row["source"]
+
+
+def plot_families(experiment: Experiment, limit: int | None = None) -> list[dict]:
+    """The best-ranked row of each family that has test probabilities, in table order (at most ``limit``)."""
+    chosen: dict[str, dict] = {}
+    for row in experiment.rows:
+        if row["proba"] is not None:
+            chosen.setdefault(family(row), row)
+    return list(chosen.values())[:limit]
+
+
+def _legend_name(row: dict) -> str:
+    """``hog: logreg C=1.0 (config 3)``, ``ensemble of configs 3, 7 (config 9)``, ``fine-tuned tinycnn``."""
+    name = family(row)
+    if row["source"] != SWEEP_SOURCE:
+        return name
+    if row["head"] == "ensemble":
+        members = row["params"].get("members", []) if isinstance(row["params"], dict) else []
+        return f"ensemble of configs {', '.join(str(m.get('config')) for m in members)} (config {row['config']})"
+    params = format_params(row["params"])
+    params = params if len(params) <= 40 else params[:37] + "..."
+    return f"{name}: {row['head']} {params} (config {row['config']})"
+
+
+def _curve_figure(n_curves: int):
+    """A figure for curves whose legend sits below the axes, inside the figure."""
+    figure = _figure(7.0, 5.6 + 0.22 * n_curves)
+    return figure, figure.add_subplot()
+
+
+def _place_legend(figure, axes) -> None:
+    # Below the axes, inside the figure: constrained layout makes room for it, so nothing is clipped.
+    figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=1, fontsize=8, frameon=False)
+
+
+def _curves_caption(rows: list[dict], how: str, what: str) -> str:
+    return (f"{what} on the test split ({how}), one curve per family (each feature set's best row, the ensemble, "
+            f"fine-tuned, from scratch): {'; '.join(_legend_name(row) for row in rows)}.")
+
+
 def plot_roc(experiment: Experiment, rows: list[dict]):
     """ROC curves of ``rows`` (each with ``proba``) on the test split; returns the figure and its caption."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    figure = _figure()
-    axes = figure.add_subplot()
+    figure, axes = _curve_figure(len(rows) + 1)
+    how = ""
     for row in rows:
         truth, score, how = _curve_inputs(experiment, row["proba"])
         false_positive, true_positive, _ = roc_curve(truth, score)
         axes.plot(false_positive, true_positive, lw=1.8,
-                  label=f"{_row_name(row)}  AUC {roc_auc_score(truth, score):.4f}")
+                  label=f"{_legend_name(row)}  AUC {roc_auc_score(truth, score):.4f}")
     axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
-    axes.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01),
-             title=f"ROC on {len(experiment.y_test)} test images ({how})")
-    axes.legend(loc="lower right", fontsize=7)
+    short = how.split(";")[0]
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    axes.set_title(f"ROC on {len(experiment.y_test)} test images\n{short}", fontsize=10)
     axes.grid(alpha=0.3)
-    return figure, f"ROC curves of the top {len(rows)} configurations on the test split ({how})."
+    _place_legend(figure, axes)
+    return figure, _curves_caption(rows, how, "ROC curves")
 
 
 def plot_precision_recall(experiment: Experiment, rows: list[dict]):
     """Precision-recall curves of ``rows`` on the test split; returns the figure and its caption."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    figure = _figure()
-    axes = figure.add_subplot()
-    prevalence = None
+    figure, axes = _curve_figure(len(rows) + 1)
+    prevalence, how = None, ""
     for row in rows:
         truth, score, how = _curve_inputs(experiment, row["proba"])
         precision, recall, _ = precision_recall_curve(truth, score)
         axes.step(recall, precision, where="post", lw=1.8,
-                  label=f"{_row_name(row)}  AP {average_precision_score(truth, score):.4f}")
+                  label=f"{_legend_name(row)}  AP {average_precision_score(truth, score):.4f}")
         prevalence = truth.mean()
-    axes.axhline(prevalence, ls=":", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
-    axes.set(xlabel="recall", ylabel="precision", xlim=(-0.01, 1.01), ylim=(0, 1.02),
-             title=f"Precision-recall on {len(experiment.y_test)} test images ({how})")
-    axes.legend(loc="lower left", fontsize=7)
+    if prevalence is not None:
+        axes.axhline(prevalence, ls=":", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
+    short = how.split(";")[0]
+    axes.set(xlabel="recall", ylabel="precision", xlim=(-0.01, 1.01), ylim=(0, 1.02))
+    axes.set_title(f"Precision-recall on {len(experiment.y_test)} test images\n{short}", fontsize=10)
     axes.grid(alpha=0.3)
-    return figure, f"Precision-recall curves of the top {len(rows)} configurations on the test split ({how})."
+    _place_legend(figure, axes)
+    return figure, _curves_caption(rows, how, "Precision-recall curves")
 
 
 def plot_confusion(experiment: Experiment, row: dict):
@@ -425,7 +724,7 @@ def plot_confusion(experiment: Experiment, row: dict):
     counts = confusion_matrix(experiment.y_test, predicted, labels=np.arange(n_classes))
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(4.0 + 0.45 * n_classes, 16.0)
-    figure = _figure(side + 1.2, side)
+    figure = _figure(side + 1.6, side + 0.6)
     axes = figure.add_subplot()
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, label="share of the true class")
@@ -443,20 +742,29 @@ def plot_confusion(experiment: Experiment, row: dict):
                         ha="right" if slanted else "center", fontsize=10 if n_classes <= 20 else 6)
         axes.set_yticks(ticks, experiment.label_names, fontsize=10 if n_classes <= 20 else 6)
     accuracy = float(np.mean(predicted == experiment.y_test))
-    axes.set(xlabel="predicted", ylabel="true", title=f"{_row_name(row)}\ntest accuracy {accuracy:.4f}")
-    axes.title.set_fontsize(9)
+    axes.set(xlabel="predicted", ylabel="true")
+    # The figure's title (not the axes'): constrained layout keeps it inside however narrow the matrix is.
+    figure.suptitle(f"{_wrap(_legend_name(row), 56)}\ntest accuracy {accuracy:.4f}", fontsize=9)
     return figure, f"Confusion matrix of {_row_name(row)} on the test split (counts; colour: share of the true class)."
 
 
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False)) or text
+
+
 def plot_learning_curve(experiment: Experiment):
-    """Test accuracy of the sweep's best configuration against the number of training images."""
+    """Test accuracy of the sweep's learning-curve configuration against the number of training images."""
     curve = experiment.summary.learning_curve or []
-    best_config = experiment.summary.best.get("config")
-    best = next((row for row in experiment.rows
-                 if row["source"] == SWEEP_SOURCE and row["config"] == best_config), None)
+    best = experiment.sweep_best
+    if best is not None and best["head"] == "ensemble":  # the sweep draws an ensemble's heaviest member
+        members = best["params"].get("members", []) if isinstance(best["params"], dict) else []
+        by_config = {row["config"]: row for row in experiment.rows if row["source"] == SWEEP_SOURCE}
+        best = by_config.get(members[0]["config"]) if members else None
     sizes = [point["n_train"] for point in curve]
     accuracies = [point["test_accuracy"] for point in curve]
-    figure = _figure()
+    figure = _figure(6.4, 4.8)
     axes = figure.add_subplot()
     axes.plot(sizes, accuracies, marker="o", lw=1.8)
     for size, accuracy in zip(sizes, accuracies):
@@ -470,18 +778,20 @@ def plot_learning_curve(experiment: Experiment):
     margin = max(0.02, (high - low) * 0.15)
     axes.set(xlabel="training images", ylabel="test accuracy",
              ylim=(max(0.0, low - margin), min(1.0, high + margin) + 0.01))
-    name = _row_name(best) if best else "the sweep's best configuration"
-    axes.set_title(f"Learning curve: {name}", fontsize=9)
+    name = _legend_name(best) if best else "the sweep's best configuration"
+    figure.suptitle(f"Learning curve\n{_wrap(name, 60)}", fontsize=9)
     axes.grid(alpha=0.3)
-    return figure, (f"Test accuracy of {name}, refit on growing random subsets of the train split "
-                    f"({len(experiment.y_test)} test images).")
+    return figure, (f"Test accuracy of {_row_name(best) if best else name}, refit on growing random subsets of "
+                    f"its training images ({len(experiment.y_test)} test images).")
 
 
 def plot_history(experiment: Experiment, rows: list[dict]):
-    """Per-epoch loss and accuracy (train solid, val dashed) of dense heads and of the fine-tune."""
-    series = [(_row_name(row), row["history"]) for row in rows] + list(experiment.stage_histories.items())
+    """Per-epoch loss and accuracy (train solid, val dashed) of dense heads and of the later stages."""
+    stage_names = {row["source"]: family(row) for row in experiment.rows if row["source"] != SWEEP_SOURCE}
+    series = [(_legend_name(row), row["history"]) for row in rows] + [
+        (stage_names.get(stage, stage), history) for stage, history in experiment.stage_histories.items()]
     legend_lines = (len(series) + 3) // 2  # two columns: one entry per series, then train and val
-    figure = _figure(11, 4.0 + 0.2 * legend_lines)
+    figure = _figure(11, 4.4 + 0.22 * legend_lines)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     from matplotlib.lines import Line2D
 
@@ -502,20 +812,23 @@ def plot_history(experiment: Experiment, rows: list[dict]):
         axes.set(xlabel="epoch", ylabel=metric, title=metric)
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    warm = " (a fine-tune's epoch 0: its warm start)" if runs.FINETUNE in experiment.stage_histories else ""
+    figure.suptitle(f"Training history{warm}", fontsize=10)
     what = ", ".join([f"{len(rows)} dense head(s)"] * bool(rows) + list(experiment.stage_histories))
     return figure, f"Per-epoch loss and accuracy of {what}: train solid, val dashed."
 
 
-def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories: int = 4) -> dict[str, Path]:
+def write_report(experiment_dir: str | os.PathLike, top: int = 8, max_histories: int = 4) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG plots into an experiment folder.
 
     Parameters
     ----------
     top : int
-        Configurations drawn in the ROC and precision-recall plots (best first).
+        Most curves in the ROC and precision-recall plots: one per family (:func:`plot_families`),
+        in table order.
     max_histories : int
-        Dense heads drawn in ``dense_history.png`` (best first; the stages' ``history.csv`` are added).
+        Dense heads drawn in ``dense_history.png`` (best first; the ranked stages' ``history.csv`` are added).
 
     Returns the paths by key: ``markdown``, ``html`` and one per plot written (:data:`PLOT_FILES`); a
     plot without data (no dense head, no learning curve) is left out, and an old file of its name
@@ -526,12 +839,12 @@ def write_report(experiment_dir: str | os.PathLike, top: int = 3, max_histories:
                           f"max_histories={max_histories}")
     experiment = load_experiment(experiment_dir)
     directory = experiment.directory
-    with_predictions = [row for row in experiment.rows if row["proba"] is not None]
+    families = plot_families(experiment, top)
     dense_rows = [row for row in experiment.rows if row["history"]][:max_histories]
     plotters: dict[str, Callable[[], Any]] = {}
-    if with_predictions:
-        plotters["roc"] = lambda: plot_roc(experiment, with_predictions[:top])
-        plotters["pr"] = lambda: plot_precision_recall(experiment, with_predictions[:top])
+    if families:
+        plotters["roc"] = lambda: plot_roc(experiment, families)
+        plotters["pr"] = lambda: plot_precision_recall(experiment, families)
         plotters["confusion"] = lambda: plot_confusion(experiment, experiment.best_with_predictions)
     if experiment.summary.learning_curve:
         plotters["learning_curve"] = lambda: plot_learning_curve(experiment)

@@ -72,15 +72,21 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:
+    """Each ranked table of report.md: its ### title and its cells (header and separator left out)."""
+    section = text.split("## Ranked configurations", 1)[1].split("\n## ", 1)[0]
+    tables = []
+    for block in section.split("\n### ")[1:]:
+        title, _, body = block.partition("\n")
+        rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+                for line in body.strip().splitlines()[2:] if line.startswith("|")]
+        tables.append((title.strip(), rows))
+    return tables
+
+
 def markdown_table(text: str) -> list[list[str]]:
-    """The cells of the ranked table in report.md (header and separator left out)."""
-    lines = text.split("## Ranked configurations", 1)[1].strip().splitlines()
-    rows = []
-    for line in lines[2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
-    return rows
+    """The cells of every ranked table in report.md, table after table."""
+    return [row for _, rows in markdown_tables(text) for row in rows]
 
 
 def html_table(text: str) -> list[list[str]]:
@@ -119,22 +125,24 @@ def test_markdown_and_html_tables_follow_results_csv_in_rank_order(reported):
     assert len(results) == 4 and len(markdown_rows) == len(results) and len(html_rows) == len(results)
     # report.html is report.md rendered (markdown-it's table rule): numeric columns right-aligned in both
     assert '<th style="text-align:right">rank</th>' in paths["html"].read_text()
-    assert "|---:|---|---|" in paths["markdown"].read_text()
+    assert "|---:|---:|---|---|" in paths["markdown"].read_text()
     accuracies = {row["accuracy"] for row in results}
     assert len(accuracies) > 1, "the tiny data should separate the configurations"
     for rank, (expected, md_cells, html_cells) in enumerate(zip(results, markdown_rows, html_rows), start=1):
         assert int(expected["rank"]) == rank
         for cells in (md_cells, html_cells):
             assert cells[0] == str(rank)
-            assert cells[1] == "sweep"
-            assert cells[3] == expected["head"]
-            assert cells[5] == f"{expected['selected_by']} {float(expected['select_accuracy']):.4f}"
-            assert cells[6] == expected_accuracy_cell(expected)
-            assert cells[7] == f"{float(expected['roc_auc']):.4f}"
-            assert cells[9] == f"{float(expected['log_loss']):.4f}"
+            assert cells[1] == expected["config"]
+            assert cells[2] == "sweep"
+            assert cells[4] == expected["head"]
+            assert cells[6] == f"{float(expected['select_log_loss']):.4f}"
+            assert cells[7].startswith(f"{float(expected['select_accuracy']):.4f}")
+            assert cells[8] == expected_accuracy_cell(expected)
+            assert cells[9] == f"{float(expected['roc_auc']):.4f}"
+            assert cells[11] == f"{float(expected['log_loss']):.4f}"
         params = json.loads(expected["params"])
         if expected["head"] == "logreg":
-            assert md_cells[4] == f"C={params['head__C']}"
+            assert md_cells[5] == f"C={params['head__C']}"
 
 
 def test_report_states_protocol_and_mcnemar_of_the_best_two(reported):
@@ -173,39 +181,78 @@ def test_plots_draw_the_numbers_of_the_results(binary_sweep):
     assert list(line.get_ydata()) == [p["test_accuracy"] for p in curve]
 
 
-def test_finetune_and_scratch_rows_are_ranked_beside_the_sweep(experiment_copy):
+def write_stage(experiment: Path, folder: str, rows: list[dict], built_from: dict | None, **state) -> Path:
+    """A later stage's folder as featx writes it: results.csv in the sweep's columns, and state.json
+    recording what it was built from (None: no state.json)."""
+    from featx.artifacts.runs import RunState
+
+    stage = experiment / folder
+    stage.mkdir(exist_ok=True)
+    with open(stage / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if built_from is not None:
+        RunState(settings={}, built_from=built_from, **state).write(stage / "state.json")
+    return stage
+
+
+def finetune_origin(experiment: Path, config: int | None = None) -> dict:
+    """built_from of a fine-tune of this experiment's sweep, as featx finetune records it."""
+    summary = json.loads((experiment / "results.json").read_text())
+    row = next(r for r in summary["rows"] if config is None or r["config"] == config)
+    return {"config": row["config"], "head": row["head"], "params": row["params"],
+            "preprocessing": row["preprocessing"], "cache": Path(row["caches"].split("+")[0]).name,
+            "sweep_id": summary.get("sweep_id", "")}
+
+
+def scratch_origin(experiment: Path) -> dict:
+    """built_from of a from-scratch run on the manifest the sweep's caches were made from."""
+    import h5py
+
+    summary = json.loads((experiment / "results.json").read_text())
+    with h5py.File(summary["feature_sets"][0]["caches"][0], "r") as h5:
+        manifest = h5.attrs["manifest_sha256"]
+    return {"manifest_sha256": str(manifest), "architecture": {"filters": [8]}}
+
+
+def test_finetune_and_scratch_rows_get_their_own_ranked_table(experiment_copy):
     results = read_csv(experiment_copy / "results.csv")
-    finetune_row = dict(results[-1], rank="1", config="3", features="hog+finetune", head="finetune", params="{}",
-                        select_accuracy="1", select_log_loss="0", accuracy="0.9876", accuracy_low="0.95",
-                        accuracy_high="1", fit_seconds="61.5")
+    finetune_row = dict(results[-1], rank="1", config="3", features="hog+finetune", head="finetune",
+                        params=json.dumps({"base_head": "logreg", "base_params": {"head__C": 1.0}, "best_epoch": 2}),
+                        selected_by="val-epoch", select_accuracy="1", select_log_loss="0.05", accuracy="0.9876",
+                        accuracy_low="0.95", accuracy_high="1", fit_seconds="61.5")
     scratch_row = dict(results[0], rank="1", config="0", features="scratch-cnn", head="scratch", params="{}",
-                       select_accuracy="-1", accuracy="0.4321")
-    for folder, row in (("finetune", finetune_row), ("scratch", scratch_row)):
-        (experiment_copy / folder).mkdir()
-        with open(experiment_copy / folder / "results.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(results[0]))
-            writer.writeheader()
-            writer.writerow(row)
+                       selected_by="val", select_accuracy="0.5", select_log_loss="0.9", accuracy="0.4321")
+    write_stage(experiment_copy, "finetune", [finetune_row], finetune_origin(experiment_copy),
+                best_epoch=2, epochs_done=2)
+    write_stage(experiment_copy, "scratch", [scratch_row], scratch_origin(experiment_copy), best_epoch=1,
+                epochs_done=1)
     # As featx finetune writes them: epoch 0 is the warm start (no training loss yet); one
-    # probability array, config_0, whatever the number of the sweep configuration it started from.
+    # probability array, config_0, whatever the number of the sweep configuration it started from,
+    # in its own row order (here reversed): the report lines it up with the sweep's by path.
     (experiment_copy / "finetune" / "history.csv").write_text(
         "epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,seconds\n"
         "0,,,0.58,0.72,,\n1,0.45,0.81,0.47,0.79,0.001,3.5\n2,0.31,0.88,0.41,0.83,0.001,3.4\n")
     with np.load(experiment_copy / "predictions.npz") as sweep_predictions:
-        y_test = sweep_predictions["y_test"]
+        y_test, paths = sweep_predictions["y_test"], sweep_predictions["paths"]
     finetune_proba = np.eye(2, dtype=np.float32)[y_test] * 0.8 + 0.1
-    np.savez_compressed(experiment_copy / "finetune" / "predictions.npz", y_test=y_test, config_0=finetune_proba)
+    np.savez_compressed(experiment_copy / "finetune" / "predictions.npz", y_test=y_test[::-1], paths=paths[::-1],
+                        config_0=finetune_proba[::-1])
 
     paths = write_report(experiment_copy)
-    rows = markdown_table(paths["markdown"].read_text())
+    markdown = paths["markdown"].read_text()
+    (sweep_title, sweep_rows), (stage_title, stage_rows) = markdown_tables(markdown)
 
-    assert len(rows) == len(results) + 2
-    assert [r[1] for r in rows] == ["finetune"] + ["sweep"] * len(results) + ["scratch"]
-    assert rows[0][2:4] == ["hog+finetune", "finetune"] and rows[0][6] == "0.9876 [0.9500, 1.0000]"
-    assert rows[-1][6].startswith("0.4321 ")
-    assert [r[0] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
-    assert [r[6] for r in rows[1:-1]] == [expected_accuracy_cell(row) for row in results]
-    assert "Rows from: sweep, finetune, scratch" in paths["markdown"].read_text()
+    assert sweep_title.startswith("Selected by ") and stage_title.startswith("Trained CNNs")
+    assert [r[2] for r in sweep_rows] == ["sweep"] * len(results)
+    assert [r[8] for r in sweep_rows] == [expected_accuracy_cell(row) for row in results]
+    assert [r[0] for r in sweep_rows] == [str(i) for i in range(1, len(results) + 1)]
+    # The stages' own table, ranked by their val log loss; no sweep config number for them.
+    assert [r[2] for r in stage_rows] == ["finetune", "scratch"] and [r[0] for r in stage_rows] == ["1", "2"]
+    assert stage_rows[0][1] == "-" and stage_rows[0][3:5] == ["hog+finetune", "finetune"]
+    assert stage_rows[0][8] == "0.9876 [0.9500, 1.0000]" and stage_rows[1][8].startswith("0.4321 ")
+    assert "from config 3 (logreg C=1.0)" in stage_rows[0][5] and "kept epoch 2 of 2" in stage_rows[0][5]
     # The fine-tune's history is drawn beside the dense head's.
     experiment = load_experiment(experiment_copy)
     history = experiment.stage_histories["finetune"]
@@ -213,12 +260,13 @@ def test_finetune_and_scratch_rows_are_ranked_beside_the_sweep(experiment_copy):
     assert np.isnan(history["loss"][0]) and "scratch" not in experiment.stage_histories
     with Image.open(paths["dense_history"]) as image:
         assert image.size[0] > 800
-    # The fine-tune's test probabilities are its curves: first in the ROC plot, with its own AUC.
-    assert np.array_equal(experiment.rows[0]["proba"], finetune_proba)
-    assert experiment.rows[-1]["proba"] is None  # scratch wrote no predictions.npz
-    figure, _ = plot_roc(experiment, experiment.rows[:1])
-    assert figure.axes[0].get_lines()[0].get_label().startswith("#1 hog+finetune finetune") and \
-        figure.axes[0].get_lines()[0].get_label().endswith("AUC 1.0000")
+    # The fine-tune's test probabilities are its curves, in the sweep's row order, with its own AUC.
+    finetune = next(row for row in experiment.rows if row["source"] == "finetune")
+    assert np.array_equal(finetune["proba"], finetune_proba)
+    assert next(row for row in experiment.rows if row["source"] == "scratch")["proba"] is None
+    figure, _ = plot_roc(experiment, [finetune])
+    label = figure.legends[0].get_texts()[0].get_text()
+    assert label.startswith("fine-tuned hog") and label.endswith("AUC 1.0000")
 
 
 def test_multiclass_uses_micro_average_and_drops_history_plot_without_dense_heads(folders_dir, tmp_path):
@@ -296,39 +344,37 @@ def test_experiment_written_before_schema_headers_still_reports(experiment_copy,
 
     from featx.cli import app
 
+    from featx.artifacts.results import SweepSummary
+
     summary = json.loads((experiment_copy / "results.json").read_text())
-    assert summary.pop("schema") == {"kind": "sweep_results", "version": 1}
+    assert summary.pop("schema") == {"kind": "sweep_results", "version": SweepSummary.VERSION}
     (experiment_copy / "results.json").write_text(json.dumps(summary))
     old = write_report(experiment_copy)["markdown"].read_text()
     assert markdown_table(old) == markdown_table(reported["markdown"].read_text())
-    summary["schema"] = {"kind": "sweep_results", "version": 2}
+    newer = SweepSummary.VERSION + 1
+    summary["schema"] = {"kind": "sweep_results", "version": newer}
     (experiment_copy / "results.json").write_text(json.dumps(summary))
     result = CliRunner().invoke(app, ["report", str(experiment_copy)])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "results.json was written by a newer featx (sweep_results version 2" in lines[0]
+    assert len(lines) == 1 and f"results.json was written by a newer featx (sweep_results version {newer}" in lines[0]
 
 
 def test_report_ranks_later_stages_with_the_sweeps_own_ranking(experiment_copy):
-    """One ranking function: the sweep's rank column and the report's order agree, NaN scores last."""
+    """One ranking function: the sweep's rank column and its table agree; a stage's table ranks by the same
+    rule (lower selection log loss, then higher accuracy), NaN scores last."""
     from featx.artifacts.results import rank_rows
 
     sweep_rows = read_csv(experiment_copy / "results.csv")
-    (experiment_copy / "scratch").mkdir()
-    with open(experiment_copy / "scratch" / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(sweep_rows[0]))
-        writer.writeheader()
-        best = dict(sweep_rows[0], head="tied", select_log_loss=float(sweep_rows[0]["select_log_loss"]) + 1)
-        unscored = dict(sweep_rows[0], head="unscored", select_accuracy="", select_log_loss="")
-        writer.writerows([unscored, best])
-    rows = load_experiment(experiment_copy).rows
-    heads = [row["head"] for row in rows]
-    assert heads[-1] == "unscored" and heads.index("tied") >= 1
-    tied = rows[heads.index("tied")]
-    # Same selection accuracy as the best, higher loss: after the best, before any lower accuracy.
-    assert rows[0]["config"] == int(sweep_rows[0]["config"]) and rows[0]["source"] == "sweep"
-    assert all(row["select_accuracy"] == tied["select_accuracy"] for row in rows[:heads.index("tied")])
-    assert all(row["select_accuracy"] < tied["select_accuracy"] or row["select_log_loss"] >= tied["select_log_loss"]
-               for row in rows[heads.index("tied") + 1:-1])
-    assert [row["head"] for row in rank_rows(rows)] == heads
+    best = dict(sweep_rows[0], head="tied", selected_by="val-epoch")
+    worse = dict(best, head="worse", select_log_loss=float(best["select_log_loss"]) + 1)
+    unscored = dict(best, head="unscored", select_accuracy="", select_log_loss="")
+    write_stage(experiment_copy, "scratch", [unscored, worse, best], scratch_origin(experiment_copy))
+    experiment = load_experiment(experiment_copy)
+    (_, sweep_table), (_, stage_table) = experiment.tables
+    assert [row["config"] for row in sweep_table] == [int(r["config"]) for r in sweep_rows]
+    assert [row["head"] for row in stage_table] == ["tied", "worse", "unscored"]
+    assert [row["table_rank"] for row in stage_table] == [1, 2, 3]
+    for _, table in experiment.tables:
+        assert rank_rows(table) == table
     assert [int(r["rank"]) for r in sweep_rows] == sorted(int(r["rank"]) for r in sweep_rows)
