@@ -359,10 +359,12 @@ def _test_accuracy(row: dict) -> str:
 @app.command()
 def report(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out."),
-    top: int = typer.Option(3, min=1, help="Configurations drawn in the ROC and precision-recall plots."),
+    top: int = typer.Option(8, min=1, help="Most curves in the ROC and precision-recall plots (one per family: "
+                                           "each feature set's best, the ensemble, fine-tuned, from scratch)."),
 ) -> None:
-    """Write report.md and report.html with the ranked table, McNemar and PNG plots (ROC, PR,
-    confusion, learning curve, training history) from a sweep's results folder.
+    """Write report.md and report.html with ranked tables (one per selection protocol), McNemar and PNG
+    plots (ROC, PR, confusion, learning curve, training history) from a sweep's results folder.
+    A finetune/ or scratch/ folder built from another sweep or dataset is listed as stale, not ranked.
 
     Example: [bold]featx report experiments/catsdogs[/]
     """
@@ -547,7 +549,7 @@ def finetune(
     batch_size: int = typer.Option(32, "--batch-size", help="Global batch (split over GPUs)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom, translation."),
     config: Optional[int] = typer.Option(None, help="Start from this sweep config (results.csv 'config') "
-                                                    "instead of the best."),
+                                                    "instead of the best one that can be fine-tuned."),
     patience: int = typer.Option(3, help="Early stopping patience in epochs (0: train every epoch)."),
     monitor: str = typer.Option("val_loss", help="val_loss | val_accuracy: picks the best checkpoint."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (float16 on GPU) | on | off."),
@@ -562,7 +564,9 @@ def finetune(
 ) -> None:
     """Fine-tune the backbone with the sweep's best head on top; write EXPERIMENT/finetune/.
 
-    Before training, the model reproduces the head's predictions on cached images (checked).
+    When the sweep's best cannot be fine-tuned (an ensemble, a concatenation, an RBF SVM, HoG/SIFT
+    features), it starts from the best-ranked config that can (an ensemble's best member) and says so.
+    The head is fitted on train; before training, the model reproduces its predictions on cached images (checked).
     Checkpoints the best epoch by val, stops early, resumes after an interruption, uses every
     GPU (MirroredStrategy). The results row lands beside the sweep's in featx report.
 
@@ -577,15 +581,16 @@ def finetune(
                   learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size, config=config,
                   patience=patience or None, seed=seed, monitor=monitor, restart=restart,
                   mixed_precision=mixed_precision, workers=workers, n_boot=n_boot,
-                  verbose=1 if sys.stderr.isatty() else 2, allow_warm_start_gap=allow_warm_start_gap)
+                  verbose=1 if sys.stderr.isatty() else 2, allow_warm_start_gap=allow_warm_start_gap,
+                  report=lambda line: err.print(line, highlight=False, soft_wrap=True))
     row = result.row
     err.print(f"warm start: fine-tune model vs head max |p difference| {result.warm_start_difference:.2e}; "
               f"val accuracy {result.val_before['val_accuracy']:.4f} -> {result.val_after['val_accuracy']:.4f}, "
               f"val loss {result.val_before['val_loss']:.4f} -> {result.val_after['val_loss']:.4f} (best epoch by "
               f"{monitor}); {len(result.trainable_layers)} trainable layers",
               highlight=False)
-    out.print(f"{result.out_dir}: {row['features']} {row['head']} {_test_accuracy(row)} ({result.epochs_run} "
-              f"epochs, {result.seconds:.0f} s)", highlight=False)
+    out.print(f"{result.out_dir}: {row['features']} {row['head']} {_test_accuracy(row)} (from config {row['config']}; "
+              f"{result.epochs_text()}; {result.seconds:.0f} s)", highlight=False, soft_wrap=True)
 
 
 @app.command()
