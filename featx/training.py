@@ -297,7 +297,7 @@ def custom_objects() -> dict:
             norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
             return inputs / ops.where(norm > 0, norm, 1.0)
 
-    import featx.extractors.caffenet  # noqa: F401 -- registers LocalResponseNormalization, CaffeMaxPooling2D
+    from featx.backbones.caffenet import CaffeMaxPooling2D, LocalResponseNormalization  # noqa: F401 -- registers them
     return {layer.__name__: layer for layer in (ChannelAffine, TwoColumnProbabilities, NormalizeRows, L2Normalize)}
 
 

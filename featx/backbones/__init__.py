@@ -114,6 +114,27 @@ def preprocess(config: BackboneConfig, batch: Any) -> np.ndarray:
         return batch[..., ::-1] - np.asarray(config.mean, dtype=np.float32)
     if config.preprocessing == "mean_std":
         return (batch - np.asarray(config.mean, dtype=np.float32)) / np.asarray(config.std, dtype=np.float32)
+    mode = _KERAS_PREPROCESS_MODES.get(config.keras_module)
+    if mode == "caffe":
+        return batch[..., ::-1] - np.asarray(_CAFFE_BGR_MEAN, dtype=np.float32)
+    if mode == "tf":
+        return batch / np.float32(127.5) - np.float32(1.0)
+    if mode == "torch":
+        return (batch / np.float32(255.0) - np.asarray(_TORCH_MEAN, np.float32)) / np.asarray(_TORCH_STD, np.float32)
+    if mode == "none":
+        return batch.copy()
     module = importlib.import_module(f"keras.applications.{config.keras_module}")
     # Keras' numpy path works in place on float input: give it a copy.
     return np.asarray(module.preprocess_input(np.array(batch, copy=True)), dtype=np.float32)
+
+
+# keras.applications.<module>.preprocess_input, in numpy: what it computes is known, and importing Keras for
+# it costs seconds (TensorFlow comes with it) in a predict that runs the model on OpenVINO. "none": the model
+# rescales its input itself. A test compares each with Keras' own.
+_KERAS_PREPROCESS_MODES = {
+    "resnet50": "caffe", "resnet": "caffe", "inception_v3": "tf", "xception": "tf", "mobilenet_v2": "tf",
+    "nasnet": "tf", "densenet": "torch", "mobilenet_v3": "none", "efficientnet": "none",
+    "efficientnet_v2": "none", "convnext": "none",
+}
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -11,9 +11,9 @@ above this module; it imports neither.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import keras
 import numpy as np
 
 from . import BackboneConfig, preprocess
@@ -46,81 +46,97 @@ CONFIG = BackboneConfig(
 )
 
 
-@keras.saving.register_keras_serializable(package="featx")
-class LocalResponseNormalization(keras.layers.Layer):
-    """Caffe's across-channel local response normalisation (channels last).
+@functools.cache
+def _keras_layers() -> dict:
+    """CaffeNet's two Keras layers, defined (and registered with Keras) on first use: importing this module
+    must not import Keras, so a CaffeNet cache predicted on OpenVINO never loads TensorFlow."""
+    import keras
 
-    ``y = x / (k + alpha / local_size * sum(x**2 over local_size channels centred on x)) ** beta``,
-    with zeros beyond the first and last channel.
+    @keras.saving.register_keras_serializable(package="featx")
+    class LocalResponseNormalization(keras.layers.Layer):
+        """Caffe's across-channel local response normalisation (channels last).
 
-    Parameters
-    ----------
-    local_size : int, default 5
-        Number of channels summed over (odd).
-    alpha, beta, k : float
-        Caffe's ``lrn_param`` (``k`` defaults to 1 as in Caffe).
-    """
+        ``y = x / (k + alpha / local_size * sum(x**2 over local_size channels centred on x)) ** beta``,
+        with zeros beyond the first and last channel.
 
-    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                 k: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if local_size < 1 or local_size % 2 == 0:
-            raise ValueError(f"local_size must be a positive odd number; got {local_size}")
-        self.local_size = int(local_size)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.k = float(k)
+        Parameters
+        ----------
+        local_size : int, default 5
+            Number of channels summed over (odd).
+        alpha, beta, k : float
+            Caffe's ``lrn_param`` (``k`` defaults to 1 as in Caffe).
+        """
 
-    def call(self, inputs):
-        ops = keras.ops
-        half = (self.local_size - 1) // 2
-        squares = ops.pad(ops.square(inputs), [[0, 0], [0, 0], [0, 0], [half, half]])
-        channels = inputs.shape[-1]
-        window_sum = squares[..., 0:channels]
-        for offset in range(1, self.local_size):
-            window_sum = window_sum + squares[..., offset:offset + channels]
-        scale = self.k + (self.alpha / self.local_size) * window_sum
-        return inputs * ops.power(scale, -self.beta)
+        def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                     k: float = 1.0, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            if local_size < 1 or local_size % 2 == 0:
+                raise ValueError(f"local_size must be a positive odd number; got {local_size}")
+            self.local_size = int(local_size)
+            self.alpha = float(alpha)
+            self.beta = float(beta)
+            self.k = float(k)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(local_size=self.local_size, alpha=self.alpha, beta=self.beta, k=self.k)
-        return config
+        def call(self, inputs):
+            ops = keras.ops
+            half = (self.local_size - 1) // 2
+            squares = ops.pad(ops.square(inputs), [[0, 0], [0, 0], [0, 0], [half, half]])
+            channels = inputs.shape[-1]
+            window_sum = squares[..., 0:channels]
+            for offset in range(1, self.local_size):
+                window_sum = window_sum + squares[..., offset:offset + channels]
+            scale = self.k + (self.alpha / self.local_size) * window_sum
+            return inputs * ops.power(scale, -self.beta)
+
+        def get_config(self) -> dict:
+            config = super().get_config()
+            config.update(local_size=self.local_size, alpha=self.alpha, beta=self.beta, k=self.k)
+            return config
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class CaffeMaxPooling2D(keras.layers.Layer):
+        """Max pooling with Caffe's output size, ``ceil((size - pool_size) / strides) + 1`` (no padding).
+
+        Keras' ``valid`` pooling rounds down; where the window does not fit evenly
+        the input is padded at the bottom/right with ``-inf`` so the last, partial
+        window is kept, as Caffe keeps it.
+        """
+
+        def __init__(self, pool_size: int = 3, strides: int = 2, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.pool_size = int(pool_size)
+            self.strides = int(strides)
+
+        def _output_size(self, size: int) -> int:
+            return -(-(size - self.pool_size) // self.strides) + 1
+
+        def call(self, inputs):
+            height, width = inputs.shape[1], inputs.shape[2]
+            if height is None or width is None:
+                raise ValueError("CaffeMaxPooling2D needs a fixed input height and width; "
+                                 f"got input shape {tuple(inputs.shape)}")
+            pad_h = (self._output_size(height) - 1) * self.strides + self.pool_size - height
+            pad_w = (self._output_size(width) - 1) * self.strides + self.pool_size - width
+            if pad_h or pad_w:
+                inputs = keras.ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]],
+                                       constant_values=float("-inf"))
+            return keras.ops.max_pool(inputs, self.pool_size, self.strides, padding="valid")
+
+        def get_config(self) -> dict:
+            config = super().get_config()
+            config.update(pool_size=self.pool_size, strides=self.strides)
+            return config
+
+    for cls in (LocalResponseNormalization, CaffeMaxPooling2D):
+        cls.__qualname__ = cls.__name__  # pickled by reference as featx.backbones.caffenet.<name>
+    return {"LocalResponseNormalization": LocalResponseNormalization, "CaffeMaxPooling2D": CaffeMaxPooling2D}
 
 
-@keras.saving.register_keras_serializable(package="featx")
-class CaffeMaxPooling2D(keras.layers.Layer):
-    """Max pooling with Caffe's output size, ``ceil((size - pool_size) / strides) + 1`` (no padding).
-
-    Keras' ``valid`` pooling rounds down; where the window does not fit evenly
-    the input is padded at the bottom/right with ``-inf`` so the last, partial
-    window is kept, as Caffe keeps it.
-    """
-
-    def __init__(self, pool_size: int = 3, strides: int = 2, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pool_size = int(pool_size)
-        self.strides = int(strides)
-
-    def _output_size(self, size: int) -> int:
-        return -(-(size - self.pool_size) // self.strides) + 1
-
-    def call(self, inputs):
-        height, width = inputs.shape[1], inputs.shape[2]
-        if height is None or width is None:
-            raise ValueError("CaffeMaxPooling2D needs a fixed input height and width; "
-                             f"got input shape {tuple(inputs.shape)}")
-        pad_h = (self._output_size(height) - 1) * self.strides + self.pool_size - height
-        pad_w = (self._output_size(width) - 1) * self.strides + self.pool_size - width
-        if pad_h or pad_w:
-            inputs = keras.ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]],
-                                   constant_values=float("-inf"))
-        return keras.ops.max_pool(inputs, self.pool_size, self.strides, padding="valid")
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(pool_size=self.pool_size, strides=self.strides)
-        return config
+def __getattr__(name: str):
+    """``LocalResponseNormalization`` and ``CaffeMaxPooling2D``, built with Keras when first asked for."""
+    if name in ("LocalResponseNormalization", "CaffeMaxPooling2D"):
+        return _keras_layers()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int = 1000, name: str = "caffenet"):
@@ -129,7 +145,11 @@ def caffenet_model(input_shape: tuple[int, int, int] = INPUT_SHAPE, classes: int
     The input is :func:`preprocess_input` output; the model outputs class probabilities
     (``prob``) and can be cut at any layer by name.
     """
+    import keras
+
     layers = keras.layers
+    CaffeMaxPooling2D, LocalResponseNormalization = (_keras_layers()[name] for name in
+                                                     ("CaffeMaxPooling2D", "LocalResponseNormalization"))
     inputs = keras.Input(shape=tuple(input_shape), name="data")
     x = layers.Conv2D(96, 11, strides=4, activation="relu", name="conv1")(inputs)
     x = CaffeMaxPooling2D(3, 2, name="pool1")(x)
