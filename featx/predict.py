@@ -429,6 +429,10 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
             raise ModelError(f"{path.parent} lacks {' and '.join(missing)}; a fine-tuned model is the folder "
                              f"featx finetune writes ({FINETUNE_MODEL_FILE} + {FINETUNE_INFO_FILE})")
         return FineTunedModel.load(path.parent)
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        if handle.read(8) == b"\x89HDF\r\n\x1a\n":  # HDF5's signature: a feature cache, not a model
+            raise ModelError(f"{path} is a feature cache (featx cache), not a model; give {SWEEP_MODEL_FILE} from "
+                             f"featx sweep (or its experiment folder), or the finetune/ folder from featx finetune")
     return SweepModel(SweepBundle.read(path), path)
 
 
@@ -436,13 +440,14 @@ def _as_model(model) -> SweepModel | FineTunedModel:
     return model if isinstance(model, (SweepModel, FineTunedModel)) else load_model(model)
 
 
-def scoring_manifest(source: str | os.PathLike, layout: str = "auto") -> Manifest:
-    """The images of a folder (or manifest CSV) to score: every one in split ``unlabeled``, labels kept.
+def scoring_manifest(source: str | os.PathLike | Manifest, layout: str = "auto") -> Manifest:
+    """The images of a folder (or manifest CSV, or a :class:`Manifest`) to score: every one in split
+    ``unlabeled``, labels kept.
 
     A scored folder is never split: its cache then holds no train, val or test rows, so ``featx sweep``
     cannot train on it.
     """
-    manifest = load_dataset(source, layout=layout, val=0.0, test=0.0)
+    manifest = source if isinstance(source, Manifest) else load_dataset(source, layout=layout, val=0.0, test=0.0)
     records = [dataclasses.replace(record, split="unlabeled") for record in manifest.records]
     return dataclasses.replace(manifest, records=records, val=0.0, test=0.0)
 
@@ -459,8 +464,9 @@ def predict(model, source: str | os.PathLike, *, layout: str = "auto", cache_dir
     ----------
     model : path, SweepModel or FineTunedModel
         As accepted by :func:`load_model`.
-    source : path
-        A folder of images (Kaggle's unlabeled ``test1/``, or a labelled one), or a manifest CSV.
+    source : path or Manifest
+        A folder of images (Kaggle's unlabeled ``test1/``, or a labelled one), a manifest CSV, or
+        :func:`scoring_manifest`'s result (the command line prints its layout first).
     layout : {"auto", "kaggle", "folders", "unlabeled"}
         How labels are read from a folder (they are carried along, never needed here).
     cache_dir : path
