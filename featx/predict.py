@@ -300,13 +300,18 @@ class FineTunedModel:
     probability column per class (a single sigmoid column is read as the second class's). ``info`` is
     ``model.json``: ``label_names``, ``input_size`` ``[height, width]``, ``preprocessing``
     (:func:`featx.images.load_image` keyword arguments). ``path`` is the folder (for messages).
+    ``keras_model`` may be None when ``path`` holds ``model.keras``: it is loaded when Keras runs it or
+    its OpenVINO IR is first made (:mod:`featx.runtime.ir`), so a prediction from the IR never imports
+    TensorFlow.
     """
 
     def __init__(self, keras_model, info: dict, path: str | os.PathLike | None = None) -> None:
         where = path or "model.json"
         if not isinstance(info, dict) or not info.get("label_names"):
             raise ModelError(f"{where}: {FINETUNE_INFO_FILE} must hold label_names (a list of class names)")
-        self.keras_model = keras_model
+        if keras_model is None and path is None:
+            raise ModelError("a fine-tuned model needs its Keras model or the folder holding model.keras")
+        self._keras_model = keras_model
         self.info = info
         self.path = Path(path) if path is not None else None
         self.label_names = [str(name) for name in info["label_names"]]
@@ -321,21 +326,50 @@ class FineTunedModel:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "FineTunedModel":
-        """Read ``model.keras`` and ``model.json`` from a fine-tune folder."""
-        import keras
-
+        """A fine-tune folder's model: ``model.json`` is read now, ``model.keras`` when it is needed."""
         from featx.artifacts.runs import ModelCard
 
         folder = Path(folder)
         info = ModelCard.read(folder / FINETUNE_INFO_FILE).to_dict()
-        from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
+        return cls(None, info, folder)
 
-        try:
-            model = keras.saving.load_model(folder / FINETUNE_MODEL_FILE, compile=False,
-                                            custom_objects=custom_objects())
-        except (OSError, ValueError, TypeError) as exc:
-            raise ModelError(f"cannot load {folder / FINETUNE_MODEL_FILE}: {exc}") from None
-        return cls(model, info, folder)
+    @property
+    def keras_model(self):
+        """The Keras model (read from ``model.keras`` on first use)."""
+        if self._keras_model is None:
+            import keras
+
+            from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
+
+            try:
+                self._keras_model = keras.saving.load_model(self.path / FINETUNE_MODEL_FILE, compile=False,
+                                                            custom_objects=custom_objects())
+            except (OSError, ValueError, TypeError) as exc:
+                raise ModelError(f"cannot load {self.path / FINETUNE_MODEL_FILE}: {exc}") from None
+        return self._keras_model
+
+    def runner(self, runtime: str = "auto"):
+        """``run(float RGB batch) -> probabilities`` on ``runtime`` (``featx.runtime``: auto is OpenVINO on a CPU).
+
+        On OpenVINO the model runs from its IR (:func:`featx.runtime.ir.keras_file_ir`), converted first
+        when it does not exist yet; only that conversion, or Keras itself, imports TensorFlow.
+        """
+        from featx.runtime import resolve_runtime
+
+        if resolve_runtime(runtime) == "keras":
+            def run(batch):
+                return np.asarray(self.keras_model.predict_on_batch(batch), dtype=np.float64)
+
+            return run
+        from featx.runtime import ir
+
+        keras_file = self.path / FINETUNE_MODEL_FILE if self.path is not None else None
+        if keras_file is not None and keras_file.is_file():
+            xml = ir.keras_file_ir(keras_file)
+            source = xml if xml.exists() else ir.write_keras_file_ir(keras_file, self.keras_model)
+        else:  # a model given in memory: converted for this process only
+            source = ir.to_openvino(self.keras_model)
+        return ir.compile_ir(source)
 
     def describe(self) -> str:
         backbone = (self.info.get("backbone") or {}).get("name", "keras model")
@@ -345,14 +379,12 @@ class FineTunedModel:
                          batch_size: int = 32, workers: int | None = None, progress=None,
                          runtime: str = "auto") -> Predictions:
         """Probabilities for the images of ``manifest`` (``cache_dir`` is not used: no features are cached;
-        a fine-tuned model runs in Keras, so ``runtime`` may be ``auto`` or ``keras`` only)."""
-        if runtime not in ("auto", "keras"):
-            raise ModelError(f"--runtime {runtime}: a fine-tuned model runs in Keras; use --runtime auto or keras")
+        ``runtime`` runs the model, see :meth:`runner`)."""
         from featx.pipeline import extract_images
         from featx.progress import Progress
 
         progress = progress or Progress()
-        adapter = _ProbabilityExtractor(self.keras_model, self.preprocessing)
+        adapter = _ProbabilityExtractor(self.runner(runtime), self.preprocessing)
         paths = [r.path for r in manifest.records]
         step = 8 * batch_size  # a progress update every few batches
         units = [(start, paths[start:start + step]) for start in range(0, len(paths), step)]
@@ -382,15 +414,15 @@ class FineTunedModel:
 
 
 class _ProbabilityExtractor(Extractor):
-    """A pixels -> probabilities model seen as an extractor, so the pipeline's threaded decoding
-    and batching (:func:`featx.pipeline.extract_images`) feed it."""
+    """A pixels -> probabilities model (``run``, from :meth:`FineTunedModel.runner`) seen as an extractor,
+    so the pipeline's threaded decoding and batching (:func:`featx.pipeline.extract_images`) feed it."""
 
     name = "finetune"
     parallel = "model"
 
-    def __init__(self, keras_model, preprocessing: dict) -> None:
+    def __init__(self, run, preprocessing: dict) -> None:
         super().__init__()
-        self.keras_model = keras_model
+        self.run = run
         self._preprocessing = preprocessing
 
     @property
@@ -399,8 +431,7 @@ class _ProbabilityExtractor(Extractor):
 
     def transform(self, images) -> np.ndarray:
         batch = np.stack(images).astype(np.float32)
-        out = np.asarray(self.keras_model.predict_on_batch(batch), dtype=np.float64)
-        return out.reshape(len(batch), -1)
+        return np.asarray(self.run(batch), dtype=np.float64).reshape(len(batch), -1)
 
 
 def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:

@@ -367,9 +367,9 @@ def test_a_fine_tuned_model_folder_predicts_in_batches(tmp_path):
     model = load_model(tmp_path / "experiments" / "x" / "finetune")
     assert isinstance(model, FineTunedModel) and model.label_names == ["a", "b", "c"]
     assert isinstance(load_model(tmp_path / "experiments" / "x" / "finetune" / "model.keras"), FineTunedModel)
-    with pytest.raises(ModelError, match="a fine-tuned model runs in Keras"):
-        predict(model, folder, runtime="openvino")  # refused, never silently run in Keras
-    predictions = predict(model, folder, batch_size=4, workers=2)
+    predictions = predict(model, folder, batch_size=4, workers=2)  # auto: OpenVINO on this CPU, from the IR
+    by_keras = predict(model, folder, batch_size=4, workers=2, runtime="keras")
+    np.testing.assert_allclose(by_keras.proba, predictions.proba, rtol=1e-5, atol=1e-6)
     assert [path for path, _ in predictions.failed] == ["10.png"]
     assert sorted(predictions.paths) == sorted(f"{i}.png" for i in range(1, 11))
     assert [p for p, imputed in zip(predictions.paths, predictions.imputed) if imputed] == ["10.png"]
