@@ -677,8 +677,25 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         if state.note_resume(epochs) and state.resumed_at:
             state.write(run.state_path)  # before training: a kill during it still counts this resume
         epochs_run, train_seconds = run.fit(model, train_data, val_data, epochs, patience, verbose=verbose)
-        return _write_outputs(model, base, splits, preprocessing, run.state, run.history, out_dir, train_seconds,
-                              epochs_run, n_boot, started, workers)
+        result = _write_outputs(model, base, splits, preprocessing, run.state, run.history, out_dir, train_seconds,
+                                epochs_run, n_boot, started, workers)
+    _write_ir(out_dir / "model.keras", model, report)
+    return result
+
+
+def _write_ir(keras_file: Path, model, report: Callable[[str], None] | None) -> None:
+    """The saved model's OpenVINO IR (:mod:`featx.runtime.ir`), so featx predict runs it without TensorFlow."""
+    from featx.errors import RuntimeUnavailable
+    from featx.runtime.ir import write_keras_file_ir
+
+    try:
+        write_keras_file_ir(keras_file, model)
+    except RuntimeUnavailable:  # openvino is not installed: featx predict runs the model in Keras
+        pass
+    except Exception as exc:  # the fine-tune is saved either way; one line says what predict will do
+        if report is not None:
+            report(f"no OpenVINO IR for {keras_file} ({type(exc).__name__}: {exc}); featx predict will try to "
+                   f"convert it again, or run it in Keras with --runtime keras")
 
 
 def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: dict, state: runs.RunState,
