@@ -537,6 +537,32 @@ def evaluate(
 
 
 @app.command()
+def export(
+    source: Path = typer.Argument(..., help="Experiment folder of featx sweep (its best.joblib), or a finetune/ "
+                                           "folder."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: "
+                                          "EXPERIMENT-export, or EXPERIMENT-finetune-export, beside the experiment)."),
+    format: str = typer.Option("openvino", "--format", help="openvino (model.xml + model.bin) | onnx (needs tf2onnx "
+                                                           "and onnx) | keras (model.keras, loads with featx)."),
+) -> None:
+    """One model file for the saved model: uint8 RGB images in at the backbone's input size (preprocessing
+    inside the graph), class probabilities out; labels.txt and export.json beside it.
+
+    The sweep's best row (backbone + head, its standardization, PCA and L2 folded in; an ensemble as one
+    multi-branch graph) or a fine-tuned model. HoG/SIFT features are not a network: refused, naming the rows
+    that can be exported.
+
+    Example: featx export experiments/catsdogs -o deploy/catsdogs
+    """
+    from featx.export import export_model
+
+    result = _run(export_model, source, output, format=format)
+    sizes = ", ".join(f"{name} {size[0]}x{size[1]}" for name, size in result.inputs)
+    out.print(f"{result.path}: {result.source}; uint8 RGB in ({sizes}), {len(result.label_names)} class "
+              f"probabilities out ({', '.join(result.label_names)})", highlight=False, markup=False)
+
+
+@app.command()
 def finetune(
     experiment_dir: Path = typer.Argument(..., help="Results folder written by featx sweep --out (starts from its "
                                                    "best config that is a dense, logreg or linsvm head on one CNN "
