@@ -477,6 +477,16 @@ class CacheBuilder:
             target[block_start:] = np.stack(block)
 
 
+def _folder_given(folder: Path) -> str:
+    """The line for a folder given where a cache file belongs: the cache files inside it, by name."""
+    found = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
+    if not found:
+        return (f"{folder} is a folder with no .h5 cache file in it; give a cache file: featx cache {folder} "
+                f"--extractor NAME makes one from a folder of images and prints its path")
+    names = ", ".join(str(p) for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return f"{folder} is a folder, not a cache file; give the cache file(s) in it: {names}"
+
+
 class FeatureCache:
     """Read a cache file (:func:`open_cache`; a context manager)."""
 
@@ -489,7 +499,9 @@ class FeatureCache:
             raise CacheError(f"{self.path} does not exist{hint}")
         # The advice depends on who wrote the file: a file featx did not write is never to be deleted.
         make = "give a .h5 file written by featx cache (make one with: featx cache DIR --extractor NAME)"
-        if self.path.is_dir() or not h5py.is_hdf5(self.path):
+        if self.path.is_dir():
+            raise CacheError(_folder_given(self.path))
+        if not h5py.is_hdf5(self.path):
             raise CacheError(f"{self.path} is not a featx cache (not a readable HDF5 file); {make}")
         try:
             self.h5 = h5py.File(self.path, "r")

@@ -6,30 +6,101 @@ file and the fix, and exit code 2; nothing half-written is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
-# TensorFlow's C++ start-up chatter drowns the one-line summaries; users can still set it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from featx.errors import UserError, unwrap_tf_error
+from featx.progress import RichBar
 
-from featx.errors import UserError, unwrap_tf_error  # noqa: E402
-from featx.progress import RichBar  # noqa: E402
+# What an interrupted command (Ctrl-C) leaves, and how to go on: one line, exit 130.
+_INTERRUPTED = {
+    "index": "nothing written (the manifest is written at the end); run it again",
+    "cache": "the shards computed so far are kept in the cache's journal (.partial); run the same command again "
+             "to compute only the rest",
+    "sweep": "nothing published: --out is as it was; run the same command again",
+    "finetune": "the epochs checkpointed so far are kept in EXPERIMENT/finetune/; run the same command again to "
+                "resume",
+    "scratch": "the trials and epochs checkpointed so far are kept in OUT/scratch*/; run the same command again "
+               "to resume",
+    "predict": "no submission written; the features computed so far are kept under --cache-dir's scored/ "
+               "journal: run the same command again to reuse them",
+    "evaluate": "nothing written; the features computed so far are kept under --cache-dir's scored/ journal: "
+                "run the same command again to reuse them",
+    "demo": "the finished steps' files are kept in --out; run it again to reuse them",
+}
+
+
+# Typer >= 0.20 vendors click: its UsageError is found through typer's own BadParameter.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _Group(TyperGroup):
+    """featx's commands: a bad option or argument is one line (exit 2), and so is Ctrl-C (exit 130)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as exc:  # featx --bogus
+            _usage_error(exc, ctx)
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except _UsageError as exc:  # a command's bad value, unknown option, missing argument
+            _usage_error(exc, ctx)
+        except (KeyboardInterrupt, typer.Abort):
+            kept = _INTERRUPTED.get(ctx.invoked_subcommand or "", "nothing written; run it again")
+            err.print(f"interrupted: {kept}", highlight=False, markup=False)
+            raise typer.Exit(130) from None
+
+    def format_commands(self, ctx: typer.Context, formatter) -> None:
+        """The commands with their whole first sentence, wrapped (click cuts it at about 45 characters)."""
+        rows = [(name, command.get_short_help_str(limit=200)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _usage_error(exc, ctx: typer.Context) -> None:
+    """One line for click's usage errors (instead of a usage block and a boxed message), exit 2."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # help, not an error
+        raise exc
+    where = (exc.ctx or ctx).command_path
+    err.print(Text.assemble(("error:", "bold red"), f" {exc.format_message().rstrip('.')} (see {where} --help)"),
+              highlight=False)
+    raise typer.Exit(2) from None
+
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None, cls=_Group,
     help="featx: cache CNN and HoG/SIFT features once, then sweep classifiers on them in seconds.",
+    context_settings={"max_content_width": 100},
 )
 # Piped or logged output is not cut at 80 columns (tables stay readable in CI logs and files).
 _COLUMNS = os.environ.get("COLUMNS", "")
 _WIDTH = None if os.isatty(2) else int(_COLUMNS) if _COLUMNS.isdigit() else 200
 out = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's log lines (hidden unless "
+                                                             "TF_CPP_MIN_LOG_LEVEL says otherwise).")) -> None:
+    # Before any command imports TensorFlow: its start-up lines would drown the one-line summaries.
+    from featx.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose)
 
 
 class UsageProblem(UserError):
@@ -57,6 +128,29 @@ def _run(fn, *args, **kwargs):
         _fail(str(error))
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+def _fraction(value: float) -> float:
+    """--val/--test: a fraction in [0, 1)."""
+    if not 0 <= value < 1:
+        raise typer.BadParameter(f"{value:g} is not a fraction in [0, 1)")
+    return value
+
+
+def _above_zero(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not above 0")
+    return value
+
+
+def _jobs(value: int) -> int:
+    """--n-jobs: -1 (all cores) or a count of at least 1."""
+    if value == 0 or value < -1:
+        raise typer.BadParameter(f"{value} is neither -1 (all cores) nor at least 1")
+    return value
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -71,14 +165,14 @@ def index(
     directory: Path = typer.Argument(..., help="Folder of images."),
     output: Path = typer.Option(Path("manifest.csv"), "-o", "--output", help="Manifest CSV to write."),
     layout: str = typer.Option("auto", help="auto | kaggle (cat.1.jpg) | folders (dog/x.jpg) | unlabeled."),
-    val: float = typer.Option(0.1, help="Fraction of labelled images for validation."),
-    test: float = typer.Option(0.1, help="Fraction of labelled images for test."),
-    seed: int = typer.Option(0, help="Seed of the split hash."),
+    val: float = typer.Option(0.1, callback=_fraction, help="Fraction of labelled images for validation."),
+    test: float = typer.Option(0.1, callback=_fraction, help="Fraction of labelled images for test."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed of the split hash."),
 ) -> None:
     """Find images (each file once, links followed), read labels, split train/val/test by content
     hash (identical files share a split), report duplicates, write a manifest.
 
-    Example: [bold]featx index data/train -o cache/train.csv --val 0.1 --test 0.1[/]
+    Example: featx index data/train -o cache/train.csv --val 0.1 --test 0.1
     """
     from featx.data import build_manifest, find_images
 
@@ -93,10 +187,7 @@ def index(
                         progress=bar.advance)
     finally:
         bar.stop()
-    err.print(f"layout: {manifest.layout} ({manifest.layout_reason})", highlight=False)
-    for warning in manifest.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    _print_skipped(manifest.skipped)
+    _print_indexing(manifest)
     duplicates = manifest.duplicate_groups()
     if duplicates:  # kept, each group in one split (keyed on content); conflicting labels are a warning above
         example = " = ".join(r.path for r in duplicates[0][:3]) + (" = ..." if len(duplicates[0]) > 3 else "")
@@ -106,6 +197,18 @@ def index(
     _print_counts(manifest.counts(), manifest.label_names)
     manifest.write(output)
     out.print(f"{output}: {len(manifest.records)} images, {len(manifest.label_names)} classes", highlight=False)
+
+
+def _print_indexing(manifest) -> None:
+    """What indexing a folder decided and met, on stderr: the layout and why, warnings, skipped files.
+
+    ``index`` prints it, and so do ``cache``, ``predict`` and ``evaluate`` when given a folder, after
+    their work as ``index`` does (a refusal stays the one line it is).
+    """
+    err.print(f"layout: {manifest.layout} ({manifest.layout_reason})", highlight=False, markup=False)
+    for warning in manifest.warnings:
+        err.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False, soft_wrap=True)
+    _print_skipped(manifest.skipped)
 
 
 def _table(columns, rows, title: str | None = None, right_from: int | None = None) -> Table:
@@ -129,7 +232,7 @@ def _print_counts(counts: dict, label_names: list[str]) -> None:
 def extractors(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List extractor names, output dims, and whether their weights are available offline.
 
-    Example: [bold]featx extractors[/]
+    Example: featx extractors
     """
     from featx.extractors import list_extractors
 
@@ -173,22 +276,22 @@ def cache(
     extractor: str = typer.Option("efficientnet_lite0", "--extractor", "-e", help="Extractor name (featx extractors)."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Extractor option KEY=VALUE (repeatable): layer=block5_pool, pool=avg, weights=PATH, k=500."),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where cache files go."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call (CNNs)."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 | int8 (CNNs; auto: fp16 mixed on GPU, fp32 on CPU; int8: OpenVINO + NNCF)."),
     runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads / worker processes (default: all cores)."),
     device: str = typer.Option("auto", help="auto | cpu | gpu."),
     dtype: str = typer.Option("float32", help="Stored feature dtype: float32 | float16."),
     layout: str = typer.Option("auto", help="Layout when SOURCE is a folder."),
-    val: float = typer.Option(0.1, help="Val fraction when SOURCE is a folder."),
-    test: float = typer.Option(0.1, help="Test fraction when SOURCE is a folder."),
-    seed: int = typer.Option(0, help="Split seed when SOURCE is a folder; also seeds learned extractors."),
+    val: float = typer.Option(0.1, callback=_fraction, help="Val fraction when SOURCE is a folder."),
+    test: float = typer.Option(0.1, callback=_fraction, help="Test fraction when SOURCE is a folder."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Split seed when SOURCE is a folder; also seeds learned extractors."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Compute shards on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (N local worker processes)."),
     shard_rows: Optional[int] = typer.Option(None, "--shard-rows", min=1, help="Images per journal shard, the unit of resumption and of work on a cluster (default: 8 batches for CNNs, 32 images otherwise)."),
 ) -> None:
     """Compute (or finish, or update) a feature cache. Safe to kill and re-run.
 
-    Example: [bold]featx cache data/train --extractor hog --opt size=128[/]
+    Example: featx cache data/train --extractor hog --opt size=128
     """
     from featx.data import load_dataset
     from featx.extractors import get_extractor, parse_opts
@@ -224,13 +327,25 @@ def cache(
         ext.precision = _run(_resolve_precision, precision, compute_device)
     result = _run(build, manifest, ext, cache_dir=cache_dir, batch_size=batch_size, workers=workers, dtype=dtype,
                   shard_rows=shard_rows, progress=RichBar(), **where)
+    if source.is_dir():  # indexed here: said as featx index says it
+        _print_indexing(manifest)
     _print_skipped(result.failed)
+    out.print(_cache_summary(result), highlight=False, markup=False)
+
+
+def _cache_summary(result) -> str:
+    """``PATH: 1606 rows (1094 computed, 512 resumed from an interrupted run, 0 failed) at 41.3 img/s``.
+
+    Each image of the manifest was computed by this run, resumed (taken from the journal an interrupted
+    run left) or reused (taken from an older cache file); those that failed are no row.
+    """
     if result.noop:
-        out.print(f"{result.path}: already complete ({result.rows} rows); nothing to do", highlight=False)
-    else:
-        reused = f", {result.reused} reused" if result.reused else ""
-        out.print(f"{result.path}: {result.rows} rows ({result.computed} computed{reused}, "
-                  f"{len(result.failed)} failed) at {result.images_per_second:.1f} img/s", highlight=False)
+        return f"{result.path}: already complete ({result.rows} rows); nothing to do"
+    resumed = result.rows + len(result.failed) - result.computed - result.reused
+    parts = [f"{result.computed} computed", f"{resumed} resumed from an interrupted run" if resumed > 0 else "",
+             f"{result.reused} reused from an older cache" if result.reused else "", f"{len(result.failed)} failed"]
+    rate = f" at {result.images_per_second:.1f} img/s" if result.computed else ""
+    return f"{result.path}: {result.rows} rows ({', '.join(part for part in parts if part)}){rate}"
 
 
 def _select_device(device: str) -> str:
@@ -260,7 +375,7 @@ def inspect(
 ) -> None:
     """Show what a cache holds: rows, dims, splits, the extractor spec, failures.
 
-    Example: [bold]featx inspect cache/train-hog-1a2b3c4d5e.h5[/]
+    Example: featx inspect cache/train-hog-1a2b3c4d5e.h5
     """
     from featx.cache import open_cache
 
@@ -294,16 +409,16 @@ def sweep(
     ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Add the greedy ensemble of the configs (across heads and caches) as one more row."),
     repeats: int = typer.Option(1, min=1, help="Seeds per configuration (fold shuffles and model seeds; mean and std in the table)."),
     out_dir: Path = typer.Option(Path("experiments/sweep"), "--out", help="Results folder."),
-    n_jobs: int = typer.Option(-1, "--n-jobs", help="Parallel configurations (classical heads)."),
+    n_jobs: int = typer.Option(-1, "--n-jobs", callback=_jobs, help="Parallel configurations (classical heads; -1: all cores)."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     grid: Optional[Path] = typer.Option(None, help="JSON file {head: [{param: [values]}]} replacing default grids."),
     learning_curve: bool = typer.Option(True, "--learning-curve/--no-learning-curve", help="Refit the best config on 10..100% of train+val."),
-    seed: int = typer.Option(0, help="Seed."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the configurations on a Dask cluster: tcp://HOST:8786, a scheduler .json file, or local:N (--n-jobs is then the cluster's threads)."),
 ) -> None:
     """Fit heads x hyperparameters on cached features; select by out-of-fold log loss on train+val, refit, report on test.
 
-    Example: [bold]featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs[/]
+    Example: featx sweep cache/train-efficientnet_lite0-*.h5 cache/train-hog-*.h5 --out experiments/catsdogs
     """
     from featx.artifacts.results import row_params
     from featx.sweep import REFITS, SELECTS, run_sweep
@@ -323,7 +438,7 @@ def sweep(
     steps = [s.strip() for s in preprocessing.split(",") if s.strip()]
     result = _run(run_sweep, cache_sets, out_dir, heads=[h.strip() for h in heads.split(",") if h.strip()],
                   grids=grids, preprocessing=steps[0] if len(steps) == 1 else steps, cv=cv, repeats=repeats,
-                  seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="config"),
+                  seed=seed, n_jobs=n_jobs, n_boot=n_boot, learning_curve=learning_curve, progress=RichBar(unit="configs"),
                   scheduler=scheduler, report=lambda line: err.print(line, highlight=False), select=select,
                   refit=refit, ensemble=ensemble)
     rows = [(str(row["rank"]), str(row["config"]), row["features"], row["head"], row_params(row),
@@ -366,7 +481,7 @@ def report(
     plots (ROC, PR, confusion, learning curve, training history) from a sweep's results folder.
     A finetune/ or scratch/ folder built from another sweep or dataset is listed as stale, not ranked.
 
-    Example: [bold]featx report experiments/catsdogs[/]
+    Example: featx report experiments/catsdogs
     """
     from featx.report import write_report
 
@@ -387,7 +502,7 @@ def imagenet(
 ) -> None:
     """ImageNet top-k classes of images, from a backbone that has its classifier.
 
-    Example: [bold]featx imagenet data/train/cat.1.jpg data/train/dog.1.jpg --top 5[/]
+    Example: featx imagenet data/train/cat.1.jpg data/train/dog.1.jpg --top 5
     """
     from featx.extractors import parse_opts
     from featx.imagenet import top_k
@@ -407,15 +522,16 @@ def imagenet(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("experiments/demo"), "--out", help="Where the demo writes its data, caches and results."),
-    seed: int = typer.Option(0, help="Seed."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed."),
 ) -> None:
     """The whole chain on scikit-learn's bundled digits, written as PNG images (offline, a few minutes).
 
-    Example: [bold]featx demo --out /tmp/featx-demo[/]
+    Example: featx demo --out /tmp/featx-demo
     """
-    from featx.demo import run_demo
+    from featx.demo import run_demo, summary_line
 
-    _run(run_demo, out_dir, seed=seed, console=out)
+    result = _run(run_demo, out_dir, seed=seed, console=err)
+    out.print(summary_line(result), highlight=False, markup=False)
 
 
 def _print_unreadable(failed: list, fate: str) -> None:
@@ -439,8 +555,8 @@ def predict(
                                            "label column (default: the second class, e.g. dog for cat/dog)."),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where features of DIRECTORY are cached "
                                    "(a re-run reuses them)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call (CNNs)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads / worker processes (default: all cores)."),
     layout: str = typer.Option("auto", help="auto | kaggle | folders | unlabeled (labels are not needed)."),
     runtime: str = typer.Option("auto", help=_RUNTIME_HELP),
     clip: Optional[float] = typer.Option(None, "--clip", metavar="EPS", help="Clip written probabilities to "
@@ -456,10 +572,10 @@ def predict(
     an unreadable image gets the model's class prior and is listed. Features are cached
     under CACHE_DIR/scored/, never beside the training caches.
 
-    Example: [bold]featx predict experiments/effnet/best.joblib data/test1 -o submission.csv[/]
+    Example: featx predict experiments/effnet/best.joblib data/test1 -o submission.csv
     """
     from featx.predict import (check_clip, check_submission_options, load_model, predict as predict_folder,
-                               write_submission)
+                               scoring_manifest, write_submission)
 
     _check_runtime(runtime)
     if clip is not None:
@@ -468,9 +584,12 @@ def predict(
     _run(check_submission_options, loaded.label_names, hard=hard, positive=positive)
     eps, eps_from = (loaded.clip, "the model's") if clip is None else (clip, "--clip")
     err.print(f"model: {loaded.describe()}", highlight=False)
-    predictions = _run(predict_folder, loaded, directory, layout=layout, cache_dir=cache_dir,
+    images = _run(scoring_manifest, directory, layout)  # indexed once: its layout is printed below
+    predictions = _run(predict_folder, loaded, images, layout=layout, cache_dir=cache_dir,
                        batch_size=batch_size, workers=workers, progress=RichBar(), runtime=runtime)
     prior = ", ".join(f"{name} {p:.3g}" for name, p in zip(predictions.label_names, predictions.prior))
+    if directory.is_dir():
+        _print_indexing(images)
     _print_unreadable(predictions.failed, f"get the class prior ({prior})")
     path = _run(write_submission, predictions, output, hard=hard, positive=positive, clip=eps)
     all_cached = predictions.caches and all(c.noop for c in predictions.caches)
@@ -492,8 +611,8 @@ def evaluate(
     directory: Path = typer.Argument(..., help="Labelled folder (cat.1.jpg names, or one folder per label), "
                                               "or a manifest CSV. Every image counts, whatever its split."),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where features of DIRECTORY are cached."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call (CNNs)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads / worker processes (default: all cores)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call (CNNs)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads / worker processes (default: all cores)."),
     layout: str = typer.Option("auto", help="auto | kaggle | folders."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
@@ -508,18 +627,21 @@ def evaluate(
     Unreadable images are listed and not counted. Features are cached under CACHE_DIR/scored/,
     with every image in split unlabeled: a scored folder never becomes training data.
 
-    Example: [bold]featx evaluate experiments/effnet/best.joblib data/holdout[/]
+    Example: featx evaluate experiments/effnet/best.joblib data/holdout
     """
     from featx.metrics import METRICS
-    from featx.predict import check_clip, evaluate as evaluate_folder, load_model
+    from featx.predict import check_clip, evaluate as evaluate_folder, load_model, scoring_manifest
 
     _check_runtime(runtime)
     if clip is not None:
         _run(check_clip, clip)
     loaded = _run(load_model, model)
     err.print(f"model: {loaded.describe()}", highlight=False)
-    result = _run(evaluate_folder, loaded, directory, layout=layout, cache_dir=cache_dir, batch_size=batch_size,
+    images = _run(scoring_manifest, directory, layout)  # indexed once: its layout is printed below
+    result = _run(evaluate_folder, loaded, images, layout=layout, cache_dir=cache_dir, batch_size=batch_size,
                   workers=workers, n_boot=n_boot, seed=seed, progress=RichBar(), runtime=runtime, clip=clip)
+    if directory.is_dir():
+        _print_indexing(images)
     _print_unreadable(result["failed"], "not counted")
     if as_json:
         out.print_json(json.dumps(result, default=str))
@@ -569,14 +691,15 @@ def finetune(
                                                    "cache)."),
     unfreeze: str = typer.Option("top", help="top (block5 for VGG16, the last stages for EfficientNet-Lite, "
                                              "fc6/fc7 for CaffeNet) | all | none | N (the last N layers)."),
-    epochs: int = typer.Option(5, help="Total epochs (a resumed run counts the ones already done)."),
-    learning_rate: float = typer.Option(1e-4, "--lr", "--learning-rate", help="Peak learning rate (cosine decay to 0)."),
+    epochs: int = typer.Option(5, min=1, help="Total epochs (a resumed run counts the ones already done)."),
+    learning_rate: float = typer.Option(1e-4, "--lr", "--learning-rate", callback=_above_zero,
+                                        help="Peak learning rate (cosine decay to 0)."),
     optimizer: str = typer.Option("adam", help="adam | sgd | rmsprop."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Global batch (split over GPUs)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Global batch (split over GPUs)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom, translation."),
-    config: Optional[int] = typer.Option(None, help="Start from this sweep config (results.csv 'config') "
+    config: Optional[int] = typer.Option(None, min=0, help="Start from this sweep config (results.csv 'config') "
                                                     "instead of the best one that can be fine-tuned."),
-    patience: int = typer.Option(3, help="Early stopping patience in epochs (0: train every epoch)."),
+    patience: int = typer.Option(3, min=0, help="Early stopping patience in epochs (0: train every epoch)."),
     monitor: str = typer.Option("val_loss", help="val_loss | val_accuracy: picks the best checkpoint."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (float16 on GPU) | on | off."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run's checkpoint and start over "
@@ -584,9 +707,9 @@ def finetune(
     allow_warm_start_gap: bool = typer.Option(False, "--allow-warm-start-gap",
                                               help="Train even if the model does not reproduce the head before "
                                                    "training (the gap is recorded)."),
-    workers: int = typer.Option(4, help="Image decoding threads."),
+    workers: int = typer.Option(4, min=1, help="Image decoding threads."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
-    seed: int = typer.Option(0, help="Seed (weights of new layers, shuffling, augmentation)."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed (weights of new layers, shuffling, augmentation)."),
 ) -> None:
     """Fine-tune the backbone with the sweep's best head on top; write EXPERIMENT/finetune/.
 
@@ -596,19 +719,18 @@ def finetune(
     Checkpoints the best epoch by val, stops early, resumes after an interruption, uses every
     GPU (MirroredStrategy). The results row lands beside the sweep's in featx report.
 
-    Example: [bold]featx finetune experiments/catsdogs --unfreeze top --epochs 5 --lr 1e-4[/]
+    Example: featx finetune experiments/catsdogs --unfreeze top --epochs 5 --lr 1e-4
     """
-    import sys
-
     from featx.finetune import run_finetune
 
     _seed_everything(seed)
-    result = _run(run_finetune, experiment_dir, unfreeze=unfreeze, epochs=epochs, augment=augment,
-                  learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size, config=config,
-                  patience=patience or None, seed=seed, monitor=monitor, restart=restart,
-                  mixed_precision=mixed_precision, workers=workers, n_boot=n_boot,
-                  verbose=1 if sys.stderr.isatty() else 2, allow_warm_start_gap=allow_warm_start_gap,
-                  report=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    with contextlib.redirect_stdout(sys.stderr):  # Keras's epoch lines are progress: stdout holds the summary only
+        result = _run(run_finetune, experiment_dir, unfreeze=unfreeze, epochs=epochs, augment=augment,
+                      learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size, config=config,
+                      patience=patience or None, seed=seed, monitor=monitor, restart=restart,
+                      mixed_precision=mixed_precision, workers=workers, n_boot=n_boot,
+                      verbose=1 if sys.stderr.isatty() else 2, allow_warm_start_gap=allow_warm_start_gap,
+                      report=lambda line: err.print(line, highlight=False, soft_wrap=True))
     row = result.row
     err.print(f"warm start: fine-tune model vs head max |p difference| {result.warm_start_difference:.2e}; "
               f"val accuracy {result.val_before['val_accuracy']:.4f} -> {result.val_after['val_accuracy']:.4f}, "
@@ -626,31 +748,34 @@ def scratch(
                                  "OUT/scratch/ (OUT/scratch-tuned/ with --tune)."),
     preset: str = typer.Option("keras-blog", help="keras-blog (3 blocks) | vgg-mini (4 blocks) | bn-gap "
                                                  "(4 blocks, batch norm, global pooling)."),
-    image_size: int = typer.Option(128, "--image-size", help="Square input size in pixels."),
-    epochs: int = typer.Option(30, help="Epochs (best by val accuracy is kept)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    image_size: int = typer.Option(128, "--image-size", min=8, help="Square input size in pixels."),
+    epochs: int = typer.Option(30, min=1, help="Epochs (best by val accuracy is kept)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per training step."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Default: the preset's."),
-    patience: int = typer.Option(10, help="Early stopping patience in epochs."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", callback=_above_zero,
+                                                  help="Default: the preset's."),
+    patience: int = typer.Option(10, min=0, help="Early stopping patience in epochs."),
     tune: bool = typer.Option(False, "--tune", help="Keras Tuner search first, then retrain the best config."),
     tuner: str = typer.Option("bayesian", help="bayesian | random."),
-    max_trials: int = typer.Option(10, "--max-trials", help="Tuning budget in trials."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Tuning budget in minutes."),
-    trial_epochs: Optional[int] = typer.Option(None, "--trial-epochs", help="Epochs per trial (default: a third of --epochs)."),
-    train_minutes: Optional[float] = typer.Option(None, "--train-minutes", help="Stop training after this many minutes."),
+    max_trials: int = typer.Option(10, "--max-trials", min=1, help="Tuning budget in trials."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", callback=_above_zero,
+                                                help="Tuning budget in minutes."),
+    trial_epochs: Optional[int] = typer.Option(None, "--trial-epochs", min=1, help="Epochs per trial (default: a third of --epochs)."),
+    train_minutes: Optional[float] = typer.Option(None, "--train-minutes", callback=_above_zero,
+                                                  help="Stop training after this many minutes."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier search and run."),
     deterministic: bool = typer.Option(False, "--deterministic", help="tf op determinism (slower on GPU)."),
     layout: str = typer.Option("auto", help="When SOURCE is a folder: auto | kaggle | folders."),
-    val: float = typer.Option(0.1, help="When SOURCE is a folder: fraction for validation."),
-    test: float = typer.Option(0.1, help="When SOURCE is a folder: fraction for test."),
+    val: float = typer.Option(0.1, callback=_fraction, help="When SOURCE is a folder: fraction for validation."),
+    test: float = typer.Option(0.1, callback=_fraction, help="When SOURCE is a folder: fraction for test."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% intervals."),
-    workers: int = typer.Option(4, help="Image decoding threads."),
-    seed: int = typer.Option(0, help="Seed (weights, batches, augmentation, tuner)."),
+    workers: int = typer.Option(4, min=1, help="Image decoding threads."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed (weights, batches, augmentation, tuner)."),
 ) -> None:
     """Train a small CNN from scratch (optionally after a Keras Tuner search) as the baseline
     that transfer learning must beat; the results row lands in the same report.
 
-    Example: [bold]featx scratch cache/train.csv --out experiments/catsdogs --epochs 30 --tune --max-trials 4[/]
+    Example: featx scratch cache/train.csv --out experiments/catsdogs --epochs 30 --tune --max-trials 4
     """
     from dataclasses import fields
 
@@ -659,17 +784,18 @@ def scratch(
     flags = locals()  # the options are the flags: spelled once, in ScratchOptions
     options = ScratchOptions(**{f.name: flags[f.name] for f in fields(ScratchOptions) if f.name in flags})
     _seed_everything(seed)
-    result = _run(run_scratch, source, out_dir, options, progress=RichBar())
+    with contextlib.redirect_stdout(sys.stderr):  # Keras's and Keras Tuner's lines are progress, not the summary
+        result = _run(run_scratch, source, out_dir, options, progress=RichBar())
     out.print(result.summary(), highlight=False)
 
 
 def _print_skipped(failed: list) -> None:
-    """List unreadable images (they get no prediction) on stderr."""
+    """List unreadable images (they get no features, no prediction) on stderr."""
     if not failed:
-        return
-    err.print(f"[yellow]skipped {len(failed)} unreadable image(s):[/]", highlight=False)
+        return  # markup=False: a file name like [draft].jpg is text, not a style
+    err.print(f"skipped {len(failed)} unreadable image(s):", style="yellow", highlight=False, markup=False)
     for path, reason in failed[:20]:
-        err.print(f"  {path}: {reason}", highlight=False)
+        err.print(f"  {path}: {reason}", highlight=False, markup=False)
     if len(failed) > 20:
         err.print(f"  ... and {len(failed) - 20} more", highlight=False)
 

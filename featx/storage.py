@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 __all__ = ["BusyError", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_save_npz",
            "temp_path", "fsync_dir", "locked", "stage_folder", "check_not_busy", "clean_stale_temps", "kill_point",
            "is_disk_full"]
@@ -209,41 +214,101 @@ def _recover_entry_of_stage_folder(target: Path) -> None:
             _put_back(parent, (target.name,), _temps_of(parent))
 
 
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f"{target.name}.lock")
+
+
+def _take_lock_file(path: Path) -> int | None:
+    """A descriptor of ``path`` holding an exclusive ``flock``, or None when another process holds it.
+
+    Holders remove the file on release, while still holding it (:func:`_drop_lock_file`): a process
+    that opened it just before may then lock a file that is no longer in the folder, while a third
+    creates and locks a new one. So after locking, the path must still name the file locked; if not,
+    try again with the file now there.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _drop_lock_file(path: Path, fd: int) -> None:
+    """Remove the lock file, then release it: a lock file is never left beside the target."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _lock_file(target: Path, what: str | None) -> Iterator[None]:
+    """The exclusive, non-blocking lock ``target.lock``; :class:`BusyError` when another process holds it.
+
+    Where ``fcntl`` is missing (Windows), filelock's lock, which removes its file there itself.
+    """
+    path = _lock_path(target)
+    if fcntl is None:  # pragma: no cover - Windows
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BusyError(_busy_line(what or str(target), target)) from None
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    fd = _take_lock_file(path)
+    if fd is None:
+        raise BusyError(_busy_line(what or str(target), target))
+    try:
+        yield
+    finally:
+        _drop_lock_file(path, fd)
+
+
 @contextlib.contextmanager
 def locked(target: str | os.PathLike, what: str | None = None) -> Iterator[Path]:
     """Hold the writer's lock on ``target`` (``target.lock`` beside it) for the ``with`` block.
 
     Non-blocking: when another process holds it, raise :class:`BusyError` with one line naming the
     holder (pid, host, command, start time) and the fix. ``what`` names the thing in that line.
-    When ``target`` is an entry of a folder that :func:`stage_folder` was killed while publishing
-    (``exp/finetune`` of a re-sweep of ``exp``), the entry is first put back in place.
+    The lock file exists only while held (a killed holder's is reused by the next writer and then
+    removed). When ``target`` is an entry of a folder that :func:`stage_folder` was killed while
+    publishing (``exp/finetune`` of a re-sweep of ``exp``), the entry is first put back in place.
     """
-    from filelock import FileLock, Timeout
-
     target = Path(target)
     if target.parent != target:
         _recover_entry_of_stage_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(target.with_name(f"{target.name}.lock")), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise BusyError(_busy_line(what or str(target), target)) from None
-    holder = _holder_path(target)
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200],
-          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
-        # Only a description for the line others get: a full disk must not stop the writer here.
-        with contextlib.suppress(OSError):
-            atomic_write_json(holder, me)
-        yield target
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            # Only our own: a stage folder published meanwhile may hold a new writer's file at that path.
-            if json.loads(holder.read_text(encoding="utf-8")).get("pid") == me["pid"]:
-                holder.unlink()
-        lock.release()
+    with _lock_file(target, what):
+        holder = _holder_path(target)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200],
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            # Only a description for the line others get: a full disk must not stop the writer here.
+            with contextlib.suppress(OSError):
+                atomic_write_json(holder, me)
+            yield target
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                # Only our own: a stage folder published meanwhile may hold a new writer's file at that path.
+                if json.loads(holder.read_text(encoding="utf-8")).get("pid") == me["pid"]:
+                    holder.unlink()
 
 
 @contextlib.contextmanager

@@ -273,7 +273,7 @@ def test_a_full_disk_is_one_line_with_the_space_needed_and_the_rerun_finishes(ka
     # Exactly the space the line asked for: the rerun computes nothing more and publishes.
     done, line = cache(int(total))
     assert done.returncode == 0 and not line, done.stderr
-    assert "40 rows (0 computed, 0 failed)" in done.stdout, done.stdout
+    assert "40 rows (0 computed, 40 resumed from an interrupted run, 0 failed)" in done.stdout, done.stdout
     assert not journal.exists()
     with open_cache(clean.path) as a, open_cache(cache_dir / clean.path.name) as b:
         np.testing.assert_array_equal(a.load()[0], b.load()[0])

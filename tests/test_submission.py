@@ -31,7 +31,7 @@ from featx.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # stderr lines a clean predict/evaluate run may print besides the ones a test expects (no warning, no traceback).
-PROGRESS = re.compile(r"^(model: logreg on hog features \(324 dims\)|hog features: .*)$")
+PROGRESS = re.compile(r"^(model: logreg on hog features \(324 dims\)|hog features: .*|layout: .*)$")
 
 
 def featx(*args) -> subprocess.CompletedProcess:
@@ -43,7 +43,7 @@ def featx(*args) -> subprocess.CompletedProcess:
 
 
 def other_stderr(done: subprocess.CompletedProcess, expected: list[str]) -> list[str]:
-    """stderr lines that are neither expected nor the model/progress lines."""
+    """stderr lines that are neither expected nor the model/progress/layout lines."""
     return [line for line in done.stderr.splitlines()
             if line.strip() and line not in expected and not PROGRESS.match(line)]
 
