@@ -172,21 +172,30 @@ class KerasExtractor(Extractor):
     @property
     def model(self):
         if self._model is None:
-            self._model = self._build_cut_model()
+            model = self._build_cut_model()
+            twin = getattr(self, "_fp32_twin", None)
+            if twin is not None and twin._model is not None:
+                _share_random_weights(self, twin._model, model)
+            self._model = model
         return self._model
 
     def fp32_model(self):
         """:attr:`model` built in fp32 whatever :attr:`precision` is: what a runtime converts
-        (OpenVINO applies bf16 and int8 itself)."""
+        (OpenVINO applies bf16 and int8 itself). Same weights as :attr:`model`, random ones included."""
         if self.precision == "fp32":
             return self.model
         if getattr(self, "_fp32_twin", None) is None:
             import copy
 
             twin = copy.copy(self)
-            twin._model, twin._precision = None, "fp32"
+            twin._model, twin._precision, twin._fp32_twin = None, "fp32", None
             self._fp32_twin = twin
-        return self._fp32_twin.model
+        twin = self._fp32_twin
+        if twin._model is None:
+            model = twin.model
+            if self._model is not None:
+                _share_random_weights(self, self._model, model)
+        return twin.model
 
     @property
     def output_dim(self) -> int:
@@ -227,6 +236,19 @@ class KerasExtractor(Extractor):
             return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
 
         return with_tta(run, batch, self.tta)
+
+
+def _share_random_weights(extractor: KerasExtractor, source, target) -> None:
+    """Give ``target`` the weights of ``source`` when ``extractor`` has no weights file.
+
+    Each build of a backbone with ``weights=None`` draws new random weights, so the fp32 model a
+    runtime converts and the reduced-precision :attr:`KerasExtractor.model` would be two different
+    networks (the OpenVINO bf16 features then had cosine 0.4 to the Keras ones). A weights file
+    gives both the same values already. Mixed-precision policies keep float32 variables, so this
+    copies exactly.
+    """
+    if extractor.resolve_weights_file() is None:
+        target.set_weights(source.get_weights())
 
 
 _POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
