@@ -81,6 +81,8 @@ class CaffeNetExtractor(KerasExtractor):
                              f"{self.input_size[1]}; got a batch of shape {batch.shape}")
         return super().preprocess(batch)
 
+    preprocess.checks_only = True  # the rest is the config's: KerasExtractor.transform may run it in the graph
+
     def resolve_weights_file(self) -> str | None:
         path = resolve_caffenet_weights(self.params["weights"])
         return str(path) if path is not None else None

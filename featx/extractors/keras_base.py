@@ -230,12 +230,47 @@ class KerasExtractor(Extractor):
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+        return with_tta(self._infer, batch, self.tta)
 
-        def run(pixels):
+    def _infer(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of one batch of RGB pixels, ``(N, H, W, 3)``, as float32 ``(N, D)``."""
+        expected = tuple(self.model.input_shape[1:])
+        if pixels.ndim != 4 or any(want not in (None, got) for want, got in zip(expected, pixels.shape[1:])):
+            raise ValueError(f"{self.name} expects images resized to {expected[0]}×{expected[1]} with 3 "
+                             f"channels; got a batch of shape {pixels.shape}")
+        forward = self._forward()
+        if forward is None:
             out = self.model.predict_on_batch(self.preprocess(pixels.astype(np.float32)))
-            return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
+        else:
+            out = forward(pixels if pixels.dtype == np.uint8 else np.asarray(pixels, dtype=np.float32))
+        return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
 
-        return with_tta(run, batch, self.tta)
+    def _forward(self):
+        """Preprocessing and :attr:`model` as one traced TensorFlow function of uint8 or float32
+        ``(N, H, W, 3)`` pixels, any ``N``; None where :meth:`transform` takes the numpy path (a
+        family with its own :meth:`preprocess`, unless that only checks its input and says so with
+        ``preprocess.checks_only = True``; a Keras backend other than TensorFlow).
+
+        ``predict_on_batch`` on :meth:`preprocess` output costs a cast and two numpy passes over the
+        float32 batch on the calling thread while TensorFlow's threads wait, and traces its graph again
+        for the first batch of another size (a dataset's short last batch, a batch with unreadable
+        images). Here the uint8 batch goes in as it is: the cast and the per-channel arithmetic run in
+        TensorFlow's threads (on the GPU, where there is one, after a copy a quarter the size), and one
+        trace per input dtype serves every batch size.
+        """
+        import keras
+
+        model = self.model
+        cached = getattr(self, "_forward_of", None)
+        if cached is not None and cached[0] is model:  # a copy (the fp32 twin) has another model
+            return cached[1]
+        forward = None
+        own = type(self).preprocess
+        if keras.backend.backend() == "tensorflow" and (own is KerasExtractor.preprocess
+                                                         or getattr(own, "checks_only", False)):
+            forward = _GraphForward(model, self.config)
+        self._forward_of = (model, forward)
+        return forward
 
 
 def _share_random_weights(extractor: KerasExtractor, source, target) -> None:
@@ -249,6 +284,50 @@ def _share_random_weights(extractor: KerasExtractor, source, target) -> None:
     """
     if extractor.resolve_weights_file() is None:
         target.set_weights(source.get_weights())
+
+
+class _GraphForward:
+    """``forward(pixels) -> model output``: preprocessing and ``model`` in one TensorFlow graph.
+
+    One concrete function per input dtype, traced on first use with the batch size left open; a
+    concrete function is never traced again, so no batch size or process-wide count of traces makes
+    TensorFlow retrace (or warn that it does).
+    """
+
+    def __init__(self, model, config: BackboneConfig) -> None:
+        self.model, self.config = model, config
+        self.functions: dict[str, object] = {}
+
+    def __call__(self, pixels: np.ndarray):
+        key = pixels.dtype.name
+        if key not in self.functions:
+            import tensorflow as tf
+
+            model, config, as_list = self.model, self.config, isinstance(self.model.input, list)
+
+            def run(batch):
+                x = _preprocess_tensor(config, batch)
+                return model([x] if as_list else x, training=False)
+
+            spec = tf.TensorSpec((None, *model.input_shape[1:]), getattr(tf, key))
+            self.functions[key] = tf.function(run, autograph=False).get_concrete_function(spec)
+        return self.functions[key](pixels)
+
+
+def _preprocess_tensor(config: BackboneConfig, pixels):
+    """:func:`featx.backbones.preprocess` on a TensorFlow tensor, in the graph (the same arithmetic:
+    equal results, within one float32 rounding of the input for Keras' own ``preprocess_input``)."""
+    import importlib
+
+    import tensorflow as tf
+
+    x = tf.cast(pixels, tf.float32)
+    if config.preprocessing == "caffe":
+        return tf.reverse(x, axis=[-1]) - tf.constant(config.mean, tf.float32)
+    if config.preprocessing == "mean_std":
+        return (x - tf.constant(config.mean, tf.float32)) / tf.constant(config.std, tf.float32)
+    module = importlib.import_module(f"keras.applications.{config.keras_module}")
+    return tf.cast(module.preprocess_input(x), tf.float32)
 
 
 _POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
