@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
+
+# scipy.stats and sklearn.metrics are imported where they are used: importing them costs seconds, and
+# featx predict imports this module (through featx.artifacts.results) without needing either.
 
 __all__ = ["METRICS", "LOG_LOSS_EPS", "classification_metrics", "bootstrap_ci", "metrics_with_ci", "mcnemar"]
 
@@ -53,6 +54,8 @@ def classification_metrics(y_true, proba, classes) -> dict:
     multi-class: one-vs-rest macro average; NaN when a class of ``classes`` has no row in ``y_true``);
     ``log_loss`` (clipped at :data:`LOG_LOSS_EPS`); ``n_samples``.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     y_index, proba = _prepare(y_true, proba, classes)
     n_classes = proba.shape[1]
     present = np.bincount(y_index, minlength=n_classes) > 0
@@ -227,6 +230,8 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
     >>> round(mcnemar(y, a, b)["p_value"], 6)
     0.038574
     """
+    from scipy import stats
+
     y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
     if not (y_true.shape == pred_a.shape == pred_b.shape) or y_true.ndim != 1:
         raise ValueError("y_true, pred_a and pred_b must be 1-D and the same length; got shapes "
