@@ -101,7 +101,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike | None = N
             raise ExportError(f"--format onnx needs {' and '.join(missing)} (Keras' ONNX exporter), not installed "
                               f"here: pip install {' '.join(missing)} (or use --format openvino)")
     source = Path(source)
-    loaded = load_model(source)
+    loaded = load_model(source, compiled=False)  # the fitted scikit-learn head: its layers are built from it
     if isinstance(loaded, SweepModel):
         _check_exportable(loaded)
     output = Path(output) if output is not None else default_output(source)

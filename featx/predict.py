@@ -29,6 +29,7 @@ from featx.artifacts.results import SweepBundle
 from featx.cache import state_sha256
 from featx.data import Manifest, label_for, load_dataset
 from featx.errors import UserError
+from featx.numpy_head import NumpyHead
 from featx.storage import atomic_write_csv
 from featx.extractors.base import Extractor
 
@@ -207,6 +208,8 @@ class SweepModel:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """The head's probabilities with one column per class of ``label_names``."""
+        if isinstance(self.model, NumpyHead):
+            return self.model.predict_proba(X)
         from featx.heads import class_probabilities
 
         return class_probabilities(self.model, X, len(self.label_names))
@@ -309,8 +312,6 @@ class FineTunedModel:
         where = path or "model.json"
         if not isinstance(info, dict) or not info.get("label_names"):
             raise ModelError(f"{where}: {FINETUNE_INFO_FILE} must hold label_names (a list of class names)")
-        if keras_model is None and path is None:
-            raise ModelError("a fine-tuned model needs its Keras model or the folder holding model.keras")
         self._keras_model = keras_model
         self.info = info
         self.path = Path(path) if path is not None else None
@@ -337,6 +338,8 @@ class FineTunedModel:
     def keras_model(self):
         """The Keras model (read from ``model.keras`` on first use)."""
         if self._keras_model is None:
+            if self.path is None:
+                raise ModelError("a fine-tuned model needs its Keras model or the folder holding model.keras")
             import keras
 
             from featx.training import custom_objects  # featx's own layers that model.keras refers to by name
@@ -434,14 +437,54 @@ class _ProbabilityExtractor(Extractor):
         return np.asarray(self.run(batch), dtype=np.float64).reshape(len(batch), -1)
 
 
-def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
+def _read_bundle(path: Path, compiled: bool = True) -> SweepBundle:
+    """``best.joblib``; with ``compiled``, its head as a :class:`featx.numpy_head.NumpyHead` when it has one.
+
+    The compiled bundle is kept in ``weights_home()/heads/`` under the file's sha256, so only the first
+    prediction with a model unpickles it: the later ones import no scikit-learn (seconds on a small CPU).
+    """
+    if not compiled:
+        return SweepBundle.read(path)
+    import pickle
+
+    from featx.numpy_head import FORMAT, compile_head
+    from featx.storage import atomic_write
+    from featx.weights import sha256_file, weights_home
+
+    try:
+        name = f"{path.parent.name or 'model'}-{sha256_file(path)[:16]}-v{FORMAT}.pkl"
+        kept = Path(weights_home()) / "heads" / name
+    except OSError:
+        kept = None
+    if kept is not None and kept.is_file():
+        try:
+            with open(kept, "rb") as handle:
+                return SweepBundle.from_dict(pickle.load(handle), str(path))
+        except Exception:  # noqa: BLE001 - a damaged copy is made again from best.joblib
+            pass
+    bundle = SweepBundle.read(path)
+    head = compile_head(bundle.model, len(bundle.label_names), int(sum(bundle.dims)))
+    if head is None:  # a head numpy does not compute (an RBF SVM): scikit-learn runs it
+        return bundle
+    data = {**bundle.to_dict(), "model": head}
+    if kept is not None:
+        with contextlib.suppress(OSError):  # a read-only weights folder: compiled again next time
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(kept, lambda tmp: Path(tmp).write_bytes(pickle.dumps(data, pickle.HIGHEST_PROTOCOL)),
+                         suffix=".pkl")
+    return SweepBundle.from_dict(data, str(path))
+
+
+def load_model(path: str | os.PathLike, compiled: bool = True) -> SweepModel | FineTunedModel:
     """Read a saved model: a :class:`SweepModel` or a :class:`FineTunedModel`.
 
     ``path`` is ``experiments/NAME/best.joblib`` (or the folder ``experiments/NAME``), or a fine-tune
     folder ``experiments/NAME/finetune`` holding ``model.keras`` and ``model.json`` (or either file of
     it). Both kinds have ``label_names``, ``class_prior`` (what an unreadable image gets: the label
     frequencies the model was fit on when it records them, else uniform), ``clip`` (the default eps of
-    :func:`clip_probabilities`), ``describe()`` and ``predict_manifest(...)``.
+    :func:`clip_probabilities`), ``describe()`` and ``predict_manifest(...)``. A sweep model's head is
+    computed by numpy where it can be (``compiled``, see :mod:`featx.numpy_head`); ``compiled=False`` keeps
+    the fitted scikit-learn model in ``bundle.model``.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -451,7 +494,7 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
         if (path / FINETUNE_INFO_FILE).is_file() and (path / FINETUNE_MODEL_FILE).exists():
             return FineTunedModel.load(path)
         if (path / SWEEP_MODEL_FILE).is_file():
-            return SweepModel(SweepBundle.read(path / SWEEP_MODEL_FILE), path / SWEEP_MODEL_FILE)
+            return SweepModel(_read_bundle(path / SWEEP_MODEL_FILE, compiled), path / SWEEP_MODEL_FILE)
         raise ModelError(f"{path} holds neither {SWEEP_MODEL_FILE} (featx sweep) nor {FINETUNE_MODEL_FILE} + "
                          f"{FINETUNE_INFO_FILE} (featx finetune)")
     if path.suffix == ".keras" or path.name == FINETUNE_INFO_FILE:
@@ -464,7 +507,7 @@ def load_model(path: str | os.PathLike) -> SweepModel | FineTunedModel:
         if handle.read(8) == b"\x89HDF\r\n\x1a\n":  # HDF5's signature: a feature cache, not a model
             raise ModelError(f"{path} is a feature cache (featx cache), not a model; give {SWEEP_MODEL_FILE} from "
                              f"featx sweep (or its experiment folder), or the finetune/ folder from featx finetune")
-    return SweepModel(SweepBundle.read(path), path)
+    return SweepModel(_read_bundle(path, compiled), path)
 
 
 def _as_model(model) -> SweepModel | FineTunedModel:
