@@ -97,11 +97,16 @@ def _filtered_stderr(level: int):
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     try:
-        saved = os.dup(2)
-    except OSError:  # no descriptor 2 (a daemon): nothing to hide
+        capture = tempfile.TemporaryFile()
+    except OSError:  # no room for a temporary file: the lines are shown rather than the import failing
         yield
         return
-    with tempfile.TemporaryFile() as capture:
+    with capture:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no descriptor 2 (a daemon): nothing to hide
+            yield
+            return
         os.dup2(capture.fileno(), 2)
         try:
             yield
@@ -111,9 +116,10 @@ def _filtered_stderr(level: int):
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            kept = filter_log_lines(capture.read(), level)
-            if kept:
-                os.write(2, kept)
+            kept = memoryview(filter_log_lines(capture.read(), level))
+            with contextlib.suppress(OSError):
+                while kept:
+                    kept = kept[os.write(2, kept):]
 
 
 class _QuietLoader(importlib.abc.Loader):
