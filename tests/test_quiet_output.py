@@ -285,7 +285,7 @@ def test_errors_point_at_what_exists(hog_cache, experiment, tmp_path):
 # --- help -----------------------------------------------------------------------------
 
 COMMANDS = ("index", "extractors", "cache", "inspect", "sweep", "report", "imagenet", "demo", "predict",
-            "evaluate", "finetune", "scratch")
+            "evaluate", "export", "finetune", "scratch")
 
 
 def test_help_is_readable_at_80_columns_with_every_option_name_whole():
