@@ -177,9 +177,8 @@ def _row_problem(row: dict, rows: dict) -> str | None:
             members = [int(m["config"]) for m in json.loads(row["params"])["members"]]
         except (ValueError, KeyError, TypeError):
             return "an ensemble whose members are not recorded"
-        problems = [f"member {m}: {rows[m] and _row_problem(rows[m], rows)}" for m in members
-                    if m not in rows or _row_problem(rows[m], rows)]
-        return "; ".join(problems) or None
+        bad = [m for m in members if m not in rows or _row_problem(rows[m], rows)]
+        return f"members {', '.join(map(str, bad))} cannot be layers" if bad else None
     if row["head"] not in GRAPH_HEADS:
         return f"an {row['head']} head (only {', '.join(GRAPH_HEADS)} heads are layers)"
     classical = [f for f in str(row["features"]).split("+") if not _is_network(_extractor_name(f))]
