@@ -66,7 +66,7 @@ def test_warm_start_and_top_block_on_every_backbone_family(backbone, images, tmp
     cache = build_cache(manifest, extractor, cache_dir=tmp_path / "cache", batch_size=8, workers=2,
                         runtime="keras").path
     out = tmp_path / "experiment"
-    run_sweep([[cache]], out, heads=["logreg"], grids={"logreg": [{"head__C": [1.0]}]}, n_boot=20,
+    run_sweep([[cache]], out, heads=["logreg"], grids={"logreg": [{"head__C": [1.0]}]}, n_boot=20, select="val",
               learning_curve=False, seed=0)
 
     base = load_base_head(out)
