@@ -13,7 +13,18 @@ For each model (EfficientNet-Lite0, VGG16 block5_pool), over the same images:
     openvino fp32/bf16/int8 (the int8 IR is calibrated and the models compiled before timing,
     so every row is steady state).
 ``<runtime> <precision>`` model-only
-    The same runner on batches decoded beforehand: the model's ceiling.
+    The same runner on batches decoded beforehand: the model's ceiling. ``recipes fp32`` has one
+    too: its ``predict_on_batch`` calls alone (each on its preprocessed batch), timed inside the loop.
+``keras fp32 (before)``
+    The Keras runner as it was before issue 20 (numpy ``preprocess`` on the calling thread, then
+    ``predict_on_batch``), end to end and model-only, beside today's ``keras fp32`` in the same run;
+    a note gives, for both, what a fresh model costs once (the first batch, with its trace) and the
+    first batch of another size (a dataset's short last batch).
+
+Each reduced precision's features are compared with the fp32 ones by cosine only when the models
+hold the same weights (checked: a hash of every weight array of the model each runtime runs or
+converts); otherwise the note says the weights differ and prints no cosine. ``--repeat N`` times
+every row N times, interleaved, and keeps each row's fastest (a loaded machine).
 
 The table gives img/s, the ratio to keras fp32 end to end, and each end-to-end row as a share of
 min(model-only, decode-only), i.e. how close the pipeline gets to its limit (and which one limits).
@@ -28,12 +39,15 @@ missing runs with random weights of the same architecture (same speed), and the 
     .venv/bin/python benchmarks/bench_extract.py [--data DIR] [--limit 256] [--many 25000]
         [--models efficientnet_lite0,vgg16] [--batch-size 32] [--weights imagenet|random]
         [--precisions auto|fp32,bf16,int8]   (auto: bf16 rows only on a CPU with avx512_bf16/AMX)
+        [--runtimes keras,openvino] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
@@ -110,15 +124,45 @@ def timed(function, *args):
 
 
 def run_recipes(extractor, paths, batch_size):
+    """The recipes' loop; returns (features, seconds spent in ``predict_on_batch``)."""
     import keras
 
     model = extractor.model
-    outputs = []
+    outputs, model_seconds = [], 0.0
     for start in range(0, len(paths), batch_size):
         batch = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, target_size=tuple(extractor.input_size)))
                           for p in paths[start:start + batch_size]])
-        outputs.append(np.asarray(model.predict_on_batch(extractor.preprocess(batch))))
-    return np.concatenate(outputs).reshape(len(paths), -1)
+        inputs = extractor.preprocess(batch)
+        started = time.perf_counter()
+        outputs.append(np.asarray(model.predict_on_batch(inputs)))
+        model_seconds += time.perf_counter() - started
+    return np.concatenate(outputs).reshape(len(paths), -1), model_seconds
+
+
+def weights_digest(model) -> str:
+    """sha256 of every weight array of ``model``, in order (as float32: mixed precision keeps them so)."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def runtime_weights(extractor, runtime: str) -> str:
+    """The digest of the weights ``runtime`` computes with: the model OpenVINO converts (``fp32_model()``)
+    or the one Keras runs (``model``)."""
+    return weights_digest(extractor.fp32_model() if runtime == "openvino" else extractor.model)
+
+
+@contextlib.contextmanager
+def keras_runner_before():
+    """The Keras runner as it was before issue 20: numpy ``preprocess`` on the calling thread, then
+    ``predict_on_batch`` (``KerasExtractor.transform``'s path when it has no graph forward)."""
+    from unittest import mock
+
+    from featx.extractors.keras_base import KerasExtractor
+
+    with mock.patch.object(KerasExtractor, "_forward", lambda self: None):
+        yield
 
 
 def run_decode(manifest, groups, preprocessing, threads):
@@ -143,11 +187,16 @@ def run_cache(manifest, extractor, runtime, batch_size):
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
+def cosine_rows(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
 def bench_model(name, args, manifest, notes):
     from featx.runtime.openvino import calibration_set
 
     paths = [str(manifest.root / r.path) for r in manifest.records]
-    rows, weights = {}, args.weights
+    n = len(paths)
+    weights = args.weights
     reference, note = make_extractor(name, weights, "fp32")
     if note:
         notes.append(note)
@@ -155,49 +204,85 @@ def bench_model(name, args, manifest, notes):
     groups = [[r.path for r in manifest.records[i:i + args.batch_size]]
               for i in range(0, len(manifest.records), args.batch_size)]
     threads = decode_threads()
-    run_decode(manifest, groups[:1], reference.preprocessing, threads)  # warm the page cache
-    seconds, batches = timed(run_decode, manifest, groups, reference.preprocessing, threads)
-    rows["decode-only"] = (seconds, None)
-    print(f"  {name} decode-only: {len(paths) / seconds:.1f} img/s ({threads} threads)", flush=True)
-    reference.transform(batches[0])  # build and trace before timing
-    seconds, _ = timed(run_recipes, reference, paths, args.batch_size)
-    rows["recipes fp32"] = (seconds, None)
-    print(f"  {name} recipes fp32: {len(paths) / seconds:.1f} img/s", flush=True)
+    first = run_decode(manifest, groups[:1], reference.preprocessing, threads)[0]  # warms the page cache too
+    reference.model.predict_on_batch(reference.preprocess(first.astype(np.float32)))  # the recipes' trace
+    reference_weights = runtime_weights(reference, "keras")
     calibration = calibration_set(manifest, seed=manifest.seed)
-    for runtime, precision in [row for row in ROWS if row[1] in args.precisions]:
-        extractor = reference if precision == "fp32" and runtime == "keras" else \
-            make_extractor(name, weights, precision)[0]
-        runner = make_runner(extractor, runtime, precision, calibration=calibration)  # converts/quantizes once
-        runner(batches[0])  # warm-up: traced graph / compiled model
-        model_seconds, model_out = timed(run_model, runner, batches)
-        cache_seconds, cache_out = timed(run_cache, manifest, extractor, runtime, args.batch_size)
+
+    rows = [row for row in ROWS if row[1] in args.precisions and row[0] in args.runtimes]
+    if ("keras", "fp32") in rows:
+        rows.insert(0, ("keras", "fp32 (before)"))
+    runners = {}
+    for runtime, precision in rows:  # converts/quantizes/compiles and warms up before any timing
+        plain = precision.split()[0]
+        extractor = reference if plain == "fp32" and runtime == "keras" else make_extractor(name, weights, plain)[0]
+        runners[(runtime, precision)] = (extractor, make_runner(extractor, runtime, plain, calibration=calibration))
+
+    best: dict[str, tuple[float, float | None]] = {}
+    outputs: dict[str, np.ndarray] = {}
+
+    def keep(key, seconds, model_seconds=None):
+        old = best.get(key)
+        best[key] = (min(seconds, old[0]) if old else seconds,
+                     None if model_seconds is None else min(model_seconds, old[1]) if old else model_seconds)
+
+    for repeat in range(args.repeat):
+        seconds, batches = timed(run_decode, manifest, groups, reference.preprocessing, threads)
+        keep("decode-only", seconds)
+        print(f"  {name} decode-only: {n / seconds:.1f} img/s ({threads} threads)", flush=True)
+        seconds, (_, recipes_model) = timed(run_recipes, reference, paths, args.batch_size)
+        keep("recipes fp32", seconds, recipes_model)
+        print(f"  {name} recipes fp32: {n / seconds:.1f} img/s, its predict_on_batch calls {n / recipes_model:.1f} "
+              f"img/s", flush=True)
+        for (runtime, precision), (extractor, runner) in runners.items():
+            with keras_runner_before() if precision == "fp32 (before)" else contextlib.nullcontext():
+                runner(batches[0])  # warm-up: traced graph / compiled model
+                model_seconds, model_out = timed(run_model, runner, batches)
+                cache_seconds, cache_out = timed(run_cache, manifest, extractor, runtime, args.batch_size)
+            key = f"{runtime} {precision}"
+            keep(key, cache_seconds, model_seconds)
+            outputs[key] = cache_out
+            if not np.allclose(cache_out, model_out, rtol=1e-3, atol=1e-3 * float(np.abs(model_out).max() or 1)):
+                notes.append(f"{name} {key}: cache features differ from model-only "
+                             f"(max abs diff {np.abs(cache_out - model_out).max():.3g})")
+            print(f"  {name} {key}: end to end {n / cache_seconds:.1f} img/s, "
+                  f"model-only {n / model_seconds:.1f} img/s, load {load_average()}", flush=True)
+
+    if ("keras", "fp32") in rows:  # what a `featx cache` run pays once, and the timed rows above do not
+        short = batches[0][:len(batches[0]) // 2 + 1]
+        for label, switch in (("keras fp32 (before)", keras_runner_before), ("keras fp32", contextlib.nullcontext)):
+            fresh = make_extractor(name, weights, "fp32")[0]
+            runner = make_runner(fresh, "keras", "fp32")
+            with switch():
+                first, _ = timed(runner, batches[0])
+                again, _ = timed(runner, batches[0])
+                other, _ = timed(runner, short)
+            notes.append(f"{name} {label}, fresh model: first batch of {len(batches[0])} {first:.2f} s (trace), "
+                         f"the next {again:.2f} s, then a batch of {len(short)} {other:.2f} s")
+
+    source = next((key for key in ("keras fp32", "openvino fp32") if key in outputs), None)
+    for (runtime, precision), (extractor, _) in runners.items():
+        if source is None or precision.startswith("fp32"):
+            continue
         key = f"{runtime} {precision}"
-        rows[key] = (cache_seconds, model_seconds)
-        if not np.allclose(cache_out, model_out, rtol=1e-3, atol=1e-3 * float(np.abs(model_out).max() or 1)):
-            notes.append(f"{name} {key}: cache features differ from model-only "
-                         f"(max abs diff {np.abs(cache_out - model_out).max():.3g})")
-        if precision != "fp32":
-            fp32 = rows.get("_fp32_features")
-            if fp32 is not None:
-                cosine = (fp32 * cache_out).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(cache_out, axis=1)
-                                                      + 1e-12)
-                notes.append(f"{name} {key}: cosine to fp32 features min {cosine.min():.4f}, "
-                             f"mean {cosine.mean():.4f}")
-        else:
-            rows.setdefault("_fp32_features", cache_out)
-        print(f"  {name} {key}: end to end {len(paths) / cache_seconds:.1f} img/s, "
-              f"model-only {len(paths) / model_seconds:.1f} img/s, load {load_average()}", flush=True)
-    rows.pop("_fp32_features", None)
-    return rows
+        if runtime_weights(extractor, runtime) != reference_weights:
+            notes.append(f"{name} {key}: the {runtime} model holds other weights than the keras fp32 one: "
+                         "no cosine (it would compare two different networks)")
+            continue
+        cosine = cosine_rows(outputs[source], outputs[key])
+        notes.append(f"{name} {key}: cosine to {source} features (same weights, checked) min {cosine.min():.4f}, "
+                     f"mean {cosine.mean():.4f}")
+    return {key: best[key] for key in ["decode-only", "recipes fp32", *[f"{r} {p}" for r, p in rows]]}
 
 
 def print_table(name, n, rows):
-    base = n / rows["keras fp32"][0]
+    base_key = "keras fp32" if "keras fp32" in rows else "recipes fp32"
+    base = n / rows[base_key][0]
     decode_rate = n / rows["decode-only"][0]
     print(f"\n{name}, {n} images\n")
     # When decoding and the model both keep every core busy, they share the cores: an image then
     # costs the sum of its decode and model times, 1 / (1/model + 1/decode) img/s at best.
-    print("| row | end to end img/s | vs keras fp32 | model-only img/s | end to end / min(model, decode) | limit "
+    print(f"| row | end to end img/s | vs {base_key} | model-only img/s | end to end / min(model, decode) | limit "
           "| end to end / shared-core bound |")
     print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for key, (seconds, model_seconds) in rows.items():
@@ -206,6 +291,9 @@ def print_table(name, n, rows):
             print(f"| {key} | {rate:.1f} | {rate / base:.2f}x | | | | |")
             continue
         model_rate = n / model_seconds
+        if key == "recipes fp32":  # decodes with keras.utils.load_img, one image after another
+            print(f"| {key} | {rate:.1f} | {rate / base:.2f}x | {model_rate:.1f} | | | |")
+            continue
         limit = min(model_rate, decode_rate)
         shared = 1 / (1 / model_rate + 1 / decode_rate)
         print(f"| {key} | {rate:.1f} | {rate / base:.2f}x | {model_rate:.1f} | {100 * rate / limit:.0f}% | "
@@ -264,12 +352,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--weights", choices=("imagenet", "random"), default="imagenet")
     parser.add_argument("--many", type=int, default=0, help="also time `featx cache` on this many generated images")
+    parser.add_argument("--runtimes", default="keras,openvino", help="comma-separated of keras,openvino")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time every row this many times, interleaved, and keep the fastest")
     parser.add_argument("--precisions", default="auto",
                         help="comma-separated of fp32,bf16,int8; auto: all three on a CPU with avx512_bf16/AMX, "
                              "fp32,int8 elsewhere (OpenVINO has no bf16 there, Keras only emulates it)")
     args = parser.parse_args(argv)
     args.precisions = (("fp32", "bf16", "int8") if cpu_has_bf16() else ("fp32", "int8")) \
         if args.precisions == "auto" else tuple(args.precisions.split(","))
+    args.runtimes = tuple(r for r in args.runtimes.split(",") if r)
     args.data = args.data.resolve()
     print(cpu_line())
     manifest = list_manifest(args.data, args.limit)
