@@ -418,8 +418,15 @@ def _search(o: ScratchOptions, base: Architecture, splits: dict, n_classes: int,
             raise ScratchError(f"every tuning trial failed ({len(errors)}); the last one with: {last_line}")
         raise ScratchError(f"no tuning trial finished within --max-minutes {o.max_minutes}; give the search more "
                            "minutes or fewer --trial-epochs")
-    best = search.oracle.get_best_trials(1)[0]
+    # The highest val accuracy, ties to the earliest trial: Keras Tuner's get_best_trials breaks ties in the
+    # order it reloads trials in, so a resumed search could name another best and retrain another model.
+    best = min(completed, key=lambda t: (-float(t.score), _trial_number(t.trial_id)))
     return _architecture_from_hp(base, best.hyperparameters.values), trials, len(completed) - done_before, seconds, best
+
+
+def _trial_number(trial_id: str):
+    """Keras Tuner's trial ids ("0", "1", ... or zero-padded) in creation order."""
+    return (0, int(trial_id)) if str(trial_id).isdigit() else (1, str(trial_id))
 
 
 @dataclass(frozen=True)
