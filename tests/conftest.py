@@ -34,6 +34,12 @@ def pytest_unconfigure(config):
         atexit.register(leave)  # registered last, so it runs after every other exit handler
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (minutes: the README's main job replayed) go first, so that under pytest-xdist one
+    worker starts them at once while the others share the rest, instead of one worker running them at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _weights_home_of_the_session(tmp_path_factory):
     """Converted weights and OpenVINO IRs go to a folder of this test session, never to the user's

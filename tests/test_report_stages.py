@@ -378,21 +378,7 @@ def test_plots_draw_one_curve_per_family_with_title_and_legend_inside_the_figure
 
 # -- fine-tune epochs: the warm start, resumes -----------------------------------------------------------
 
-def _crash_in_second_epoch(original):
-    import keras
-
-    def make_callbacks(*args, **kwargs):
-        class CrashInSecondEpoch(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch = epoch
-
-            def on_train_batch_begin(self, batch, logs=None):
-                if self.epoch == 1:
-                    raise KeyboardInterrupt("simulated interruption")
-
-        return original(*args, **kwargs) + [CrashInSecondEpoch()]
-
-    return make_callbacks
+from test_finetune import _crash_in_second_epoch  # noqa: E402  (wraps TrainingRun.callbacks: dies in epoch 2)
 
 
 def test_warm_start_kept_and_resumed_epochs_are_told_as_they_were(tmp_path, tiny_weights, monkeypatch):
