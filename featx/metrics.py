@@ -281,9 +281,9 @@ def _prepare(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray]:
     return y_index, proba
 
 
-def _sample_log_loss(y_index: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Per-row negative log probability of the true class (rows renormalised, then clipped)."""
+def _sample_log_loss(y_index: np.ndarray, proba: np.ndarray, eps: float = LOG_LOSS_EPS) -> np.ndarray:
+    """Per-row negative log probability of the true class (rows renormalised, then clipped to [eps, 1 - eps])."""
     totals = proba.sum(axis=1, keepdims=True)
     normalised = np.divide(proba, totals, out=np.full_like(proba, 1.0 / proba.shape[1]), where=totals > 0)
     picked = normalised[np.arange(len(y_index)), y_index]
-    return -np.log(np.clip(picked, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS))
+    return -np.log(np.clip(picked, eps, 1.0 - eps))

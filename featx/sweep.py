@@ -166,12 +166,10 @@ class SweepResult:
 
 
 def _log_loss(y_index: np.ndarray, proba: np.ndarray, eps: float = 1e-15) -> float:
-    from featx.metrics import classification_metrics
+    """The log loss featx.metrics reports (rows renormalised, clipped at ``eps``), without its other metrics."""
+    from featx.metrics import _sample_log_loss
 
-    if eps <= 1e-15:
-        return float(classification_metrics(y_index, proba, np.arange(proba.shape[1]))["log_loss"])
-    picked = np.clip(proba[np.arange(len(y_index)), y_index], eps, 1 - eps)
-    return float(-np.mean(np.log(picked)))
+    return float(np.mean(_sample_log_loss(y_index, proba, eps)))
 
 
 def _fit_score(fs: FeatureSet, head: str, params: dict, preprocessing, seed: int, plan: dict,
