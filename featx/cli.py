@@ -94,13 +94,25 @@ out = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
+# Commands that never run Keras: they work whatever KERAS_BACKEND says.
+_NO_KERAS = {"index", "inspect", "report", "extractors"}
+
+
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's log lines (hidden unless "
+def main(ctx: typer.Context,
+         verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's log lines (hidden unless "
                                                              "TF_CPP_MIN_LOG_LEVEL says otherwise).")) -> None:
     # Before any command imports TensorFlow: its start-up lines would drown the one-line summaries.
     from featx.quiet import quiet_tensorflow
 
     quiet_tensorflow(verbose)
+    if ctx.invoked_subcommand not in _NO_KERAS and "--help" not in sys.argv[1:]:
+        from featx.backend import BackendError, check_backend
+
+        try:
+            check_backend()  # KERAS_BACKEND=jax, or a backend that is not installed: one line, not a traceback
+        except BackendError as exc:
+            _fail(str(exc))
 
 
 class UsageProblem(UserError):
@@ -108,7 +120,9 @@ class UsageProblem(UserError):
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -356,7 +370,12 @@ def _select_device(device: str) -> str:
 
     gpu_seen = has_gpu()
     if device == "gpu" and not gpu_seen:
-        raise UsageProblem("--device gpu, but TensorFlow sees no GPU (install featx[gpu] and check nvidia-smi)")
+        from featx.backend import keras_backend
+
+        backend = keras_backend()
+        fix = "featx[gpu]" if backend == "tensorflow" else "a CUDA build of torch"
+        raise UsageProblem(f"--device gpu, but Keras' backend ({backend}) sees no GPU: install {fix} "
+                           f"and check nvidia-smi")
     return "gpu" if gpu_seen else "cpu"
 
 

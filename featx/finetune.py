@@ -23,6 +23,7 @@ import numpy as np
 
 from featx import __version__, training
 from featx.artifacts import runs
+from featx.backend import keras_backend, set_random_seed
 from featx.datasets import ImageSet, training_batches
 from featx.errors import UserError
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, load_feature_set
@@ -608,8 +609,8 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         sweep's best (when it does).
     """
     import keras
-    import tensorflow as tf
 
+    from featx.backend import gpu_count, training_strategy
     from featx.heads import OPTIMIZERS, make_optimizer
 
     started = time.perf_counter()
@@ -640,13 +641,12 @@ def run_finetune(experiment_dir: str | os.PathLike, unfreeze: str | int = "top",
         if base.note and report is not None:  # once the folder is ours: a refusal stays one line
             report(base.note)
 
-        keras.utils.set_random_seed(int(seed))
-        gpus = tf.config.list_logical_devices("GPU")  # MirroredStrategy over them when there are several
-        strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and len(gpus) > 0)
+        set_random_seed(int(seed))
+        n_gpus = gpu_count()
+        use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and n_gpus > 0)
         extractor = make_extractor(base.extractor_spec, precision="fp16" if use_mixed else "fp32")
         preprocessing = extractor.preprocessing
-        with strategy.scope():
+        with training_strategy(n_gpus, report):  # MirroredStrategy over several GPUs on TensorFlow
             model = build_finetune_model(base, extractor, augment=augment, seed=seed)
             trainable = set_trainable(model, unfreeze, base.extractor_spec["name"])
             steps = max(1, int(epochs) * math.ceil(len(train) / int(batch_size)))
@@ -718,6 +718,7 @@ def _write_outputs(model, base: BaseHead, splits: ImageSplits, preprocessing: di
         fit_seconds=train_seconds, n_train=len(splits.rows(SPLIT_TRAIN)), caches=base.cache_path)
     runs.ModelCard(label_names=base.label_names, input_size=[int(side) for side in preprocessing["size"]],
                    preprocessing=preprocessing, best_epoch=state.best_epoch, featx_version=__version__,
+                   keras_backend=keras_backend(),
                    details={"backbone": base.extractor_spec, "base_config": base.row, "finetune": settings,
                             "sweep_id": base.sweep_id, "note": base.note,
                             "warm_start_difference": details["warm_start_difference"]}).write(out_dir / "model.json")

@@ -350,7 +350,9 @@ class KerasDenseClassifier(_Head):
         y_index = np.searchsorted(self.classes_, y)
         seed = self.random_state
         if seed is not None:
-            keras.utils.set_random_seed(int(seed))
+            from featx.backend import set_random_seed
+
+            set_random_seed(int(seed))
 
         X_train, y_train = X, y_index
         X_val = y_val = None
@@ -426,9 +428,11 @@ class KerasDenseClassifier(_Head):
         # A dense head on cached features is so small that Keras' per-step Python overhead dominates: 32 batches
         # per compiled call remove most of it, for a second trace (~0.1 s). Under MANY_STEPS in all (small fits:
         # learning-curve points, estimator checks) one batch per call is faster (benchmarks/bench_dense_steps.py).
+        # Keras on PyTorch runs eagerly, one batch per call (it refuses more).
+        many = steps >= MANY_STEPS and keras.backend.backend() != "torch"
         model.compile(optimizer=make_optimizer(self.optimizer, float(self.learning_rate)),
                       loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], steps_per_execution=32 if steps >= MANY_STEPS else 1)
+                      metrics=["accuracy"], steps_per_execution=32 if many else 1)
         return model
 
     def predict_proba(self, X):
@@ -471,9 +475,9 @@ def build_fit_state(model, x, y) -> None:
     train step, and tf.function then traces it a second time; built beforehand, the first fit traces it
     once (a small fit runs ~1.5x faster, same numbers). Under a strategy Keras builds them itself.
     """
-    import tensorflow as tf
+    from featx.backend import has_strategy
 
-    if not tf.distribute.has_strategy():
+    if not has_strategy():
         y_pred = model(x, training=False)
         model.compute_loss(x, y, y_pred)
         model.compute_metrics(x, y, y_pred, sample_weight=None)

@@ -269,8 +269,12 @@ def build_cache(manifest: Manifest, extractor: Extractor, cache_dir: str | os.Pa
             writer.close()
             progress.stop()
         ran_on = getattr(runner, "runtime", "python")
-        return publish_build(job, compute_started, fit_max_images, ran_on,
-                             {"int8_calibration": calibration.fingerprint} if calibration else {}, runtime=ran_on)
+        attrs = {"int8_calibration": calibration.fingerprint} if calibration else {}
+        if ran_on == "keras":
+            from featx.backend import keras_backend
+
+            attrs["keras_backend"] = keras_backend()
+        return publish_build(job, compute_started, fit_max_images, ran_on, attrs, runtime=ran_on)
 
 
 def publish_build(job: BuildPlan, compute_started: float, fit_max_images: int, ran_on: str,

@@ -23,6 +23,7 @@ import numpy as np
 
 from featx import __version__
 from featx.artifacts import runs
+from featx.backend import keras_backend, set_random_seed
 from featx.datasets import ImageSet, training_batches
 from featx.training import TrainingRun, augmentation, compile_classifier, score_and_write
 from featx.errors import UserError
@@ -208,13 +209,11 @@ class ScratchResult:
 
 
 def _seed(seed: int, deterministic: bool) -> None:
-    import keras
-
-    keras.utils.set_random_seed(int(seed))
+    set_random_seed(int(seed))
     if deterministic:
-        import tensorflow as tf
+        from featx.backend import enable_determinism
 
-        tf.config.experimental.enable_op_determinism()
+        enable_determinism()
 
 
 def _progress_callback(progress, n_train: int, batch_size: int, epochs: int, description: str):
@@ -312,14 +311,13 @@ class _TimeBudgetSpent(Exception):
 
 def _make_tuner(o: ScratchOptions, base: Architecture, n_classes: int, directory: Path, deadline: float | None,
                 progress, n_train: int):
-    import keras
     import keras_tuner
 
     seed = int(o.seed)
 
     def build_trial_model(hp):
         """The preset with the trial's values; every trial starts from the same seed."""
-        keras.utils.set_random_seed(seed)
+        set_random_seed(seed)
         return build_model(_architecture_from_hp(base, _define_space(hp)), n_classes, o.image_size, o.augment, seed)
 
     tuner_class = {"bayesian": keras_tuner.BayesianOptimization, "random": keras_tuner.RandomSearch}[o.tuner]
@@ -592,6 +590,7 @@ def _write_outputs(o: ScratchOptions, model, splits, label_names, architecture: 
                "manifest_sha256": manifest.sha256(), **({"tuning": tuning} if tuning else {})}
     runs.ModelCard(label_names=list(label_names), input_size=[image_size, image_size],
                    preprocessing=splits[SPLIT_TEST].preprocessing, best_epoch=best_epoch, featx_version=__version__,
+                   keras_backend=keras_backend(),
                    details=details).write(stage_dir / "model.json")
     failed = [(split.name, path, reason) for split in splits.values() for path, reason in split.failed]
     (stage_dir / "failed.csv").unlink(missing_ok=True)

@@ -160,6 +160,7 @@ class SweepBundle(Record, kind="sweep_bundle", version=2,
     clip: float = 1e-15  # probabilities are clipped to [clip, 1 - clip] (chosen by out-of-fold log loss)
     refit: str = "train"  # the rows the model was fit on: "train" (version 1), "train+val" or "all"
     members: list | None = None  # an ensemble's members: config, head, params, caches, weight
+    keras_backend: str = ""  # the Keras backend a dense head was trained on ("": no Keras model inside)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "the bundle") -> "SweepBundle":

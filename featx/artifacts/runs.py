@@ -51,6 +51,7 @@ class ModelCard(_StageRecord, kind="model_card",
     preprocessing: dict = dataclasses.field(default_factory=dict)
     best_epoch: int = 0
     featx_version: str = ""
+    keras_backend: str = ""  # the Keras backend that trained it ("tensorflow" or "torch"); the file loads on both
 
 
 @dataclasses.dataclass(kw_only=True)
