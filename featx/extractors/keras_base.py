@@ -246,17 +246,17 @@ class KerasExtractor(Extractor):
         return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
 
     def _forward(self):
-        """Preprocessing and :attr:`model` as one traced TensorFlow function of uint8 or float32
-        ``(N, H, W, 3)`` pixels, any ``N``; None where :meth:`transform` takes the numpy path (a
-        family with its own :meth:`preprocess`, unless that only checks its input and says so with
-        ``preprocess.checks_only = True``; a Keras backend other than TensorFlow).
+        """Preprocessing and :attr:`model` as one function of uint8 or float32 ``(N, H, W, 3)`` pixels, any
+        ``N`` (a traced TensorFlow function, or an eager PyTorch call without autograd); None where
+        :meth:`transform` takes the numpy path (a family with its own :meth:`preprocess`, unless that only
+        checks its input and says so with ``preprocess.checks_only = True``).
 
         ``predict_on_batch`` on :meth:`preprocess` output costs a cast and two numpy passes over the
-        float32 batch on the calling thread while TensorFlow's threads wait, and traces its graph again
-        for the first batch of another size (a dataset's short last batch, a batch with unreadable
-        images). Here the uint8 batch goes in as it is: the cast and the per-channel arithmetic run in
-        TensorFlow's threads (on the GPU, where there is one, after a copy a quarter the size), and one
-        trace per input dtype serves every batch size.
+        float32 batch on the calling thread while the backend's threads wait, and on TensorFlow traces its
+        graph again for the first batch of another size (a dataset's short last batch, a batch with
+        unreadable images). Here the uint8 batch goes in as it is: the cast and the per-channel
+        arithmetic run in the backend's threads (on the GPU, where there is one, after a copy a quarter
+        the size), and one trace per input dtype serves every batch size.
         """
         import keras
 
@@ -266,9 +266,12 @@ class KerasExtractor(Extractor):
             return cached[1]
         forward = None
         own = type(self).preprocess
-        if keras.backend.backend() == "tensorflow" and (own is KerasExtractor.preprocess
-                                                         or getattr(own, "checks_only", False)):
-            forward = _GraphForward(model, self.config)
+        if own is KerasExtractor.preprocess or getattr(own, "checks_only", False):
+            backend = keras.backend.backend()
+            if backend == "tensorflow":
+                forward = _GraphForward(model, self.config)
+            elif backend == "torch":
+                forward = _TorchForward(model, self.config)
         self._forward_of = (model, forward)
         return forward
 
@@ -307,27 +310,46 @@ class _GraphForward:
 
             def run(batch):
                 x = _preprocess_tensor(config, batch)
-                return model([x] if as_list else x, training=False)
+                return tf.cast(model([x] if as_list else x, training=False), tf.float32)
 
             spec = tf.TensorSpec((None, *model.input_shape[1:]), getattr(tf, key))
             self.functions[key] = tf.function(run, autograph=False).get_concrete_function(spec)
         return self.functions[key](pixels)
 
 
+class _TorchForward:
+    """``forward(pixels) -> float32 numpy output``: preprocessing and ``model`` on Keras' PyTorch device (the GPU
+    when torch sees one), without autograd; the uint8 batch is copied there before it is cast."""
+
+    def __init__(self, model, config: BackboneConfig) -> None:
+        self.model, self.config = model, config
+        self.as_list = isinstance(model.input, list)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+        from keras import ops
+
+        with torch.no_grad():
+            x = _preprocess_tensor(self.config, pixels)
+            out = self.model([x] if self.as_list else x, training=False)
+            return ops.convert_to_numpy(ops.cast(out, "float32"))
+
+
 def _preprocess_tensor(config: BackboneConfig, pixels):
-    """:func:`featx.backbones.preprocess` on a TensorFlow tensor, in the graph (the same arithmetic:
-    equal results, within one float32 rounding of the input for Keras' own ``preprocess_input``)."""
+    """:func:`featx.backbones.preprocess` in the backend's ops (the same arithmetic: equal results, within one
+    float32 rounding of the input for Keras' own ``preprocess_input``)."""
     import importlib
 
-    import tensorflow as tf
+    from keras import ops
 
-    x = tf.cast(pixels, tf.float32)
+    x = ops.cast(pixels, "float32")
     if config.preprocessing == "caffe":
-        return tf.reverse(x, axis=[-1]) - tf.constant(config.mean, tf.float32)
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor(np.asarray(config.mean, np.float32))
     if config.preprocessing == "mean_std":
-        return (x - tf.constant(config.mean, tf.float32)) / tf.constant(config.std, tf.float32)
+        return ((x - ops.convert_to_tensor(np.asarray(config.mean, np.float32)))
+                / ops.convert_to_tensor(np.asarray(config.std, np.float32)))
     module = importlib.import_module(f"keras.applications.{config.keras_module}")
-    return tf.cast(module.preprocess_input(x), tf.float32)
+    return ops.cast(module.preprocess_input(x), "float32")
 
 
 _POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}

@@ -151,7 +151,9 @@ class OpenVinoRunner:
         self.converted = False
         self.fp32_xml = self.xml = ir_folder(extractor) / "model.xml"
         if not self.fp32_xml.exists():
-            self._publish(ov, ov.convert_model(_keras_model(extractor)), self.fp32_xml)
+            from featx.runtime.ir import convert_keras
+
+            self._publish(ov, convert_keras(_keras_model(extractor)), self.fp32_xml)
             CONVERSIONS["convert"] += 1
         if precision == "int8":
             folder = self.fp32_xml.parent
