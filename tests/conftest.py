@@ -18,6 +18,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from featx.backend import select_backend  # noqa: E402
+
+KERAS_BACKEND = select_backend()  # the backend Keras runs on in this session (as featx chooses it)
+
 
 def pytest_unconfigure(config):
     """An xdist worker has sent all its reports by now and its process is about to end: leave without the
@@ -36,8 +40,14 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (minutes: the README's main job replayed) go first, so that under pytest-xdist one
-    worker starts them at once while the others share the rest, instead of one worker running them at the end."""
+    worker starts them at once while the others share the rest, instead of one worker running them at the end.
+    Tests marked ``tensorflow_only`` are skipped when Keras runs on another backend."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+    if KERAS_BACKEND != "tensorflow":
+        skip = pytest.mark.skip(reason=f"asserts TensorFlow's own behaviour; Keras runs on {KERAS_BACKEND}")
+        for item in items:
+            if item.get_closest_marker("tensorflow_only"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -92,7 +92,7 @@ def _logits(model, inputs: np.ndarray) -> np.ndarray:
 
     pooled = keras.Model(model.inputs, model.get_layer("avg_pool").output)(inputs, training=False)
     kernel, bias = model.get_layer("predictions").get_weights()
-    return np.asarray(pooled) @ kernel + bias
+    return keras.ops.convert_to_numpy(pooled) @ kernel + bias
 
 
 @pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])

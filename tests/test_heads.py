@@ -144,7 +144,7 @@ _EXPECTED_FAILURES = {
 
 def _every_head():
     """Each head as make_head configures it (logreg is scikit-learn's own, checked as featx sets it up)."""
-    tiny_dense = {"hidden_units": 8, "epochs": 3, "batch_size": 8, "learning_rate": 5e-2, "patience": None}
+    tiny_dense = {"hidden_units": 8, "epochs": 3, "batch_size": 8, "learning_rate": 5e-2, "patience": None, "dropout": 0.0}
     return [make_head("logreg", "none", random_state=0).named_steps["head"], LinearSVMClassifier(random_state=0),
             RBFSVMClassifier(random_state=0), KerasDenseClassifier(random_state=0, **tiny_dense)]
 
@@ -182,6 +182,7 @@ def test_dense_head_history_and_early_stopping(two_classes):
     assert len(explicit.history_["val_accuracy"]) == 2
 
 
+@pytest.mark.tensorflow_only
 def test_first_fit_traces_the_train_step_once_with_the_numbers_keras_gives(two_classes, monkeypatch):
     """Keras 3 on TensorFlow creates the optimizer and metric state inside the first trace of the train step
     and then traces it again; featx creates that state beforehand (heads.build_fit_state), for the dense

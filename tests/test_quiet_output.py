@@ -75,6 +75,7 @@ def experiment(hog_cache, tmp_path) -> Path:
 
 # --- TensorFlow's start-up lines --------------------------------------------------------------------
 
+@pytest.mark.tensorflow_only
 def test_a_command_that_loads_tensorflow_prints_no_start_up_lines_unless_verbose(tmp_path):
     photos = make_kaggle_images(tmp_path / "photos", 2)
     command = ["cache", photos, "--extractor", "efficientnet_lite0", "--opt", "weights=none", "--runtime",
