@@ -26,8 +26,10 @@ demo: $(STAMP)
 	$(VENV)/bin/featx demo
 
 # One pytest worker per core (pytest-xdist); worksteal keeps every worker busy to the end.
+# Then the tests marked `keras` (every command that runs a Keras model) again with Keras on PyTorch.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal
+	KERAS_BACKEND=torch $(PY) -m pytest -q -n auto --dist worksteal -m keras
 
 clean:
 	rm -rf $(VENV) build *.egg-info

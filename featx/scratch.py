@@ -439,7 +439,7 @@ class ScratchOptions:
     learning_rate: float | None = None  # overrides the preset's (not with tune, which searches it)
     patience: int | None = 10  # epochs without a better val accuracy before stopping; None or 0: never
     seed: int = 0  # weights, augmentation, batch order, the tuner and (for a folder) the split
-    deterministic: bool = False  # also TensorFlow's op determinism (the same result on a GPU; slower there)
+    deterministic: bool = False  # also the backend's deterministic kernels (the same result on a GPU; slower there)
     tune: bool = False
     tuner: str = "bayesian"
     max_trials: int = 10  # trials in the search (SEARCH_SPACE), counting those of earlier calls

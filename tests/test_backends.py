@@ -160,21 +160,28 @@ def test_the_same_weights_give_the_same_fp32_features_on_both_backends(tmp_path,
 
 # -- a fine-tuned model on the other backend -------------------------------------------------------------------
 
+DENSE_GRID = {"dense": [{"head__hidden_units": [8], "head__epochs": [3], "head__learning_rate": [1e-2],
+                         "head__patience": [None]}]}
+
+
 @pytest.mark.keras
 def test_a_model_fine_tuned_on_one_backend_predicts_the_same_on_the_other(tmp_path):
-    """Fine-tuned on this session's backend (``make test`` runs this file on both), then predicted by
-    ``model.keras`` on each backend: the same probabilities; model.json names the backend that trained it."""
+    """Swept (logreg and the dense head) and fine-tuned on this session's backend (``make test`` runs this test on
+    both), then predicted by ``model.keras`` on each backend: the same probabilities; best.joblib and model.json
+    name the backend that trained them."""
     import tiny_backbone
 
     weights = tiny_backbone.save_weights(tmp_path / "tinycnn.weights.h5")
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(DENSE_GRID))
     photos = make_kaggle_images(tmp_path / "photos", 8)
     test1 = tmp_path / "test1"
     for i in range(1, 5):
         make_image(test1 / f"{i}.png", "cat" if i % 2 else "dog", 600 + i)
     steps = [("cache", photos, "-e", "tinycnn", "--opt", f"weights={weights}", "--runtime", "keras",
               "--cache-dir", tmp_path / "cache"),
-             ("sweep", "CACHE", "--heads", "logreg", "--cv", "2", "--n-boot", "10", "--no-learning-curve",
-              "--out", tmp_path / "experiment"),
+             ("sweep", "CACHE", "--heads", "logreg,dense", "--grid", grid, "--cv", "2",
+              "--n-boot", "10", "--no-learning-curve", "--out", tmp_path / "experiment"),
              ("finetune", tmp_path / "experiment", "--epochs", "1", "--unfreeze", "all", "--batch-size", "8",
               "--n-boot", "10")]
     for step in steps:
@@ -184,6 +191,13 @@ def test_a_model_fine_tuned_on_one_backend_predicts_the_same_on_the_other(tmp_pa
         assert code == 0, output
     card = json.loads((tmp_path / "experiment" / "finetune" / "model.json").read_text())
     assert card["keras_backend"] == KERAS_BACKEND
+    rows = list(csv.DictReader(open(tmp_path / "experiment" / "results.csv", newline="")))
+    assert {"logreg", "dense"} <= {row["head"] for row in rows}
+    from featx.artifacts.results import SweepBundle
+
+    bundle = SweepBundle.read(tmp_path / "experiment" / "best.joblib")
+    assert bundle.keras_backend == (KERAS_BACKEND if "dense" in (bundle.head, *(m["head"] for m in bundle.members or []))
+                                    else "")
     submissions = {}
     for backend in BACKENDS:
         out = tmp_path / f"{backend}.csv"

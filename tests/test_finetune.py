@@ -198,6 +198,7 @@ def _crash_in_second_epoch(original):
     return make_callbacks
 
 
+@pytest.mark.keras
 def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(tiny_extractor, tmp_path, monkeypatch):
     from featx.training import TrainingRun
 
@@ -291,6 +292,7 @@ def test_finetune_resumes_after_interruption_and_writes_a_reloadable_model(tiny_
         run_finetune(experiment, **{**options, "unfreeze": "top"})
 
 
+@pytest.mark.keras
 def test_cli_finetune_then_report_and_predict(tiny_extractor, tmp_path):
     from typer.testing import CliRunner
 

@@ -51,6 +51,7 @@ def _caffenet(folder, monkeypatch):
     return "caffenet", {"weights": str(path)}
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("backbone", ["vgg16", "efficientnet_lite0", "caffenet"])
 def test_warm_start_and_top_block_on_every_backbone_family(backbone, images, tmp_path, monkeypatch):
     if backbone == "vgg16":

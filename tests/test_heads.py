@@ -156,6 +156,7 @@ def test_every_head_passes_sklearn_estimator_checks(estimator, check):
 
 
 # -- the Keras dense head as a scikit-learn estimator -----------------------------
+@pytest.mark.keras
 def test_dense_head_same_seed_same_predictions_and_string_labels(two_classes):
     X, y = two_classes
     labels = np.array(["cat", "dog"])[y]
@@ -167,6 +168,7 @@ def test_dense_head_same_seed_same_predictions_and_string_labels(two_classes):
     assert first.score(X, labels) > 0.85
 
 
+@pytest.mark.keras
 def test_dense_head_history_and_early_stopping(two_classes):
     X, y = two_classes
     clf = KerasDenseClassifier(hidden_units=(16, 8), dropout=0.2, optimizer="adam", learning_rate=1e-2,
@@ -221,6 +223,7 @@ def test_dense_head_clone_and_grid_search(two_classes):
     assert search.best_score_ > 0.8
 
 
+@pytest.mark.keras
 def test_dense_head_joblib_round_trip_keeps_predictions(tmp_path, three_classes):
     X_train, y_train, X_test, _ = three_classes
     pipe = make_head("dense", random_state=0, **FAST_DENSE).fit(X_train, y_train)

@@ -15,6 +15,8 @@ import pytest
 import tiny_backbone  # noqa: F401  registers tinycnn
 from featx.extractors import get_extractor
 
+pytestmark = pytest.mark.keras  # the runner on each backend: make test runs this file on PyTorch too
+
 CASES = [
     ("tinycnn", {}),                                           # mean_std
     ("vgg16", {"layer": "block1_pool", "pool": "avg"}),         # caffe (featx's own)

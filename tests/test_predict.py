@@ -359,6 +359,7 @@ def pixels(paths: list[Path], input_size) -> np.ndarray:
     return np.stack([load_image(p, size=input_size) for p in paths]).astype(np.float32)
 
 
+@pytest.mark.keras
 def test_a_fine_tuned_model_folder_predicts_in_batches(tmp_path):
     keras_model = save_finetune_folder(tmp_path / "experiments" / "x" / "finetune", ["a", "b", "c"])
     folder, _ = make_unlabeled_folder(tmp_path / "test1", 9, kinds=("a", "b", "c"))
@@ -389,6 +390,7 @@ def test_a_fine_tuned_model_folder_predicts_in_batches(tmp_path):
     assert [row[1] for row in rows] == [["a", "b", "c"][k] for k in np.argmax(expected, axis=1)]
 
 
+@pytest.mark.keras
 def test_a_fine_tuned_sigmoid_model_is_evaluated(tmp_path):
     keras_model = save_finetune_folder(tmp_path / "finetune", ["cat", "dog"], input_size=(16, 16), sigmoid=True,
                                        with_preprocessing=False)

@@ -49,6 +49,7 @@ def _images(n=4):
     return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
 
 
+@pytest.mark.keras
 def test_fp32_parity_and_ir_reuse(home):
     ext = _Fake()
     keras_out = make_runner(ext, "keras")(_images())

@@ -31,16 +31,18 @@ def _weights(model_path: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The same one-epoch run twice with the same seed, into two experiment folders."""
+    """The same one-epoch run twice with the same seed, into two experiment folders (the second with the backend's
+    deterministic kernels, ``--deterministic``: on a CPU both give the same numbers)."""
     from conftest import make_kaggle_images
 
     root = make_kaggle_images(tmp_path_factory.mktemp("kaggle") / "train", 20)
     base = tmp_path_factory.mktemp("experiments")
     first = run_scratch(root, base / "first", seed=3, **FAST)
-    second = run_scratch(root, base / "second", seed=3, **FAST)
+    second = run_scratch(root, base / "second", seed=3, deterministic=True, **FAST)
     return root, first, second
 
 
+@pytest.mark.keras
 def test_one_epoch_writes_every_output(two_runs):
     root, result, _ = two_runs
     out = result.out_dir
@@ -97,6 +99,7 @@ def test_saved_model_reloads_and_predicts_the_same_probabilities(two_runs):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.keras
 def test_featx_predict_reads_the_scratch_folder(two_runs):
     import featx.predict as predict
 
@@ -142,6 +145,7 @@ def test_model_card_and_run_state_are_versioned_and_old_files_still_read(two_run
         run_scratch(root, tmp_path / "exp", seed=3, **FAST)
 
 
+@pytest.mark.keras
 def test_same_seed_gives_the_same_weights_and_val_accuracy(two_runs):
     _, first, second = two_runs
     assert first.row["select_accuracy"] == second.row["select_accuracy"]
@@ -150,6 +154,7 @@ def test_same_seed_gives_the_same_weights_and_val_accuracy(two_runs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.keras
 def test_random_search_resumes_and_respects_its_budgets(kaggle_dir, tmp_path):
     # No augmentation in the search tests (tracing its layers costs ~0.5 s a trial); the resume and
     # same-seed tests keep it.

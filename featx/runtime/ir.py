@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["keras_file_ir", "convert_keras", "to_openvino", "save_ir", "write_keras_file_ir", "compile_ir"]
+__all__ = ["keras_file_ir", "to_openvino", "save_ir", "write_keras_file_ir", "compile_ir"]
 
 
 def keras_file_ir(keras_file: str | Path) -> Path:
@@ -32,7 +32,7 @@ def to_openvino(keras_model, uint8_input: bool = False, input_names=None):
     ``uint8_input``: every input takes uint8 pixels, converted to float inside the graph (what
     ``featx export`` hands out). ``input_names``: one name per input, in order.
     """
-    from featx.runtime.openvino import _require_openvino
+    from featx.runtime.openvino import _require_openvino, convert_keras
 
     ov = _require_openvino()
     model = convert_keras(keras_model, inference=True)
@@ -48,60 +48,6 @@ def to_openvino(keras_model, uint8_input: bool = False, input_names=None):
             steps.input(index).preprocess().convert_element_type(ov.Type.f32)
         model = steps.build()
     return model
-
-
-def convert_keras(keras_model, inference: bool = False):
-    """``ov.convert_model`` of ``keras_model`` on the backend Keras runs on, batch size left open.
-
-    TensorFlow: the Keras model itself, or (``inference``) a traced ``training=False`` call of it. PyTorch:
-    the model exported by ``torch.export`` (OpenVINO's TorchScript path has no rule for ``aten::subtract``, which
-    Keras' torch ops emit), its inputs then fixed to the Keras input shapes.
-    """
-    from featx.backend import keras_backend
-    from featx.runtime.openvino import _require_openvino
-
-    ov = _require_openvino()
-    if keras_backend() == "torch":
-        model = ov.convert_model(_exported_program(keras_model))
-        model.reshape({index: ov.PartialShape([-1, *tensor.shape[1:]])
-                       for index, tensor in enumerate(keras_model.inputs)})
-        return model
-    return ov.convert_model(_inference_function(keras_model) if inference else keras_model)
-
-
-def _exported_program(keras_model):
-    """``keras_model`` called with ``training=False`` as a ``torch.export`` program with a dynamic batch size."""
-    import torch
-
-    inputs = list(keras_model.inputs)
-
-    class Inference(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.keras_model = keras_model
-
-        def forward(self, *xs):
-            return self.keras_model(list(xs) if len(xs) > 1 else xs[0], training=False)
-
-    examples = tuple(torch.zeros((2, *tensor.shape[1:]), dtype=getattr(torch, str(tensor.dtype)))
-                     for tensor in inputs)
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad():
-        return torch.export.export(Inference().eval(), examples, dynamic_shapes=(tuple({0: batch} for _ in inputs),))
-
-
-def _inference_function(keras_model):
-    """``keras_model`` called with ``training=False``, traced: Keras' random augmentation layers default to
-    training mode when called without it (as a converter calls a model), and their random ops do not convert."""
-    import tensorflow as tf
-
-    specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in keras_model.inputs]
-
-    @tf.function(input_signature=specs)
-    def infer(*inputs):
-        return keras_model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-
-    return infer.get_concrete_function()
 
 
 def save_ir(ov_model, xml: str | Path) -> Path:

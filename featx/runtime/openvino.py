@@ -21,7 +21,8 @@ import numpy as np
 from featx.errors import RuntimeUnavailable
 from featx.runtime import hardware
 
-__all__ = ["OpenVinoRunner", "Calibration", "calibration_set", "ir_folder", "ir_key", "PRECISIONS", "CONVERSIONS"]
+__all__ = ["OpenVinoRunner", "Calibration", "calibration_set", "ir_folder", "ir_key", "convert_keras", "PRECISIONS",
+           "CONVERSIONS"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 #: ``{"convert": n, "quantize": n}`` done by this process.
@@ -50,6 +51,59 @@ def _fp32_spec(extractor) -> dict:
     if isinstance(spec.get("params"), dict):
         spec["params"].pop("tta", None)  # the runner flips the images; the network (and its IR) is the same
     return spec
+
+
+def convert_keras(keras_model, inference: bool = False):
+    """``ov.convert_model`` of ``keras_model`` on the backend Keras runs on, batch size left open.
+
+    TensorFlow: the Keras model itself, or (``inference``) a traced ``training=False`` call of it. PyTorch:
+    the model exported by ``torch.export`` (OpenVINO's TorchScript path has no rule for ``aten::subtract``, which
+    Keras' torch ops emit), its inputs then fixed to the Keras input shapes.
+    """
+    from featx.backend import keras_backend
+
+    ov = _require_openvino()
+    if keras_backend() == "torch":
+        model = ov.convert_model(_exported_program(keras_model))
+        model.reshape({index: ov.PartialShape([-1, *tensor.shape[1:]])
+                       for index, tensor in enumerate(keras_model.inputs)})
+        return model
+    return ov.convert_model(_inference_function(keras_model) if inference else keras_model)
+
+
+def _exported_program(keras_model):
+    """``keras_model`` called with ``training=False`` as a ``torch.export`` program with a dynamic batch size."""
+    import torch
+
+    inputs = list(keras_model.inputs)
+
+    class Inference(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.keras_model = keras_model
+
+        def forward(self, *xs):
+            return self.keras_model(list(xs) if len(xs) > 1 else xs[0], training=False)
+
+    examples = tuple(torch.zeros((2, *tensor.shape[1:]), dtype=getattr(torch, str(tensor.dtype)))
+                     for tensor in inputs)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with torch.no_grad():
+        return torch.export.export(Inference().eval(), examples, dynamic_shapes=(tuple({0: batch} for _ in inputs),))
+
+
+def _inference_function(keras_model):
+    """``keras_model`` called with ``training=False``, traced: Keras' random augmentation layers default to
+    training mode when called without it (as a converter calls a model), and their random ops do not convert."""
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in keras_model.inputs]
+
+    @tf.function(input_signature=specs)
+    def infer(*inputs):
+        return keras_model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    return infer.get_concrete_function()
 
 
 def _keras_model(extractor):
@@ -151,8 +205,6 @@ class OpenVinoRunner:
         self.converted = False
         self.fp32_xml = self.xml = ir_folder(extractor) / "model.xml"
         if not self.fp32_xml.exists():
-            from featx.runtime.ir import convert_keras
-
             self._publish(ov, convert_keras(_keras_model(extractor)), self.fp32_xml)
             CONVERSIONS["convert"] += 1
         if precision == "int8":
