@@ -66,7 +66,10 @@ def configured_backend() -> tuple[str, str]:
 def _installed(module: str) -> bool:
     if module in sys.modules:
         return sys.modules[module] is not None  # None: its import is blocked
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def select_backend() -> str:

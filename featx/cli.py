@@ -783,7 +783,7 @@ def scratch(
     train_minutes: Optional[float] = typer.Option(None, "--train-minutes", callback=_above_zero,
                                                   help="Stop training after this many minutes."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier search and run."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="tf op determinism (slower on GPU)."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="The backend's deterministic kernels (slower on GPU)."),
     layout: str = typer.Option("auto", help="When SOURCE is a folder: auto | kaggle | folders."),
     val: float = typer.Option(0.1, callback=_fraction, help="When SOURCE is a folder: fraction for validation."),
     test: float = typer.Option(0.1, callback=_fraction, help="When SOURCE is a folder: fraction for test."),

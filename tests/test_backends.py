@@ -58,7 +58,20 @@ def python(backend: str | None, code: str, **extra: str) -> subprocess.Completed
 # -- which backend ---------------------------------------------------------------------------------------------
 
 SHOW = "{block}\nimport featx, keras\nprint('BACKEND', keras.backend.backend())"
-NO_TENSORFLOW = "import sys; sys.modules['tensorflow'] = None  # as on a machine without TensorFlow"
+# As on a machine without TensorFlow: no finder finds it (find_spec gives None, import raises ModuleNotFoundError).
+NO_TENSORFLOW = """
+import sys
+class NoTensorFlow:
+    def __init__(self, finder):
+        self.finder = finder
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            return None
+        return self.finder.find_spec(name, path, target)
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+sys.meta_path[:] = [NoTensorFlow(finder) for finder in sys.meta_path]
+"""
 
 
 @pytest.mark.parametrize(("variable", "keras_json", "block", "expected"), [
@@ -209,3 +222,58 @@ def test_a_model_fine_tuned_on_one_backend_predicts_the_same_on_the_other(tmp_pa
     assert list(submissions["tensorflow"]) == list(submissions["torch"]) == ["1", "2", "3", "4"]
     np.testing.assert_allclose(list(submissions["tensorflow"].values()), list(submissions["torch"].values()),
                                rtol=0, atol=PROBABILITY_TOLERANCE)
+
+
+# -- no TensorFlow at all --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_without_tensorflow_every_command_runs_on_pytorch(tmp_path):
+    """What ``pip install featx[torch]`` gives on a machine without TensorFlow: ``import tensorflow`` fails in
+    every command (as it would there), KERAS_BACKEND is unset and keras.json absent, and the whole chain runs
+    on PyTorch, the OpenVINO conversions included (from ``torch.export``)."""
+    import tiny_backbone
+
+    weights = tiny_backbone.save_weights(tmp_path / "tinycnn.weights.h5")
+    photos = make_kaggle_images(tmp_path / "photos", 8)
+    test1 = tmp_path / "test1"
+    for i in range(1, 4):
+        make_image(test1 / f"{i}.png", "cat" if i % 2 else "dog", 700 + i)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(DENSE_GRID))
+    experiment = tmp_path / "experiment"
+
+    def run(*args) -> str:
+        code, output = featx(None, *args, cwd=tmp_path, setup=NO_TENSORFLOW, KERAS_HOME=str(tmp_path / "keras"))
+        assert code == 0, output
+        assert "Traceback" not in output and "No module named" not in output, output
+        return output
+
+    run("cache", photos, "-e", "tinycnn", "--opt", f"weights={weights}", "--runtime", "openvino",
+        "--cache-dir", tmp_path / "cache")
+    cache = next((tmp_path / "cache").glob("*.h5"))
+    run("cache", photos, "-e", "tinycnn", "--opt", f"weights={weights}", "--runtime", "keras",
+        "--cache-dir", tmp_path / "cache-keras")
+    with h5py.File(next((tmp_path / "cache-keras").glob("*.h5")), "r") as h5:
+        assert (h5.attrs["runtime"], h5.attrs["keras_backend"]) == ("keras", "torch")
+        keras_features = h5["features"][:]
+    with h5py.File(cache, "r") as h5:
+        assert h5.attrs["runtime"] == "openvino"
+        np.testing.assert_allclose(h5["features"][:], keras_features, rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(keras_features).max()))
+    run("sweep", cache, "--heads", "logreg,dense", "--grid", grid, "--cv", "2", "--n-boot", "10",
+        "--no-learning-curve", "--out", experiment)
+    output = run("finetune", experiment, "--epochs", "1", "--batch-size", "8", "--n-boot", "10")
+    assert "finetune test accuracy" in output
+    output = run("predict", experiment / "finetune", test1, "-o", tmp_path / "sub.csv", "--cache-dir",
+                 tmp_path / "scored")
+    assert f"{tmp_path / 'sub.csv'}: 3 rows, 3 predicted" in output
+    output = run("evaluate", experiment / "finetune", photos, "--n-boot", "10", "--cache-dir", tmp_path / "scored")
+    assert "on 16 images" in output
+    output = run("scratch", photos, "--out", experiment, "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--deterministic", "--n-boot", "10")
+    assert json.loads((experiment / "scratch" / "model.json").read_text())["keras_backend"] == "torch"
+    output = run("imagenet", photos / "cat.0.png", "-e", "keras:mobilenet_v2", "--opt", "weights=none",
+                 "--opt", "input_size=32", "--top", "1")
+    assert "1 image(s) classified" in output
+    output = run("export", experiment, "-o", tmp_path / "exported")
+    assert (tmp_path / "exported").exists(), output

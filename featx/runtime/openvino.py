@@ -64,7 +64,11 @@ def convert_keras(keras_model, inference: bool = False):
 
     ov = _require_openvino()
     if keras_backend() == "torch":
-        model = ov.convert_model(_exported_program(keras_model))
+        import warnings
+
+        with warnings.catch_warnings():  # torch's own pytree deprecation, raised inside its export: not the user's
+            warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+            model = ov.convert_model(_exported_program(keras_model))
         model.reshape({index: ov.PartialShape([-1, *tensor.shape[1:]])
                        for index, tensor in enumerate(keras_model.inputs)})
         return model
