@@ -57,8 +57,11 @@ else
   step "installing into $PY ($($PY --version))"
 fi
 FEATX="$(dirname "$PY")/featx"
-"$PY" -m pip install -q --no-index --find-links "$WHEELS" -r "$REPO/benchmarks/gpu_wheels.txt"
-"$PY" -m pip install -q --no-index --no-deps --no-build-isolation "$REPO"
+install() {  # pip's and setuptools' chatter goes to a log, shown only when the install fails
+  "$PY" -m pip install --no-index "$@" > "$WORK/pip.log" 2>&1 || { cat "$WORK/pip.log" >&2; fail "pip install $* failed (above)"; }
+}
+install --find-links "$WHEELS" -r "$REPO/benchmarks/gpu_wheels.txt"
+install --no-deps --no-build-isolation "$REPO"
 "$PY" - <<'EOF'
 import importlib.util, sys
 import torch

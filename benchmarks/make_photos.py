@@ -1,6 +1,7 @@
 """Make N labelled photos of at most SIZE px from a few thousand real ones (for benchmarks/gpu_check.sh).
 
-Each new photo is a seeded random crop (60-100% of the area, aspect 3:4 to 4:3) of one source photo,
+Photo i is made from source i mod S of the S sources in a seeded shuffled order (so any first n mix the
+classes), as a seeded random crop (60-100% of the area, aspect 3:4 to 4:3) of one source photo,
 mirrored half the time, resized so its longer side is SIZE px and written as a JPEG in Kaggle's
 layout (``cat.N.jpg``, ``dog.N.jpg``: the source's label). Crops of one source are near-duplicates,
 so these photos are for speed and numerical checks, never for accuracy figures.
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
 
     sources = sorted(str(p) for p in args.source.iterdir()
                      if p.suffix.lower() in EXTENSIONS and p.name.split(".")[0] in ("cat", "dog"))
+    sources = [sources[i] for i in np.random.default_rng(args.seed).permutation(len(sources))]  # classes mixed
     if not sources:
         print(f"error: {args.source} holds no cat.N.jpg or dog.N.jpg photos; give Kaggle's train folder",
               file=sys.stderr)

@@ -498,7 +498,8 @@ def run_sweep(cache_sets: Sequence[Sequence[str | os.PathLike]], out_dir: str | 
     summary = SweepSummary(
         featx_version=__version__, seed=seed, repeats=repeats, cv=cv, n_boot=n_boot, label_names=label_names,
         feature_sets=[{"name": fs.name, "caches": fs.cache_paths, "dims": fs.dims} for fs in feature_sets],
-        protocol=_protocol_text(protocol, cv, reference_plan, best_row, is_ensemble, refit, clip),
+        protocol=_protocol_text(protocol, cv, reference_plan, best_row, is_ensemble, refit, clip,
+                                has_ensemble=ensemble_info is not None),
         rows=rows, best=best_row, mcnemar=mcnemar_result, learning_curve=curve,
         histories={str(i): r["history"] for i, r in enumerate(results) if r.get("history")},
         seconds=time.perf_counter() - started, sweep_id=sweep_id, select=protocol, refit=refit, clip=clip,
@@ -618,7 +619,7 @@ def _sweep_id(feature_sets, rows, protocol, cv, seeds) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _protocol_text(protocol, cv, plan, best_row, is_ensemble, refit, clip) -> str:
+def _protocol_text(protocol, cv, plan, best_row, is_ensemble, refit, clip, has_ensemble: bool = True) -> str:
     n_select, n_dev, n_test = len(plan["select"]), len(plan["dev"]), len(plan["test"])
     if protocol == "cv":
         chosen = (f"selected by {cv}-fold cross-validation on train + val ({n_select} images; folds stratified "
@@ -626,8 +627,9 @@ def _protocol_text(protocol, cv, plan, best_row, is_ensemble, refit, clip) -> st
     else:
         chosen = (f"selected on val ({n_select} images) after fitting on train ({len(plan['train'])}), ranked by "
                   f"val log loss")
-    text = (f"{chosen}; a greedy ensemble of the configurations' {'out-of-fold' if protocol == 'cv' else 'val'} "
-            f"probabilities is one more row; every row refit on train + val ({n_dev} images) and scored on test "
+    ensemble = (f"; a greedy ensemble of the configurations' {'out-of-fold' if protocol == 'cv' else 'val'} "
+                f"probabilities is one more row" if has_ensemble else "")
+    text = (f"{chosen}{ensemble}; every row refit on train + val ({n_dev} images) and scored on test "
             f"({n_test} images), which no choice sees; saved model: config {best_row['config']} "
             f"({'ensemble' if is_ensemble else best_row['head']}), probabilities clipped at {clip:g} "
             f"(chosen by {'out-of-fold' if protocol == 'cv' else 'val'} log loss)")
