@@ -114,7 +114,6 @@ def test_draft_decode_keeps_cnn_features_close(tmp_path):
     assert cosine.min() >= 0.995, cosine
 
 
-@pytest.mark.keras
 def test_imagenet_takes_input_size_and_runtime(tmp_path):
     """`featx imagenet --opt input_size=96` decodes at the classifier's own size (it was a shape error)."""
     pytest.importorskip("openvino")

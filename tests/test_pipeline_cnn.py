@@ -90,7 +90,6 @@ def _cache_features(result) -> tuple[np.ndarray, list[str], np.ndarray, list[tup
         return cache.features[:], cache.paths, cache.labels, cache.failed
 
 
-@pytest.mark.keras
 def test_cache_holds_the_extractors_own_features(backbone, tmp_path):
     result = build_cache(backbone.manifest, backbone.extractor, tmp_path / "cache", batch_size=8, workers=2)
 
