@@ -683,8 +683,9 @@ def export(
                                            "folder."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: "
                                           "EXPERIMENT-export, or EXPERIMENT-finetune-export, beside the experiment)."),
-    format: str = typer.Option("openvino", "--format", help="openvino (model.xml + model.bin) | onnx (needs tf2onnx "
-                                                           "and onnx) | keras (model.keras, loads with featx)."),
+    format: str = typer.Option("openvino", "--format", help="openvino (model.xml + model.bin) | onnx (needs onnx, and "
+                                                           "tf2onnx on TensorFlow) | keras (model.keras, loads with "
+                                                           "featx)."),
 ) -> None:
     """One model file for the saved model: uint8 RGB images in at the backbone's input size (preprocessing
     inside the graph), class probabilities out; labels.txt and export.json beside it.

@@ -82,8 +82,8 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike | None = N
     output : path, optional
         The folder to write (replaced whole if it is an earlier export); default :func:`default_output`.
     format : {"openvino", "onnx", "keras"}
-        ``openvino``: ``model.xml`` + ``model.bin`` (fp32); ``onnx``: ``model.onnx`` (needs ``tf2onnx`` and
-        ``onnx``); ``keras``: ``model.keras`` (loads where featx is installed: it uses featx's layers).
+        ``openvino``: ``model.xml`` + ``model.bin`` (fp32); ``onnx``: ``model.onnx`` (needs ``onnx``, and
+        ``tf2onnx`` on TensorFlow); ``keras``: ``model.keras`` (loads where featx is installed: it uses featx's layers).
 
     Raises
     ------
@@ -96,7 +96,11 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike | None = N
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
     if format == "onnx":
-        missing = [name for name in ("tf2onnx", "onnx") if importlib.util.find_spec(name) is None]
+        from featx.backend import keras_backend
+
+        # Keras' ONNX exporter: tf2onnx on TensorFlow, torch.onnx (which writes with onnx) on PyTorch.
+        needs = ("tf2onnx", "onnx") if keras_backend() == "tensorflow" else ("onnx",)
+        missing = [name for name in needs if importlib.util.find_spec(name) is None]
         if missing:
             raise ExportError(f"--format onnx needs {' and '.join(missing)} (Keras' ONNX exporter), not installed "
                               f"here: pip install {' '.join(missing)} (or use --format openvino)")
@@ -146,7 +150,20 @@ def _write(keras_model, output: Path, format: str, info: dict) -> None:
 
             ov.save_model(ov_model, str(model_file), compress_to_fp16=False)
         elif format == "onnx":
-            keras_model.export(str(model_file), format="onnx", verbose=False)
+            import keras
+
+            if keras.backend.backend() == "torch":  # its exporter traces a model that has been called once
+                zeros = [np.zeros((1, *tensor.shape[1:]), dtype=str(tensor.dtype)) for tensor in keras_model.inputs]
+                keras_model(zeros if isinstance(keras_model.input, list) else zeros[0], training=False)
+            import warnings
+
+            with warnings.catch_warnings():  # the torch exporter's tracing notes: about Keras' code, not the user's
+                if keras.backend.backend() == "torch":
+                    import torch
+
+                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                    warnings.filterwarnings("ignore", module=r"torch\.onnx")
+                keras_model.export(str(model_file), format="onnx", verbose=False)
         else:
             keras_model.save(str(model_file))
         (Path(build) / LABELS_FILE).write_text("".join(f"{name}\n" for name in info["label_names"]),

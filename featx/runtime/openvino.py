@@ -80,6 +80,7 @@ def _exported_program(keras_model):
     import torch
 
     inputs = list(keras_model.inputs)
+    as_list = isinstance(keras_model.input, list)  # the structure the model was built with (no Keras warning)
 
     class Inference(torch.nn.Module):
         def __init__(self):
@@ -87,7 +88,7 @@ def _exported_program(keras_model):
             self.keras_model = keras_model
 
         def forward(self, *xs):
-            return self.keras_model(list(xs) if len(xs) > 1 else xs[0], training=False)
+            return self.keras_model(list(xs) if as_list else xs[0], training=False)
 
     examples = tuple(torch.zeros((2, *tensor.shape[1:]), dtype=getattr(torch, str(tensor.dtype)))
                      for tensor in inputs)
