@@ -599,6 +599,7 @@ class FeatureCache:
             "created": attrs.get("created"), "updated": attrs.get("updated"),
             "featx_version": attrs.get("featx_version"), "manifest_sha256": attrs.get("manifest_sha256"),
             "images_per_second": attrs.get("images_per_second"),
+            "runtime": attrs.get("runtime"), "keras_backend": attrs.get("keras_backend") or None,
         }
 
 

@@ -408,6 +408,9 @@ def inspect(
     for key in ("path", "dataset", "root", "extractor", "rows", "dim", "dtype", "failed",
                 "created", "updated", "featx_version", "images_per_second"):
         out.print(f"[bold]{key}[/]: {summary[key]}", highlight=False)
+    if summary["runtime"]:  # what computed the features (older caches do not say)
+        backend = f" (Keras on {summary['keras_backend']})" if summary["keras_backend"] else ""
+        out.print(f"[bold]runtime[/]: {summary['runtime']}{backend}", highlight=False)
     out.print("[bold]spec[/]: " + json.dumps(summary["spec"], sort_keys=True), highlight=False)
     if summary["state"]:
         out.print(f"[bold]state[/]: {summary['state']}", highlight=False)

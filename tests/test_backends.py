@@ -252,6 +252,7 @@ def test_without_tensorflow_every_command_runs_on_pytorch(tmp_path):
     cache = next((tmp_path / "cache").glob("*.h5"))
     run("cache", photos, "-e", "tinycnn", "--opt", f"weights={weights}", "--runtime", "keras",
         "--cache-dir", tmp_path / "cache-keras")
+    assert "runtime: keras (Keras on torch)" in run("inspect", next((tmp_path / "cache-keras").glob("*.h5")))
     with h5py.File(next((tmp_path / "cache-keras").glob("*.h5")), "r") as h5:
         assert (h5.attrs["runtime"], h5.attrs["keras_backend"]) == ("keras", "torch")
         keras_features = h5["features"][:]
