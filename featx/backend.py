@@ -32,7 +32,6 @@ __all__ = ["SUPPORTED", "BackendError", "configured_backend", "select_backend", 
            "gpu_count", "set_random_seed", "enable_determinism", "has_strategy", "training_strategy"]
 
 SUPPORTED = ("tensorflow", "torch")
-_MODULES = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
 
 
 class BackendError(UserError):
@@ -101,11 +100,11 @@ def check_backend() -> str:
     if name not in SUPPORTED:
         raise BackendError(f"{where} is {name!r}; featx runs Keras on {' or '.join(SUPPORTED)}: "
                            f"set KERAS_BACKEND=torch or KERAS_BACKEND=tensorflow")
-    if not _installed(_MODULES[name]):
+    if not _installed(name):  # each supported backend's module has its name
         other = next(b for b in SUPPORTED if b != name)
         extra = "cpu" if name == "tensorflow" else "torch"
-        raise BackendError(f"{where} is {name!r} but {_MODULES[name]} is not installed: pip install 'featx[{extra}]'"
-                           f"{f', or set KERAS_BACKEND={other}' if _installed(_MODULES[other]) else ''}")
+        raise BackendError(f"{where} is {name!r} but {name} is not installed: pip install 'featx[{extra}]'"
+                           f"{f', or set KERAS_BACKEND={other}' if _installed(other) else ''}")
     return name
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from featx import __version__
 from featx.artifacts.results import METRICS, SweepBundle, SweepSummary, rank_rows, write_rows_csv
+from featx.backend import keras_backend
 from featx.features import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, FeatureSet, FeatureSetError, load_feature_set
 from featx.progress import Progress
 
@@ -583,31 +584,13 @@ def _bundle(best_row, best_index, is_ensemble, ensemble_info, models, feature_se
             model.fit(fit_on.X[rows], fit_on.y[rows])
     fitted_rows = np.concatenate([plan["dev"], plan["test"]]) if refit == "all" else plan["dev"]
     prior = np.bincount(fit_on.y[fitted_rows], minlength=n_classes) / len(fitted_rows)
+    heads = [m["head"] for m in members] if members else [best_row["head"]]  # "dense" is the Keras one
     return SweepBundle(
         model=model, label_names=label_names, extractors=extractors, dims=dims, head=best_row["head"],
         params=json.loads(best_row["params"]), preprocessing=preprocessing if not is_ensemble else "",
         metrics={k: best_row[k] for k in METRICS}, featx_version=__version__, seed=seed, config=best_index,
         class_prior=prior.tolist(), clip=clip, refit="train+val+test" if refit == "all" else "train+val",
-        members=members, keras_backend=_keras_backend_of(model))
-
-
-def _keras_backend_of(model) -> str:
-    """The Keras backend when ``model`` (a Pipeline or an ensemble of them) holds a Keras dense head, else ""."""
-    from featx.backend import keras_backend
-    from featx.heads import KerasDenseClassifier
-
-    todo, seen = [model], 0
-    while todo and seen < 1000:
-        item, seen = todo.pop(), seen + 1
-        if isinstance(item, KerasDenseClassifier):
-            return keras_backend()
-        if isinstance(item, (list, tuple)):
-            todo.extend(item)
-        elif hasattr(item, "get_params"):
-            todo.extend(value for value in item.get_params(deep=False).values() if value is not item)
-            todo.extend(step for _, step in getattr(item, "steps", []))
-            todo.extend(getattr(item, "estimators_", []) or [])
-    return ""
+        members=members, keras_backend=keras_backend() if "dense" in heads else "")
 
 
 def _sweep_id(feature_sets, rows, protocol, cv, seeds) -> str:
