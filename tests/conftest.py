@@ -63,6 +63,28 @@ def _weights_home_of_the_session(tmp_path_factory):
         os.environ["FEATX_WEIGHTS"] = before
 
 
+def save_mobilenet_weights(path: Path, include_top: bool = False) -> Path:
+    """Seeded random MobileNetV2 weights whose batch norms saw random images (so features have a usable
+    scale); at 32 px without its top, at 224 px with it.
+
+    A randomly initialised MobileNetV2 squashes its activations towards 0 (features ~1e-12); one forward
+    pass in training mode with momentum 0 sets every batch norm's moving statistics to those of random
+    images in MobileNetV2's input range."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    size = 224 if include_top else 32
+    model = keras.applications.MobileNetV2(include_top=include_top, weights=None, input_shape=(size, size, 3))
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(np.random.default_rng(0).uniform(-1, 1, (8, size, size, 3)).astype(np.float32), training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+    model.save_weights(path)
+    return path
+
+
 def make_image(path: Path, kind: str, index: int, size: int = 48) -> Path:
     """A small RGB image whose texture depends on ``kind`` (so classes are learnable)."""
     rng = np.random.default_rng(index)

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import KERAS_BACKEND, make_image, make_kaggle_images
+from conftest import KERAS_BACKEND, make_image, make_kaggle_images, save_mobilenet_weights
 
 TESTS = Path(__file__).resolve().parent
 BACKENDS = ("tensorflow", "torch")
@@ -119,8 +119,6 @@ def test_device_gpu_without_one_names_the_backend(tmp_path):
 # -- the same features on both backends ------------------------------------------------------------------------
 
 def _save_mobilenet(path: Path) -> Path:
-    from test_startup import save_mobilenet_weights
-
     return save_mobilenet_weights(path)
 
 

@@ -16,7 +16,8 @@ import pytest
 
 import tiny_backbone
 from conftest import make_image, make_kaggle_images
-from test_startup import featx, save_mobilenet_weights
+from conftest import save_mobilenet_weights
+from test_startup import featx
 
 TINY = "import tiny_backbone"
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tiny_backbone
-from conftest import make_image, make_kaggle_images
+from conftest import make_image, make_kaggle_images, save_mobilenet_weights
 
 import keras  # noqa: E402
 
@@ -43,25 +43,8 @@ GRIDS = {
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> Path:
-    """Seeded random MobileNetV2 weights, saved once so extraction and fine-tuning share them.
-
-    A randomly initialised MobileNetV2 squashes its activations towards 0 (features ~1e-12);
-    one forward pass in training mode with momentum 0 sets every batch norm's moving
-    statistics to those of random images, so the features have a usable scale.
-    """
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_tiny.weights.h5"
-    extractor = get_extractor(BACKBONE, weights=None, **TINY)
-    backbone = extractor.build_backbone()
-    batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in batch_norms:
-        layer.momentum = 0.0
-    images = np.random.default_rng(0).uniform(0, 255, (32, 32, 32, 3)).astype(np.float32)
-    backbone(extractor.preprocess(images), training=True)
-    for layer in batch_norms:
-        layer.momentum = 0.99
-    backbone.save_weights(path)
-    return path
+    """Seeded random MobileNetV2 weights at 32 px, saved once so extraction and fine-tuning share them."""
+    return save_mobilenet_weights(tmp_path_factory.mktemp("weights") / "mobilenet_v2_tiny.weights.h5")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import KERAS_BACKEND, make_image, make_kaggle_images
+from conftest import KERAS_BACKEND, make_image, make_kaggle_images, save_mobilenet_weights
 
 TESTS = Path(__file__).resolve().parent
 # The CLI in this process, then which of the slow-to-import packages it loaded, on the last stderr line.
@@ -53,24 +53,6 @@ def featx(*args, setup: str = "", cwd: Path | None = None) -> tuple[int, str, li
     assert marker, proc.stdout + proc.stderr
     output = proc.stdout + proc.stderr[:marker.start()] + proc.stderr[marker.end():]
     return proc.returncode, output, json.loads(marker.group(1))
-
-
-def save_mobilenet_weights(path: Path, include_top: bool = False) -> Path:
-    """Seeded random MobileNetV2 weights whose batch norms saw random images (so features have a usable
-    scale); at 32 px without its top, at 224 px with it."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    size = 224 if include_top else 32
-    model = keras.applications.MobileNetV2(include_top=include_top, weights=None, input_shape=(size, size, 3))
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(np.random.default_rng(0).uniform(-1, 1, (8, size, size, 3)).astype(np.float32), training=True)
-    for layer in norms:
-        layer.momentum = 0.99
-    model.save_weights(path)
-    return path
 
 
 @pytest.fixture(scope="module")
